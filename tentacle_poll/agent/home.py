@@ -1,0 +1,49 @@
+"""The agent's home folder: identity, configuration and task workspaces."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tentacle_poll.config import AGENT_FILE, AgentSettings, load_settings
+from tentacle_poll.exceptions import ConfigurationError
+from tentacle_poll.tls.files import CERT_FILE
+
+
+@dataclass(frozen=True)
+class AgentHome:
+    folder: Path
+
+    @property
+    def identity_folder(self) -> Path:
+        return self.folder / "identity"
+
+    @property
+    def config_file(self) -> Path:
+        return self.folder / AGENT_FILE
+
+    @property
+    def work_folder(self) -> Path:
+        return self.folder / "work"
+
+    def has_identity(self) -> bool:
+        return (self.identity_folder / CERT_FILE).exists()
+
+    def settings(self, **overrides: object) -> AgentSettings:
+        return load_settings(AgentSettings, self.config_file, **overrides)
+
+    def settings_ready_to_run(self, **overrides: object) -> AgentSettings:
+        """Settings of a registered agent, or a ConfigurationError naming the command to run."""
+        if not self.has_identity():
+            raise ConfigurationError(
+                f"this agent has no certificate in {self.folder}; run "
+                f"`tentacle-poll new-certificate --home {self.folder}` first, then `register`"
+            )
+        settings = self.settings(**overrides)
+        if not settings.servers:
+            raise ConfigurationError(
+                "this agent is not registered with any server; run `tentacle-poll register "
+                "--server https://HOST:10943 --server-thumbprint THUMBPRINT --api-key KEY "
+                "--name NAME --environment ENV --role ROLE` first"
+            )
+        return settings

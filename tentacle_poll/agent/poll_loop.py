@@ -1,0 +1,107 @@
+"""One long-poll loop per server node: keep exactly one poll outstanding, start what arrives.
+
+A poll sent with no free slot can lease nothing (the server only leases into free slots), so
+it is safe to abandon the moment a slot frees up and poll again at once: new work then waits
+milliseconds, not a whole hold period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from loguru import logger
+
+from tentacle_poll import __version__
+from tentacle_poll.agent.backoff import retrying
+from tentacle_poll.agent.runner import RunnerContext, TaskRunner
+from tentacle_poll.agent.slots import Slots
+from tentacle_poll.agent.transport import CommsClient
+from tentacle_poll.exceptions import CommunicationError
+from tentacle_poll.protocol.models import PollRequest, PollResponse
+from tentacle_poll.protocol.routes import POLL
+
+DEFAULT_HOLD_SECONDS = 25.0
+
+
+class PollLoop:
+    def __init__(
+        self,
+        client: CommsClient,
+        slots: Slots,
+        context: RunnerContext,
+        stop_polling: asyncio.Event,
+        runners: dict[str, TaskRunner],
+    ) -> None:
+        self._client = client
+        self._slots = slots
+        self._context = context
+        self._stop = stop_polling
+        self._runners = runners
+        self._hold = DEFAULT_HOLD_SECONDS
+        self.first_poll_answered = asyncio.Event()
+
+    async def run(self) -> None:
+        logger.info("polling {}", self._client.url)
+        while not self._stop.is_set():
+            try:
+                answer = await self._poll_with_backoff()
+            except CommunicationError:
+                continue  # only when stopping: retrying re-raises its last error then
+            if answer is not None:
+                self.first_poll_answered.set()
+                self._handle(answer)
+
+    async def _poll_with_backoff(self) -> PollResponse | None:
+        async for attempt in retrying(
+            f"polling {self._client.url}", self._stop, self._context.max_backoff,
+            retry_on=(CommunicationError,),
+        ):  # fmt: skip
+            with attempt:
+                if self._stop.is_set():
+                    return None
+                return await self._poll_once()
+        return None
+
+    async def _poll_once(self) -> PollResponse | None:
+        """The answer, or None when the poll was abandoned (slot freed, or stopping)."""
+        request = PollRequest(
+            free_slots=self._slots.free, running=self._slots.running_ids, agent_version=__version__
+        )
+        poll = asyncio.ensure_future(self._client.post(POLL, request, PollResponse, self._hold))
+        interrupts: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._stop.wait())]
+        if request.free_slots == 0:
+            interrupts.append(asyncio.ensure_future(self._slots.wait_freed()))
+        try:
+            await asyncio.wait([poll, *interrupts], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in interrupts:
+                waiter.cancel()
+        if not poll.done():
+            # Safe to abandon: no free slot means nothing was leased; when stopping, a lease
+            # in flight is never accepted and goes back to the queue when it expires.
+            poll.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poll
+            return None
+        return poll.result()
+
+    def _handle(self, answer: PollResponse) -> None:
+        self._hold = answer.hold_seconds
+        for task_id in answer.cancels:
+            if task_id in self._runners:
+                self._runners[task_id].cancel("cancelled on the server")
+        for envelope in answer.envelopes:
+            if self._slots.is_running(envelope.task_id):
+                continue  # a redelivery of a task this agent already runs
+            runner = TaskRunner(envelope, self._context)
+            self._runners[envelope.task_id] = runner
+            task = asyncio.create_task(self._run(runner), name=f"task-{envelope.task_id}")
+            self._slots.occupy(envelope.task_id, task)
+
+    async def _run(self, runner: TaskRunner) -> None:
+        try:
+            await runner.run()
+        finally:
+            self._runners.pop(runner.task_id, None)

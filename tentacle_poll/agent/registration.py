@@ -1,0 +1,118 @@
+"""Registering this agent with a server: pin the server first, send the credential once.
+
+The API key or token is sent only to a server whose thumbprint was verified (given, carried in
+the token, or — behind an explicit flag — trusted on first use), and is never written to disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from loguru import logger
+
+from tentacle_poll import __version__
+from tentacle_poll.agent.home import AgentHome
+from tentacle_poll.agent.transport import CommsClient
+from tentacle_poll.config import ServerNode, update_config_file
+from tentacle_poll.exceptions import ConfigurationError, ServerUnavailable
+from tentacle_poll.logs import hide_secret
+from tentacle_poll.protocol.models import RegisterRequest, RegisterResponse
+from tentacle_poll.protocol.routes import API_KEY_HEADER, REGISTER, REGISTRATION_TOKEN_HEADER
+from tentacle_poll.protocol.tokens import parse_token
+from tentacle_poll.tls import load_identity, thumbprint_of_der
+
+
+@dataclass(frozen=True)
+class Registration:
+    server_url: str
+    name: str
+    environments: list[str]
+    roles: list[str]
+    tenants: list[str] = field(default_factory=list)
+    tenant_tags: list[str] = field(default_factory=list)
+    server_thumbprint: str | None = None
+    api_key: str | None = None
+    token: str | None = None
+    trust_on_first_use: bool = False
+    replace: bool = False
+
+
+async def register(home: AgentHome, details: Registration) -> RegisterResponse:
+    identity = load_identity(home.identity_folder)
+    header = _credential_header(details)
+    thumbprint = await _server_thumbprint(details)
+    client = CommsClient(details.server_url, [thumbprint], identity_folder=None)
+    request = RegisterRequest(
+        name=details.name, certificate_pem=identity.cert_pem.decode(),
+        environments=details.environments, roles=details.roles, tenants=details.tenants,
+        tenant_tags=details.tenant_tags, agent_version=__version__, replace=details.replace,
+    )  # fmt: skip
+    try:
+        answer = await client.post(REGISTER, request, RegisterResponse, headers=header)
+    finally:
+        await client.close()
+    _remember_server(home, details, answer)
+    return answer
+
+
+def _credential_header(details: Registration) -> dict[str, str]:
+    if bool(details.api_key) == bool(details.token):
+        raise ConfigurationError("give exactly one of --api-key or --token")
+    if details.api_key:
+        hide_secret(details.api_key)
+        return {API_KEY_HEADER: details.api_key}
+    assert details.token is not None
+    hide_secret(details.token)
+    return {REGISTRATION_TOKEN_HEADER: details.token}
+
+
+async def _server_thumbprint(details: Registration) -> str:
+    given = details.server_thumbprint.upper() if details.server_thumbprint else None
+    if details.token:
+        carried, _ = parse_token(details.token)
+        if given and given != carried:
+            raise ConfigurationError("--server-thumbprint differs from the thumbprint in the token")
+        return carried
+    if given:
+        return given
+    if details.trust_on_first_use:
+        seen = await fetch_server_thumbprint(details.server_url)
+        logger.warning(
+            "trusting server {} on first use with thumbprint {}: compare it with "
+            "`tentacle-poll server show-thumbprint` on the server",
+            details.server_url,
+            seen,
+        )
+        return seen
+    raise ConfigurationError(
+        "the server's thumbprint is needed so the key is only ever sent to the real server: "
+        "pass --server-thumbprint (from `tentacle-poll server show-thumbprint`), use a "
+        "registration token, or --trust-on-first-use if you accept the risk"
+    )
+
+
+async def fetch_server_thumbprint(url: str) -> str:
+    parts = urlsplit(url)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # we only read the certificate, and send nothing
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(parts.hostname, parts.port or 443, ssl=context), 10
+        )
+    except (OSError, TimeoutError) as exc:
+        raise ServerUnavailable(f"cannot reach {url}: {exc}") from exc
+    der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    writer.close()
+    return thumbprint_of_der(der)
+
+
+def _remember_server(home: AgentHome, details: Registration, answer: RegisterResponse) -> None:
+    node = ServerNode(url=details.server_url, thumbprint=answer.server_thumbprint)
+    servers = [s for s in home.settings().servers if s.url != node.url] + [node]
+    update_config_file(
+        home.config_file, name=answer.name, servers=[s.model_dump() for s in servers]
+    )

@@ -1,0 +1,169 @@
+"""The agent's HTTP client for one server node; the one place aiohttp and ssl errors are mapped.
+
+Every request is a POST (aiohttp silently retries an idempotent request once on a dropped pooled
+connection, and a poll must never be repeated behind our back) over TLS pinned to the node's
+thumbprint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ssl
+from pathlib import Path
+from typing import TypeVar
+
+import aiohttp
+from pydantic import BaseModel
+
+from tentacle_poll import __version__
+from tentacle_poll.exceptions import (
+    CertificateRejected,
+    CommunicationError,
+    LeaseLost,
+    ProtocolError,
+    RequestRejected,
+    ServerIdentityMismatch,
+    ServerUnavailable,
+)
+from tentacle_poll.protocol.codec import decode, encode
+from tentacle_poll.protocol.models import PROTOCOL_VERSION, Problem
+from tentacle_poll.protocol.routes import PROTOCOL_HEADER
+from tentacle_poll.tls import PinnedServerMismatch, pinned_client_context
+
+M = TypeVar("M", bound=BaseModel)
+READ_MARGIN_SECONDS = 15.0
+
+
+class CommsClient:
+    """Talks to one server node. ``identity_folder=None`` sends no client certificate."""
+
+    def __init__(
+        self,
+        url: str,
+        thumbprints: list[str],
+        identity_folder: Path | None,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self._ssl = pinned_client_context(thumbprints, identity_folder)
+        self._has_client_cert = identity_folder is not None
+        self._connect_timeout = connect_timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def post(
+        self,
+        path: str,
+        body: BaseModel,
+        answer_type: type[M],
+        read_timeout: float = 30.0,
+        headers: dict[str, str] | None = None,
+    ) -> M:
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=self._connect_timeout, sock_read=read_timeout + READ_MARGIN_SECONDS
+        )
+        try:
+            async with self._open_session().post(
+                self.url + path,
+                data=encode(body),
+                headers={"Content-Type": "application/json", **(headers or {})},
+                timeout=timeout,
+                ssl=self._ssl,
+            ) as response:
+                payload = await response.read()
+                return self._answer(response.status, response.headers, payload, answer_type)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise self._map_error(exc) from exc
+
+    def _open_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                headers={
+                    PROTOCOL_HEADER: PROTOCOL_VERSION,
+                    "User-Agent": f"tentacle-poll/{__version__}",
+                },
+                connector=aiohttp.TCPConnector(keepalive_timeout=60),
+            )
+        return self._session
+
+    def _answer(self, status: int, headers: object, payload: bytes, answer_type: type[M]) -> M:
+        if 200 <= status < 300:
+            try:
+                return decode(answer_type, payload)
+            except ProtocolError as exc:
+                raise ServerUnavailable(
+                    f"{self.url} sent an answer this agent cannot read: {exc}"
+                ) from exc
+        problem = _problem(status, payload)
+        if status >= 500 or status == 429:
+            retry_after = _retry_after(headers)
+            raise ServerUnavailable(f"{self.url} answered {status}: {problem.title}", retry_after)
+        error_type = (
+            LeaseLost if status == 409 and problem.title == "lease lost" else RequestRejected
+        )
+        raise error_type(status, problem.title, problem.detail)
+
+    def _map_error(self, exc: BaseException) -> CommunicationError:
+        if _find_cause(exc, PinnedServerMismatch) is not None:
+            return ServerIdentityMismatch(
+                f"refusing {self.url}: {_find_cause(exc, PinnedServerMismatch)}; check the "
+                "thumbprint this agent was registered with (`tentacle-poll show-config`)"
+            )
+        if self._has_client_cert and _looks_like_rejected_certificate(exc):
+            return CertificateRejected(
+                f"{self.url} did not accept this agent's certificate; is it registered? "
+                "(`tentacle-poll register`)"
+            )
+        if isinstance(exc, asyncio.TimeoutError):
+            return ServerUnavailable(f"{self.url} did not answer in time")
+        return ServerUnavailable(f"cannot reach {self.url}: {_describe(exc)}")
+
+
+def _find_cause(exc: BaseException | None, wanted: type[BaseException]) -> BaseException | None:
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, wanted):
+            return exc
+        exc = getattr(exc, "os_error", None) or exc.__cause__ or exc.__context__
+        seen += 1
+    return None
+
+
+def _looks_like_rejected_certificate(exc: BaseException) -> bool:
+    # With TLS 1.3 the client finishes its handshake before the server checks the client's
+    # certificate: a refusal arrives as an alert or a reset on the first read.
+    ssl_error = _find_cause(exc, ssl.SSLError)
+    if ssl_error is not None and "alert" in str(ssl_error):
+        return True
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return True
+    os_error = _find_cause(exc, ConnectionResetError)
+    return os_error is not None and getattr(os_error, "errno", None) == errno.ECONNRESET
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return exc.os_error.strerror or str(exc.os_error)
+    return str(exc) or type(exc).__name__
+
+
+def _problem(status: int, payload: bytes) -> Problem:
+    try:
+        return decode(Problem, payload)
+    except ProtocolError:
+        return Problem(
+            title=f"HTTP {status}", status=status, detail=payload[:200].decode(errors="replace")
+        )
+
+
+def _retry_after(headers: object) -> float | None:
+    value = headers.get("Retry-After") if hasattr(headers, "get") else None
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None

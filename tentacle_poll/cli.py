@@ -1,0 +1,75 @@
+"""The command line: parsing, logging set-up, and turning errors into messages and exit codes.
+
+Commands live in ``cli_agent``, ``cli_server`` and ``cli_tasks``; each is a thin call into the
+agent, the server or the admin client. Only this module prints errors and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from loguru import logger
+
+from tentacle_poll import __version__, cli_agent, cli_server, cli_tasks
+from tentacle_poll.config import DEFAULT_ADMIN_PORT, ENV_PREFIX
+from tentacle_poll.exceptions import TentaclePollError
+from tentacle_poll.logs import mask_secrets, setup_logging
+
+LOG_LEVELS = ["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"]
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
+Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level or "INFO", args.log_format or "text")
+    command: Command = getattr(args, "command", cli_agent.run_agent)
+    try:
+        return asyncio.run(command(args))
+    except TentaclePollError as exc:
+        print(f"error: {mask_secrets(str(exc))}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    finally:
+        logger.remove()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tentacle-poll",
+        description="A polling deployment agent and its server. With no command: run the agent.",
+    )
+    parser.add_argument("--version", action="version", version=f"tentacle-poll {__version__}")
+    _add_common(parser)
+    parser.set_defaults(home=None, log_format=None, log_level=None)
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    cli_agent.add_commands(commands, _add_common)
+    cli_server.add_commands(commands, _add_common)
+    cli_tasks.add_commands(commands, _add_common, _add_admin)
+    return parser
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    # SUPPRESS: a flag given before or after the command name counts, and a sub-command's
+    # parser does not reset it to None.
+    parser.add_argument(
+        "--home",
+        default=argparse.SUPPRESS,
+        help=f"agent home folder (default ${ENV_PREFIX}HOME or ~/.tentacle_poll)",
+    )
+    parser.add_argument("--log-format", choices=["text", "json"], default=argparse.SUPPRESS)
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default=argparse.SUPPRESS)
+
+
+def _add_admin(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--admin-url",
+        help=f"admin API address (default ${ENV_PREFIX}ADMIN_URL or http://127.0.0.1:{DEFAULT_ADMIN_PORT})",
+    )
+    parser.add_argument("--api-key", help=f"admin API key (better: ${ENV_PREFIX}API_KEY)")

@@ -1,0 +1,151 @@
+"""Agent commands: run (the default), new-certificate, register, show-thumbprint, show-config."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+from tentacle_poll.agent.daemon import Agent
+from tentacle_poll.agent.home import AgentHome
+from tentacle_poll.agent.registration import Registration, register
+from tentacle_poll.config import ENV_PREFIX, default_agent_home
+from tentacle_poll.exceptions import ConfigurationError
+from tentacle_poll.logs import setup_logging
+from tentacle_poll.tls import certificate_expiry, generate_identity, load_identity, save_identity
+
+EXIT_NOW = 3
+
+
+def add_commands(commands: Any, add_common: Any) -> None:
+    run = commands.add_parser("run", help="run the agent daemon (the default command)")
+    run.add_argument("--concurrency", type=int, help="how many tasks may run at once")
+    run.set_defaults(command=run_agent)
+    new_cert = commands.add_parser("new-certificate", help="make this agent's key and certificate")
+    new_cert.add_argument("--force", action="store_true", help="replace an existing certificate")
+    new_cert.set_defaults(command=new_certificate)
+    _add_register(commands)
+    show = commands.add_parser("show-thumbprint", help="print this agent's certificate thumbprint")
+    show.set_defaults(command=show_thumbprint)
+    config = commands.add_parser("show-config", help="print this agent's settings")
+    config.set_defaults(command=show_config)
+    for parser in (run, new_cert, show, config):
+        add_common(parser)
+
+
+def _add_register(commands: Any) -> None:
+    reg = commands.add_parser("register", help="register this agent with a server")
+    reg.add_argument(
+        "--server", required=True, help="comms address, e.g. https://deploy.example:10943"
+    )
+    reg.add_argument("--server-thumbprint", help="the server's thumbprint (server show-thumbprint)")
+    reg.add_argument("--api-key", help=f"an API key (better: ${ENV_PREFIX}API_KEY)")
+    reg.add_argument("--token", help="a one-time registration token (carries the thumbprint)")
+    reg.add_argument(
+        "--trust-on-first-use", action="store_true", help="pin whatever the server presents"
+    )
+    reg.add_argument("--name", help="this target's name (default: the host name)")
+    reg.add_argument("--environment", action="append", required=True, help="repeat for several")
+    reg.add_argument("--role", action="append", required=True, help="repeat for several")
+    reg.add_argument("--tenant", action="append", default=[])
+    reg.add_argument("--tenant-tag", action="append", default=[])
+    reg.add_argument(
+        "--replace",
+        action="store_true",
+        help="take over a name registered with another certificate",
+    )
+    reg.set_defaults(command=register_agent)
+    reg.add_argument("--home", default=argparse.SUPPRESS)
+
+
+def agent_home(args: argparse.Namespace) -> AgentHome:
+    folder = Path(args.home).expanduser() if args.home else default_agent_home()
+    return AgentHome(folder.resolve())
+
+
+async def run_agent(args: argparse.Namespace) -> int:
+    home = agent_home(args)
+    settings = home.settings_ready_to_run(concurrency=getattr(args, "concurrency", None))
+    setup_logging(args.log_level or settings.log_level, args.log_format or settings.log_format)
+    agent = Agent(home, settings)
+    install_stop_signals(agent.escalate)
+    await agent.run()
+    return 0
+
+
+def install_stop_signals(escalate: Any) -> None:
+    """Each SIGTERM/SIGINT takes one more step: drain, cancel running tasks, exit now."""
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        level = escalate()
+        name = signal.Signals(signum).name
+        if level == 1:
+            logger.warning("{}: stopping; running tasks may finish (again: cancel them)", name)
+        elif level == 2:
+            logger.warning("{}: cancelling running tasks (again: exit at once)", name)
+        elif level >= EXIT_NOW:
+            logger.warning("{}: exiting now", name)
+            os._exit(130)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+
+
+async def new_certificate(args: argparse.Namespace) -> int:
+    home = agent_home(args)
+    if home.has_identity() and not args.force:
+        raise ConfigurationError(
+            f"this agent already has a certificate in {home.identity_folder} "
+            f"(thumbprint {load_identity(home.identity_folder).thumbprint}); "
+            "pass --force to replace it, then register again"
+        )
+    identity = generate_identity(os.uname().nodename)
+    save_identity(home.identity_folder, identity)
+    print(f"certificate created in {home.identity_folder}\nthumbprint {identity.thumbprint}")
+    return 0
+
+
+async def register_agent(args: argparse.Namespace) -> int:
+    home = agent_home(args)
+    if not home.has_identity():
+        raise ConfigurationError(
+            "this agent has no certificate yet; run `tentacle-poll new-certificate` first"
+        )
+    details = Registration(
+        server_url=args.server, name=args.name or os.uname().nodename,
+        environments=args.environment, roles=args.role, tenants=args.tenant,
+        tenant_tags=args.tenant_tag, server_thumbprint=args.server_thumbprint,
+        api_key=args.api_key or os.environ.get(f"{ENV_PREFIX}API_KEY") if not args.token else None,
+        token=args.token, trust_on_first_use=args.trust_on_first_use, replace=args.replace,
+    )  # fmt: skip
+    answer = await register(home, details)
+    print(f"registered as {answer.name} with server {answer.server_thumbprint}")
+    print(f"start the agent with: tentacle-poll --home {home.folder}")
+    return 0
+
+
+async def show_thumbprint(args: argparse.Namespace) -> int:
+    identity = load_identity(agent_home(args).identity_folder)
+    print(identity.thumbprint)
+    return 0
+
+
+async def show_config(args: argparse.Namespace) -> int:
+    home = agent_home(args)
+    settings = home.settings()
+    print(f"home: {home.folder}")
+    if home.has_identity():
+        identity = load_identity(home.identity_folder)
+        print(f"thumbprint: {identity.thumbprint}")
+        print(f"certificate expires: {certificate_expiry(identity.cert_pem):%Y-%m-%d}")
+    for key, value in settings.model_dump().items():
+        print(f"{key}: {value}")
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,107 @@
+"""Server commands: server run, show-thumbprint, api-key create, token create."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+from tentacle_poll.config import SERVER_FILE, ServerSettings, default_server_home, load_settings
+from tentacle_poll.logs import setup_logging
+from tentacle_poll.protocol.tokens import make_token
+from tentacle_poll.server import Server
+from tentacle_poll.server.identity import ServerHome
+
+DAY = 24 * 3600.0
+
+
+def add_commands(commands: Any, add_common: Any) -> None:
+    server = commands.add_parser("server", help="run and administer the server")
+    sub = server.add_subparsers(title="server commands", metavar="COMMAND", required=True)
+    run = sub.add_parser("run", help="run the server")
+    run.add_argument("--comms-host")
+    run.add_argument("--comms-port", type=int, help="agents connect here (default 10943)")
+    run.add_argument("--admin-host")
+    run.add_argument("--admin-port", type=int, help="the admin API (default 10944)")
+    run.add_argument("--hold-seconds", type=float, help="how long a poll is held (default 25)")
+    run.set_defaults(command=run_server)
+    thumb = sub.add_parser("show-thumbprint", help="print the server's certificate thumbprint")
+    thumb.set_defaults(command=show_thumbprint)
+    key = sub.add_parser("api-key", help="API keys").add_subparsers(
+        metavar="COMMAND", required=True
+    )
+    create_key = key.add_parser("create", help="create an API key and print it once")
+    create_key.add_argument("--name", required=True, help="who or what the key is for")
+    create_key.set_defaults(command=create_api_key)
+    token = sub.add_parser("token", help="registration tokens").add_subparsers(
+        metavar="COMMAND", required=True
+    )
+    create_token = token.add_parser("create", help="create a one-time registration token")
+    create_token.add_argument("--ttl-hours", type=float, default=24.0)
+    create_token.set_defaults(command=create_registration_token)
+    for parser in (run, thumb, create_key, create_token):
+        add_common(parser)
+        parser.add_argument(
+            "--server-home", help="server home folder (default ~/.tentacle_poll_server)"
+        )
+
+
+def server_home(args: argparse.Namespace) -> Path:
+    return Path(args.server_home).expanduser() if args.server_home else default_server_home()
+
+
+async def run_server(args: argparse.Namespace) -> int:
+    home = server_home(args)
+    settings = load_settings(
+        ServerSettings, home / SERVER_FILE, comms_host=args.comms_host, comms_port=args.comms_port,
+        admin_host=args.admin_host, admin_port=args.admin_port, hold_seconds=args.hold_seconds,
+    )  # fmt: skip
+    setup_logging(args.log_level or settings.log_level, args.log_format or settings.log_format)
+    server = Server(settings, home)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, _stopper(stop, signum))
+    await server.serve(stop)
+    return 0
+
+
+def _stopper(stop: asyncio.Event, signum: int) -> Any:
+    def on_signal() -> None:
+        logger.warning("{}: stopping the server", signal.Signals(signum).name)
+        stop.set()
+
+    return on_signal
+
+
+async def show_thumbprint(args: argparse.Namespace) -> int:
+    _, thumbprint = ServerHome(server_home(args)).ensure_identity()
+    print(thumbprint)
+    return 0
+
+
+async def create_api_key(args: argparse.Namespace) -> int:
+    store = ServerHome(server_home(args)).open_store()
+    try:
+        key = await store.create_api_key(args.name)
+    finally:
+        await store.close()
+    print(key)
+    return 0
+
+
+async def create_registration_token(args: argparse.Namespace) -> int:
+    home = ServerHome(server_home(args))
+    _, thumbprint = home.ensure_identity()
+    store = home.open_store()
+    try:
+        secret = await store.create_registration_token(time.time() + args.ttl_hours * 3600)
+    finally:
+        await store.close()
+    print(make_token(thumbprint, secret))
+    return 0

@@ -1,0 +1,163 @@
+"""Admin commands, through the admin API: targets, task run/show/follow/cancel/list, demo."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from tentacle_poll.config import DEFAULT_ADMIN_PORT, ENV_PREFIX
+from tentacle_poll.exceptions import ConfigurationError
+from tentacle_poll.protocol.models import Event, ScriptSpec, SubmitTask, TaskView, Variable
+from tentacle_poll.server.admin_client import AdminClient
+
+EXIT_CODES = {"succeeded": 0, "failed": 1, "timed_out": 124, "cancelled": 130, "lost": 1}
+
+
+def add_commands(commands: Any, add_common: Any, add_admin: Any) -> None:
+    targets = commands.add_parser("targets", help="list registered targets")
+    targets.set_defaults(command=list_targets)
+    task = commands.add_parser("task", help="run and inspect tasks")
+    sub = task.add_subparsers(title="task commands", metavar="COMMAND", required=True)
+    run = sub.add_parser("run", help="queue a script task for a target (and follow it)")
+    _add_script_arguments(run)
+    run.set_defaults(command=run_task)
+    parsers = [targets, run]
+    for name, handler, text in [
+        ("show", show_task, "show a task's state"),
+        ("follow", follow_task, "print a task's output live until it ends"),
+        ("cancel", cancel_task, "cancel a queued or running task"),
+    ]:
+        parser = sub.add_parser(name, help=text)
+        parser.add_argument("task_id")
+        parser.set_defaults(command=handler)
+        parsers.append(parser)
+    listing = sub.add_parser("list", help="list recent tasks")
+    listing.add_argument("--target")
+    listing.set_defaults(command=list_tasks)
+    for parser in [*parsers, listing]:
+        add_common(parser)
+        add_admin(parser)
+
+
+def _add_script_arguments(run: argparse.ArgumentParser) -> None:
+    run.add_argument("--target", required=True, help="the target's name")
+    body = run.add_mutually_exclusive_group(required=True)
+    body.add_argument("--script", help="the script's text")
+    body.add_argument("--file", help="a file holding the script")
+    run.add_argument("--syntax", default="bash", choices=["bash", "sh", "python", "pwsh", "cmd"])
+    run.add_argument("--arg", action="append", default=[], help="a script argument; repeat")
+    run.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
+    run.add_argument("--secret", action="append", default=[], metavar="NAME=VALUE",
+                     help="like --env, masked in all output")  # fmt: skip
+    run.add_argument("--cwd", help="working folder on the target")
+    run.add_argument("--timeout", type=float, help="seconds before the script is stopped")
+    run.add_argument("--no-follow", action="store_true", help="print the task id and return")
+
+
+def admin_client(args: argparse.Namespace) -> AdminClient:
+    url = (
+        args.admin_url
+        or os.environ.get(f"{ENV_PREFIX}ADMIN_URL")
+        or f"http://127.0.0.1:{DEFAULT_ADMIN_PORT}"
+    )
+    key = args.api_key or os.environ.get(f"{ENV_PREFIX}API_KEY")
+    if not key:
+        raise ConfigurationError(
+            f"an API key is needed: set {ENV_PREFIX}API_KEY or pass --api-key "
+            "(create one with `tentacle-poll server api-key create --name NAME`)"
+        )
+    return AdminClient(url, key)
+
+
+async def list_targets(args: argparse.Namespace) -> int:
+    async with admin_client(args) as client:
+        targets = await client.targets()
+    header = ("NAME", "ENVIRONMENTS", "ROLES", "CONNECTED", "LAST SEEN")
+    print("{:<20} {:<20} {:<20} {:<9} {:<19} THUMBPRINT".format(*header))
+    for t in targets:
+        seen = _time(t.last_seen)
+        print(f"{t.name:<20} {','.join(t.environments):<20} {','.join(t.roles):<20} "
+              f"{'yes' if t.connected else 'no':<9} {seen:<19} {t.thumbprint}")  # fmt: skip
+    return 0
+
+
+async def run_task(args: argparse.Namespace) -> int:
+    body = Path(args.file).read_text() if args.file else args.script
+    spec = SubmitTask(
+        target=args.target,
+        script=ScriptSpec(
+            syntax=args.syntax, body=body, arguments=args.arg, working_directory=args.cwd
+        ),
+        variables=_variables(args.env, False) + _variables(args.secret, True),
+        timeout_seconds=args.timeout,
+    )
+    async with admin_client(args) as client:
+        task = await client.submit(spec)
+        if args.no_follow:
+            print(task.id)
+            return 0
+        print(f"task {task.id} queued for {task.target}", file=sys.stderr)
+        return _report(await client.follow(task.id, print_event))
+
+
+async def show_task(args: argparse.Namespace) -> int:
+    async with admin_client(args) as client:
+        print_task(await client.task(args.task_id))
+    return 0
+
+
+async def follow_task(args: argparse.Namespace) -> int:
+    async with admin_client(args) as client:
+        return _report(await client.follow(args.task_id, print_event))
+
+
+async def cancel_task(args: argparse.Namespace) -> int:
+    async with admin_client(args) as client:
+        print_task(await client.cancel(args.task_id))
+    return 0
+
+
+async def list_tasks(args: argparse.Namespace) -> int:
+    async with admin_client(args) as client:
+        tasks = await client.tasks(args.target)
+    for task in tasks:
+        print(f"{task.id:<22} {task.target:<20} {task.state:<10} {_time(task.created_at)}")
+    return 0
+
+
+def print_event(event: Event) -> None:
+    if event.stream == "system":
+        print(f"[agent] {event.text}", flush=True)
+    else:
+        print(event.text, file=sys.stderr if event.stream == "stderr" else sys.stdout, flush=True)
+
+
+def print_task(task: TaskView) -> None:
+    code = "" if task.exit_code is None else f", exit code {task.exit_code}"
+    reason = f": {task.reason}" if task.reason else ""
+    extra = " (cancel requested)" if task.cancel_requested else ""
+    print(f"task {task.id} on {task.target}: {task.state}{code}{reason}{extra}")
+
+
+def _report(task: TaskView) -> int:
+    print_task(task)
+    return EXIT_CODES.get(task.state, 1)
+
+
+def _variables(pairs: list[str], sensitive: bool) -> list[Variable]:
+    variables = []
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise ConfigurationError(f"expected NAME=VALUE, got {name!r}")
+        variables.append(Variable(name=name, value=value, sensitive=sensitive))
+    return variables
+
+
+def _time(stamp: float | None) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(stamp).strftime("%Y-%m-%d %H:%M:%S") if stamp else "never"

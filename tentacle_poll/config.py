@@ -1,0 +1,129 @@
+"""Settings of the agent and the server: a TOML file in the home folder, then environment
+variables prefixed ``TENTACLE_POLL_``, then command-line flags on top (highest wins)."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from tentacle_poll.exceptions import ConfigurationError
+from tentacle_poll.protocol.codec import describe_validation_error
+
+ENV_PREFIX = "TENTACLE_POLL_"
+AGENT_FILE = "agent.toml"
+SERVER_FILE = "server.toml"
+DEFAULT_COMMS_PORT = 10943
+DEFAULT_ADMIN_PORT = 10944
+
+LogFormat = Literal["text", "json"]
+LogLevel = Literal["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+def default_agent_home() -> Path:
+    return Path(os.environ.get(f"{ENV_PREFIX}HOME", Path.home() / ".tentacle_poll")).expanduser()
+
+
+def default_server_home() -> Path:
+    return Path(
+        os.environ.get(f"{ENV_PREFIX}SERVER_HOME", Path.home() / ".tentacle_poll_server")
+    ).expanduser()
+
+
+class ServerNode(BaseModel):
+    """One server the agent polls, pinned by its certificate thumbprint."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(pattern=r"^https://[^/\s]+(:\d{1,5})?/?$")
+    thumbprint: str = Field(pattern=r"^[0-9A-Fa-f]{64}$")
+
+    @field_validator("thumbprint")
+    @classmethod
+    def _upper(cls, value: str) -> str:
+        return value.upper()
+
+
+class _Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", hide_input_in_errors=True
+    )
+
+    log_format: LogFormat = "text"
+    log_level: LogLevel = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+class AgentSettings(_Settings):
+    name: str | None = None
+    servers: list[ServerNode] = []
+    concurrency: int = Field(default=4, ge=1, le=256)
+    cancel_grace_seconds: float = Field(default=10.0, gt=0, le=3600)
+    drain_seconds: float = Field(default=60.0, ge=0, le=24 * 3600)
+    connect_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    backoff_max_seconds: float = Field(default=60.0, ge=0.1, le=3600)
+
+
+class ServerSettings(_Settings):
+    comms_host: str = "0.0.0.0"
+    comms_port: int = Field(default=DEFAULT_COMMS_PORT, ge=0, le=65535)
+    admin_host: str = "127.0.0.1"
+    admin_port: int = Field(default=DEFAULT_ADMIN_PORT, ge=0, le=65535)
+    hold_seconds: float = Field(default=25.0, gt=0, le=600)
+    lease_seconds: float = Field(default=30.0, gt=0, le=3600)
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024)
+
+
+S = TypeVar("S", bound=_Settings)
+
+
+def load_settings(settings_type: type[S], toml_path: Path, **overrides: Any) -> S:
+    """Read the file, the environment and ``overrides`` (flags; ``None`` means not given)."""
+    bound = type(
+        settings_type.__name__,
+        (settings_type,),
+        {"model_config": {**settings_type.model_config, "toml_file": toml_path}},
+    )
+    given = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        return settings_type.model_validate(bound(**given).model_dump())
+    except ValidationError as exc:
+        raise ConfigurationError(_settings_problem(exc, toml_path)) from exc
+    except (tomllib.TOMLDecodeError, OSError) as exc:
+        raise ConfigurationError(f"cannot read {toml_path}: {exc}") from exc
+
+
+def update_config_file(toml_path: Path, **values: Any) -> None:
+    """Merge ``values`` into the TOML file and write it atomically (temp file + rename)."""
+    current = tomllib.loads(toml_path.read_text()) if toml_path.exists() else {}
+    current.update({k: v for k, v in values.items() if v is not None})
+    toml_path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = toml_path.with_suffix(".tmp")
+    temporary.write_text(tomli_w.dumps(current))
+    temporary.replace(toml_path)
+
+
+def _settings_problem(exc: ValidationError, toml_path: Path) -> str:
+    lines = describe_validation_error(exc).split("; ")
+    where = f"(from {toml_path}, {ENV_PREFIX}* variables or flags)"
+    return "invalid settings " + where + ":\n" + "\n".join(f"  {line}" for line in lines)

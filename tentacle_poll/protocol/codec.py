@@ -1,0 +1,38 @@
+"""Encoding and decoding of wire models; the one place pydantic errors become ProtocolError."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from tentacle_poll.exceptions import ProtocolError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def encode(model: BaseModel) -> bytes:
+    return model.model_dump_json().encode()
+
+
+def decode(model_type: type[M], data: bytes | str) -> M:
+    try:
+        return model_type.model_validate_json(data)
+    except ValidationError as exc:
+        raise ProtocolError(describe_validation_error(exc)) from exc
+
+
+def decode_object(model_type: type[M], data: object) -> M:
+    try:
+        return model_type.model_validate(data)
+    except ValidationError as exc:
+        raise ProtocolError(describe_validation_error(exc)) from exc
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One readable clause per problem, without echoing input values (they may be secrets)."""
+    parts = []
+    for error in exc.errors(include_url=False, include_input=False):
+        where = ".".join(str(p) for p in error["loc"]) or "body"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)

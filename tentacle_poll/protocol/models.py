@@ -1,0 +1,206 @@
+"""v1 wire models, shared by agent, server and admin client. docs/protocol.md describes them.
+
+Models ignore unknown fields so that a newer peer can add fields without breaking an older one;
+everything that is present is strictly typed and bounded.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+PROTOCOL_VERSION = "1"
+MAX_SLOTS = 256
+MAX_EVENTS_PER_BATCH = 2000
+MAX_LINE_CHARS = 64 * 1024
+
+Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,99}$")]
+Label = Annotated[str, StringConstraints(min_length=1, max_length=100, strip_whitespace=True)]
+TaskId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]{1,64}$")]
+VariableName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,199}$")]
+
+
+class WireModel(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class TaskState(StrEnum):
+    QUEUED = "queued"
+    LEASED = "leased"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+    LOST = "lost"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATES
+
+
+FINAL_STATES = frozenset(
+    {
+        TaskState.SUCCEEDED,
+        TaskState.FAILED,
+        TaskState.TIMED_OUT,
+        TaskState.CANCELLED,
+        TaskState.LOST,
+    }
+)
+FinalState = Literal["succeeded", "failed", "timed_out", "cancelled"]
+
+
+class Problem(WireModel):
+    """An RFC 7807 problem body: every 4xx/5xx answer carries one."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str = ""
+
+
+# --- tasks ---------------------------------------------------------------------------------
+
+
+class Variable(WireModel):
+    name: VariableName
+    value: str = Field(max_length=256 * 1024)
+    sensitive: bool = False
+
+
+ScriptSyntax = Literal["bash", "sh", "python", "pwsh", "cmd"]
+
+
+class ScriptSpec(WireModel):
+    syntax: ScriptSyntax = "bash"
+    body: str = Field(min_length=1, max_length=1024 * 1024)
+    arguments: list[Annotated[str, Field(max_length=8192)]] = Field(default=[], max_length=256)
+    working_directory: str | None = Field(default=None, max_length=4096)
+
+
+class TaskSpec(WireModel):
+    """What the server queues and the agent runs; `kind` selects the payload model."""
+
+    kind: Literal["script"] = "script"
+    script: ScriptSpec
+    variables: list[Variable] = Field(default=[], max_length=1000)
+    timeout_seconds: float | None = Field(default=None, gt=0, le=7 * 24 * 3600)
+
+
+class Envelope(WireModel):
+    """One task as delivered to an agent. `spec` stays a plain mapping on the wire so that an
+    agent can report a task it cannot parse as failed, with the reason, instead of dropping it."""
+
+    task_id: TaskId
+    spec: dict[str, Any]
+
+
+# --- comms routes --------------------------------------------------------------------------
+
+
+class RegisterRequest(WireModel):
+    name: Name
+    certificate_pem: str = Field(min_length=100, max_length=16 * 1024)
+    environments: list[Label] = Field(min_length=1, max_length=100)
+    roles: list[Label] = Field(min_length=1, max_length=100)
+    tenants: list[Label] = Field(default=[], max_length=1000)
+    tenant_tags: list[Label] = Field(default=[], max_length=1000)
+    agent_version: str = Field(default="", max_length=100)
+    replace: bool = False
+
+
+class RegisterResponse(WireModel):
+    agent_id: str
+    name: str
+    thumbprint: str
+    server_thumbprint: str
+
+
+class PollRequest(WireModel):
+    free_slots: int = Field(ge=0, le=MAX_SLOTS)
+    running: list[TaskId] = Field(default=[], max_length=MAX_SLOTS * 4)
+    agent_version: str = Field(default="", max_length=100)
+
+
+class PollResponse(WireModel):
+    envelopes: list[Envelope] = []
+    cancels: list[TaskId] = []
+    hold_seconds: float
+
+
+class Event(WireModel):
+    seq: int = Field(ge=1)
+    stream: Literal["stdout", "stderr", "system"]
+    text: str = Field(max_length=MAX_LINE_CHARS)
+    ts: float
+
+
+class EventsRequest(WireModel):
+    events: list[Event] = Field(min_length=1, max_length=MAX_EVENTS_PER_BATCH)
+
+
+class EventsResponse(WireModel):
+    acked_seq: int
+    cancel: bool = False
+
+
+class ResultRequest(WireModel):
+    state: FinalState
+    exit_code: int | None = None
+    last_seq: int = Field(ge=0)
+    reason: str = Field(default="", max_length=4096)
+
+
+class AcceptRequest(WireModel):
+    """Sent before the agent starts a task; the body is empty in v1."""
+
+
+class AcceptResponse(WireModel):
+    task_id: TaskId
+    state: TaskState
+
+
+# --- admin API -----------------------------------------------------------------------------
+
+
+class SubmitTask(TaskSpec):
+    target: Name
+
+
+class TaskView(WireModel):
+    id: TaskId
+    target: str
+    kind: str
+    state: TaskState
+    exit_code: int | None
+    reason: str
+    cancel_requested: bool
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    last_seq: int
+
+
+class TargetView(WireModel):
+    name: str
+    environments: list[str]
+    roles: list[str]
+    tenants: list[str]
+    tenant_tags: list[str]
+    thumbprint: str
+    connected: bool
+    last_seen: float | None
+    agent_version: str
+
+
+class EventsPage(WireModel):
+    task: TaskView
+    events: list[Event]
+
+
+class TokenCreated(WireModel):
+    token: str
+    expires_at: float

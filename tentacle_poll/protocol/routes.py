@@ -1,0 +1,29 @@
+"""Route paths and header names of protocol v1 (comms listener and admin API)."""
+
+from __future__ import annotations
+
+PROTOCOL_HEADER = "X-Tentacle-Protocol"
+API_KEY_HEADER = "X-Tentacle-Api-Key"
+REGISTRATION_TOKEN_HEADER = "X-Tentacle-Registration-Token"
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+
+# comms listener (mutual TLS)
+REGISTER = "/v1/register"
+POLL = "/v1/poll"
+TASK_ACCEPT = "/v1/tasks/{task_id}/accept"
+TASK_EVENTS = "/v1/tasks/{task_id}/events"
+TASK_RESULT = "/v1/tasks/{task_id}/result"
+
+# admin API (HTTP on loopback by default, API key header)
+ADMIN_HEALTH = "/api/health"
+ADMIN_TARGETS = "/api/targets"
+ADMIN_TARGET = "/api/targets/{name}"
+ADMIN_TASKS = "/api/tasks"
+ADMIN_TASK = "/api/tasks/{task_id}"
+ADMIN_TASK_EVENTS = "/api/tasks/{task_id}/events"
+ADMIN_TASK_CANCEL = "/api/tasks/{task_id}/cancel"
+ADMIN_TOKENS = "/api/registration-tokens"
+
+
+def task_path(template: str, task_id: str) -> str:
+    return template.format(task_id=task_id)

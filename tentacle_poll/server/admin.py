@@ -1,0 +1,145 @@
+"""Handlers of the admin API (HTTP, loopback by default): targets, tasks, tokens."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from loguru import logger
+
+from tentacle_poll.logs import hide_secret
+from tentacle_poll.protocol import routes
+from tentacle_poll.protocol.models import EventsPage, SubmitTask, TaskSpec, TokenCreated
+from tentacle_poll.protocol.tokens import make_token
+from tentacle_poll.server.dispatch import wait_for_bell
+from tentacle_poll.server.problems import Handler, ProblemError
+from tentacle_poll.server.state import STATE, json_response, now, read_model, task_view
+
+MAX_FOLLOW_WAIT = 60.0
+DEFAULT_TOKEN_TTL = 24 * 3600.0
+
+
+def add_admin_routes(app: web.Application) -> None:
+    app.router.add_get(routes.ADMIN_HEALTH, health)
+    app.router.add_get(routes.ADMIN_TARGETS, list_targets)
+    app.router.add_delete(routes.ADMIN_TARGET, delete_target)
+    app.router.add_get(routes.ADMIN_TASKS, list_tasks)
+    app.router.add_post(routes.ADMIN_TASKS, submit_task)
+    app.router.add_get(routes.ADMIN_TASK, show_task)
+    app.router.add_get(routes.ADMIN_TASK_EVENTS, task_events)
+    app.router.add_post(routes.ADMIN_TASK_CANCEL, cancel_task)
+    app.router.add_post(routes.ADMIN_TOKENS, create_token)
+
+
+@web.middleware
+async def require_api_key(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path != routes.ADMIN_HEALTH:
+        key = request.headers.get(routes.API_KEY_HEADER, "")
+        hide_secret(key)
+        if not key or not await request.app[STATE].store.api_key_valid(key):
+            raise ProblemError(
+                401,
+                "API key required",
+                f"send a valid key in the {routes.API_KEY_HEADER} header; "
+                "create one with `tentacle-poll server api-key create`",
+            )
+    return await handler(request)
+
+
+async def health(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    return web.json_response({"status": "ok", "server_thumbprint": state.thumbprint})
+
+
+async def list_targets(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    views = [state.target_view(agent) for agent in await state.store.list_agents()]
+    return web.json_response([v.model_dump(mode="json") for v in views])
+
+
+async def delete_target(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    agent = await state.store.delete_agent(request.match_info["name"])
+    if agent is None:
+        raise ProblemError(404, "no such target", f"no target named {request.match_info['name']}")
+    state.trust.remove(agent.certificate_pem.encode())
+    logger.info("removed target {}; its certificate is no longer trusted", agent.name)
+    return json_response(state.target_view(agent))
+
+
+async def submit_task(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    body = await read_model(request, SubmitTask)
+    agent = await state.store.agent_by_name(body.target)
+    if agent is None:
+        detail = f"no target named {body.target}; list them with `tentacle-poll targets`"
+        raise ProblemError(404, "no such target", detail)
+    spec = TaskSpec.model_validate(body.model_dump(exclude={"target"}))
+    task = await state.store.create_task(agent.id, spec.model_dump_json(), now())
+    state.dispatcher.agents.ring(agent.id)
+    logger.info("queued task {} for {}", task.id, agent.name)
+    return json_response(task_view(task), status=201)
+
+
+async def list_tasks(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    limit = _int_query(request, "limit", 50, 1, 1000)
+    tasks = await state.store.list_tasks(request.query.get("target"), limit)
+    return web.json_response([task_view(t).model_dump(mode="json") for t in tasks])
+
+
+async def show_task(request: web.Request) -> web.Response:
+    task = await request.app[STATE].task_or_404(request.match_info["task_id"])
+    return json_response(task_view(task))
+
+
+async def task_events(request: web.Request) -> web.Response:
+    """Lines after ``after``; with ``wait`` held until new lines arrive or the task ends."""
+    state = request.app[STATE]
+    task_id = request.match_info["task_id"]
+    after = _int_query(request, "after", 0, 0, 2**62)
+    limit = _int_query(request, "limit", 1000, 1, 10000)
+    deadline = request.app.loop.time() + _float_query(request, "wait", 0.0, 0.0, MAX_FOLLOW_WAIT)
+    while True:
+        bell = state.dispatcher.tasks.current(task_id)
+        task = await state.task_or_404(task_id)
+        lines = await state.store.events_after(task_id, after, limit)
+        remaining = deadline - request.app.loop.time()
+        if lines or task.state.is_final or remaining <= 0 or state.dispatcher.stopping:
+            return json_response(EventsPage(task=task_view(task), events=lines))
+        await wait_for_bell(bell, remaining)
+
+
+async def cancel_task(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    task = await state.task_or_404(request.match_info["task_id"])
+    updated = await state.store.request_cancel(task.id, now())
+    assert updated is not None
+    state.dispatcher.agents.ring(task.agent_id)
+    state.dispatcher.tasks.ring(task.id)
+    logger.info("cancel requested for task {} ({})", task.id, updated.state)
+    return json_response(task_view(updated))
+
+
+async def create_token(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    ttl = _float_query(request, "ttl", DEFAULT_TOKEN_TTL, 60.0, 30 * 24 * 3600.0)
+    secret = await state.store.create_registration_token(now() + ttl)
+    token = make_token(state.thumbprint, secret)
+    hide_secret(token)
+    return json_response(TokenCreated(token=token, expires_at=now() + ttl), status=201)
+
+
+def _int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    return int(_float_query(request, name, default, low, high))
+
+
+def _float_query(request: web.Request, name: str, default: float, low: float, high: float) -> float:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ProblemError(400, "malformed request", f"{name} must be a number") from exc
+    if not low <= value <= high:
+        raise ProblemError(400, "malformed request", f"{name} must be between {low:g} and {high:g}")
+    return value

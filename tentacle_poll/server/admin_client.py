@@ -1,0 +1,130 @@
+"""A small client of the admin API, used by the command line and the demo."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+import aiohttp
+from pydantic import BaseModel, TypeAdapter
+
+from tentacle_poll.exceptions import ProtocolError, RequestRejected, ServerUnavailable
+from tentacle_poll.protocol import routes
+from tentacle_poll.protocol.codec import decode
+from tentacle_poll.protocol.models import (
+    Event,
+    EventsPage,
+    Problem,
+    SubmitTask,
+    TargetView,
+    TaskView,
+    TokenCreated,
+)
+
+M = TypeVar("M")
+FOLLOW_WAIT_SECONDS = 30
+TARGETS = TypeAdapter(list[TargetView])
+TASKS = TypeAdapter(list[TaskView])
+
+
+class AdminClient:
+    def __init__(self, url: str, api_key: str) -> None:
+        self.url = url.rstrip("/")
+        self._headers = {routes.API_KEY_HEADER: api_key}
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> AdminClient:
+        self._session = aiohttp.ClientSession(
+            headers=self._headers, timeout=aiohttp.ClientTimeout(total=None, sock_connect=10)
+        )
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def targets(self) -> list[TargetView]:
+        return await self._call("GET", routes.ADMIN_TARGETS, TARGETS)
+
+    async def delete_target(self, name: str) -> TargetView:
+        return await self._call(
+            "DELETE", routes.ADMIN_TARGET.format(name=name), TypeAdapter(TargetView)
+        )
+
+    async def submit(self, task: SubmitTask) -> TaskView:
+        return await self._call("POST", routes.ADMIN_TASKS, TypeAdapter(TaskView), body=task)
+
+    async def tasks(self, target: str | None = None) -> list[TaskView]:
+        query = {"target": target} if target else {}
+        return await self._call("GET", routes.ADMIN_TASKS, TASKS, query=query)
+
+    async def task(self, task_id: str) -> TaskView:
+        return await self._call(
+            "GET", routes.task_path(routes.ADMIN_TASK, task_id), TypeAdapter(TaskView)
+        )
+
+    async def cancel(self, task_id: str) -> TaskView:
+        path = routes.task_path(routes.ADMIN_TASK_CANCEL, task_id)
+        return await self._call("POST", path, TypeAdapter(TaskView))
+
+    async def create_token(self, ttl_seconds: float) -> TokenCreated:
+        return await self._call(
+            "POST", routes.ADMIN_TOKENS, TypeAdapter(TokenCreated), query={"ttl": str(ttl_seconds)}
+        )
+
+    async def events(self, task_id: str, after: int, wait: float) -> EventsPage:
+        path = routes.task_path(routes.ADMIN_TASK_EVENTS, task_id)
+        query = {"after": str(after), "wait": str(wait)}
+        return await self._call("GET", path, TypeAdapter(EventsPage), query=query)
+
+    async def follow(self, task_id: str, on_event: Callable[[Event], None]) -> TaskView:
+        """Calls ``on_event`` for every line, in order, until the task has ended."""
+        after = 0
+        while True:
+            page = await self.events(task_id, after, FOLLOW_WAIT_SECONDS)
+            for event in page.events:
+                on_event(event)
+                after = event.seq
+            if page.task.state.is_final and not page.events:
+                return page.task
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        answer_type: TypeAdapter[M],
+        body: BaseModel | None = None,
+        query: dict[str, str] | None = None,
+    ) -> M:
+        assert self._session is not None, "use AdminClient as an async context manager"
+        data = body.model_dump_json() if body is not None else None
+        headers = {"Content-Type": "application/json"} if data else None
+        try:
+            async with self._session.request(
+                method, self.url + path, data=data, params=query, headers=headers
+            ) as response:
+                payload = await response.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise ServerUnavailable(
+                f"cannot reach the admin API at {self.url} ({exc}); is the server running?"
+            ) from exc
+        if response.status >= 400:
+            raise _rejection(response.status, payload)
+        return _parse(answer_type, payload)
+
+
+def _rejection(status: int, payload: bytes) -> RequestRejected | ServerUnavailable:
+    try:
+        problem = decode(Problem, payload)
+    except ProtocolError:
+        problem = Problem(title=f"HTTP {status}", status=status)
+    if status >= 500:
+        return ServerUnavailable(f"the server failed: {problem.title}: {problem.detail}")
+    return RequestRejected(status, problem.title, problem.detail)
+
+
+def _parse(answer_type: TypeAdapter[M], payload: bytes) -> M:
+    try:
+        return answer_type.validate_json(payload)
+    except ValueError as exc:
+        raise ProtocolError(f"the admin API sent an unreadable answer: {exc}") from exc

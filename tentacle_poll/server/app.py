@@ -1,0 +1,109 @@
+"""The server's lifecycle: startup → serve until asked to stop → shutdown.
+
+Two listeners share one state: the comms listener (mutual TLS, agents) and the admin API
+(HTTP, loopback by default, people and scripts). ``started`` is set once both listen, so
+callers and tests wait for it instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from aiohttp import web
+from loguru import logger
+
+from tentacle_poll.config import ServerSettings
+from tentacle_poll.server.admin import add_admin_routes, require_api_key
+from tentacle_poll.server.comms import add_comms_routes
+from tentacle_poll.server.dispatch import Dispatcher
+from tentacle_poll.server.identity import ServerHome
+from tentacle_poll.server.problems import problem_middleware
+from tentacle_poll.server.state import STATE, ServerState
+from tentacle_poll.tls import TrustedClientCertificates
+
+SHUTDOWN_TIMEOUT = 5.0
+
+
+class Server:
+    def __init__(self, settings: ServerSettings, home: Path) -> None:
+        self.settings = settings
+        self.home = ServerHome(home)
+        self.started = asyncio.Event()
+        self.comms_port = 0
+        self.admin_port = 0
+        self._runners: list[web.AppRunner] = []
+        self._state: ServerState | None = None
+
+    @property
+    def state(self) -> ServerState:
+        assert self._state is not None, "the server has not started"
+        return self._state
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        await self.startup()
+        try:
+            await stop.wait()
+        finally:
+            await self.shutdown()
+
+    async def startup(self) -> None:
+        identity_folder, thumbprint = self.home.ensure_identity()
+        store = self.home.open_store()
+        pems = [agent.certificate_pem.encode() for agent in await store.list_agents()]
+        trust = TrustedClientCertificates(identity_folder, pems)
+        self._state = ServerState(self.settings, store, Dispatcher(), trust, thumbprint)
+        self.comms_port = await self._listen(
+            self._comms_app(), self.settings.comms_host, self.settings.comms_port, trust
+        )
+        self.admin_port = await self._listen(
+            self._admin_app(), self.settings.admin_host, self.settings.admin_port, None
+        )
+        logger.info(
+            "server {} listening: comms (mutual TLS) on {}:{}, admin API on http://{}:{}",
+            thumbprint, self.settings.comms_host, self.comms_port,
+            self.settings.admin_host, self.admin_port,
+        )  # fmt: skip
+        self.started.set()
+
+    async def shutdown(self) -> None:
+        if self._state is not None:
+            # Held polls answer 503 + Retry-After at once instead of holding up cleanup.
+            self._state.dispatcher.stop()
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        self._runners.clear()
+        if self._state is not None:
+            await self._state.store.close()
+        logger.info("server stopped")
+
+    def _comms_app(self) -> web.Application:
+        app = web.Application(
+            middlewares=[problem_middleware], client_max_size=self.settings.max_body_bytes
+        )
+        app[STATE] = self.state
+        add_comms_routes(app)
+        return app
+
+    def _admin_app(self) -> web.Application:
+        app = web.Application(
+            middlewares=[problem_middleware, require_api_key],
+            client_max_size=self.settings.max_body_bytes,
+        )
+        app[STATE] = self.state
+        add_admin_routes(app)
+        return app
+
+    async def _listen(
+        self, app: web.Application, host: str, port: int, trust: TrustedClientCertificates | None
+    ) -> int:
+        # handler_cancellation: a held poll whose agent went away stops at once, so its
+        # tasks are not leased to a dead connection.
+        runner = web.AppRunner(
+            app, handler_cancellation=True, shutdown_timeout=SHUTDOWN_TIMEOUT, access_log=None
+        )
+        await runner.setup()
+        self._runners.append(runner)
+        site = web.TCPSite(runner, host, port, ssl_context=trust.context if trust else None)
+        await site.start()
+        return int(runner.addresses[-1][1])

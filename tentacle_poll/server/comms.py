@@ -1,0 +1,193 @@
+"""Handlers of the comms listener (mutual TLS): register, poll, accept, events, result."""
+
+from __future__ import annotations
+
+import json
+import random
+import ssl
+
+from aiohttp import web
+from cryptography.x509 import load_pem_x509_certificate
+from loguru import logger
+
+from tentacle_poll.exceptions import StoreError
+from tentacle_poll.logs import hide_secret
+from tentacle_poll.protocol import routes
+from tentacle_poll.protocol.models import (
+    AcceptResponse,
+    Envelope,
+    EventsRequest,
+    EventsResponse,
+    PollRequest,
+    PollResponse,
+    RegisterRequest,
+    RegisterResponse,
+    ResultRequest,
+)
+from tentacle_poll.protocol.tokens import token_secret
+from tentacle_poll.server.dispatch import wait_for_bell
+from tentacle_poll.server.problems import ProblemError
+from tentacle_poll.server.state import STATE, ServerState, json_response, now, read_model, task_view
+from tentacle_poll.store import AgentRecord, NewAgent, TaskRecord
+from tentacle_poll.tls import thumbprint_of_der, thumbprint_of_pem
+
+
+def add_comms_routes(app: web.Application) -> None:
+    app.router.add_post(routes.REGISTER, register)
+    app.router.add_post(routes.POLL, poll)
+    app.router.add_post(routes.TASK_ACCEPT, accept)
+    app.router.add_post(routes.TASK_EVENTS, events)
+    app.router.add_post(routes.TASK_RESULT, result)
+
+
+async def register(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    await _check_registration_credential(request, state)
+    body = await read_model(request, RegisterRequest)
+    thumbprint = _thumbprint_of_submitted(body.certificate_pem)
+    new = NewAgent(
+        name=body.name, thumbprint=thumbprint, certificate_pem=body.certificate_pem,
+        environments=body.environments, roles=body.roles, tenants=body.tenants,
+        tenant_tags=body.tenant_tags, agent_version=body.agent_version,
+    )  # fmt: skip
+    try:
+        agent = await state.store.save_agent(new, body.replace, now())
+    except StoreError as exc:
+        raise ProblemError(409, "name or certificate already registered", str(exc)) from exc
+    state.trust.add(body.certificate_pem.encode())
+    logger.info("registered target {} ({})", agent.name, agent.thumbprint)
+    answer = RegisterResponse(
+        agent_id=agent.id, name=agent.name, thumbprint=thumbprint,
+        server_thumbprint=state.thumbprint,
+    )  # fmt: skip
+    return json_response(answer)
+
+
+async def poll(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    agent = await authorised_agent(request)
+    body = await read_model(request, PollRequest)
+    await state.store.touch_agent(agent.id, body.agent_version, now())
+    with state.dispatcher.polling(agent.id):
+        answer = await _hold_until_work(request, state, agent, body)
+    await state.store.touch_agent(agent.id, body.agent_version, now())
+    return json_response(answer)
+
+
+async def accept(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    agent = await authorised_agent(request)
+    task_id = request.match_info["task_id"]
+    task = await state.store.accept_task(task_id, agent.id, now())
+    if task is None:
+        detail = f"task {task_id} is no longer leased to this agent; do not run it"
+        raise ProblemError(409, "lease lost", detail)
+    state.dispatcher.tasks.ring(task_id)
+    return json_response(AcceptResponse(task_id=task.id, state=task.state))
+
+
+async def events(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    task = await _own_task(request)
+    body = await read_model(request, EventsRequest)
+    acked = await state.store.append_events(task.id, list(body.events))
+    state.dispatcher.tasks.ring(task.id)
+    return json_response(EventsResponse(acked_seq=acked, cancel=task.cancel_requested))
+
+
+async def result(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    task = await _own_task(request)
+    body = await read_model(request, ResultRequest)
+    finished = await state.store.finish_task(task.id, body, now())
+    state.dispatcher.tasks.ring(task.id)
+    logger.info("task {} on {} ended {} ({})", task.id, task.target, body.state, body.reason)
+    return json_response(task_view(finished))
+
+
+async def authorised_agent(request: web.Request) -> AgentRecord:
+    """The registered agent behind this connection's client certificate, or 403."""
+    ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
+    der = (
+        ssl_object.getpeercert(binary_form=True) if isinstance(ssl_object, ssl.SSLObject) else None
+    )
+    agent = (
+        await request.app[STATE].store.agent_by_thumbprint(thumbprint_of_der(der)) if der else None
+    )
+    if agent is None:
+        raise ProblemError(
+            403,
+            "certificate not registered",
+            "register this agent first (`tentacle-poll register`)",
+        )
+    return agent
+
+
+async def _hold_until_work(
+    request: web.Request, state: ServerState, agent: AgentRecord, body: PollRequest
+) -> PollResponse:
+    hold = state.settings.hold_seconds
+    deadline = request.app.loop.time() + hold
+    while not state.dispatcher.stopping:
+        bell = state.dispatcher.agents.current(agent.id)
+        if _client_gone(request):
+            raise ProblemError(499, "client went away")
+        leased = await state.store.lease_tasks(
+            agent.id, body.free_slots, now(), state.settings.lease_seconds
+        )
+        cancels = await state.store.cancels_for(agent.id, list(body.running))
+        remaining = deadline - request.app.loop.time()
+        if leased or cancels or remaining <= 0:
+            return PollResponse(envelopes=_envelopes(leased), cancels=cancels, hold_seconds=hold)
+        await wait_for_bell(bell, remaining)
+    raise _server_stopping()
+
+
+def _envelopes(tasks: list[TaskRecord]) -> list[Envelope]:
+    return [Envelope(task_id=t.id, spec=json.loads(t.spec_json)) for t in tasks]
+
+
+def _server_stopping() -> ProblemError:
+    error = ProblemError(503, "server stopping", "poll again after Retry-After seconds")
+    # Spread the reconnect of every agent over a few seconds.
+    error.headers["Retry-After"] = str(random.randint(1, 5))
+    return error
+
+
+def _client_gone(request: web.Request) -> bool:
+    return request.transport is None or request.transport.is_closing()
+
+
+async def _own_task(request: web.Request) -> TaskRecord:
+    agent = await authorised_agent(request)
+    task = await request.app[STATE].store.get_task(request.match_info["task_id"])
+    if task is None or task.agent_id != agent.id:
+        raise ProblemError(404, "no such task", "this agent holds no task with that id")
+    return task
+
+
+async def _check_registration_credential(request: web.Request, state: ServerState) -> None:
+    api_key = request.headers.get(routes.API_KEY_HEADER)
+    token = request.headers.get(routes.REGISTRATION_TOKEN_HEADER)
+    hide_secret(api_key)
+    hide_secret(token)
+    if api_key and await state.store.api_key_valid(api_key):
+        return
+    if token and await state.store.consume_registration_token(token_secret(token), now()):
+        return
+    raise ProblemError(
+        401,
+        "registration refused",
+        "the API key or registration token was not accepted (tokens work once and expire); "
+        "create one with `tentacle-poll server api-key create` or `server token create`",
+    )
+
+
+def _thumbprint_of_submitted(pem: str) -> str:
+    try:
+        load_pem_x509_certificate(pem.encode())
+        return thumbprint_of_pem(pem.encode())
+    except ValueError as exc:
+        raise ProblemError(
+            400, "malformed request", "certificate_pem is not a certificate"
+        ) from exc

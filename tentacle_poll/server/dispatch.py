@@ -1,0 +1,71 @@
+"""In-memory wake-ups: a queued task rings its agent's held poll; a stored line wakes followers.
+
+Each waiter takes the current bell *before* it reads the store, so a ring that lands between
+the read and the wait is never missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+
+class Bells:
+    """One asyncio.Event per key, replaced after every ring."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, asyncio.Event] = {}
+
+    def current(self, key: str) -> asyncio.Event:
+        return self._events.setdefault(key, asyncio.Event())
+
+    def ring(self, key: str) -> None:
+        event = self._events.pop(key, None)
+        if event is not None:
+            event.set()
+
+    def ring_all(self) -> None:
+        for key in list(self._events):
+            self.ring(key)
+
+
+async def wait_for_bell(bell: asyncio.Event, timeout: float) -> bool:
+    """True when the bell rang, False when ``timeout`` passed first."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(bell.wait(), max(timeout, 0))
+        return True
+    return False
+
+
+class Dispatcher:
+    """Who is polling right now, and the bells for agents and for task followers."""
+
+    def __init__(self) -> None:
+        self.agents = Bells()
+        self.tasks = Bells()
+        self.stopping = False
+        self._polling: Counter[str] = Counter()
+        self._last_poll_end: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def polling(self, agent_id: str) -> Iterator[None]:
+        self._polling[agent_id] += 1
+        try:
+            yield
+        finally:
+            self._polling[agent_id] -= 1
+            self._last_poll_end[agent_id] = time.time()
+
+    def is_connected(self, agent_id: str, grace_seconds: float = 5.0) -> bool:
+        """Polling now, or between two polls (an agent re-polls within milliseconds)."""
+        if self._polling[agent_id] > 0:
+            return True
+        return time.time() - self._last_poll_end.get(agent_id, 0.0) < grace_seconds
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.agents.ring_all()
+        self.tasks.ring_all()

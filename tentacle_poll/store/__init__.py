@@ -1,0 +1,6 @@
+"""Persistence behind one small interface (`Store`); SQLite is the embedded default."""
+
+from tentacle_poll.store.base import AgentRecord, NewAgent, Store, TaskRecord
+from tentacle_poll.store.sqlite import SqliteStore
+
+__all__ = ["AgentRecord", "NewAgent", "SqliteStore", "Store", "TaskRecord"]

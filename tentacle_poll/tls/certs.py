@@ -1,0 +1,68 @@
+"""Key and self-signed certificate generation, and thumbprints (SHA-256 of the DER form, hex)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+DEFAULT_VALIDITY_DAYS = 3650
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A private key and its self-signed certificate, both PEM."""
+
+    key_pem: bytes
+    cert_pem: bytes
+
+    @property
+    def thumbprint(self) -> str:
+        return thumbprint_of_pem(self.cert_pem)
+
+
+def thumbprint_of_der(der: bytes) -> str:
+    return hashlib.sha256(der).hexdigest().upper()
+
+
+def thumbprint_of_pem(pem: bytes) -> str:
+    cert = x509.load_pem_x509_certificate(pem)
+    return thumbprint_of_der(cert.public_bytes(serialization.Encoding.DER))
+
+
+def certificate_expiry(pem: bytes) -> dt.datetime:
+    return x509.load_pem_x509_certificate(pem).not_valid_after_utc
+
+
+def generate_identity(common_name: str, days: int = DEFAULT_VALIDITY_DAYS) -> Identity:
+    """ECDSA P-256 (key generation well under a millisecond) with a self-signed certificate.
+
+    The certificate is its own CA so that a peer can load it as the only trust anchor and let
+    ordinary OpenSSL verification accept exactly this certificate (see shared stack notes).
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(common_name)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return Identity(key_pem=key_pem, cert_pem=cert.public_bytes(serialization.Encoding.PEM))

@@ -1,0 +1,98 @@
+"""SSLContext factories: a client pinned to server thumbprints, a server trusting registered agents.
+
+Python's ``ssl`` has no verify callback, so pinning is done in an ``SSLObject`` subclass that
+checks the peer's DER thumbprint right after the handshake and raises before any HTTP byte is
+written. The server side loads each registered agent certificate (self-signed, so it anchors
+itself) as a trust anchor; removals need a fresh context, swapped in per handshake from
+``sni_callback`` (which runs even when the client sends no SNI).
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from tentacle_poll.tls.certs import thumbprint_of_der
+from tentacle_poll.tls.files import identity_paths
+
+
+class PinnedServerMismatch(ssl.SSLError):
+    """The server's certificate thumbprint is not one of the pinned thumbprints."""
+
+
+class _PinnedSSLObject(ssl.SSLObject):
+    expected_thumbprints: frozenset[str] = frozenset()
+
+    def do_handshake(self) -> None:
+        super().do_handshake()
+        der = self.getpeercert(binary_form=True)
+        actual = thumbprint_of_der(der) if der else "none"
+        if actual not in self.expected_thumbprints:
+            raise PinnedServerMismatch(
+                f"server certificate thumbprint {actual} is not the pinned "
+                f"{', '.join(sorted(self.expected_thumbprints))}"
+            )
+
+
+def pinned_client_context(
+    thumbprints: Iterable[str], identity_folder: Path | None
+) -> ssl.SSLContext:
+    """A client context that talks only to a server with one of ``thumbprints``.
+
+    ``identity_folder`` holds the agent's key and certificate; ``None`` connects without a client
+    certificate, which the server allows for registration only.
+    """
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # the pin below replaces chain verification
+    pins = frozenset(t.upper() for t in thumbprints)
+    ctx.sslobject_class = type(
+        "PinnedSSLObject", (_PinnedSSLObject,), {"expected_thumbprints": pins}
+    )
+    if identity_folder is not None:
+        cert, key = identity_paths(identity_folder)
+        ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+class TrustedClientCertificates:
+    """The server's TLS context, trusting exactly the registered agent certificates."""
+
+    def __init__(self, identity_folder: Path, pems: Iterable[bytes]) -> None:
+        self._identity_folder = identity_folder
+        self._pems: set[bytes] = set(pems)
+        self._current = self._build_trust_context()
+        self.context = self._new_context()
+        self.context.sni_callback = self._use_current_trust
+
+    def add(self, pem: bytes) -> None:
+        if pem not in self._pems:
+            self._pems.add(pem)
+            self._current.load_verify_locations(cadata=pem.decode())
+
+    def remove(self, pem: bytes) -> None:
+        if pem in self._pems:
+            self._pems.discard(pem)
+            self._current = self._build_trust_context()
+
+    def _use_current_trust(self, sslobj: Any, server_name: str | None, ctx: ssl.SSLContext) -> None:
+        sslobj.context = self._current
+
+    def _build_trust_context(self) -> ssl.SSLContext:
+        ctx = self._new_context()
+        for pem in self._pems:
+            ctx.load_verify_locations(cadata=pem.decode())
+        return ctx
+
+    def _new_context(self) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        # OPTIONAL, not REQUIRED: registration arrives without a client certificate; every other
+        # route is authorised in its handler from the verified peer certificate.
+        ctx.verify_mode = ssl.CERT_OPTIONAL
+        cert, key = identity_paths(self._identity_folder)
+        ctx.load_cert_chain(cert, key)
+        return ctx

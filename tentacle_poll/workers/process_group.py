@@ -1,0 +1,80 @@
+"""Start a child in its own process group and end the whole group: interrupt, grace, kill."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from pathlib import Path
+
+
+def group_alive(pgid: int) -> bool:
+    """True while a process of the group is running; zombies waiting to be reaped do not count."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return _group_signalable(pgid)
+    return any(_running_in_group(stat, pgid) for stat in proc.glob("[0-9]*/stat"))
+
+
+def _running_in_group(stat_path: Path, pgid: int) -> bool:
+    try:
+        # Fields after the parenthesised command name: state, ppid, pgrp, ...
+        fields = stat_path.read_text().rpartition(")")[2].split()
+    except OSError:  # the process ended while we looked
+        return False
+    return fields[0] not in ("Z", "X") and int(fields[2]) == pgid
+
+
+def _group_signalable(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, sig)
+
+
+async def end_group(pgid: int, exited: asyncio.Future[None], grace_seconds: float) -> None:
+    """SIGTERM the group, give the leader ``grace_seconds`` to exit, then SIGKILL the group.
+
+    SIGTERM rather than SIGINT: non-interactive shells start background jobs with SIGINT
+    ignored, so only SIGTERM reaches a script's whole tree. Idempotent.
+    """
+    signal_group(pgid, signal.SIGTERM)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(exited), grace_seconds)
+    signal_group(pgid, signal.SIGKILL)
+
+
+def watch_exit(pid: int) -> asyncio.Future[None]:
+    """A future that resolves when ``pid`` exits, whether or not its pipes are still open.
+
+    On 3.11 ``Process.wait()`` also waits for every pipe to close, so a grandchild holding
+    stdout would hide the script's exit; a pidfd becomes readable at the exit itself.
+    """
+    loop = asyncio.get_running_loop()
+    exited: asyncio.Future[None] = loop.create_future()
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:  # already exited and reaped
+        exited.set_result(None)
+        return exited
+
+    def close_pidfd(_: asyncio.Future[None]) -> None:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+    def on_exit() -> None:
+        if not exited.done():
+            exited.set_result(None)
+
+    exited.add_done_callback(close_pidfd)
+    loop.add_reader(fd, on_exit)
+    return exited
