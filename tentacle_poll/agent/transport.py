@@ -116,8 +116,8 @@ class CommsClient:
             )
         if self._has_client_cert and _looks_like_rejected_certificate(exc):
             return CertificateRejected(
-                f"{self.url} did not accept this agent's certificate; is it registered? "
-                "(`tentacle-poll register`)"
+                f"{self.url} reset the connection after the TLS handshake: the server did not "
+                "accept this agent's certificate; is it registered? (`tentacle-poll register`)"
             )
         if isinstance(exc, asyncio.TimeoutError):
             return ServerUnavailable(f"{self.url} did not answer in time")
@@ -140,14 +140,14 @@ def _looks_like_rejected_certificate(exc: BaseException) -> bool:
     ssl_error = _find_cause(exc, ssl.SSLError)
     if ssl_error is not None and "alert" in str(ssl_error):
         return True
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return True
     os_error = _find_cause(exc, ConnectionResetError)
     return os_error is not None and getattr(os_error, "errno", None) == errno.ECONNRESET
 
 
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, aiohttp.ClientConnectorError):
+        if isinstance(exc.os_error, ConnectionRefusedError):
+            return "connection refused (is the server running, and is the port right?)"
         return exc.os_error.strerror or str(exc.os_error)
     return str(exc) or type(exc).__name__
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 from loguru import logger
 
@@ -97,12 +99,13 @@ async def task_events(request: web.Request) -> web.Response:
     task_id = request.match_info["task_id"]
     after = _int_query(request, "after", 0, 0, 2**62)
     limit = _int_query(request, "limit", 1000, 1, 10000)
-    deadline = request.app.loop.time() + _float_query(request, "wait", 0.0, 0.0, MAX_FOLLOW_WAIT)
+    wait = _float_query(request, "wait", 0.0, 0.0, MAX_FOLLOW_WAIT)
+    deadline = asyncio.get_running_loop().time() + wait
     while True:
         bell = state.dispatcher.tasks.current(task_id)
         task = await state.task_or_404(task_id)
         lines = await state.store.events_after(task_id, after, limit)
-        remaining = deadline - request.app.loop.time()
+        remaining = deadline - asyncio.get_running_loop().time()
         if lines or task.state.is_final or remaining <= 0 or state.dispatcher.stopping:
             return json_response(EventsPage(task=task_view(task), events=lines))
         await wait_for_bell(bell, remaining)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import ssl
@@ -127,7 +128,7 @@ async def _hold_until_work(
     request: web.Request, state: ServerState, agent: AgentRecord, body: PollRequest
 ) -> PollResponse:
     hold = state.settings.hold_seconds
-    deadline = request.app.loop.time() + hold
+    deadline = asyncio.get_running_loop().time() + hold
     while not state.dispatcher.stopping:
         bell = state.dispatcher.agents.current(agent.id)
         if _client_gone(request):
@@ -136,7 +137,7 @@ async def _hold_until_work(
             agent.id, body.free_slots, now(), state.settings.lease_seconds
         )
         cancels = await state.store.cancels_for(agent.id, list(body.running))
-        remaining = deadline - request.app.loop.time()
+        remaining = deadline - asyncio.get_running_loop().time()
         if leased or cancels or remaining <= 0:
             return PollResponse(envelopes=_envelopes(leased), cancels=cancels, hold_seconds=hold)
         await wait_for_bell(bell, remaining)

@@ -1,0 +1,186 @@
+"""Shared fixtures: a real server on loopback ports, registered agents, an admin client.
+
+Everything runs for real: mutual TLS over 127.0.0.1, scripts in subprocesses, SQLite on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+from loguru import logger
+
+from tentacle_poll.agent.daemon import Agent
+from tentacle_poll.agent.home import AgentHome
+from tentacle_poll.agent.registration import Registration, register
+from tentacle_poll.config import ServerSettings
+from tentacle_poll.protocol.models import Event, ScriptSpec, SubmitTask, TaskView, Variable
+from tentacle_poll.server import Server
+from tentacle_poll.server.admin_client import AdminClient
+from tentacle_poll.tls import generate_identity, save_identity
+
+
+@pytest.fixture(autouse=True)
+def loguru_to_caplog(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """pytest's caplog does not see loguru output unless a sink forwards it."""
+    handler_id = logger.add(caplog.handler, format="{message}", level="DEBUG", diagnose=False)
+    yield
+    logger.remove(handler_id)
+
+
+@pytest.fixture
+def log_seen() -> Iterator[Callable[[str], asyncio.Event]]:
+    """``log_seen(text)`` gives an event set once a log message containing ``text`` is written."""
+    watched: list[tuple[str, asyncio.Event, asyncio.AbstractEventLoop]] = []
+
+    def sink(message: object) -> None:
+        for text, event, loop in watched:
+            if text in str(message):
+                loop.call_soon_threadsafe(event.set)
+
+    handler_id = logger.add(sink, format="{message}", level="DEBUG")
+
+    def watch(text: str) -> asyncio.Event:
+        event = asyncio.Event()
+        watched.append((text, event, asyncio.get_running_loop()))
+        return event
+
+    yield watch
+    logger.remove(handler_id)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def server_settings(**overrides: object) -> ServerSettings:
+    values: dict[str, object] = {
+        "comms_host": "127.0.0.1", "comms_port": 0, "admin_host": "127.0.0.1",
+        "admin_port": 0, "hold_seconds": 5.0,
+    }  # fmt: skip
+    values.update(overrides)
+    return ServerSettings.model_validate(values)
+
+
+async def start_server(home: Path, **overrides: object) -> Server:
+    server = Server(server_settings(**overrides), home)
+    await server.startup()
+    return server
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[Server]:
+    running = await start_server(tmp_path / "server")
+    yield running
+    await running.shutdown()
+
+
+@pytest.fixture
+async def api_key(server: Server) -> str:
+    return await server.state.store.create_api_key("tests")
+
+
+@pytest.fixture
+async def admin(server: Server, api_key: str) -> AsyncIterator[AdminClient]:
+    async with AdminClient(f"http://127.0.0.1:{server.admin_port}", api_key) as client:
+        yield client
+
+
+def comms_url(server: Server) -> str:
+    return f"https://127.0.0.1:{server.comms_port}"
+
+
+def new_agent_home(folder: Path) -> AgentHome:
+    home = AgentHome(folder)
+    save_identity(home.identity_folder, generate_identity(folder.name))
+    return home
+
+
+async def register_agent(
+    server: Server, api_key: str, folder: Path, name: str, **extra: object
+) -> AgentHome:
+    home = new_agent_home(folder)
+    details = Registration(
+        server_url=comms_url(server), name=name, environments=["Test"], roles=["web"],
+        server_thumbprint=server.state.thumbprint, api_key=api_key, **extra,  # type: ignore[arg-type]
+    )  # fmt: skip
+    await register(home, details)
+    return home
+
+
+class RunningAgent:
+    """An agent daemon running as a task on the test's event loop."""
+
+    def __init__(self, home: AgentHome, **settings: object) -> None:
+        values: dict[str, object] = {"cancel_grace_seconds": 2.0, "backoff_max_seconds": 0.5}
+        values.update(settings)
+        base = home.settings()
+        self.agent = Agent(home, base.model_copy(update=values))
+        self.task = asyncio.create_task(self.agent.run())
+
+    async def stop(self, levels: int = 1) -> None:
+        for _ in range(levels):
+            self.agent.escalate()
+        await asyncio.wait_for(self.task, 30)
+
+
+AgentFactory = Callable[..., Awaitable[RunningAgent]]
+
+
+@pytest.fixture
+async def start_agent(server: Server, api_key: str, tmp_path: Path) -> AsyncIterator[AgentFactory]:
+    agents: list[RunningAgent] = []
+
+    async def start(name: str = "web1", **settings: object) -> RunningAgent:
+        home = await register_agent(server, api_key, tmp_path / name, name)
+        running = RunningAgent(home, **settings)
+        agents.append(running)
+        return running
+
+    yield start
+    for running in agents:
+        if not running.task.done():
+            await running.stop(levels=3)
+
+
+def script_task(target: str, body: str, **extra: object) -> SubmitTask:
+    syntax = extra.pop("syntax", "bash")
+    variables = extra.pop("variables", [])
+    spec = ScriptSpec(syntax=syntax, body=body)  # type: ignore[arg-type]
+    return SubmitTask(target=target, script=spec, variables=variables, **extra)  # type: ignore[arg-type]
+
+
+async def run_and_follow(admin: AdminClient, task: SubmitTask) -> tuple[TaskView, list[Event]]:
+    submitted = await admin.submit(task)
+    events: list[Event] = []
+    final = await admin.follow(submitted.id, events.append)
+    return final, events
+
+
+async def wait_for_line(admin: AdminClient, task_id: str, text: str) -> list[Event]:
+    """Follows a task (event-driven long poll) until a line containing ``text`` arrives."""
+    seen: list[Event] = []
+    after = 0
+    while True:
+        page = await admin.events(task_id, after, 10)
+        seen.extend(page.events)
+        if any(text in e.text for e in page.events):
+            return seen
+        if page.task.state.is_final:
+            raise AssertionError(f"task ended {page.task.state} before printing {text!r}: {seen}")
+        after = seen[-1].seq if seen else after
+
+
+def secret(name: str, value: str) -> Variable:
+    return Variable(name=name, value=value, sensitive=True)
+
+
+@pytest.fixture(autouse=True)
+def quiet_aiohttp_access_log() -> None:
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

@@ -1,0 +1,173 @@
+"""The comms routes spoken directly, as an agent would: leases, several envelopes per poll,
+accept, idempotent events and results, and a 4xx problem for every malformed request."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tentacle_poll.agent.transport import CommsClient
+from tentacle_poll.exceptions import LeaseLost, RequestRejected
+from tentacle_poll.protocol.models import (
+    AcceptRequest,
+    AcceptResponse,
+    Event,
+    EventsRequest,
+    EventsResponse,
+    PollRequest,
+    PollResponse,
+    ResultRequest,
+    TaskState,
+    TaskView,
+)
+from tentacle_poll.protocol.routes import POLL, TASK_ACCEPT, TASK_EVENTS, TASK_RESULT, task_path
+from tentacle_poll.server import Server
+from tentacle_poll.server.admin_client import AdminClient
+from tentacle_poll.tls import pinned_client_context
+
+from .conftest import comms_url, register_agent, script_task
+
+
+@pytest.fixture
+async def agent_client(server: Server, api_key: str, tmp_path: Path) -> AsyncIterator[CommsClient]:
+    home = await register_agent(server, api_key, tmp_path / "web1", "web1")
+    client = CommsClient(comms_url(server), [server.state.thumbprint], home.identity_folder)
+    yield client
+    await client.close()
+
+
+async def poll(
+    client: CommsClient, free_slots: int, running: list[str] | None = None
+) -> PollResponse:
+    return await client.post(
+        POLL, PollRequest(free_slots=free_slots, running=running or []), PollResponse
+    )
+
+
+async def test_one_poll_carries_as_many_envelopes_as_free_slots(
+    agent_client: CommsClient, admin: AdminClient
+) -> None:
+    queued = [await admin.submit(script_task("web1", f"echo {i}")) for i in range(3)]
+    first = await poll(agent_client, free_slots=2)
+    assert [e.task_id for e in first.envelopes] == [t.id for t in queued[:2]]
+    second = await poll(agent_client, free_slots=5)
+    assert [e.task_id for e in second.envelopes] == [queued[2].id]
+    assert (await admin.task(queued[2].id)).state == TaskState.LEASED
+
+
+async def test_accept_then_events_and_result_are_idempotent(
+    agent_client: CommsClient, admin: AdminClient
+) -> None:
+    task = await admin.submit(script_task("web1", "echo hi"))
+    await poll(agent_client, free_slots=1)
+    accept_path = task_path(TASK_ACCEPT, task.id)
+    accepted = await agent_client.post(accept_path, AcceptRequest(), AcceptResponse)
+    again = await agent_client.post(accept_path, AcceptRequest(), AcceptResponse)
+    assert accepted.state == again.state == TaskState.RUNNING
+    batch = EventsRequest(events=[Event(seq=1, stream="stdout", text="hi", ts=1.0)])
+    events_path = task_path(TASK_EVENTS, task.id)
+    for _ in range(2):  # a retry after a lost answer
+        answer = await agent_client.post(events_path, batch, EventsResponse)
+        assert answer.acked_seq == 1
+    result = ResultRequest(state="succeeded", exit_code=0, last_seq=1)
+    for _ in range(2):
+        view = await agent_client.post(task_path(TASK_RESULT, task.id), result, TaskView)
+        assert view.state == TaskState.SUCCEEDED
+    page = await admin.events(task.id, 0, 0)
+    assert [e.text for e in page.events] == ["hi"]
+
+
+async def test_accept_of_a_task_never_leased_is_refused(
+    agent_client: CommsClient, admin: AdminClient
+) -> None:
+    task = await admin.submit(script_task("web1", "echo hi"))
+    with pytest.raises(LeaseLost):
+        await agent_client.post(task_path(TASK_ACCEPT, task.id), AcceptRequest(), AcceptResponse)
+
+
+async def test_cancel_of_a_leased_task_reaches_the_poll_and_blocks_accept(
+    agent_client: CommsClient, admin: AdminClient
+) -> None:
+    task = await admin.submit(script_task("web1", "sleep 10"))
+    await poll(agent_client, free_slots=1)
+    await admin.cancel(task.id)
+    answer = await poll(agent_client, free_slots=0, running=[task.id])
+    assert answer.cancels == [task.id]
+    with pytest.raises(LeaseLost):
+        await agent_client.post(task_path(TASK_ACCEPT, task.id), AcceptRequest(), AcceptResponse)
+    assert (await admin.task(task.id)).state == TaskState.CANCELLED
+
+
+async def test_an_unaccepted_lease_returns_to_the_queue(
+    tmp_path: Path, api_key: str, admin: AdminClient, server: Server, agent_client: CommsClient
+) -> None:
+    server.settings = server.settings.model_copy(update={"lease_seconds": 0.01})
+    server.state.settings = server.settings
+    task = await admin.submit(script_task("web1", "echo hi"))
+    first = await poll(agent_client, free_slots=1)
+    assert [e.task_id for e in first.envelopes] == [task.id]
+    # The lease has expired by the next poll; the task is offered again.
+    second = await poll(agent_client, free_slots=1)
+    assert [e.task_id for e in second.envelopes] == [task.id]
+
+
+MALFORMED = [b"", b"not json", b"[]", b'{"free_slots": -1}', b'{"events": []}']
+
+
+@pytest.mark.parametrize(
+    "route", [POLL, "/v1/register", "/v1/tasks/x/events", "/v1/tasks/x/result"]
+)
+@pytest.mark.parametrize("body", MALFORMED)
+async def test_malformed_bodies_get_a_4xx_problem(
+    server: Server, agent_client: CommsClient, tmp_path: Path, route: str, body: bytes
+) -> None:
+    home_identity = tmp_path / "web1" / "identity"
+    context = pinned_client_context([server.state.thumbprint], home_identity)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(comms_url(server) + route, data=body, ssl=context) as response,
+    ):
+        problem = json.loads(await response.read())
+    assert 400 <= response.status < 500, (route, body, problem)
+    assert response.content_type == "application/problem+json"
+    assert problem["status"] == response.status and problem["title"]
+
+
+async def test_unknown_route_wrong_version_and_oversized_body_are_4xx(
+    server: Server, agent_client: CommsClient, tmp_path: Path
+) -> None:
+    context = pinned_client_context([server.state.thumbprint], tmp_path / "web1" / "identity")
+    url = comms_url(server)
+    cases = [
+        ("POST", "/v1/nowhere", b"{}", {}, 404),
+        ("GET", POLL, b"", {}, 405),
+        ("POST", POLL, b'{"free_slots": 1}', {"X-Tentacle-Protocol": "9"}, 400),
+        ("POST", POLL, io.BytesIO(b"x" * (9 * 1024 * 1024)), {}, 413),
+    ]
+    async with aiohttp.ClientSession() as session:
+        for method, path, body, headers, status in cases:
+            async with session.request(
+                method, url + path, data=body, headers=headers, ssl=context
+            ) as r:
+                assert r.status == status, (method, path)
+                assert (await r.json(content_type=None))["status"] == status
+
+
+async def test_admin_api_needs_a_key_and_rejects_bad_input(
+    server: Server, admin: AdminClient
+) -> None:
+    async with AdminClient(f"http://127.0.0.1:{server.admin_port}", "API-WRONG") as wrong:
+        with pytest.raises(RequestRejected) as refused:
+            await wrong.targets()
+    assert refused.value.status == 401
+    with pytest.raises(RequestRejected) as missing:
+        await admin.submit(script_task("nobody", "true"))
+    assert missing.value.status == 404 and "no target named nobody" in missing.value.detail
+    with pytest.raises(RequestRejected) as bad_wait:
+        await admin.events("x", 0, 1e9)
+    assert bad_wait.value.status == 400
