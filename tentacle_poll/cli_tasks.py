@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tentacle_poll.config import DEFAULT_ADMIN_PORT, ENV_PREFIX
+from tentacle_poll.demo import run_demo
 from tentacle_poll.exceptions import ConfigurationError
 from tentacle_poll.protocol.models import Event, ScriptSpec, SubmitTask, TaskView, Variable
 from tentacle_poll.server.admin_client import AdminClient
@@ -34,6 +35,10 @@ def add_commands(commands: Any, add_common: Any, add_admin: Any) -> None:
         parser.add_argument("task_id")
         parser.set_defaults(command=handler)
         parsers.append(parser)
+    demo = commands.add_parser("demo", help="a local server and agent running a sample task")
+    demo.add_argument("--folder", default=".demo", help="where the demo keeps its state")
+    demo.set_defaults(command=run_demo_command)
+    parsers.append(demo)
     listing = sub.add_parser("list", help="list recent tasks")
     listing.add_argument("--target")
     listing.set_defaults(command=list_tasks)
@@ -126,6 +131,10 @@ async def list_tasks(args: argparse.Namespace) -> int:
     for task in tasks:
         print(f"{task.id:<22} {task.target:<20} {task.state:<10} {_time(task.created_at)}")
     return 0
+
+
+async def run_demo_command(args: argparse.Namespace) -> int:
+    return await run_demo(Path(args.folder))
 
 
 def print_event(event: Event) -> None:

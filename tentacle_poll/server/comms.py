@@ -102,7 +102,8 @@ async def result(request: web.Request) -> web.Response:
     body = await read_model(request, ResultRequest)
     finished = await state.store.finish_task(task.id, body, now())
     state.dispatcher.tasks.ring(task.id)
-    logger.info("task {} on {} ended {} ({})", task.id, task.target, body.state, body.reason)
+    reason = f": {body.reason}" if body.reason else ""
+    logger.info("task {} on {} ended {}{}", task.id, task.target, body.state, reason)
     return json_response(task_view(finished))
 
 

@@ -1,0 +1,179 @@
+"""The command line as a user runs it: real processes, real signals, readable errors."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from .conftest import free_port
+from .helpers import process_running
+
+CLI = [sys.executable, "-m", "tentacle_poll"]
+
+
+def cli(
+    *args: str, env: dict[str, str] | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, timeout=30, env={**os.environ, **(env or {})}
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} exited {result.returncode}: {result.stderr}")
+    return result
+
+
+class Daemon:
+    """A CLI process in the background whose stderr can be awaited line by line."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.lines: list[str] = []
+
+    @classmethod
+    async def start(cls, *args: str, env: dict[str, str] | None = None) -> Daemon:
+        process = await asyncio.create_subprocess_exec(
+            *CLI, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )  # fmt: skip
+        return cls(process)
+
+    async def wait_for(self, text: str) -> str:
+        assert self.process.stdout is not None
+        async for raw in self.process.stdout:
+            line = raw.decode().rstrip()
+            self.lines.append(line)
+            if text in line:
+                return line
+        raise AssertionError(f"exited before printing {text!r}: {self.lines}")
+
+    async def stop(self, signum: int = signal.SIGTERM) -> int:
+        if self.process.returncode is None:
+            self.process.send_signal(signum)
+        assert self.process.stdout is not None
+        self.lines.extend(
+            line.decode().rstrip() for line in (await self.process.stdout.read()).splitlines()
+        )
+        return await self.process.wait()
+
+
+@pytest.fixture
+async def daemons() -> AsyncIterator[list[Daemon]]:
+    started: list[Daemon] = []
+    yield started
+    for daemon in started:
+        if daemon.process.returncode is None:
+            daemon.process.kill()
+            await daemon.process.wait()
+
+
+async def test_server_register_agent_and_task_from_the_command_line(
+    tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    server_home, agent_home = str(tmp_path / "server"), str(tmp_path / "agent")
+    key = cli(
+        "server", "api-key", "create", "--name", "ci", "--server-home", server_home
+    ).stdout.strip()
+    thumbprint = cli("server", "show-thumbprint", "--server-home", server_home).stdout.strip()
+    comms, admin = free_port(), free_port()
+    server = await Daemon.start(
+        "server", "run", "--server-home", server_home, "--comms-host", "127.0.0.1",
+        "--comms-port", str(comms), "--admin-port", str(admin),
+    )  # fmt: skip
+    daemons.append(server)
+    await server.wait_for("listening")
+    cli("new-certificate", "--home", agent_home)
+    cli("register", "--home", agent_home, "--server", f"https://127.0.0.1:{comms}",
+        "--server-thumbprint", thumbprint, "--name", "web1", "--environment", "Prod",
+        "--role", "web", "--role", "db", env={"TENTACLE_POLL_API_KEY": key})  # fmt: skip
+    agent = await Daemon.start("--home", agent_home)
+    daemons.append(agent)
+    await agent.wait_for("polling")
+    admin_env = {
+        "TENTACLE_POLL_API_KEY": key,
+        "TENTACLE_POLL_ADMIN_URL": f"http://127.0.0.1:{admin}",
+    }
+    run = cli(
+        "task",
+        "run",
+        "--target",
+        "web1",
+        "--script",
+        "echo hello; exit 4",
+        env=admin_env,
+        check=False,
+    )
+    assert run.returncode == 1
+    assert run.stdout.splitlines()[0] == "hello"
+    assert "failed, exit code 4" in run.stdout
+    targets = cli("targets", env=admin_env).stdout
+    assert "web1" in targets and "Prod" in targets and "web,db" in targets
+    assert await agent.stop() == 0
+    assert await server.stop() == 0
+    assert any("agent stopped" in line for line in agent.lines)
+
+
+def test_agent_without_configuration_names_the_command_to_run(tmp_path: Path) -> None:
+    result = cli("--home", str(tmp_path / "empty"), check=False)
+    assert result.returncode == 1
+    assert "new-certificate" in result.stderr
+    assert "Traceback" not in result.stderr
+    cli("new-certificate", "--home", str(tmp_path / "empty"))
+    result = cli("--home", str(tmp_path / "empty"), check=False)
+    assert result.returncode == 1 and "tentacle-poll register" in result.stderr
+
+
+def test_bad_setting_gives_one_line_per_problem(tmp_path: Path) -> None:
+    home = tmp_path / "agent"
+    cli("new-certificate", "--home", str(home))
+    (home / "agent.toml").write_text(
+        'concurrency = 0\nservers = [{url = "ftp://x", thumbprint = "zz"}]\n'
+    )
+    result = cli("--home", str(home), check=False, env={"TENTACLE_POLL_DRAIN_SECONDS": "soon"})
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    problems = [line.strip() for line in result.stderr.splitlines()[1:]]
+    assert any(p.startswith("concurrency:") for p in problems)
+    assert any(p.startswith("servers.0.url:") for p in problems)
+    assert any(p.startswith("servers.0.thumbprint:") for p in problems)
+    assert any(p.startswith("drain_seconds:") for p in problems)
+
+
+def test_group_readable_private_key_is_refused(tmp_path: Path) -> None:
+    home = tmp_path / "agent"
+    cli("new-certificate", "--home", str(home))
+    key = home / "identity" / "key.pem"
+    assert key.stat().st_mode & 0o777 == 0o600
+    key.chmod(0o640)
+    result = cli("show-thumbprint", "--home", str(home), check=False)
+    assert result.returncode == 1 and "chmod 600" in result.stderr
+
+
+def test_admin_command_without_a_server_says_so(tmp_path: Path) -> None:
+    env = {
+        "TENTACLE_POLL_API_KEY": "API-X",
+        "TENTACLE_POLL_ADMIN_URL": f"http://127.0.0.1:{free_port()}",
+    }
+    result = cli("targets", env=env, check=False)
+    assert result.returncode == 1
+    assert "is the server running?" in result.stderr and "Traceback" not in result.stderr
+
+
+async def test_demo_runs_the_sample_task_and_stops_cleanly_on_ctrl_c(
+    tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    demo = await Daemon.start("demo", "--folder", str(tmp_path / "demo"))
+    daemons.append(demo)
+    assert "succeeded with exit code 0" in await demo.wait_for("=== task")
+    await demo.wait_for("Press Ctrl-C")
+    assert "correct-horse-battery" not in "\n".join(demo.lines)
+    assert any("********" in line for line in demo.lines)
+    assert await demo.stop(signal.SIGINT) == 0
+    assert demo.lines[-1] == "stopped."
+    pids = [p for p in (tmp_path / "demo").rglob("*.pid")]
+    assert pids == [] or not any(process_running(int(p.read_text())) for p in pids)
