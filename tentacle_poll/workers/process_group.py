@@ -8,13 +8,23 @@ import os
 import signal
 from pathlib import Path
 
+GONE_TIMEOUT = 5.0
+
 
 def group_alive(pgid: int) -> bool:
     """True while a process of the group is running; zombies waiting to be reaped do not count."""
-    proc = Path("/proc")
-    if not proc.is_dir():
+    if not Path("/proc").is_dir():
         return _group_signalable(pgid)
-    return any(_running_in_group(stat, pgid) for stat in proc.glob("[0-9]*/stat"))
+    return bool(group_members(pgid))
+
+
+def group_members(pgid: int) -> list[int]:
+    """Running (non-zombie) processes of the group, read from /proc."""
+    return [
+        int(stat.parent.name)
+        for stat in Path("/proc").glob("[0-9]*/stat")
+        if _running_in_group(stat, pgid)
+    ]
 
 
 def _running_in_group(stat_path: Path, pgid: int) -> bool:
@@ -51,6 +61,18 @@ async def end_group(pgid: int, exited: asyncio.Future[None], grace_seconds: floa
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(asyncio.shield(exited), grace_seconds)
     signal_group(pgid, signal.SIGKILL)
+    await _group_gone(pgid, GONE_TIMEOUT)
+
+
+async def _group_gone(pgid: int, timeout: float) -> None:
+    """Waits until every killed member has really exited (SIGKILL is not instantaneous)."""
+    if not Path("/proc").is_dir():
+        return
+    exits = [watch_exit(pid) for pid in group_members(pgid)]
+    if exits:
+        await asyncio.wait(exits, timeout=timeout)
+    for exit_watch in exits:
+        exit_watch.cancel()
 
 
 def watch_exit(pid: int) -> asyncio.Future[None]:
