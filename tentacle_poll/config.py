@@ -82,6 +82,9 @@ class AgentSettings(_Settings):
     drain_seconds: float = Field(default=60.0, ge=0, le=24 * 3600)
     connect_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     backoff_max_seconds: float = Field(default=60.0, ge=0.1, le=3600)
+    max_output_mb: float = Field(default=100.0, gt=0)
+    max_envelope_kb: int = Field(default=2048, ge=16)
+    spool_max_mb: float = Field(default=1024.0, gt=0)
 
 
 class ServerSettings(_Settings):
@@ -91,6 +94,9 @@ class ServerSettings(_Settings):
     admin_port: int = Field(default=DEFAULT_ADMIN_PORT, ge=0, le=65535)
     hold_seconds: float = Field(default=25.0, gt=0, le=600)
     lease_seconds: float = Field(default=30.0, gt=0, le=3600)
+    # A running task whose agent has not polled for this long is shown as lost (it may still
+    # report its real result later). Default: one hold period plus a margin.
+    agent_lost_seconds: float = Field(default=40.0, gt=0, le=24 * 3600)
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024)
 
 

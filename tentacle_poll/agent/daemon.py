@@ -1,22 +1,29 @@
-"""The agent daemon's lifecycle: startup → poll until asked to stop → drain → shutdown.
+"""The agent daemon's lifecycle: recover → poll until asked to stop → drain → shutdown.
 
-Stopping escalates, one step per signal (``escalate``): first stop taking work and let running
-tasks finish up to the drain deadline; second cancel running tasks and report them cancelled;
-third give up at once.
+Stopping escalates, one step per signal (``escalate``): first stop taking work, let running
+tasks finish up to the drain deadline and deliver what is spooled; second cancel running tasks
+and report them cancelled; third give up at once (the spool keeps what was not delivered).
 """
 
 from __future__ import annotations
 
 import asyncio
+import shutil
 
 from loguru import logger
 
 from tentacle_poll.agent.home import AgentHome
+from tentacle_poll.agent.isolation import IsolationMutexes
+from tentacle_poll.agent.journal import Journal
 from tentacle_poll.agent.poll_loop import PollLoop
+from tentacle_poll.agent.recovery import deliver_unreported, fail_interrupted_tasks
 from tentacle_poll.agent.runner import RunnerContext, TaskRunner
 from tentacle_poll.agent.slots import Slots
+from tentacle_poll.agent.spool import Spool
 from tentacle_poll.agent.transport import CommsClient
 from tentacle_poll.config import AgentSettings
+
+MB = 1024 * 1024
 
 
 class Agent:
@@ -40,48 +47,74 @@ class Agent:
         return self._stop_level
 
     async def run(self) -> None:
-        clients = [
-            CommsClient(node.url, [node.thumbprint], self.home.identity_folder,
-                        self.settings.connect_timeout_seconds)
+        journal = Journal(self.home.journal_file)
+        spool = Spool(self.home.spool_folder, int(self.settings.spool_max_mb * MB))
+        clients = {
+            node.url: CommsClient(node.url, [node.thumbprint], self.home.identity_folder,
+                                  self.settings.connect_timeout_seconds)
             for node in self.settings.servers
-        ]  # fmt: skip
+        }  # fmt: skip
         try:
-            loops = [self._poll_loop(client) for client in clients]
-            polling = [asyncio.create_task(loop.run()) for loop in loops]
-            self.started.set()
-            logger.info("agent {} started with {} slots", self.settings.name, self.slots.capacity)
-            await asyncio.gather(*polling)
-            await self._drain()
+            await self._run(journal, spool, clients)
         finally:
-            for client in clients:
+            for client in clients.values():
                 await client.close()
+            journal.close()
         logger.info("agent stopped")
 
-    def _poll_loop(self, client: CommsClient) -> PollLoop:
+    async def _run(self, journal: Journal, spool: Spool, clients: dict[str, CommsClient]) -> None:
+        shutil.rmtree(self.home.work_folder, ignore_errors=True)  # left by an agent that died
+        fail_interrupted_tasks(journal, spool)
+        backlog = asyncio.create_task(
+            deliver_unreported(
+                journal, spool, clients, self.give_up, self.settings.backoff_max_seconds
+            )
+        )
+        mutexes = IsolationMutexes()
+        loops = [self._poll_loop(client, journal, spool, mutexes) for client in clients.values()]
+        polling = [asyncio.create_task(loop.run()) for loop in loops]
+        self.started.set()
+        logger.info("agent {} started with {} slots", self.settings.name, self.slots.capacity)
+        await asyncio.gather(*polling)
+        await self._drain(backlog)
+
+    def _poll_loop(
+        self, client: CommsClient, journal: Journal, spool: Spool, mutexes: IsolationMutexes
+    ) -> PollLoop:
         context = RunnerContext(
-            client=client, work_folder=self.home.work_folder,
-            grace_seconds=self.settings.cancel_grace_seconds,
-            max_backoff=self.settings.backoff_max_seconds, stop_reporting=self.give_up,
+            client=client, journal=journal, spool=spool, mutexes=mutexes,
+            work_folder=self.home.work_folder, grace_seconds=self.settings.cancel_grace_seconds,
+            max_backoff=self.settings.backoff_max_seconds,
+            max_output_bytes=int(self.settings.max_output_mb * MB),
+            max_envelope_bytes=self.settings.max_envelope_kb * 1024, stop_reporting=self.give_up,
         )  # fmt: skip
         return PollLoop(client, self.slots, context, self.stop_polling, self._runners)
 
-    async def _drain(self) -> None:
-        if not await self._wait_running(self.cancel_running, self.settings.drain_seconds):
+    async def _drain(self, backlog: asyncio.Task[None]) -> None:
+        deadline = asyncio.get_running_loop().time() + self.settings.drain_seconds
+        if not await self._wait_for(
+            self.slots.tasks(), self.cancel_running, self.settings.drain_seconds
+        ):
             logger.warning("cancelling {} running tasks", len(self.slots.tasks()))
             for runner in list(self._runners.values()):
                 runner.cancel("the agent is stopping")
-            if not await self._wait_running(self.give_up, None):
-                for task in self.slots.tasks():
-                    task.cancel()
+            await self._wait_for(self.slots.tasks(), self.give_up, None)
+        remaining = max(deadline - asyncio.get_running_loop().time(), 1.0)
+        if not await self._wait_for([backlog], self.give_up, remaining):
+            logger.warning("spooled results not yet delivered stay in {}", self.home.spool_folder)
+        for task in [*self.slots.tasks(), backlog]:
+            task.cancel()
 
-    async def _wait_running(self, interrupt: asyncio.Event, timeout: float | None) -> bool:
-        """True when every running task ended before ``interrupt`` or ``timeout``."""
-        running = self.slots.tasks()
-        if not running:
+    async def _wait_for(
+        self, tasks: list[asyncio.Task[None]], interrupt: asyncio.Event, timeout: float | None
+    ) -> bool:
+        """True when ``tasks`` all ended before ``interrupt`` was set or ``timeout`` passed."""
+        pending = [t for t in tasks if not t.done()]
+        if not pending:
             return True
-        logger.info("waiting for {} running tasks to finish", len(running))
+        logger.info("waiting for {} tasks to finish", len(pending))
         waiters = [
-            asyncio.ensure_future(asyncio.wait(running, timeout=timeout)),
+            asyncio.ensure_future(asyncio.wait(pending, timeout=timeout)),
             asyncio.ensure_future(interrupt.wait()),
         ]
         try:
@@ -89,4 +122,4 @@ class Agent:
         finally:
             for waiter in waiters:
                 waiter.cancel()
-        return not self.slots.tasks()
+        return all(t.done() for t in pending)

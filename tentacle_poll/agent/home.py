@@ -26,6 +26,14 @@ class AgentHome:
     def work_folder(self) -> Path:
         return self.folder / "work"
 
+    @property
+    def spool_folder(self) -> Path:
+        return self.folder / "spool"
+
+    @property
+    def journal_file(self) -> Path:
+        return self.folder / "journal.jsonl"
+
     def has_identity(self) -> bool:
         return (self.identity_folder / CERT_FILE).exists()
 

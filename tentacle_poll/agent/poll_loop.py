@@ -40,7 +40,7 @@ class PollLoop:
         self._stop = stop_polling
         self._runners = runners
         self._hold = DEFAULT_HOLD_SECONDS
-        self.first_poll_answered = asyncio.Event()
+        self._spool_full_warned = False
 
     async def run(self) -> None:
         logger.info("polling {}", self._client.url)
@@ -50,7 +50,6 @@ class PollLoop:
             except CommunicationError:
                 continue  # only when stopping: retrying re-raises its last error then
             if answer is not None:
-                self.first_poll_answered.set()
                 self._handle(answer)
 
     async def _poll_with_backoff(self) -> PollResponse | None:
@@ -67,7 +66,9 @@ class PollLoop:
     async def _poll_once(self) -> PollResponse | None:
         """The answer, or None when the poll was abandoned (slot freed, or stopping)."""
         request = PollRequest(
-            free_slots=self._slots.free, running=self._slots.running_ids, agent_version=__version__
+            free_slots=self._free_slots(),
+            running=self._slots.running_ids,
+            agent_version=__version__,
         )
         poll = asyncio.ensure_future(self._client.post(POLL, request, PollResponse, self._hold))
         interrupts: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._stop.wait())]
@@ -87,14 +88,33 @@ class PollLoop:
             return None
         return poll.result()
 
+    def _free_slots(self) -> int:
+        if self._context.spool.full:
+            # Better to take no work than to fill the disk; the spool drains as results land.
+            if not self._spool_full_warned:
+                folder = self._context.spool.folder
+                logger.warning(
+                    "the spool in {} is at its size limit: taking no new tasks until the "
+                    "server has the spooled results",
+                    folder,
+                )
+                self._spool_full_warned = True
+            return 0
+        self._spool_full_warned = False
+        return self._slots.free
+
     def _handle(self, answer: PollResponse) -> None:
         self._hold = answer.hold_seconds
         for task_id in answer.cancels:
             if task_id in self._runners:
                 self._runners[task_id].cancel("cancelled on the server")
         for envelope in answer.envelopes:
-            if self._slots.is_running(envelope.task_id):
-                continue  # a redelivery of a task this agent already runs
+            if self._slots.is_running(envelope.task_id) or self._context.journal.blocks(
+                envelope.task_id
+            ):
+                logger.warning("task {} was delivered again; this agent accepted it before, so it "
+                               "is not started again", envelope.task_id)  # fmt: skip
+                continue
             runner = TaskRunner(envelope, self._context)
             self._runners[envelope.task_id] = runner
             task = asyncio.create_task(self._run(runner), name=f"task-{envelope.task_id}")

@@ -1,8 +1,13 @@
-"""Runs one delivered envelope: parse, accept, run in a worker, report. Never raises."""
+"""Runs one delivered envelope: parse, journal, accept, wait for isolation, run, report.
+
+The journal steps make execution at-most-once: "accepted" is durable before the server hears
+of it, "started" before the script is spawned; see ``journal.py``. Never raises.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -10,22 +15,39 @@ from pathlib import Path
 
 from loguru import logger
 
+from tentacle_poll.agent.backoff import retrying
+from tentacle_poll.agent.isolation import IsolationMutexes, IsolationTimeout
+from tentacle_poll.agent.journal import Journal, Step
 from tentacle_poll.agent.reporter import TaskReporter
+from tentacle_poll.agent.spool import Spool
 from tentacle_poll.agent.transport import CommsClient
 from tentacle_poll.exceptions import CommunicationError, LeaseLost, ProtocolError
 from tentacle_poll.logs import hide_secret
 from tentacle_poll.protocol.codec import decode_object
-from tentacle_poll.protocol.models import AcceptRequest, AcceptResponse, Envelope, TaskSpec
+from tentacle_poll.protocol.models import (
+    AcceptRequest,
+    AcceptResponse,
+    Envelope,
+    ResultRequest,
+    TaskSpec,
+)
 from tentacle_poll.protocol.routes import TASK_ACCEPT, task_path
 from tentacle_poll.workers import Outcome, ScriptJob, ScriptWorker
+
+ACCEPT_PATIENCE_SECONDS = 20.0
 
 
 @dataclass(frozen=True)
 class RunnerContext:
     client: CommsClient
+    journal: Journal
+    spool: Spool
+    mutexes: IsolationMutexes
     work_folder: Path
     grace_seconds: float
     max_backoff: float
+    max_output_bytes: int
+    max_envelope_bytes: int
     stop_reporting: asyncio.Event
 
 
@@ -37,8 +59,8 @@ class TaskRunner:
         self._worker: ScriptWorker | None = None
         self._cancel_reason: str | None = None
         self._reporter = TaskReporter(
-            context.client, envelope.task_id, context.stop_reporting, context.max_backoff,
-            on_cancel=self.cancel,
+            context.client, context.spool.task(envelope.task_id), context.stop_reporting,
+            context.max_backoff, on_cancel=self.cancel,
         )  # fmt: skip
 
     def cancel(self, reason: str) -> None:
@@ -49,47 +71,93 @@ class TaskRunner:
     async def run(self) -> None:
         started = time.monotonic()
         try:
-            spec = decode_object(TaskSpec, self._envelope.spec)
+            spec = self._parse()
         except ProtocolError as exc:
-            await self._reporter.finish(Outcome.failed(f"malformed or unsupported task: {exc}"))
+            await self._report(Outcome.failed(f"malformed or unsupported task: {exc}"))
             return
-        for variable in spec.variables:
-            if variable.sensitive:
-                hide_secret(variable.value)
         if not await self._accept():
             return
-        outcome = await self._execute(spec)
-        await self._reporter.finish(outcome)
+        outcome = await self._run_isolated(spec)
+        await self._report(outcome)
         logger.info(
             "task {} {} in {:.2f} s{}", self.task_id, outcome.state, time.monotonic() - started,
             f" ({outcome.reason})" if outcome.reason else "",
         )  # fmt: skip
 
+    def _parse(self) -> TaskSpec:
+        size = len(json.dumps(self._envelope.spec))
+        if size > self._context.max_envelope_bytes:
+            limit = self._context.max_envelope_bytes
+            raise ProtocolError(f"the envelope is {size} bytes, over this agent's limit of {limit}")
+        spec = decode_object(TaskSpec, self._envelope.spec)
+        for variable in spec.variables:
+            if variable.sensitive:
+                hide_secret(variable.value)
+        return spec
+
     async def _accept(self) -> bool:
-        """Tell the server before starting anything; a lost lease means: do not run."""
-        path = task_path(TASK_ACCEPT, self.task_id)
+        """Journal, then tell the server, before anything starts. False: do not run."""
+        self._journal("accepted")
         try:
-            await self._context.client.post(path, AcceptRequest(), AcceptResponse)
+            await self._post_accept()
         except LeaseLost:
-            logger.warning("task {} was not started: the server moved its lease on", self.task_id)
+            logger.warning("task {} not started: the server moved its lease on", self.task_id)
+            self._journal("dropped")
             return False
         except CommunicationError as exc:
-            logger.warning("task {} was not started: accept failed ({})", self.task_id, exc)
+            await self._report(Outcome.failed(f"not started: the server did not confirm ({exc})"))
             return False
         return True
 
+    async def _post_accept(self) -> None:
+        # Accept is idempotent on the server, so a lost answer is simply asked again.
+        give_up = asyncio.Event()
+        asyncio.get_running_loop().call_later(ACCEPT_PATIENCE_SECONDS, give_up.set)
+        path = task_path(TASK_ACCEPT, self.task_id)
+        async for attempt in retrying(f"accepting task {self.task_id}", give_up, 1.0):
+            with attempt:
+                await self._context.client.post(path, AcceptRequest(), AcceptResponse)
+
+    async def _run_isolated(self, spec: TaskSpec) -> Outcome:
+        self._reporter.start_streaming()
+        isolation = self._context.mutexes.hold(
+            spec.isolation_mutex,
+            spec.isolation,
+            self.task_id,
+            spec.isolation_timeout_seconds,
+            say=lambda text: self._reporter.line("system", text),
+        )
+        try:
+            async with isolation:
+                return await self._execute(spec)
+        except IsolationTimeout as exc:
+            return Outcome.failed(str(exc))
+
     async def _execute(self, spec: TaskSpec) -> Outcome:
+        if self._cancel_reason is not None:
+            return Outcome("cancelled", reason=f"{self._cancel_reason} before it started")
         workspace = self._context.work_folder / self.task_id
         job = ScriptJob(
             task_id=self.task_id, script=spec.script, workspace=workspace,
             variables=list(spec.variables), timeout_seconds=spec.timeout_seconds,
             grace_seconds=self._context.grace_seconds,
+            max_output_bytes=self._context.max_output_bytes,
         )  # fmt: skip
         self._worker = ScriptWorker(job, self._reporter.line)
-        if self._cancel_reason is not None:
-            self._worker.cancel(self._cancel_reason)
-        self._reporter.start()
+        self._journal("started")
         try:
             return await self._worker.run()
         finally:
             shutil.rmtree(workspace, ignore_errors=True)
+
+    async def _report(self, outcome: Outcome) -> None:
+        result = ResultRequest(
+            state=outcome.state, exit_code=outcome.exit_code, last_seq=0, reason=outcome.reason
+        )
+        self._reporter.spool_result(result)
+        self._journal("finished")
+        if await self._reporter.deliver():
+            self._journal("reported")
+
+    def _journal(self, step: Step) -> None:
+        self._context.journal.record(self.task_id, step, self._context.client.url)

@@ -67,7 +67,7 @@ class Problem(WireModel):
 
 class Variable(WireModel):
     name: VariableName
-    value: str = Field(max_length=256 * 1024)
+    value: str = Field(max_length=64 * 1024)
     sensitive: bool = False
 
 
@@ -81,13 +81,23 @@ class ScriptSpec(WireModel):
     working_directory: str | None = Field(default=None, max_length=4096)
 
 
+MutexName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,100}$")]
+
+
 class TaskSpec(WireModel):
-    """What the server queues and the agent runs; `kind` selects the payload model."""
+    """What the server queues and the agent runs; `kind` selects the payload model.
+
+    Isolation works as in Octopus Tentacle: ``full`` holds the named mutex exclusively (nothing
+    else using that mutex runs meanwhile), ``none`` holds it shared.
+    """
 
     kind: Literal["script"] = "script"
     script: ScriptSpec
     variables: list[Variable] = Field(default=[], max_length=1000)
     timeout_seconds: float | None = Field(default=None, gt=0, le=7 * 24 * 3600)
+    isolation: Literal["full", "none"] = "none"
+    isolation_mutex: MutexName = "RunningScript"
+    isolation_timeout_seconds: float | None = Field(default=None, gt=0, le=7 * 24 * 3600)
 
 
 class Envelope(WireModel):

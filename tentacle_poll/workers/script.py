@@ -37,6 +37,8 @@ class ScriptJob:
     grace_seconds: float = 10.0
     # How long stray processes may keep the output pipes open after the script has exited.
     straggler_seconds: float = 2.0
+    # Output past this is read and discarded (the child must never block on a full pipe).
+    max_output_bytes: int | None = None
 
 
 class ScriptWorker:
@@ -48,6 +50,7 @@ class ScriptWorker:
         self._sink = sink
         self._cancelled = asyncio.Event()
         self._cancel_reason = ""
+        self._output_bytes = 0
 
     def cancel(self, reason: str) -> None:
         if not self._cancelled.is_set():
@@ -146,7 +149,22 @@ class ScriptWorker:
         return LineSplitter(lambda line: self._emit(stream, line), MAX_LINE_CHARS)
 
     def _emit(self, stream: Stream, text: str) -> None:
+        if stream != "system" and not self._within_output_cap(text):
+            return
         self._sink(stream, self._masker.mask(text))
+
+    def _within_output_cap(self, text: str) -> bool:
+        cap = self._job.max_output_bytes
+        if cap is None:
+            return True
+        before = self._output_bytes
+        self._output_bytes += len(text) + 1
+        if self._output_bytes <= cap:
+            return True
+        if before <= cap:
+            self._sink("system", f"output limit of {cap} bytes reached: further output of this "
+                                 "task is discarded; the task keeps running")  # fmt: skip
+        return False
 
     def _write_script(self) -> Path:
         self._job.workspace.mkdir(parents=True, exist_ok=True)

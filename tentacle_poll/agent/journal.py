@@ -1,0 +1,81 @@
+"""The agent's journal: an append-only, fsync'd record of each task's lifecycle on disk.
+
+    accepted → started → finished → reported      (or accepted → dropped)
+
+"accepted" is written before the agent tells the server, "started" just before the script is
+spawned. A task id the journal knows is never started again, whatever restarts happen; a task
+"started" but not "finished" when the agent comes back was interrupted by the agent's death.
+Only ids and states are written here: never a script, a variable or an output line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+Step = Literal["accepted", "started", "finished", "reported", "dropped"]
+ORDER: dict[str, int] = {"accepted": 0, "started": 1, "finished": 2, "dropped": 3, "reported": 3}
+
+
+@dataclass
+class JournalEntry:
+    task_id: str
+    step: Step
+    server: str
+
+
+class Journal:
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self.entries: dict[str, JournalEntry] = self._load()
+        self._compact()
+        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115  (kept open for appends)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def record(self, task_id: str, step: Step, server: str) -> None:
+        """Appends one step and makes it durable before returning."""
+        self._file.write(json.dumps({"task": task_id, "step": step, "server": server}) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self.entries[task_id] = JournalEntry(task_id, step, server)
+
+    def blocks(self, task_id: str) -> bool:
+        """True when the task must not start (again); a dropped lease may be delivered anew."""
+        entry = self.entries.get(task_id)
+        return entry is not None and entry.step != "dropped"
+
+    def in_step(self, *steps: Step) -> list[JournalEntry]:
+        return [e for e in self.entries.values() if e.step in steps]
+
+    def _load(self) -> dict[str, JournalEntry]:
+        entries: dict[str, JournalEntry] = {}
+        if not self._path.exists():
+            return entries
+        for line in self._path.read_text(encoding="utf-8").splitlines():
+            try:
+                raw = json.loads(line)
+                entry = JournalEntry(raw["task"], raw["step"], raw["server"])
+            except (ValueError, KeyError, TypeError):
+                continue  # a line torn by a crash mid-write
+            known = entries.get(entry.task_id)
+            if known is None or ORDER[entry.step] >= ORDER[known.step]:
+                entries[entry.task_id] = entry
+        return entries
+
+    def _compact(self) -> None:
+        """Rewrite the file with the last step of each task (atomic: temp file + rename)."""
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self._path.with_suffix(".tmp")
+        with open(temporary, "w", encoding="utf-8") as handle:
+            for e in self.entries.values():
+                handle.write(
+                    json.dumps({"task": e.task_id, "step": e.step, "server": e.server}) + "\n"
+                )
+            handle.flush()
+            os.fsync(handle.fileno())
+        temporary.replace(self._path)

@@ -1,0 +1,56 @@
+"""What an agent does with its journal and spool when it starts: nothing accepted runs again.
+
+A task "started" but never "finished" was running when the agent died: it is reported failed,
+with the output captured until then. A task "accepted" but never "started" did not run: it is
+reported failed too (the server may already count it as running). Results that were spooled but
+not acknowledged are delivered again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from loguru import logger
+
+from tentacle_poll.agent.journal import Journal
+from tentacle_poll.agent.reporter import TaskReporter
+from tentacle_poll.agent.spool import Spool
+from tentacle_poll.agent.transport import CommsClient
+from tentacle_poll.protocol.models import Event, ResultRequest
+
+DIED_RUNNING = "agent restarted while the task ran"
+DIED_BEFORE_START = "agent restarted before the task started; it did not run"
+
+
+def fail_interrupted_tasks(journal: Journal, spool: Spool) -> None:
+    for entry, reason in [
+        *((e, DIED_RUNNING) for e in journal.in_step("started")),
+        *((e, DIED_BEFORE_START) for e in journal.in_step("accepted")),
+    ]:
+        task_spool = spool.task(entry.task_id)
+        note_seq = max((e.seq for e in task_spool.events()), default=0) + 1
+        task_spool.append(Event(seq=note_seq, stream="system", text=reason, ts=time.time()))
+        task_spool.write_result(ResultRequest(state="failed", last_seq=note_seq, reason=reason))
+        journal.record(entry.task_id, "finished", entry.server)
+        logger.warning("task {}: {}; reporting it failed", entry.task_id, reason)
+
+
+async def deliver_unreported(
+    journal: Journal,
+    spool: Spool,
+    clients: dict[str, CommsClient],
+    stop: asyncio.Event,
+    max_backoff: float,
+) -> None:
+    """Sends every spooled result the server has not acknowledged yet, one task at a time."""
+    for entry in journal.in_step("finished"):
+        client = clients.get(entry.server)
+        if client is None:
+            logger.error("task {} was for {}, which this agent no longer polls; its result "
+                         "stays in {}", entry.task_id, entry.server, spool.folder)  # fmt: skip
+            continue
+        reporter = TaskReporter(client, spool.task(entry.task_id), stop, max_backoff)
+        if await reporter.deliver():
+            journal.record(entry.task_id, "reported", entry.server)
+            logger.info("delivered the spooled result of task {}", entry.task_id)
