@@ -26,6 +26,7 @@ from tentacle_poll.exceptions import (
     ServerIdentityMismatch,
     ServerUnavailable,
 )
+from tentacle_poll.keepalive import keepalive_socket
 from tentacle_poll.protocol.codec import decode, encode
 from tentacle_poll.protocol.models import PROTOCOL_VERSION, Problem
 from tentacle_poll.protocol.routes import PROTOCOL_HEADER
@@ -87,7 +88,9 @@ class CommsClient:
                     PROTOCOL_HEADER: PROTOCOL_VERSION,
                     "User-Agent": f"tentacle-poll/{__version__}",
                 },
-                connector=aiohttp.TCPConnector(keepalive_timeout=60),
+                connector=aiohttp.TCPConnector(
+                    keepalive_timeout=60, socket_factory=keepalive_socket
+                ),
             )
         return self._session
 

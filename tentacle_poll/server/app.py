@@ -20,6 +20,7 @@ from tentacle_poll.server.dispatch import Dispatcher
 from tentacle_poll.server.identity import ServerHome
 from tentacle_poll.server.problems import problem_middleware
 from tentacle_poll.server.state import STATE, ServerState
+from tentacle_poll.server.sweeper import sweep_forever
 from tentacle_poll.tls import TrustedClientCertificates
 
 SHUTDOWN_TIMEOUT = 5.0
@@ -33,6 +34,7 @@ class Server:
         self.comms_port = 0
         self.admin_port = 0
         self._runners: list[web.AppRunner] = []
+        self._sweeper: asyncio.Task[None] | None = None
         self._state: ServerState | None = None
 
     @property
@@ -64,12 +66,15 @@ class Server:
             thumbprint, self.settings.comms_host, self.comms_port,
             self.settings.admin_host, self.admin_port,
         )  # fmt: skip
+        self._sweeper = asyncio.create_task(sweep_forever(self.state), name="sweeper")
         self.started.set()
 
     async def shutdown(self) -> None:
         if self._state is not None:
             # Held polls answer 503 + Retry-After at once instead of holding up cleanup.
             self._state.dispatcher.stop()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()

@@ -59,6 +59,9 @@ class Dispatcher:
             self._polling[agent_id] -= 1
             self._last_poll_end[agent_id] = time.time()
 
+    def is_polling(self, agent_id: str) -> bool:
+        return self._polling[agent_id] > 0
+
     def is_connected(self, agent_id: str, grace_seconds: float = 5.0) -> bool:
         """Polling now, or between two polls (an agent re-polls within milliseconds)."""
         if self._polling[agent_id] > 0:

@@ -251,16 +251,49 @@ class SqliteStore:
         return [Event(seq=s, stream=st, text=tx, ts=ts) for s, st, tx, ts in rows.fetchall()]
 
     async def finish_task(self, task_id: str, result: ResultRequest, now: float) -> TaskRecord:
-        """Idempotent: the first final state wins, a repeated result changes nothing."""
+        """Idempotent: the first final state wins, a repeated result changes nothing. "lost" is
+        only the server's guess, so the agent's real result replaces it."""
         with self._transaction():
             task = self._task(task_id)
-            if not task.state.is_final:
+            if not task.state.is_final or task.state == TaskState.LOST:
                 self._db.execute(
                     "UPDATE tasks SET state = ?, exit_code = ?, reason = ?, finished_at = ?, "
                     "leased_until = NULL WHERE id = ?",
                     (result.state, result.exit_code, result.reason, now, task_id),
                 )
             return self._task(task_id)
+
+    async def expire_leases(self, now: float) -> int:
+        with self._transaction():
+            agents = self._db.execute(
+                "SELECT DISTINCT agent_id FROM tasks WHERE state = 'leased' AND leased_until < ?",
+                (now,),
+            ).fetchall()
+            for (agent_id,) in agents:
+                self._expire_leases(agent_id, now)
+            return len(agents)
+
+    async def silent_agents(self, seen_before: float) -> list[str]:
+        """Agents with running tasks that have not been seen since ``seen_before``."""
+        rows = self._db.execute(
+            "SELECT DISTINCT a.id FROM agents a JOIN tasks t ON t.agent_id = a.id "
+            "WHERE t.state = 'running' AND COALESCE(a.last_seen, 0) < ?",
+            (seen_before,),
+        )
+        return [row[0] for row in rows.fetchall()]
+
+    async def mark_lost(self, agent_ids: list[str], reason: str, now: float) -> list[str]:
+        """Running tasks of these agents become "lost"; returns their ids."""
+        with self._transaction():
+            lost: list[str] = []
+            for agent_id in agent_ids:
+                rows = self._db.execute(
+                    "SELECT id FROM tasks WHERE agent_id = ? AND state = 'running'", (agent_id,)
+                )
+                lost.extend(row[0] for row in rows.fetchall())
+            for task_id in lost:
+                self._end(task_id, TaskState.LOST, reason, now)
+            return lost
 
     def _end(self, task_id: str, state: TaskState, reason: str, now: float) -> None:
         self._db.execute(

@@ -1,0 +1,44 @@
+"""The server's periodic checks: expired leases back to the queue, silent agents' tasks lost.
+
+A cut connection leaves no trace in a held poll; what shows it is an agent that stops polling.
+An agent polls again within milliseconds of every answer, so one that has not been seen for
+``agent_lost_seconds`` (default: one hold plus a margin) while not polling is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from loguru import logger
+
+from tentacle_poll.server.state import ServerState
+
+
+def sweep_interval(state: ServerState) -> float:
+    return max(
+        0.05, min(5.0, state.settings.agent_lost_seconds / 4, state.settings.lease_seconds / 2)
+    )
+
+
+async def sweep_forever(state: ServerState) -> None:
+    while not state.dispatcher.stopping:
+        await sweep_once(state)
+        await asyncio.sleep(sweep_interval(state))
+
+
+async def sweep_once(state: ServerState) -> None:
+    now = time.time()
+    await state.store.expire_leases(now)
+    silent_since = now - state.settings.agent_lost_seconds
+    silent = [
+        agent_id
+        for agent_id in await state.store.silent_agents(silent_since)
+        if not state.dispatcher.is_polling(agent_id)
+    ]
+    if not silent:
+        return
+    reason = f"agent lost: no poll for {state.settings.agent_lost_seconds:g} s"
+    for task_id in await state.store.mark_lost(silent, reason, now):
+        logger.warning("task {}: {}", task_id, reason)
+        state.dispatcher.tasks.ring(task_id)
