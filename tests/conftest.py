@@ -156,7 +156,8 @@ async def start_agent(server: Server, api_key: str, tmp_path: Path) -> AsyncIter
 def script_task(target: str, body: str, **extra: object) -> SubmitTask:
     syntax = extra.pop("syntax", "bash")
     variables = extra.pop("variables", [])
-    spec = ScriptSpec(syntax=syntax, body=body)  # type: ignore[arg-type]
+    arguments = extra.pop("arguments", [])
+    spec = ScriptSpec(syntax=syntax, body=body, arguments=arguments)  # type: ignore[arg-type]
     return SubmitTask(target=target, script=spec, variables=variables, **extra)  # type: ignore[arg-type]
 
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,8 +12,7 @@ import pytest
 
 from .conftest import free_port
 from .helpers import process_running
-
-CLI = [sys.executable, "-m", "tentacle_poll"]
+from .processes import CLI, Daemon
 
 
 def cli(
@@ -27,40 +24,6 @@ def cli(
     if check and result.returncode != 0:
         raise AssertionError(f"{args} exited {result.returncode}: {result.stderr}")
     return result
-
-
-class Daemon:
-    """A CLI process in the background whose stderr can be awaited line by line."""
-
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self.process = process
-        self.lines: list[str] = []
-
-    @classmethod
-    async def start(cls, *args: str, env: dict[str, str] | None = None) -> Daemon:
-        process = await asyncio.create_subprocess_exec(
-            *CLI, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
-        )  # fmt: skip
-        return cls(process)
-
-    async def wait_for(self, text: str) -> str:
-        assert self.process.stdout is not None
-        async for raw in self.process.stdout:
-            line = raw.decode().rstrip()
-            self.lines.append(line)
-            if text in line:
-                return line
-        raise AssertionError(f"exited before printing {text!r}: {self.lines}")
-
-    async def stop(self, signum: int = signal.SIGTERM) -> int:
-        if self.process.returncode is None:
-            self.process.send_signal(signum)
-        assert self.process.stdout is not None
-        self.lines.extend(
-            line.decode().rstrip() for line in (await self.process.stdout.read()).splitlines()
-        )
-        return await self.process.wait()
 
 
 @pytest.fixture

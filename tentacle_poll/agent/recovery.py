@@ -9,6 +9,7 @@ not acknowledged are delivered again.
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 
 from loguru import logger
@@ -18,6 +19,7 @@ from tentacle_poll.agent.reporter import TaskReporter
 from tentacle_poll.agent.spool import Spool
 from tentacle_poll.agent.transport import CommsClient
 from tentacle_poll.protocol.models import Event, ResultRequest
+from tentacle_poll.workers.process_group import group_alive, signal_group
 
 DIED_RUNNING = "agent restarted while the task ran"
 DIED_BEFORE_START = "agent restarted before the task started; it did not run"
@@ -29,11 +31,20 @@ def fail_interrupted_tasks(journal: Journal, spool: Spool) -> None:
         *((e, DIED_BEFORE_START) for e in journal.in_step("accepted")),
     ]:
         task_spool = spool.task(entry.task_id)
+        note = reason + _end_orphans(task_spool.process_group())
         note_seq = max((e.seq for e in task_spool.events()), default=0) + 1
-        task_spool.append(Event(seq=note_seq, stream="system", text=reason, ts=time.time()))
+        task_spool.append(Event(seq=note_seq, stream="system", text=note, ts=time.time()))
         task_spool.write_result(ResultRequest(state="failed", last_seq=note_seq, reason=reason))
         journal.record(entry.task_id, "finished", entry.server)
         logger.warning("task {}: {}; reporting it failed", entry.task_id, reason)
+
+
+def _end_orphans(pgid: int | None) -> str:
+    """The script of a dead agent runs on in its own session: end its whole group."""
+    if pgid is None or not group_alive(pgid):
+        return ""
+    signal_group(pgid, signal.SIGKILL)
+    return "; its processes, still running, were ended"
 
 
 async def deliver_unreported(

@@ -142,6 +142,7 @@ class TaskRunner:
             variables=list(spec.variables), timeout_seconds=spec.timeout_seconds,
             grace_seconds=self._context.grace_seconds,
             max_output_bytes=self._context.max_output_bytes,
+            on_spawn=self._context.spool.task(self.task_id).record_process_group,
         )  # fmt: skip
         self._worker = ScriptWorker(job, self._reporter.line)
         self._journal("started")

@@ -18,6 +18,7 @@ from tentacle_poll.protocol.models import Event, ResultRequest
 
 EVENTS_FILE = "events.jsonl"
 RESULT_FILE = "result.json"
+PROCESS_GROUP_FILE = "pgid"
 
 
 class TaskSpool:
@@ -54,6 +55,17 @@ class TaskSpool:
             except ValueError:
                 continue  # the last line may be torn by a crash
         return events
+
+    def record_process_group(self, pgid: int) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / PROCESS_GROUP_FILE).write_text(str(pgid))
+
+    def process_group(self) -> int | None:
+        path = self.folder / PROCESS_GROUP_FILE
+        try:
+            return int(path.read_text())
+        except (OSError, ValueError):
+            return None
 
     def write_result(self, result: ResultRequest) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)

@@ -46,6 +46,7 @@ class Dispatcher:
     def __init__(self) -> None:
         self.agents = Bells()
         self.tasks = Bells()
+        self.polls = Bells()  # rung when an agent's poll starts: lets callers await a connection
         self.stopping = False
         self._polling: Counter[str] = Counter()
         self._last_poll_end: dict[str, float] = {}
@@ -53,6 +54,7 @@ class Dispatcher:
     @contextlib.contextmanager
     def polling(self, agent_id: str) -> Iterator[None]:
         self._polling[agent_id] += 1
+        self.polls.ring(agent_id)
         try:
             yield
         finally:
@@ -72,3 +74,9 @@ class Dispatcher:
         self.stopping = True
         self.agents.ring_all()
         self.tasks.ring_all()
+        self.polls.ring_all()
+
+    async def wait_until_polling(self, agent_id: str) -> None:
+        bell = self.polls.current(agent_id)
+        if not self.is_polling(agent_id):
+            await bell.wait()

@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,8 @@ class ScriptJob:
     straggler_seconds: float = 2.0
     # Output past this is read and discarded (the child must never block on a full pipe).
     max_output_bytes: int | None = None
+    # Told the process group id right after the spawn (the agent keeps it to end orphans).
+    on_spawn: Callable[[int], None] | None = None
 
 
 class ScriptWorker:
@@ -72,6 +75,8 @@ class ScriptWorker:
             )
         except (UnsupportedTaskError, OSError) as exc:
             return Outcome.failed(f"could not start the script: {_describe(exc)}")
+        if self._job.on_spawn is not None:
+            self._job.on_spawn(process.pid)
         return await self._supervise(process)
 
     async def _supervise(self, process: asyncio.subprocess.Process) -> Outcome:

@@ -1,0 +1,55 @@
+"""A TCP relay that can cut a connection right after the server writes its next answer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+
+class CuttingRelay:
+    def __init__(self, upstream_port: int) -> None:
+        self._upstream_port = upstream_port
+        self._armed: bool | None = None  # None: pass through; else forward the chunk first?
+        self.cuts = 0
+        self.port = 0
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def __aenter__(self) -> CuttingRelay:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        self._server.close()
+        for writer in self._writers:
+            writer.close()
+        await self._server.wait_closed()
+
+    def cut_after_next_answer(self, forward_first: bool) -> None:
+        self._armed = forward_first
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._upstream_port)
+        self._writers += [writer, up_writer]
+        upstream = asyncio.create_task(self._pipe(reader, up_writer, cut=False))
+        downstream = asyncio.create_task(self._pipe(up_reader, writer, cut=True))
+        await asyncio.wait([upstream, downstream], return_when=asyncio.FIRST_COMPLETED)
+        for task in (upstream, downstream):
+            task.cancel()
+        for w in (writer, up_writer):
+            w.close()
+
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, cut: bool
+    ) -> None:
+        with contextlib.suppress(ConnectionError):
+            while chunk := await reader.read(65536):
+                if cut and self._armed is not None:
+                    forward, self._armed = self._armed, None
+                    self.cuts += 1
+                    if forward:
+                        writer.write(chunk)
+                        await writer.drain()
+                    return
+                writer.write(chunk)
+                await writer.drain()
