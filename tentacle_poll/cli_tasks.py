@@ -59,6 +59,10 @@ def _add_script_arguments(run: argparse.ArgumentParser) -> None:
                      help="like --env, masked in all output")  # fmt: skip
     run.add_argument("--cwd", help="working folder on the target")
     run.add_argument("--timeout", type=float, help="seconds before the script is stopped")
+    run.add_argument("--isolation", choices=["none", "full"], default="none",
+                     help="full: nothing else using the mutex runs meanwhile")  # fmt: skip
+    run.add_argument("--mutex", default="RunningScript", help="the isolation mutex's name")
+    run.add_argument("--isolation-timeout", type=float, help="seconds to wait for the mutex")
     run.add_argument("--no-follow", action="store_true", help="print the task id and return")
 
 
@@ -98,6 +102,9 @@ async def run_task(args: argparse.Namespace) -> int:
         ),
         variables=_variables(args.env, False) + _variables(args.secret, True),
         timeout_seconds=args.timeout,
+        isolation=args.isolation,
+        isolation_mutex=args.mutex,
+        isolation_timeout_seconds=args.isolation_timeout,
     )
     async with admin_client(args) as client:
         task = await client.submit(spec)

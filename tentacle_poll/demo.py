@@ -76,8 +76,8 @@ class Child:
 
 async def run_demo(folder: Path) -> int:
     """Runs until Ctrl-C (or SIGTERM); then stops agent and server in order."""
-    stop = _stop_on_signals()
     children: list[Child] = []
+    stop = _stop_on_signals(children)
     try:
         await _until_stopped(_start_and_show(folder.resolve(), children), stop)
     finally:
@@ -190,11 +190,22 @@ async def _spawn(label: str, *args: str) -> Child:
     return Child(label, process)
 
 
-def _stop_on_signals() -> asyncio.Event:
+def _stop_on_signals(children: list[Child]) -> asyncio.Event:
+    """The first Ctrl-C stops the demo (the agent drains); each further one is passed on to
+    the agent, whose own escalation then cancels running tasks, then exits at once."""
     stop = asyncio.Event()
+
+    def on_signal() -> None:
+        if not stop.is_set():
+            stop.set()
+            return
+        for child in children:
+            if child.label == "agent" and child.process.returncode is None:
+                child.process.send_signal(signal.SIGTERM)
+
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, on_signal)
     return stop
 
 

@@ -40,3 +40,14 @@ async def test_bad_envelope_fails_its_task_and_the_agent_runs_the_next(
     assert final.reason.startswith("malformed or unsupported task:") and reason in final.reason
     good, _ = await run_and_follow(admin, script_task("web1", "echo fine"))
     assert good.state == TaskState.SUCCEEDED
+
+
+async def test_envelope_over_the_agent_limit_fails_with_the_reason(
+    start_agent: AgentFactory, admin: AdminClient
+) -> None:
+    await start_agent("web1", max_envelope_kb=16)
+    big = script_task("web1", "# " + "x" * 20_000 + "\necho never")
+    final, events = await run_and_follow(admin, big)
+    assert final.state == TaskState.FAILED
+    assert "over this agent's limit of 16384" in final.reason
+    assert events == []

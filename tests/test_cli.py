@@ -69,6 +69,8 @@ async def test_server_register_agent_and_task_from_the_command_line(
         "web1",
         "--script",
         "echo hello; exit 4",
+        "--isolation",
+        "full",
         env=admin_env,
         check=False,
     )

@@ -60,6 +60,9 @@ class TaskReporter:
     def task_id(self) -> str:
         return self._spool.task_id
 
+    def close(self) -> None:
+        self._spool.close()
+
     def start_streaming(self) -> None:
         self._flusher = asyncio.create_task(self._flush_forever(), name=f"flush-{self.task_id}")
 

@@ -77,8 +77,11 @@ class TaskRunner:
             return
         if not await self._accept():
             return
-        outcome = await self._run_isolated(spec)
-        await self._report(outcome)
+        try:
+            outcome = await self._run_isolated(spec)
+            await self._report(outcome)
+        finally:
+            self._reporter.close()  # also when cancelled outright at the third signal
         logger.info(
             "task {} {} in {:.2f} s{}", self.task_id, outcome.state, time.monotonic() - started,
             f" ({outcome.reason})" if outcome.reason else "",

@@ -39,6 +39,12 @@ class TaskSpool:
         self._events.write(line)
         self._owner.used_bytes += len(line)
 
+    def close(self) -> None:
+        """Closes the lines file (lines appended later reopen it)."""
+        if self._events is not None:
+            self._events.close()
+            self._events = None
+
     def flush(self) -> None:
         """Hands buffered lines to the OS: they then survive the agent being killed."""
         if self._events is not None:
@@ -72,8 +78,7 @@ class TaskSpool:
         if self._events is not None:  # no line comes after the result
             self._events.flush()
             os.fsync(self._events.fileno())
-            self._events.close()
-            self._events = None
+            self.close()
         temporary = self.folder / (RESULT_FILE + ".tmp")
         with open(temporary, "w", encoding="utf-8") as handle:
             handle.write(result.model_dump_json())
@@ -86,9 +91,7 @@ class TaskSpool:
         return ResultRequest.model_validate_json(path.read_text()) if path.exists() else None
 
     def remove(self) -> None:
-        if self._events is not None:
-            self._events.close()
-            self._events = None
+        self.close()
         self._owner.used_bytes -= _folder_size(self.folder)
         shutil.rmtree(self.folder, ignore_errors=True)
 
