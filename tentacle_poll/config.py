@@ -6,10 +6,18 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -40,18 +48,45 @@ def default_server_home() -> Path:
     ).expanduser()
 
 
+Thumbprint = Annotated[str, StringConstraints(pattern=r"^[0-9A-Fa-f]{64}$", to_upper=True)]
+
+
 class ServerNode(BaseModel):
-    """One server the agent polls, pinned by its certificate thumbprint."""
+    """One server the agent polls, pinned by its certificate thumbprint(s)."""
 
     model_config = ConfigDict(extra="forbid")
 
     url: str = Field(pattern=r"^https://[^/\s]+(:\d{1,5})?/?$")
-    thumbprint: str = Field(pattern=r"^[0-9A-Fa-f]{64}$")
+    thumbprint: Thumbprint
+    # Also trusted: a rotated server certificate announced over the pinned channel, or one
+    # added by `tentacle-poll trust`.
+    also_trusted: list[Thumbprint] = []
+    # TLS server name (SNI) to send when it differs from the URL's host, e.g. behind a
+    # reverse proxy that routes port 443 by name.
+    server_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9.-]{1,253}$")
 
-    @field_validator("thumbprint")
-    @classmethod
-    def _upper(cls, value: str) -> str:
-        return value.upper()
+    @property
+    def thumbprints(self) -> list[str]:
+        return [self.thumbprint, *(t for t in self.also_trusted if t != self.thumbprint)]
+
+
+class ProxySettings(BaseModel):
+    """How the agent reaches its servers: directly, through HTTPS_PROXY/NO_PROXY, or through
+    one explicit HTTP CONNECT proxy."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["none", "system", "explicit"] = "none"
+    host: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    username: str | None = None
+    password: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _explicit_needs_address(self) -> ProxySettings:
+        if self.mode == "explicit" and (not self.host or not self.port):
+            raise ValueError("an explicit proxy needs host and port")
+        return self
 
 
 class _Settings(BaseSettings):
@@ -77,6 +112,7 @@ class _Settings(BaseSettings):
 class AgentSettings(_Settings):
     name: str | None = None
     servers: list[ServerNode] = []
+    proxy: ProxySettings = ProxySettings()
     concurrency: int = Field(default=4, ge=1, le=256)
     cancel_grace_seconds: float = Field(default=10.0, gt=0, le=3600)
     drain_seconds: float = Field(default=60.0, ge=0, le=24 * 3600)
@@ -125,8 +161,26 @@ def update_config_file(toml_path: Path, **values: Any) -> None:
     current.update({k: v for k, v in values.items() if v is not None})
     toml_path.parent.mkdir(parents=True, exist_ok=True)
     temporary = toml_path.with_suffix(".tmp")
-    temporary.write_text(tomli_w.dumps(current))
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # may hold a password
+    with os.fdopen(fd, "w") as handle:
+        handle.write(tomli_w.dumps(current))
     temporary.replace(toml_path)
+
+
+def toml_data(model: BaseModel) -> dict[str, Any]:
+    """A model as TOML can hold it: no None values, secrets as their real text (the file
+    is the agent's own configuration, mode 0600)."""
+    return dict(_reveal(model.model_dump(exclude_none=True)))
+
+
+def _reveal(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, dict):
+        return {k: _reveal(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_reveal(v) for v in value]
+    return value
 
 
 def _settings_problem(exc: ValidationError, toml_path: Path) -> str:

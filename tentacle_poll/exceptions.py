@@ -7,7 +7,8 @@
     │   └── UnsupportedTaskError    a well-formed envelope of a kind this agent cannot run
     ├── CommunicationError          the other side could not be reached or answered badly
     │   ├── ServerUnavailable       connection refused/reset, timeout, 5xx: retry with backoff
-    │   │   └── CertificateRejected the server closed the handshake on our client certificate
+    │   │   ├── CertificateRejected the server closed the handshake on our client certificate
+    │   │   └── ProxyRefused        the HTTP proxy is unreachable or refused the tunnel
     │   ├── ServerIdentityMismatch  the server's thumbprint is not the pinned one: no byte sent
     │   └── RequestRejected         a 4xx with a problem body: retrying will not help
     │       └── LeaseLost           409 on accept: the task went to someone else
@@ -59,8 +60,16 @@ class CertificateRejected(ServerUnavailable):
     """The TLS session ended right after the handshake: the server refused our certificate."""
 
 
+class ProxyRefused(ServerUnavailable):
+    """The HTTP proxy could not be reached or answered the CONNECT with an error status."""
+
+
 class ServerIdentityMismatch(CommunicationError):
     """The server presented a certificate whose thumbprint is not the pinned one."""
+
+    def __init__(self, message: str, actual_thumbprint: str = "") -> None:
+        super().__init__(message)
+        self.actual_thumbprint = actual_thumbprint
 
 
 class RequestRejected(CommunicationError):

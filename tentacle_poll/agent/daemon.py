@@ -20,7 +20,7 @@ from tentacle_poll.agent.recovery import deliver_unreported, fail_interrupted_ta
 from tentacle_poll.agent.runner import RunnerContext, TaskRunner
 from tentacle_poll.agent.slots import Slots
 from tentacle_poll.agent.spool import Spool
-from tentacle_poll.agent.transport import CommsClient
+from tentacle_poll.agent.transport import CommsClient, client_for
 from tentacle_poll.config import AgentSettings
 
 MB = 1024 * 1024
@@ -50,10 +50,9 @@ class Agent:
         journal = Journal(self.home.journal_file)
         spool = Spool(self.home.spool_folder, int(self.settings.spool_max_mb * MB))
         clients = {
-            node.url: CommsClient(node.url, [node.thumbprint], self.home.identity_folder,
-                                  self.settings.connect_timeout_seconds)
+            node.url: client_for(node, self.settings, self.home.identity_folder)
             for node in self.settings.servers
-        }  # fmt: skip
+        }
         try:
             await self._run(journal, spool, clients)
         finally:

@@ -6,23 +6,28 @@ the token, or — behind an explicit flag — trusted on first use), and is neve
 
 from __future__ import annotations
 
-import asyncio
-import ssl
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 from loguru import logger
+from pydantic import BaseModel
 
 from tentacle_poll import __version__
 from tentacle_poll.agent.home import AgentHome
+from tentacle_poll.agent.proxy import ProxyRoute, proxy_for
 from tentacle_poll.agent.transport import CommsClient
-from tentacle_poll.config import ServerNode, update_config_file
-from tentacle_poll.exceptions import ConfigurationError, ServerUnavailable
+from tentacle_poll.config import ServerNode, toml_data, update_config_file
+from tentacle_poll.exceptions import ConfigurationError, ServerIdentityMismatch, ServerUnavailable
 from tentacle_poll.logs import hide_secret
 from tentacle_poll.protocol.models import RegisterRequest, RegisterResponse
 from tentacle_poll.protocol.routes import API_KEY_HEADER, REGISTER, REGISTRATION_TOKEN_HEADER
 from tentacle_poll.protocol.tokens import parse_token
-from tentacle_poll.tls import load_identity, thumbprint_of_der
+from tentacle_poll.tls import load_identity
+
+UNPINNABLE = "0" * 64  # no certificate has this thumbprint
+
+
+class RegisterProbe(BaseModel):
+    """Never sent: the pinned handshake fails first."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,7 @@ class Registration:
     tenants: list[str] = field(default_factory=list)
     tenant_tags: list[str] = field(default_factory=list)
     server_thumbprint: str | None = None
+    server_name: str | None = None
     api_key: str | None = None
     token: str | None = None
     trust_on_first_use: bool = False
@@ -43,8 +49,11 @@ class Registration:
 async def register(home: AgentHome, details: Registration) -> RegisterResponse:
     identity = load_identity(home.identity_folder)
     header = _credential_header(details)
-    thumbprint = await _server_thumbprint(details)
-    client = CommsClient(details.server_url, [thumbprint], identity_folder=None)
+    proxy = proxy_for(details.server_url, home.settings().proxy)
+    thumbprint = await _server_thumbprint(details, proxy)
+    client = CommsClient(
+        details.server_url, [thumbprint], None, server_name=details.server_name, proxy=proxy
+    )
     request = RegisterRequest(
         name=details.name, certificate_pem=identity.cert_pem.decode(),
         environments=details.environments, roles=details.roles, tenants=details.tenants,
@@ -69,7 +78,7 @@ def _credential_header(details: Registration) -> dict[str, str]:
     return {REGISTRATION_TOKEN_HEADER: details.token}
 
 
-async def _server_thumbprint(details: Registration) -> str:
+async def _server_thumbprint(details: Registration, proxy: ProxyRoute | None) -> str:
     given = details.server_thumbprint.upper() if details.server_thumbprint else None
     if details.token:
         carried, _ = parse_token(details.token)
@@ -79,7 +88,7 @@ async def _server_thumbprint(details: Registration) -> str:
     if given:
         return given
     if details.trust_on_first_use:
-        seen = await fetch_server_thumbprint(details.server_url)
+        seen = await fetch_server_thumbprint(details.server_url, details.server_name, proxy)
         logger.warning(
             "trusting server {} on first use with thumbprint {}: compare it with "
             "`tentacle-poll server show-thumbprint` on the server",
@@ -94,25 +103,24 @@ async def _server_thumbprint(details: Registration) -> str:
     )
 
 
-async def fetch_server_thumbprint(url: str) -> str:
-    parts = urlsplit(url)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE  # we only read the certificate, and send nothing
+async def fetch_server_thumbprint(
+    url: str, server_name: str | None = None, proxy: ProxyRoute | None = None
+) -> str:
+    """The thumbprint the server presents, learnt the way a real connection would go (proxy,
+    server name) from a handshake pinned to nothing: not one request byte is sent."""
+    probe = CommsClient(url, [UNPINNABLE], None, server_name=server_name, proxy=proxy)
     try:
-        _, writer = await asyncio.wait_for(
-            asyncio.open_connection(parts.hostname, parts.port or 443, ssl=context), 10
-        )
-    except (OSError, TimeoutError) as exc:
-        raise ServerUnavailable(f"cannot reach {url}: {exc}") from exc
-    der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
-    writer.close()
-    return thumbprint_of_der(der)
+        await probe.post(REGISTER, RegisterProbe(), RegisterResponse)
+    except ServerIdentityMismatch as exc:
+        return exc.actual_thumbprint
+    finally:
+        await probe.close()
+    raise ServerUnavailable(f"{url} did not present a certificate")
 
 
 def _remember_server(home: AgentHome, details: Registration, answer: RegisterResponse) -> None:
-    node = ServerNode(url=details.server_url, thumbprint=answer.server_thumbprint)
-    servers = [s for s in home.settings().servers if s.url != node.url] + [node]
-    update_config_file(
-        home.config_file, name=answer.name, servers=[s.model_dump() for s in servers]
+    node = ServerNode(
+        url=details.server_url, thumbprint=answer.server_thumbprint, server_name=details.server_name
     )
+    servers = [s for s in home.settings().servers if s.url != node.url] + [node]
+    update_config_file(home.config_file, name=answer.name, servers=[toml_data(s) for s in servers])

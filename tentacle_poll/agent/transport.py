@@ -2,7 +2,7 @@
 
 Every request is a POST (aiohttp silently retries an idempotent request once on a dropped pooled
 connection, and a poll must never be repeated behind our back) over TLS pinned to the node's
-thumbprint.
+thumbprints, directly or through an HTTP CONNECT proxy, with an optional TLS server name.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import ssl
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TypeVar
 
@@ -17,11 +18,14 @@ import aiohttp
 from pydantic import BaseModel
 
 from tentacle_poll import __version__
+from tentacle_poll.agent.proxy import ProxyRoute, proxy_for
+from tentacle_poll.config import AgentSettings, ServerNode
 from tentacle_poll.exceptions import (
     CertificateRejected,
     CommunicationError,
     LeaseLost,
     ProtocolError,
+    ProxyRefused,
     RequestRejected,
     ServerIdentityMismatch,
     ServerUnavailable,
@@ -30,10 +34,17 @@ from tentacle_poll.keepalive import keepalive_socket
 from tentacle_poll.protocol.codec import decode, encode
 from tentacle_poll.protocol.models import PROTOCOL_VERSION, Problem
 from tentacle_poll.protocol.routes import PROTOCOL_HEADER
-from tentacle_poll.tls import PinnedServerMismatch, pinned_client_context
+from tentacle_poll.tls import PinnedServerMismatch, pinned_client_context, update_pins
+from tentacle_poll.tls.files import identity_paths
 
 M = TypeVar("M", bound=BaseModel)
 READ_MARGIN_SECONDS = 15.0
+PROXY_HINTS = {
+    407: "check the proxy username and password",
+    403: "the proxy does not allow a tunnel to this host and port",
+    502: "the proxy could not reach the server",
+    503: "the proxy could not reach the server",
+}
 
 
 class CommsClient:
@@ -44,18 +55,38 @@ class CommsClient:
         url: str,
         thumbprints: list[str],
         identity_folder: Path | None,
+        *,
+        server_name: str | None = None,
+        proxy: ProxyRoute | None = None,
         connect_timeout: float = 10.0,
     ) -> None:
         self.url = url.rstrip("/")
         self._ssl = pinned_client_context(thumbprints, identity_folder)
-        self._has_client_cert = identity_folder is not None
+        self._identity_folder = identity_folder
+        self._identity_stamp = _stamp(identity_folder)
+        self._server_name = server_name
+        self.proxy = proxy
         self._connect_timeout = connect_timeout
         self._session: aiohttp.ClientSession | None = None
+        self.last_date_header: str | None = None
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    def trust(self, thumbprints: list[str]) -> None:
+        """Accepts these server thumbprints on new connections (server certificate rotation)."""
+        update_pins(self._ssl, thumbprints)
+
+    def reload_identity_if_changed(self) -> bool:
+        """Uses a rotated client certificate for new connections; True when it changed."""
+        stamp = _stamp(self._identity_folder)
+        if self._identity_folder is None or stamp == self._identity_stamp:
+            return False
+        self._ssl.load_cert_chain(*identity_paths(self._identity_folder))
+        self._identity_stamp = stamp
+        return True
 
     async def post(
         self,
@@ -75,8 +106,12 @@ class CommsClient:
                 headers={"Content-Type": "application/json", **(headers or {})},
                 timeout=timeout,
                 ssl=self._ssl,
+                server_hostname=self._server_name,
+                proxy=self.proxy.url if self.proxy else None,
+                proxy_headers=self.proxy.headers if self.proxy else None,
             ) as response:
                 payload = await response.read()
+                self.last_date_header = response.headers.get("Date")
                 return self._answer(response.status, response.headers, payload, answer_type)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise self._map_error(exc) from exc
@@ -94,7 +129,9 @@ class CommsClient:
             )
         return self._session
 
-    def _answer(self, status: int, headers: object, payload: bytes, answer_type: type[M]) -> M:
+    def _answer(
+        self, status: int, headers: Mapping[str, str], payload: bytes, answer_type: type[M]
+    ) -> M:
         if 200 <= status < 300:
             try:
                 return decode(answer_type, payload)
@@ -112,12 +149,22 @@ class CommsClient:
         raise error_type(status, problem.title, problem.detail)
 
     def _map_error(self, exc: BaseException) -> CommunicationError:
-        if _find_cause(exc, PinnedServerMismatch) is not None:
-            return ServerIdentityMismatch(
-                f"refusing {self.url}: {_find_cause(exc, PinnedServerMismatch)}; check the "
-                "thumbprint this agent was registered with (`tentacle-poll show-config`)"
+        if isinstance(exc, aiohttp.ClientHttpProxyError):
+            hint = PROXY_HINTS.get(exc.status, "see the proxy's log")
+            return ProxyRefused(
+                f"the proxy {self._proxy_name()} refused the tunnel to {self.url}: "
+                f"HTTP {exc.status} {exc.message}; {hint}"
             )
-        if self._has_client_cert and _looks_like_rejected_certificate(exc):
+        if isinstance(exc, aiohttp.ClientProxyConnectionError):
+            return ProxyRefused(f"cannot reach the proxy {self._proxy_name()}: {_describe(exc)}")
+        mismatch = _find_cause(exc, PinnedServerMismatch)
+        if isinstance(mismatch, PinnedServerMismatch):
+            return ServerIdentityMismatch(
+                f"refusing {self.url}: {mismatch}; check the thumbprint this agent was "
+                "registered with (`tentacle-poll show-config`)",
+                actual_thumbprint=mismatch.actual,
+            )
+        if self._identity_folder is not None and _looks_like_rejected_certificate(exc):
             return CertificateRejected(
                 f"{self.url} reset the connection after the TLS handshake: the server did not "
                 "accept this agent's certificate; is it registered? (`tentacle-poll register`)"
@@ -125,6 +172,32 @@ class CommsClient:
         if isinstance(exc, asyncio.TimeoutError):
             return ServerUnavailable(f"{self.url} did not answer in time")
         return ServerUnavailable(f"cannot reach {self.url}: {_describe(exc)}")
+
+    def _proxy_name(self) -> str:
+        return self.proxy.url if self.proxy else "(none)"
+
+
+def client_for(
+    node: ServerNode, settings: AgentSettings, identity_folder: Path | None
+) -> CommsClient:
+    """The client for one configured node, with this agent's proxy and timeouts."""
+    return CommsClient(
+        node.url,
+        node.thumbprints,
+        identity_folder,
+        server_name=node.server_name,
+        proxy=proxy_for(node.url, settings.proxy),
+        connect_timeout=settings.connect_timeout_seconds,
+    )
+
+
+def _stamp(folder: Path | None) -> float:
+    if folder is None:
+        return 0.0
+    try:
+        return identity_paths(folder)[0].stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def _find_cause(exc: BaseException | None, wanted: type[BaseException]) -> BaseException | None:
@@ -150,7 +223,7 @@ def _looks_like_rejected_certificate(exc: BaseException) -> bool:
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, aiohttp.ClientConnectorError):
         if isinstance(exc.os_error, ConnectionRefusedError):
-            return "connection refused (is the server running, and is the port right?)"
+            return "connection refused (is it running, and is the port right?)"
         return exc.os_error.strerror or str(exc.os_error)
     return str(exc) or type(exc).__name__
 
@@ -164,8 +237,8 @@ def _problem(status: int, payload: bytes) -> Problem:
         )
 
 
-def _retry_after(headers: object) -> float | None:
-    value = headers.get("Retry-After") if hasattr(headers, "get") else None
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("Retry-After")
     try:
         return float(value) if value is not None else None
     except ValueError:

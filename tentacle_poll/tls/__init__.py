@@ -11,6 +11,7 @@ from tentacle_poll.tls.contexts import (
     PinnedServerMismatch,
     TrustedClientCertificates,
     pinned_client_context,
+    update_pins,
 )
 from tentacle_poll.tls.files import load_identity, save_identity
 
@@ -25,4 +26,5 @@ __all__ = [
     "save_identity",
     "thumbprint_of_der",
     "thumbprint_of_pem",
+    "update_pins",
 ]

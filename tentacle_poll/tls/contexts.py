@@ -21,6 +21,11 @@ from tentacle_poll.tls.files import identity_paths
 class PinnedServerMismatch(ssl.SSLError):
     """The server's certificate thumbprint is not one of the pinned thumbprints."""
 
+    def __init__(self, actual: str, expected: frozenset[str]) -> None:
+        pinned = ", ".join(sorted(expected))
+        super().__init__(f"server certificate thumbprint {actual} is not the pinned {pinned}")
+        self.actual = actual
+
 
 class _PinnedSSLObject(ssl.SSLObject):
     expected_thumbprints: frozenset[str] = frozenset()
@@ -30,10 +35,12 @@ class _PinnedSSLObject(ssl.SSLObject):
         der = self.getpeercert(binary_form=True)
         actual = thumbprint_of_der(der) if der else "none"
         if actual not in self.expected_thumbprints:
-            raise PinnedServerMismatch(
-                f"server certificate thumbprint {actual} is not the pinned "
-                f"{', '.join(sorted(self.expected_thumbprints))}"
-            )
+            raise PinnedServerMismatch(actual, self.expected_thumbprints)
+
+
+def update_pins(ctx: ssl.SSLContext, thumbprints: Iterable[str]) -> None:
+    """Changes the thumbprints a pinned context accepts, for connections made from now on."""
+    ctx.sslobject_class.expected_thumbprints = frozenset(t.upper() for t in thumbprints)  # type: ignore[attr-defined]
 
 
 def pinned_client_context(
