@@ -4,7 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint clean
+# Real proxies the tests start on loopback ports (Debian packages).
+SYSTEM_TOOLS := tinyproxy squid haproxy
+
+.PHONY: run test lint clean system-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,9 +19,23 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/tentacle-poll demo
 
-## test: the whole test suite (real TLS on loopback, real subprocesses)
-test: $(STAMP)
+## test: the whole test suite (real TLS on loopback, real subprocesses, real proxies)
+test: $(STAMP) system-deps
 	$(BIN)/pytest
+
+## system-deps: install the proxies the tests run, with apt-get, when missing
+system-deps:
+	@missing=""; for tool in $(SYSTEM_TOOLS); do \
+	  command -v $$tool >/dev/null 2>&1 || [ -x /usr/sbin/$$tool ] || missing="$$missing $$tool"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "the tests need:$$missing; install them (e.g. sudo apt-get install$$missing)"; exit 1; \
+	  fi; \
+	fi
 
 ## lint: ruff and mypy
 lint: $(STAMP)

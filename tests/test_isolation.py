@@ -48,9 +48,7 @@ async def test_other_mutex_names_do_not_wait_and_a_wait_can_time_out(
         script_task("web1", "echo free", isolation="full", isolation_mutex="other")
     )
     assert (await admin.follow(elsewhere.id, lambda _: None)).state == TaskState.SUCCEEDED
-    impatient = await admin.submit(
-        script_task("web1", "echo never", isolation_timeout_seconds=0.5)
-    )
+    impatient = await admin.submit(script_task("web1", "echo never", isolation_timeout_seconds=0.5))
     final = await admin.follow(impatient.id, lambda _: None)
     assert final.state == TaskState.FAILED
     assert "timed out after 0.5 s waiting for the isolation mutex 'RunningScript'" in final.reason

@@ -8,13 +8,12 @@ error texts: they go in a ``Proxy-Authorization`` header.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
-
-import aiohttp
 
 from tentacle_poll.config import ProxySettings
 from tentacle_poll.exceptions import ConfigurationError
@@ -103,6 +102,7 @@ def _route(host: str, port: int, user: str | None, password: str | None) -> Prox
     if user is None:
         return ProxyRoute(host, port)
     hide_secret(password)
-    auth = aiohttp.BasicAuth(user, password or "").encode()
+    credentials = f"{user}:{password or ''}".encode()
+    auth = "Basic " + base64.b64encode(credentials).decode()
     hide_secret(auth)
     return ProxyRoute(host, port, {"Proxy-Authorization": auth})
