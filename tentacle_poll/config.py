@@ -133,6 +133,8 @@ class ServerSettings(_Settings):
     # A running task whose agent has not polled for this long is shown as lost (it may still
     # report its real result later). Default: one hold period plus a margin.
     agent_lost_seconds: float = Field(default=40.0, gt=0, le=24 * 3600)
+    # After an agent rotates its certificate, the old one keeps working this long.
+    certificate_overlap_seconds: float = Field(default=24 * 3600.0, gt=0)
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024)
 
 

@@ -15,6 +15,7 @@ from loguru import logger
 from tentacle_poll.agent.home import AgentHome
 from tentacle_poll.agent.isolation import IsolationMutexes
 from tentacle_poll.agent.journal import Journal
+from tentacle_poll.agent.nodes import learn_server_thumbprints
 from tentacle_poll.agent.poll_loop import PollLoop
 from tentacle_poll.agent.recovery import deliver_unreported, fail_interrupted_tasks
 from tentacle_poll.agent.runner import RunnerContext, TaskRunner
@@ -71,6 +72,7 @@ class Agent:
         )
         mutexes = IsolationMutexes()
         loops = [self._poll_loop(client, journal, spool, mutexes) for client in clients.values()]
+        self.slots.loops = len(loops)
         polling = [asyncio.create_task(loop.run()) for loop in loops]
         self.started.set()
         logger.info("agent {} started with {} slots", self.settings.name, self.slots.capacity)
@@ -87,7 +89,16 @@ class Agent:
             max_output_bytes=int(self.settings.max_output_mb * MB),
             max_envelope_bytes=self.settings.max_envelope_kb * 1024, stop_reporting=self.give_up,
         )  # fmt: skip
-        return PollLoop(client, self.slots, context, self.stop_polling, self._runners)
+        return PollLoop(
+            client, self.slots, context, self.stop_polling, self._runners, self._learn_thumbprints
+        )
+
+    def _learn_thumbprints(self, client: CommsClient, thumbprints: list[str]) -> None:
+        """The server announced its certificates over the pinned channel: trust exactly those,
+        from now on and after a restart."""
+        client.trust(thumbprints)
+        learn_server_thumbprints(self.home, client.url, thumbprints)
+        logger.info("server {} now pinned to {}", client.url, ", ".join(thumbprints))
 
     async def _drain(self, backlog: asyncio.Task[None]) -> None:
         deadline = asyncio.get_running_loop().time() + self.settings.drain_seconds

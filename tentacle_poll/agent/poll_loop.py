@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 from loguru import logger
@@ -33,7 +34,9 @@ class PollLoop:
         context: RunnerContext,
         stop_polling: asyncio.Event,
         runners: dict[str, TaskRunner],
+        on_server_thumbprints: Callable[[CommsClient, list[str]], None],
     ) -> None:
+        self._on_server_thumbprints = on_server_thumbprints
         self._client = client
         self._slots = slots
         self._context = context
@@ -65,11 +68,20 @@ class PollLoop:
 
     async def _poll_once(self) -> PollResponse | None:
         """The answer, or None when the poll was abandoned (slot freed, or stopping)."""
+        if self._client.reload_identity_if_changed():
+            logger.info("using the rotated certificate for {}", self._client.url)
         request = PollRequest(
             free_slots=self._free_slots(),
             running=self._slots.running_ids,
             agent_version=__version__,
+            trusted_server_thumbprints=self._client.thumbprints,
         )
+        try:
+            return await self._send(request)
+        finally:
+            self._slots.release(self._client.url)
+
+    async def _send(self, request: PollRequest) -> PollResponse | None:
         poll = asyncio.ensure_future(self._client.post(POLL, request, PollResponse, self._hold))
         interrupts: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._stop.wait())]
         if request.free_slots == 0:
@@ -88,6 +100,12 @@ class PollLoop:
             return None
         return poll.result()
 
+    def _news(self, announced: list[str]) -> bool:
+        """A next certificate was prepared, or the current one changed (rotation activated).
+        Pins added by hand (`tentacle-poll trust`) stay while the current one is unchanged."""
+        pins = self._client.thumbprints
+        return announced[0] != pins[0] or not set(announced) <= set(pins)
+
     def _free_slots(self) -> int:
         if self._context.spool.full:
             # Better to take no work than to fill the disk; the spool drains as results land.
@@ -101,10 +119,13 @@ class PollLoop:
                 self._spool_full_warned = True
             return 0
         self._spool_full_warned = False
-        return self._slots.free
+        return self._slots.reserve(self._client.url)
 
     def _handle(self, answer: PollResponse) -> None:
         self._hold = answer.hold_seconds
+        announced = list(answer.server_thumbprints)
+        if announced and self._news(announced):
+            self._on_server_thumbprints(self._client, announced)
         for task_id in answer.cancels:
             if task_id in self._runners:
                 self._runners[task_id].cancel("cancelled on the server")

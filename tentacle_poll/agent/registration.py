@@ -13,9 +13,10 @@ from pydantic import BaseModel
 
 from tentacle_poll import __version__
 from tentacle_poll.agent.home import AgentHome
+from tentacle_poll.agent.nodes import add_node
 from tentacle_poll.agent.proxy import ProxyRoute, proxy_for
 from tentacle_poll.agent.transport import CommsClient
-from tentacle_poll.config import ServerNode, toml_data, update_config_file
+from tentacle_poll.config import ServerNode, update_config_file
 from tentacle_poll.exceptions import ConfigurationError, ServerIdentityMismatch, ServerUnavailable
 from tentacle_poll.logs import hide_secret
 from tentacle_poll.protocol.models import RegisterRequest, RegisterResponse
@@ -122,5 +123,5 @@ def _remember_server(home: AgentHome, details: Registration, answer: RegisterRes
     node = ServerNode(
         url=details.server_url, thumbprint=answer.server_thumbprint, server_name=details.server_name
     )
-    servers = [s for s in home.settings().servers if s.url != node.url] + [node]
-    update_config_file(home.config_file, name=answer.name, servers=[toml_data(s) for s in servers])
+    add_node(home, node)
+    update_config_file(home.config_file, name=answer.name)

@@ -68,24 +68,36 @@ class CommsClient:
         self.proxy = proxy
         self._connect_timeout = connect_timeout
         self._session: aiohttp.ClientSession | None = None
+        self._retired: list[aiohttp.ClientSession] = []
+        self.thumbprints = list(thumbprints)
         self.last_date_header: str | None = None
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in [*self._retired, self._session]:
+            if session is not None:
+                await session.close()
+        self._session = None
+        self._retired.clear()
 
     def trust(self, thumbprints: list[str]) -> None:
         """Accepts these server thumbprints on new connections (server certificate rotation)."""
+        self.thumbprints = list(thumbprints)
         update_pins(self._ssl, thumbprints)
 
     def reload_identity_if_changed(self) -> bool:
-        """Uses a rotated client certificate for new connections; True when it changed."""
+        """Uses a rotated client certificate from now on; True when it changed.
+
+        Pooled connections were authenticated with the old certificate, so the session is
+        retired (requests in flight finish on it) and a new one opens new connections.
+        """
         stamp = _stamp(self._identity_folder)
         if self._identity_folder is None or stamp == self._identity_stamp:
             return False
         self._ssl.load_cert_chain(*identity_paths(self._identity_folder))
         self._identity_stamp = stamp
+        if self._session is not None:
+            self._retired.append(self._session)
+            self._session = None
         return True
 
     async def post(
@@ -191,13 +203,14 @@ def client_for(
     )
 
 
-def _stamp(folder: Path | None) -> float:
+def _stamp(folder: Path | None) -> tuple[int, int]:
     if folder is None:
-        return 0.0
+        return (0, 0)
     try:
-        return identity_paths(folder)[0].stat().st_mtime
+        status = identity_paths(folder)[0].stat()
     except OSError:
-        return 0.0
+        return (0, 0)
+    return (status.st_ino, status.st_mtime_ns)
 
 
 def _find_cause(exc: BaseException | None, wanted: type[BaseException]) -> BaseException | None:

@@ -129,16 +129,39 @@ class RegisterResponse(WireModel):
     server_thumbprint: str
 
 
+Thumbprint = Annotated[str, StringConstraints(pattern=r"^[0-9A-F]{64}$")]
+
+
 class PollRequest(WireModel):
     free_slots: int = Field(ge=0, le=MAX_SLOTS)
     running: list[TaskId] = Field(default=[], max_length=MAX_SLOTS * 4)
     agent_version: str = Field(default="", max_length=100)
+    # The server thumbprints this agent trusts, so the server can tell who is ready for its
+    # certificate rotation.
+    trusted_server_thumbprints: list[Thumbprint] = Field(default=[], max_length=8)
+    # Ask for a shorter hold than the server's (0: answer at once; diagnostics use this).
+    hold_seconds: float | None = Field(default=None, ge=0, le=600)
 
 
 class PollResponse(WireModel):
     envelopes: list[Envelope] = []
     cancels: list[TaskId] = []
     hold_seconds: float
+    # The server's current thumbprint, then the next one while a rotation is prepared: the
+    # agent adds them to its pins, having learnt them over the pinned channel.
+    server_thumbprints: list[Thumbprint] = []
+
+
+class CertificateRequest(WireModel):
+    """A new client certificate for this agent, sent over a connection made with the old one."""
+
+    certificate_pem: str = Field(min_length=100, max_length=16 * 1024)
+
+
+class CertificateResponse(WireModel):
+    thumbprint: Thumbprint
+    previous_thumbprint: Thumbprint
+    previous_valid_until: float
 
 
 class Event(WireModel):
@@ -204,6 +227,22 @@ class TargetView(WireModel):
     connected: bool
     last_seen: float | None
     agent_version: str
+    certificate_expires_at: float | None = None
+    previous_thumbprint: str | None = None
+    previous_valid_until: float | None = None
+    trusts_next_server_certificate: bool | None = None
+
+
+class ServerCertificateView(WireModel):
+    thumbprint: str
+    expires_at: float
+    next_thumbprint: str | None = None
+    next_expires_at: float | None = None
+
+
+class ServerCertificateAction(WireModel):
+    action: Literal["prepare", "activate", "cancel"]
+    force: bool = False
 
 
 class EventsPage(WireModel):

@@ -13,6 +13,7 @@ POLL = "/v1/poll"
 TASK_ACCEPT = "/v1/tasks/{task_id}/accept"
 TASK_EVENTS = "/v1/tasks/{task_id}/events"
 TASK_RESULT = "/v1/tasks/{task_id}/result"
+CERTIFICATE = "/v1/certificate"
 
 # admin API (HTTP on loopback by default, API key header)
 ADMIN_HEALTH = "/api/health"
@@ -23,6 +24,7 @@ ADMIN_TASK = "/api/tasks/{task_id}"
 ADMIN_TASK_EVENTS = "/api/tasks/{task_id}/events"
 ADMIN_TASK_CANCEL = "/api/tasks/{task_id}/cancel"
 ADMIN_TOKENS = "/api/registration-tokens"
+ADMIN_SERVER_CERTIFICATE = "/api/server-certificate"
 
 
 def task_path(template: str, task_id: str) -> str:

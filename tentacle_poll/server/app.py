@@ -19,8 +19,9 @@ from tentacle_poll.server.comms import add_comms_routes
 from tentacle_poll.server.dispatch import Dispatcher
 from tentacle_poll.server.identity import ServerHome
 from tentacle_poll.server.problems import problem_middleware
+from tentacle_poll.server.rotation import add_rotation_routes
 from tentacle_poll.server.state import STATE, ServerState
-from tentacle_poll.server.sweeper import sweep_forever
+from tentacle_poll.server.sweeper import sweep_forever, trusted_certificates
 from tentacle_poll.tls import TrustedClientCertificates
 
 SHUTDOWN_TIMEOUT = 5.0
@@ -52,9 +53,9 @@ class Server:
     async def startup(self) -> None:
         identity_folder, thumbprint = self.home.ensure_identity()
         store = self.home.open_store()
-        pems = [agent.certificate_pem.encode() for agent in await store.list_agents()]
-        trust = TrustedClientCertificates(identity_folder, pems)
-        self._state = ServerState(self.settings, store, Dispatcher(), trust, thumbprint)
+        trust = TrustedClientCertificates(identity_folder, await trusted_certificates(store))
+        self._state = ServerState(self.settings, store, Dispatcher(), trust, thumbprint, self.home)
+        self._state.next_thumbprint = self.home.next_thumbprint()
         self.comms_port = await self._listen(
             self._comms_app(), self.settings.comms_host, self.settings.comms_port, trust
         )
@@ -97,6 +98,7 @@ class Server:
         )
         app[STATE] = self.state
         add_admin_routes(app)
+        add_rotation_routes(app)
         return app
 
     async def _listen(

@@ -17,6 +17,8 @@ from tentacle_poll.logs import hide_secret
 from tentacle_poll.protocol import routes
 from tentacle_poll.protocol.models import (
     AcceptResponse,
+    CertificateRequest,
+    CertificateResponse,
     Envelope,
     EventsRequest,
     EventsResponse,
@@ -40,6 +42,7 @@ def add_comms_routes(app: web.Application) -> None:
     app.router.add_post(routes.TASK_ACCEPT, accept)
     app.router.add_post(routes.TASK_EVENTS, events)
     app.router.add_post(routes.TASK_RESULT, result)
+    app.router.add_post(routes.CERTIFICATE, rotate_certificate)
 
 
 async def register(request: web.Request) -> web.Response:
@@ -70,10 +73,35 @@ async def poll(request: web.Request) -> web.Response:
     agent = await authorised_agent(request)
     body = await read_model(request, PollRequest)
     _keep_connection_alive(request)
-    await state.store.touch_agent(agent.id, body.agent_version, now())
+    trusted = list(body.trusted_server_thumbprints) or None
+    await state.store.touch_agent(agent.id, body.agent_version, now(), trusted)
     with state.dispatcher.polling(agent.id):
         answer = await _hold_until_work(request, state, agent, body)
     await state.store.touch_agent(agent.id, body.agent_version, now())
+    return json_response(answer)
+
+
+async def rotate_certificate(request: web.Request) -> web.Response:
+    """A registered agent replaces its certificate; the old one works on for the overlap."""
+    state = request.app[STATE]
+    agent = await authorised_agent(request)
+    body = await read_model(request, CertificateRequest)
+    thumbprint = _thumbprint_of_submitted(body.certificate_pem)
+    if thumbprint == agent.thumbprint:
+        raise ProblemError(409, "same certificate", "send a new certificate to rotate to")
+    overlap_until = now() + state.settings.certificate_overlap_seconds
+    try:
+        await state.store.rotate_certificate(
+            agent.id, body.certificate_pem, thumbprint, overlap_until
+        )
+    except StoreError as exc:
+        raise ProblemError(409, "certificate already registered", str(exc)) from exc
+    state.trust.add(body.certificate_pem.encode())
+    logger.info("target {} rotated its certificate to {}", agent.name, thumbprint)
+    answer = CertificateResponse(
+        thumbprint=thumbprint, previous_thumbprint=agent.thumbprint,
+        previous_valid_until=overlap_until,
+    )  # fmt: skip
     return json_response(answer)
 
 
@@ -116,7 +144,9 @@ async def authorised_agent(request: web.Request) -> AgentRecord:
         ssl_object.getpeercert(binary_form=True) if isinstance(ssl_object, ssl.SSLObject) else None
     )
     agent = (
-        await request.app[STATE].store.agent_by_thumbprint(thumbprint_of_der(der)) if der else None
+        await request.app[STATE].store.agent_by_thumbprint(thumbprint_of_der(der), now())
+        if der
+        else None
     )
     if agent is None:
         raise ProblemError(
@@ -131,6 +161,8 @@ async def _hold_until_work(
     request: web.Request, state: ServerState, agent: AgentRecord, body: PollRequest
 ) -> PollResponse:
     hold = state.settings.hold_seconds
+    if body.hold_seconds is not None:
+        hold = min(hold, body.hold_seconds)
     deadline = asyncio.get_running_loop().time() + hold
     while not state.dispatcher.stopping:
         bell = state.dispatcher.agents.current(agent.id)
@@ -142,7 +174,12 @@ async def _hold_until_work(
         cancels = await state.store.cancels_for(agent.id, list(body.running))
         remaining = deadline - asyncio.get_running_loop().time()
         if leased or cancels or remaining <= 0:
-            return PollResponse(envelopes=_envelopes(leased), cancels=cancels, hold_seconds=hold)
+            return PollResponse(
+                envelopes=_envelopes(leased),
+                cancels=cancels,
+                hold_seconds=state.settings.hold_seconds,
+                server_thumbprints=state.server_thumbprints(),
+            )
         await wait_for_bell(bell, remaining)
     raise _server_stopping()
 

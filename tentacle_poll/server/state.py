@@ -13,9 +13,10 @@ from tentacle_poll.config import ServerSettings
 from tentacle_poll.protocol.codec import decode, encode
 from tentacle_poll.protocol.models import TargetView, TaskView
 from tentacle_poll.server.dispatch import Dispatcher
+from tentacle_poll.server.identity import ServerHome
 from tentacle_poll.server.problems import ProblemError
 from tentacle_poll.store import AgentRecord, Store, TaskRecord
-from tentacle_poll.tls import TrustedClientCertificates
+from tentacle_poll.tls import TrustedClientCertificates, certificate_expiry
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -27,6 +28,12 @@ class ServerState:
     dispatcher: Dispatcher
     trust: TrustedClientCertificates
     thumbprint: str
+    home: ServerHome
+    next_thumbprint: str | None = None
+
+    def server_thumbprints(self) -> list[str]:
+        """Announced in every poll answer: current first, then the prepared next one."""
+        return [self.thumbprint, *([self.next_thumbprint] if self.next_thumbprint else [])]
 
     def target_view(self, agent: AgentRecord) -> TargetView:
         return TargetView(
@@ -39,6 +46,14 @@ class ServerState:
             connected=self.dispatcher.is_connected(agent.id),
             last_seen=agent.last_seen,
             agent_version=agent.agent_version,
+            certificate_expires_at=certificate_expiry(agent.certificate_pem.encode()).timestamp(),
+            previous_thumbprint=agent.previous_thumbprint,
+            previous_valid_until=agent.previous_valid_until,
+            trusts_next_server_certificate=(
+                self.next_thumbprint in agent.trusted_server_thumbprints
+                if self.next_thumbprint
+                else None
+            ),
         )
 
     async def task_or_404(self, task_id: str) -> TaskRecord:

@@ -13,6 +13,7 @@ import time
 from loguru import logger
 
 from tentacle_poll.server.state import ServerState
+from tentacle_poll.store import Store
 
 
 def sweep_interval(state: ServerState) -> float:
@@ -27,9 +28,21 @@ async def sweep_forever(state: ServerState) -> None:
         await asyncio.sleep(sweep_interval(state))
 
 
+async def trusted_certificates(store: Store) -> list[bytes]:
+    """Every agent's certificate, and the previous one of agents in a rotation overlap."""
+    pems = []
+    for agent in await store.list_agents():
+        pems.append(agent.certificate_pem.encode())
+        if agent.previous_certificate_pem:
+            pems.append(agent.previous_certificate_pem.encode())
+    return pems
+
+
 async def sweep_once(state: ServerState) -> None:
     now = time.time()
     await state.store.expire_leases(now)
+    for pem in await state.store.expire_previous_certificates(now):
+        state.trust.remove(pem.encode())
     silent_since = now - state.settings.agent_lost_seconds
     silent = [
         agent_id

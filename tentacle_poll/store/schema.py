@@ -28,7 +28,11 @@ CREATE TABLE IF NOT EXISTS agents (
     tenant_tags TEXT NOT NULL,
     agent_version TEXT NOT NULL,
     registered_at REAL NOT NULL,
-    last_seen REAL
+    last_seen REAL,
+    previous_thumbprint TEXT,
+    previous_certificate_pem TEXT,
+    previous_valid_until REAL,
+    trusted_server_thumbprints TEXT NOT NULL DEFAULT '[]'
 );
 
 CREATE TABLE IF NOT EXISTS tasks (

@@ -28,6 +28,10 @@ AGENT_COLUMNS = (
     "name, thumbprint, certificate_pem, environments, roles, tenants, tenant_tags, agent_version, "
     "id, registered_at, last_seen"
 )
+ROTATION_COLUMNS = (
+    "previous_thumbprint, previous_certificate_pem, previous_valid_until, "
+    "trusted_server_thumbprints"
+)
 ACTIVE = ("leased", "running")
 
 
@@ -108,14 +112,24 @@ class SqliteStore:
         assert found is not None
         return found
 
-    async def agent_by_thumbprint(self, thumbprint: str) -> AgentRecord | None:
-        return self._one_agent("thumbprint = ?", thumbprint)
+    async def agent_by_thumbprint(
+        self, thumbprint: str, now: float | None = None
+    ) -> AgentRecord | None:
+        """The agent with this certificate, or with it as the previous one still in overlap."""
+        found = self._one_agent("thumbprint = ?", thumbprint)
+        if found is None and now is not None:
+            found = self._one_agent(
+                "previous_thumbprint = ? AND previous_valid_until > ?", thumbprint, now
+            )
+        return found
 
     async def agent_by_name(self, name: str) -> AgentRecord | None:
         return self._one_agent("name = ?", name)
 
     async def list_agents(self) -> list[AgentRecord]:
-        rows = self._db.execute(f"SELECT {AGENT_COLUMNS} FROM agents ORDER BY name").fetchall()
+        rows = self._db.execute(
+            f"SELECT {AGENT_COLUMNS}, {ROTATION_COLUMNS} FROM agents ORDER BY name"
+        ).fetchall()
         return [_agent(row) for row in rows]
 
     async def delete_agent(self, name: str) -> AgentRecord | None:
@@ -124,14 +138,50 @@ class SqliteStore:
             self._db.execute("DELETE FROM agents WHERE id = ?", (agent.id,))
         return agent
 
-    async def touch_agent(self, agent_id: str, agent_version: str, now: float) -> None:
+    async def touch_agent(
+        self, agent_id: str, agent_version: str, now: float, trusted: list[str] | None = None
+    ) -> None:
         self._db.execute(
-            "UPDATE agents SET last_seen = ?, agent_version = ? WHERE id = ?",
-            (now, agent_version, agent_id),
+            "UPDATE agents SET last_seen = ?, agent_version = ?, "
+            "trusted_server_thumbprints = COALESCE(?, trusted_server_thumbprints) WHERE id = ?",
+            (now, agent_version, json.dumps(trusted) if trusted is not None else None, agent_id),
         )
 
-    def _one_agent(self, where: str, value: str) -> AgentRecord | None:
-        row = self._db.execute(f"SELECT {AGENT_COLUMNS} FROM agents WHERE {where}", (value,))
+    async def rotate_certificate(
+        self, agent_id: str, pem: str, thumbprint: str, overlap_until: float
+    ) -> AgentRecord:
+        """The new certificate becomes current; the old one stays valid until overlap_until."""
+        other = await self.agent_by_thumbprint(thumbprint)
+        if other is not None and other.id != agent_id:
+            raise StoreError(f"this certificate is already registered as target {other.name}")
+        self._db.execute(
+            "UPDATE agents SET previous_thumbprint = thumbprint, "
+            "previous_certificate_pem = certificate_pem, previous_valid_until = ?, "
+            "thumbprint = ?, certificate_pem = ? WHERE id = ? AND thumbprint != ?",
+            (overlap_until, thumbprint, pem, agent_id, thumbprint),
+        )
+        found = self._one_agent("id = ?", agent_id)
+        assert found is not None
+        return found
+
+    async def expire_previous_certificates(self, now: float) -> list[str]:
+        """Ends overlap windows that are over; returns the certificates no longer trusted."""
+        with self._transaction():
+            rows = self._db.execute(
+                "SELECT previous_certificate_pem FROM agents WHERE previous_valid_until <= ?",
+                (now,),
+            ).fetchall()
+            self._db.execute(
+                "UPDATE agents SET previous_thumbprint = NULL, previous_certificate_pem = NULL, "
+                "previous_valid_until = NULL WHERE previous_valid_until <= ?",
+                (now,),
+            )
+            return [row[0] for row in rows]
+
+    def _one_agent(self, where: str, *values: object) -> AgentRecord | None:
+        row = self._db.execute(
+            f"SELECT {AGENT_COLUMNS}, {ROTATION_COLUMNS} FROM agents WHERE {where}", values
+        )
         found = row.fetchone()
         return _agent(found) if found else None
 
@@ -329,8 +379,13 @@ class _Transaction:
 
 
 def _agent(row: tuple[object, ...]) -> AgentRecord:
-    (name, thumb, pem, envs, roles, tenants, tags, version, agent_id, reg, seen) = row
+    (name, thumb, pem, envs, roles, tenants, tags, version, agent_id, reg, seen,
+     prev_thumb, prev_pem, prev_until, trusted) = row  # fmt: skip
     return AgentRecord(
+        previous_thumbprint=str(prev_thumb) if prev_thumb else None,
+        previous_certificate_pem=str(prev_pem) if prev_pem else None,
+        previous_valid_until=_opt_float(prev_until),
+        trusted_server_thumbprints=json.loads(str(trusted)),
         name=str(name), thumbprint=str(thumb), certificate_pem=str(pem),
         environments=json.loads(str(envs)), roles=json.loads(str(roles)),
         tenants=json.loads(str(tenants)), tenant_tags=json.loads(str(tags)),

@@ -85,6 +85,11 @@ class TrustedClientCertificates:
             self._pems.discard(pem)
             self._current = self._build_trust_context()
 
+    def reload_identity(self) -> None:
+        """Presents the server certificate now in the identity folder (after a rotation)."""
+        self._current = self._build_trust_context()
+        self.context.load_cert_chain(*identity_paths(self._identity_folder))
+
     def _use_current_trust(self, sslobj: Any, server_name: str | None, ctx: ssl.SSLContext) -> None:
         sslobj.context = self._current
 
