@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,13 @@ from tentacle_poll.agent.registration import Registration, register
 from tentacle_poll.config import ENV_PREFIX, default_agent_home
 from tentacle_poll.exceptions import ConfigurationError
 from tentacle_poll.logs import setup_logging
-from tentacle_poll.tls import certificate_expiry, generate_identity, load_identity, save_identity
+from tentacle_poll.tls import (
+    certificate_expiry,
+    expiry_warning,
+    generate_identity,
+    load_identity,
+    save_identity,
+)
 
 EXIT_NOW = 3
 
@@ -50,6 +56,7 @@ def _add_register(commands: Any) -> None:
     reg.add_argument(
         "--trust-on-first-use", action="store_true", help="pin whatever the server presents"
     )
+    reg.add_argument("--server-name", help="TLS server name (SNI) when it differs from the host")
     reg.add_argument("--name", help="this target's name (default: the host name)")
     reg.add_argument("--environment", action="append", required=True, help="repeat for several")
     reg.add_argument("--role", action="append", required=True, help="repeat for several")
@@ -73,6 +80,11 @@ async def run_agent(args: argparse.Namespace) -> int:
     home = agent_home(args)
     settings = home.settings_ready_to_run(concurrency=getattr(args, "concurrency", None))
     setup_logging(args.log_level or settings.log_level, args.log_format or settings.log_format)
+    warning = expiry_warning(
+        load_identity(home.identity_folder).cert_pem, "this agent's certificate"
+    )
+    if warning:
+        logger.warning("{} (`tentacle-poll rotate-certificate`)", warning)
     agent = Agent(home, settings)
     install_stop_signals(agent.escalate)
     await agent.run()
@@ -124,6 +136,7 @@ async def register_agent(args: argparse.Namespace) -> int:
         tenant_tags=args.tenant_tag, server_thumbprint=args.server_thumbprint,
         api_key=args.api_key or os.environ.get(f"{ENV_PREFIX}API_KEY") if not args.token else None,
         token=args.token, trust_on_first_use=args.trust_on_first_use, replace=args.replace,
+        server_name=args.server_name,
     )  # fmt: skip
     answer = await register(home, details)
     print(f"registered as {answer.name} with server {answer.server_thumbprint}")
@@ -145,7 +158,5 @@ async def show_config(args: argparse.Namespace) -> int:
         identity = load_identity(home.identity_folder)
         print(f"thumbprint: {identity.thumbprint}")
         print(f"certificate expires: {certificate_expiry(identity.cert_pem):%Y-%m-%d}")
-    for key, value in settings.model_dump().items():
-        print(f"{key}: {value}")
-    sys.stdout.flush()
+    print(json.dumps(settings.model_dump(mode="json"), indent=2))  # secrets show as ********
     return 0

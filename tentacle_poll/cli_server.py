@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import signal
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 from loguru import logger
 
+from tentacle_poll.cli_tasks import admin_client
 from tentacle_poll.config import SERVER_FILE, ServerSettings, default_server_home, load_settings
 from tentacle_poll.logs import setup_logging
 from tentacle_poll.protocol.tokens import make_token
@@ -20,7 +22,7 @@ from tentacle_poll.server.identity import ServerHome
 DAY = 24 * 3600.0
 
 
-def add_commands(commands: Any, add_common: Any) -> None:
+def add_commands(commands: Any, add_common: Any, add_admin: Any) -> None:
     server = commands.add_parser("server", help="run and administer the server")
     sub = server.add_subparsers(title="server commands", metavar="COMMAND", required=True)
     run = sub.add_parser("run", help="run the server")
@@ -49,6 +51,14 @@ def add_commands(commands: Any, add_common: Any) -> None:
         parser.add_argument(
             "--server-home", help="server home folder (default ~/.tentacle_poll_server)"
         )
+    rotate = sub.add_parser("rotate-certificate", help="rotate the server certificate (admin API)")
+    rotate.add_argument("action", choices=["show", "prepare", "activate", "cancel"])
+    rotate.add_argument(
+        "--force", action="store_true", help="activate even if targets are not ready"
+    )
+    rotate.set_defaults(command=rotate_server_certificate)
+    add_common(rotate)
+    add_admin(rotate)
 
 
 def server_home(args: argparse.Namespace) -> Path:
@@ -92,6 +102,19 @@ async def create_api_key(args: argparse.Namespace) -> int:
     finally:
         await store.close()
     print(key)
+    return 0
+
+
+async def rotate_server_certificate(args: argparse.Namespace) -> int:
+    async with admin_client(args) as client:
+        if args.action == "show":
+            view = await client.server_certificate()
+        else:
+            view = await client.change_server_certificate(args.action, args.force)
+    expires = dt.datetime.fromtimestamp(view.expires_at)
+    print(f"current: {view.thumbprint} (expires {expires:%Y-%m-%d})")
+    if view.next_thumbprint:
+        print(f"next:    {view.next_thumbprint} (announced to agents; activate when all trust it)")
     return 0
 
 

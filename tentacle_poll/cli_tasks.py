@@ -84,12 +84,17 @@ def admin_client(args: argparse.Namespace) -> AdminClient:
 async def list_targets(args: argparse.Namespace) -> int:
     async with admin_client(args) as client:
         targets = await client.targets()
-    header = ("NAME", "ENVIRONMENTS", "ROLES", "CONNECTED", "LAST SEEN")
-    print("{:<20} {:<20} {:<20} {:<9} {:<19} THUMBPRINT".format(*header))
+    header = ("NAME", "ENVIRONMENTS", "ROLES", "CONNECTED", "LAST SEEN", "CERT EXPIRES")
+    print("{:<20} {:<20} {:<20} {:<9} {:<19} {:<12} THUMBPRINT".format(*header))
     for t in targets:
         seen = _time(t.last_seen)
-        print(f"{t.name:<20} {','.join(t.environments):<20} {','.join(t.roles):<20} "
-              f"{'yes' if t.connected else 'no':<9} {seen:<19} {t.thumbprint}")  # fmt: skip
+        expires = _time(t.certificate_expires_at)[:10]
+        connected = "yes" if t.connected else "no"
+        environments, roles = ",".join(t.environments), ",".join(t.roles)
+        print(
+            f"{t.name:<20} {environments:<20} {roles:<20} {connected:<9} {seen:<19} "
+            f"{expires:<12} {t.thumbprint}"
+        )
     return 0
 
 

@@ -15,6 +15,8 @@ from tentacle_poll.protocol.models import (
     Event,
     EventsPage,
     Problem,
+    ServerCertificateAction,
+    ServerCertificateView,
     SubmitTask,
     TargetView,
     TaskView,
@@ -71,6 +73,17 @@ class AdminClient:
         return await self._call(
             "POST", routes.ADMIN_TOKENS, TypeAdapter(TokenCreated), query={"ttl": str(ttl_seconds)}
         )
+
+    async def server_certificate(self) -> ServerCertificateView:
+        path = routes.ADMIN_SERVER_CERTIFICATE
+        return await self._call("GET", path, TypeAdapter(ServerCertificateView))
+
+    async def change_server_certificate(
+        self, action: str, force: bool = False
+    ) -> ServerCertificateView:
+        body = ServerCertificateAction.model_validate({"action": action, "force": force})
+        path = routes.ADMIN_SERVER_CERTIFICATE
+        return await self._call("POST", path, TypeAdapter(ServerCertificateView), body=body)
 
     async def events(self, task_id: str, after: int, wait: float) -> EventsPage:
         path = routes.task_path(routes.ADMIN_TASK_EVENTS, task_id)

@@ -21,7 +21,11 @@ from tentacle_poll.server.identity import ServerHome
 from tentacle_poll.server.problems import problem_middleware
 from tentacle_poll.server.rotation import add_rotation_routes
 from tentacle_poll.server.state import STATE, ServerState
-from tentacle_poll.server.sweeper import sweep_forever, trusted_certificates
+from tentacle_poll.server.sweeper import (
+    sweep_forever,
+    trusted_certificates,
+    warn_expiring_certificates,
+)
 from tentacle_poll.tls import TrustedClientCertificates
 
 SHUTDOWN_TIMEOUT = 5.0
@@ -67,6 +71,7 @@ class Server:
             thumbprint, self.settings.comms_host, self.comms_port,
             self.settings.admin_host, self.admin_port,
         )  # fmt: skip
+        await warn_expiring_certificates(self.state)
         self._sweeper = asyncio.create_task(sweep_forever(self.state), name="sweeper")
         self.started.set()
 

@@ -14,6 +14,7 @@ from loguru import logger
 
 from tentacle_poll.server.state import ServerState
 from tentacle_poll.store import Store
+from tentacle_poll.tls import expiry_warning, load_identity
 
 
 def sweep_interval(state: ServerState) -> float:
@@ -36,6 +37,18 @@ async def trusted_certificates(store: Store) -> list[bytes]:
         if agent.previous_certificate_pem:
             pems.append(agent.previous_certificate_pem.encode())
     return pems
+
+
+async def warn_expiring_certificates(state: ServerState) -> None:
+    warnings = [
+        expiry_warning(load_identity(state.home.identity_folder).cert_pem, "the server certificate")
+    ]
+    for agent in await state.store.list_agents():
+        warnings.append(
+            expiry_warning(agent.certificate_pem.encode(), f"target {agent.name}'s certificate")
+        )
+    for warning in filter(None, warnings):
+        logger.warning(warning)
 
 
 async def sweep_once(state: ServerState) -> None:

@@ -3,6 +3,7 @@
 from tentacle_poll.tls.certs import (
     Identity,
     certificate_expiry,
+    expiry_warning,
     generate_identity,
     thumbprint_of_der,
     thumbprint_of_pem,
@@ -20,6 +21,7 @@ __all__ = [
     "PinnedServerMismatch",
     "TrustedClientCertificates",
     "certificate_expiry",
+    "expiry_warning",
     "generate_identity",
     "load_identity",
     "pinned_client_context",

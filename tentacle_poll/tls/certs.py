@@ -39,6 +39,18 @@ def certificate_expiry(pem: bytes) -> dt.datetime:
     return x509.load_pem_x509_certificate(pem).not_valid_after_utc
 
 
+EXPIRY_WARNING_DAYS = 30
+
+
+def expiry_warning(cert_pem: bytes, what: str) -> str | None:
+    """A warning when a certificate expires within EXPIRY_WARNING_DAYS, else None."""
+    expires = certificate_expiry(cert_pem)
+    left = expires - dt.datetime.now(dt.UTC)
+    if left > dt.timedelta(days=EXPIRY_WARNING_DAYS):
+        return None
+    return f"{what} expires on {expires:%Y-%m-%d} ({max(left.days, 0)} days); rotate it"
+
+
 def generate_identity(common_name: str, days: int = DEFAULT_VALIDITY_DAYS) -> Identity:
     """ECDSA P-256 (key generation well under a millisecond) with a self-signed certificate.
 

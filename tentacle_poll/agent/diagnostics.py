@@ -1,0 +1,215 @@
+"""`tentacle-poll diagnose`: checks the way to each server step by step and says in plain words
+which step fails and what to do.
+
+    name resolution → TCP (direct, or to the proxy and through its tunnel) → TLS handshake and
+    the server's thumbprint → this agent's certificate accepted → clock skew → round trip
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import socket
+import ssl
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from tentacle_poll.agent.home import AgentHome
+from tentacle_poll.agent.proxy import ProxyRoute, proxy_for
+from tentacle_poll.agent.transport import client_for
+from tentacle_poll.config import AgentSettings, ServerNode
+from tentacle_poll.exceptions import (
+    CertificateRejected,
+    CommunicationError,
+    ProxyRefused,
+    RequestRejected,
+)
+from tentacle_poll.protocol.models import PollRequest, PollResponse
+from tentacle_poll.protocol.routes import POLL
+from tentacle_poll.tls import thumbprint_of_der
+from tentacle_poll.tls.files import identity_paths
+
+STEP_TIMEOUT = 10.0
+MAX_SKEW_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    ok: bool
+    detail: str
+    advice: str = ""
+
+
+class StepFailed(Exception):
+    def __init__(self, step: Step) -> None:
+        super().__init__(step.detail)
+        self.step = step
+
+
+async def diagnose(home: AgentHome, settings: AgentSettings, node: ServerNode) -> list[Step]:
+    """Every step that ran; the last is the first failure, if any."""
+    steps: list[Step] = []
+    checks = _Checks(home, settings, node)
+    try:
+        for check in (checks.resolve, checks.connect, checks.handshake, checks.round_trip):
+            steps.append(await asyncio.wait_for(check(), STEP_TIMEOUT))
+    except StepFailed as failed:
+        steps.append(failed.step)
+    except TimeoutError:
+        steps.append(
+            Step("timeout", False, f"no answer within {STEP_TIMEOUT:g} s", "check firewalls")
+        )
+    return steps
+
+
+class _Checks:
+    def __init__(self, home: AgentHome, settings: AgentSettings, node: ServerNode) -> None:
+        self.home, self.settings, self.node = home, settings, node
+        parts = urlsplit(node.url)
+        self.host, self.port = parts.hostname or "", parts.port or 443
+        self.proxy: ProxyRoute | None = proxy_for(node.url, settings.proxy)
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def resolve(self) -> Step:
+        name = self.proxy.host if self.proxy else self.host
+        what = "the proxy's name" if self.proxy else "the server's name"
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                name, None, type=socket.SOCK_STREAM
+            )
+        except socket.gaierror as exc:
+            raise StepFailed(
+                Step(
+                    "name resolution",
+                    False,
+                    f"{what} {name} does not resolve: {exc.strerror}",
+                    "check the name and this machine's DNS",
+                )
+            ) from exc
+        addresses = sorted({str(info[4][0]) for info in infos})
+        return Step("name resolution", True, f"{name} → {', '.join(addresses)}")
+
+    async def connect(self) -> Step:
+        target = (self.proxy.host, self.proxy.port) if self.proxy else (self.host, self.port)
+        try:
+            self.reader, self.writer = await asyncio.open_connection(*target)
+        except OSError as exc:
+            where = "the proxy" if self.proxy else "the server"
+            raise StepFailed(
+                Step(
+                    "TCP",
+                    False,
+                    f"cannot connect to {where} at {target[0]}:{target[1]}: {exc.strerror or exc}",
+                    "is it running, and does the firewall allow this outgoing port?",
+                )
+            ) from exc
+        if self.proxy is None:
+            return Step("TCP", True, f"connected to {self.host}:{self.port}")
+        return await self._tunnel()
+
+    async def _tunnel(self) -> Step:
+        assert self.proxy is not None and self.reader is not None and self.writer is not None
+        headers = "".join(f"{k}: {v}\r\n" for k, v in self.proxy.headers.items())
+        self.writer.write(
+            f"CONNECT {self.host}:{self.port} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"{headers}\r\n".encode()
+        )
+        status_line = (await self.reader.readline()).decode(errors="replace").strip()
+        while (await self.reader.readline()) not in (b"\r\n", b"\n", b""):
+            pass
+        code = status_line.split(" ")[1] if status_line.count(" ") >= 1 else "?"
+        if code != "200":
+            raise StepFailed(
+                Step(
+                    "proxy tunnel",
+                    False,
+                    f"the proxy {self.proxy.url} answered "
+                    f"'{status_line}' to CONNECT {self.host}:{self.port}",
+                    _proxy_advice(code),
+                )
+            )
+        return Step(
+            "proxy tunnel", True, f"{self.proxy.url} opened a tunnel to {self.host}:{self.port}"
+        )
+
+    async def handshake(self) -> Step:
+        assert self.writer is not None
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE  # we compare the thumbprint ourselves, below
+        context.load_cert_chain(*identity_paths(self.home.identity_folder))
+        name = self.node.server_name or self.host
+        try:
+            await self.writer.start_tls(context, server_hostname=name)
+        except (ssl.SSLError, OSError) as exc:
+            raise StepFailed(
+                Step(
+                    "TLS handshake",
+                    False,
+                    f"TLS with {self.node.url} failed: {exc}",
+                    "is this the comms port (10943 by default) and not another service?",
+                )
+            ) from exc
+        der = self.writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        self.writer.close()
+        actual = thumbprint_of_der(der)
+        if actual not in self.node.thumbprints:
+            raise StepFailed(
+                Step(
+                    "server thumbprint",
+                    False,
+                    f"the server presented {actual}, not "
+                    f"the pinned {', '.join(self.node.thumbprints)}",
+                    "if the server's certificate was replaced on purpose, run "
+                    "`tentacle-poll trust --server URL --add THUMBPRINT`; otherwise "
+                    "something is impersonating the server",
+                )
+            ) from None
+        return Step("TLS and server thumbprint", True, f"{actual} matches the pin (SNI: {name})")
+
+    async def round_trip(self) -> Step:
+        client = client_for(self.node, self.settings, self.home.identity_folder)
+        started = time.monotonic()
+        try:
+            await client.post(POLL, PollRequest(free_slots=0, hold_seconds=0), PollResponse)
+        except CertificateRejected as exc:
+            raise StepFailed(
+                Step(
+                    "agent certificate",
+                    False,
+                    str(exc),
+                    "register this agent again (`tentacle-poll register`)",
+                )
+            ) from exc
+        except (RequestRejected, ProxyRefused, CommunicationError) as exc:
+            raise StepFailed(
+                Step("protocol round trip", False, str(exc), "see the server's log")
+            ) from exc
+        finally:
+            await client.close()
+        elapsed = (time.monotonic() - started) * 1000
+        return _clock_step(client.last_date_header, elapsed)
+
+
+def _clock_step(date_header: str | None, elapsed_ms: float) -> Step:
+    if date_header is None:
+        return Step("round trip", True, f"the server answered a poll in {elapsed_ms:.0f} ms")
+    skew = time.time() - email.utils.parsedate_to_datetime(date_header).timestamp()
+    detail = (
+        f"poll answered in {elapsed_ms:.0f} ms; clock differs from the server's by {skew:+.0f} s"
+    )
+    if abs(skew) > MAX_SKEW_SECONDS:
+        return Step("clock", False, detail, "set up time synchronisation (NTP) on this machine")
+    return Step("round trip and clock", True, detail)
+
+
+def _proxy_advice(code: str) -> str:
+    return {
+        "407": "the proxy wants credentials: `tentacle-poll proxy --mode explicit ... --username`",
+        "401": "the proxy wants credentials: `tentacle-poll proxy --mode explicit ... --username`",
+        "403": "the proxy does not allow CONNECT to this host and port; ask its administrator",
+        "502": "the proxy cannot reach the server; check the server address",
+    }.get(code, "see the proxy's log")

@@ -1,0 +1,133 @@
+"""Agent configuration commands: proxy, poll-server, trust, rotate-certificate, diagnose."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from pydantic import ValidationError
+
+from tentacle_poll.agent.diagnostics import diagnose
+from tentacle_poll.agent.nodes import add_node, find_node, remove_node, set_proxy, set_trust
+from tentacle_poll.agent.rotation import rotate_certificate
+from tentacle_poll.cli_agent import agent_home
+from tentacle_poll.config import ENV_PREFIX, ProxySettings, ServerNode
+from tentacle_poll.exceptions import ConfigurationError
+from tentacle_poll.protocol.codec import describe_validation_error
+
+
+def add_commands(commands: Any, add_common: Any) -> None:
+    proxy = commands.add_parser("proxy", help="how the agent reaches its servers")
+    proxy.add_argument(
+        "--mode",
+        required=True,
+        choices=["none", "system", "explicit"],
+        help="none: direct; system: HTTPS_PROXY/NO_PROXY; explicit: the proxy below",
+    )
+    proxy.add_argument("--host")
+    proxy.add_argument("--port", type=int)
+    proxy.add_argument("--username")
+    proxy.add_argument("--password", help=f"better: ${ENV_PREFIX}PROXY_PASSWORD")
+    proxy.set_defaults(command=configure_proxy)
+    nodes = commands.add_parser("poll-server", help="the server nodes this agent polls")
+    sub = nodes.add_subparsers(title="poll-server commands", metavar="COMMAND", required=True)
+    add = sub.add_parser("add", help="poll one more node of a server sharing one store (HA)")
+    add.add_argument("--server", required=True, help="https://HOST:PORT of the node")
+    add.add_argument("--server-thumbprint", required=True)
+    add.add_argument("--server-name", help="TLS server name (SNI) when it differs from HOST")
+    add.set_defaults(command=add_server)
+    remove = sub.add_parser("remove", help="stop polling a node")
+    remove.add_argument("--server", required=True)
+    remove.set_defaults(command=remove_server)
+    listing = sub.add_parser("list", help="the nodes this agent polls")
+    listing.set_defaults(command=list_servers)
+    trust = commands.add_parser("trust", help="change the server thumbprints a node is pinned to")
+    trust.add_argument("--server", required=True)
+    trust.add_argument("--add", action="append", default=[], metavar="THUMBPRINT")
+    trust.add_argument("--remove", action="append", default=[], metavar="THUMBPRINT")
+    trust.set_defaults(command=change_trust)
+    rotate = commands.add_parser("rotate-certificate", help="replace this agent's certificate")
+    rotate.set_defaults(command=rotate_agent_certificate)
+    check = commands.add_parser("diagnose", help="check the way to each server, step by step")
+    check.add_argument("--server", help="only this node")
+    check.set_defaults(command=run_diagnostics)
+    for parser in (proxy, add, remove, listing, trust, rotate, check):
+        add_common(parser)
+
+
+async def configure_proxy(args: argparse.Namespace) -> int:
+    home = agent_home(args)
+    password = args.password or os.environ.get(f"{ENV_PREFIX}PROXY_PASSWORD")
+    values = {
+        "mode": args.mode,
+        "host": args.host,
+        "port": args.port,
+        "username": args.username,
+        "password": password,
+    }
+    try:
+        proxy = ProxySettings.model_validate({k: v for k, v in values.items() if v is not None})
+    except ValidationError as exc:
+        raise ConfigurationError(f"proxy settings: {describe_validation_error(exc)}") from None
+    set_proxy(home, proxy)
+    print(f"proxy: {_describe_proxy(proxy)}")
+    return 0
+
+
+async def add_server(args: argparse.Namespace) -> int:
+    home = agent_home(args)
+    node = ServerNode(
+        url=args.server, thumbprint=args.server_thumbprint, server_name=args.server_name
+    )
+    add_node(home, node)
+    print(f"polling {node.url} from the next start of the agent")
+    return 0
+
+
+async def remove_server(args: argparse.Namespace) -> int:
+    remove_node(agent_home(args), args.server)
+    print(f"no longer polling {args.server} from the next start of the agent")
+    return 0
+
+
+async def list_servers(args: argparse.Namespace) -> int:
+    for node in agent_home(args).settings().servers:
+        name = f" (server name {node.server_name})" if node.server_name else ""
+        print(f"{node.url}{name}: {', '.join(node.thumbprints)}")
+    return 0
+
+
+async def change_trust(args: argparse.Namespace) -> int:
+    node = set_trust(agent_home(args), args.server, args.add, args.remove)
+    print(f"{node.url} pinned to {', '.join(node.thumbprints)}")
+    return 0
+
+
+async def rotate_agent_certificate(args: argparse.Namespace) -> int:
+    home = agent_home(args)
+    identity = await rotate_certificate(home, home.settings_ready_to_run())
+    print(f"new certificate {identity.thumbprint}; a running agent uses it from its next poll")
+    return 0
+
+
+async def run_diagnostics(args: argparse.Namespace) -> int:
+    home = agent_home(args)
+    settings = home.settings_ready_to_run()
+    nodes = [find_node(home, args.server)] if args.server else settings.servers
+    all_ok = True
+    for node in nodes:
+        print(f"{node.url} (proxy: {_describe_proxy(settings.proxy)})")
+        for step in await diagnose(home, settings, node):
+            print(f"  {'ok  ' if step.ok else 'FAIL'} {step.name}: {step.detail}")
+            if step.advice:
+                print(f"       what to do: {step.advice}")
+            all_ok = all_ok and step.ok
+    return 0 if all_ok else 1
+
+
+def _describe_proxy(proxy: ProxySettings) -> str:
+    if proxy.mode != "explicit":
+        return proxy.mode
+    user = f"{proxy.username}:********@" if proxy.username else ""
+    return f"http://{user}{proxy.host}:{proxy.port}"
