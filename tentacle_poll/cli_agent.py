@@ -131,13 +131,19 @@ async def register_agent(args: argparse.Namespace) -> int:
             "this agent has no certificate yet; run `tentacle-poll new-certificate` first"
         )
     details = Registration(
-        server_url=args.server, name=args.name or os.uname().nodename,
-        environments=args.environment, roles=args.role, tenants=args.tenant,
-        tenant_tags=args.tenant_tag, server_thumbprint=args.server_thumbprint,
+        server_url=args.server,
+        name=args.name or os.uname().nodename,
+        environments=args.environment,
+        roles=args.role,
+        tenants=args.tenant,
+        tenant_tags=args.tenant_tag,
+        server_thumbprint=args.server_thumbprint,
         api_key=args.api_key or os.environ.get(f"{ENV_PREFIX}API_KEY") if not args.token else None,
-        token=args.token, trust_on_first_use=args.trust_on_first_use, replace=args.replace,
+        token=args.token,
+        trust_on_first_use=args.trust_on_first_use,
+        replace=args.replace,
         server_name=args.server_name,
-    )  # fmt: skip
+    )
     answer = await register(home, details)
     print(f"registered as {answer.name} with server {answer.server_thumbprint}")
     print(f"start the agent with: tentacle-poll --home {home.folder}")

@@ -68,9 +68,14 @@ def server_home(args: argparse.Namespace) -> Path:
 async def run_server(args: argparse.Namespace) -> int:
     home = server_home(args)
     settings = load_settings(
-        ServerSettings, home / SERVER_FILE, comms_host=args.comms_host, comms_port=args.comms_port,
-        admin_host=args.admin_host, admin_port=args.admin_port, hold_seconds=args.hold_seconds,
-    )  # fmt: skip
+        ServerSettings,
+        home / SERVER_FILE,
+        comms_host=args.comms_host,
+        comms_port=args.comms_port,
+        admin_host=args.admin_host,
+        admin_port=args.admin_port,
+        hold_seconds=args.hold_seconds,
+    )
     setup_logging(args.log_level or settings.log_level, args.log_format or settings.log_format)
     server = Server(settings, home)
     stop = asyncio.Event()

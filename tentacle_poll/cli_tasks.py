@@ -55,12 +55,21 @@ def _add_script_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument("--syntax", default="bash", choices=["bash", "sh", "python", "pwsh", "cmd"])
     run.add_argument("--arg", action="append", default=[], help="a script argument; repeat")
     run.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
-    run.add_argument("--secret", action="append", default=[], metavar="NAME=VALUE",
-                     help="like --env, masked in all output")  # fmt: skip
+    run.add_argument(
+        "--secret",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="like --env, masked in all output",
+    )
     run.add_argument("--cwd", help="working folder on the target")
     run.add_argument("--timeout", type=float, help="seconds before the script is stopped")
-    run.add_argument("--isolation", choices=["none", "full"], default="none",
-                     help="full: nothing else using the mutex runs meanwhile")  # fmt: skip
+    run.add_argument(
+        "--isolation",
+        choices=["none", "full"],
+        default="none",
+        help="full: nothing else using the mutex runs meanwhile",
+    )
     run.add_argument("--mutex", default="RunningScript", help="the isolation mutex's name")
     run.add_argument("--isolation-timeout", type=float, help="seconds to wait for the mutex")
     run.add_argument("--no-follow", action="store_true", help="print the task id and return")

@@ -93,9 +93,19 @@ async def _start_and_show(folder: Path, children: list[Child]) -> None:
     api_key = await _api_key(server_home, folder / "api-key")
     comms_port, admin_port = _port(DEFAULT_COMMS_PORT), _port(DEFAULT_ADMIN_PORT)
     print(f"demo folder: {folder}\nserver thumbprint: {thumbprint}\n", flush=True)
-    server = await _spawn("server", "server", "run", "--server-home", str(server_home.folder),
-                          "--comms-host", "127.0.0.1", "--comms-port", str(comms_port),
-                          "--admin-port", str(admin_port))  # fmt: skip
+    server = await _spawn(
+        "server",
+        "server",
+        "run",
+        "--server-home",
+        str(server_home.folder),
+        "--comms-host",
+        "127.0.0.1",
+        "--comms-port",
+        str(comms_port),
+        "--admin-port",
+        str(admin_port),
+    )
     children.append(server)
     await server.wait_for("listening")
     await _register(agent_home, comms_port, thumbprint, api_key)
@@ -137,9 +147,14 @@ async def _register(home: AgentHome, port: int, thumbprint: str, api_key: str) -
     if not home.has_identity():
         save_identity(home.identity_folder, generate_identity(AGENT_NAME))
     details = Registration(
-        server_url=f"https://127.0.0.1:{port}", name=AGENT_NAME, environments=["Demo"],
-        roles=["web"], server_thumbprint=thumbprint, api_key=api_key, replace=True,
-    )  # fmt: skip
+        server_url=f"https://127.0.0.1:{port}",
+        name=AGENT_NAME,
+        environments=["Demo"],
+        roles=["web"],
+        server_thumbprint=thumbprint,
+        api_key=api_key,
+        replace=True,
+    )
     # A rerun uses new ports: keep only this run's server in the agent's configuration.
     home.config_file.unlink(missing_ok=True)
     await register(home, details)
@@ -183,10 +198,14 @@ def _print_next_steps(admin_url: str, folder: Path) -> None:
 
 async def _spawn(label: str, *args: str) -> Child:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tentacle_poll", *args,
-        stdin=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "tentacle_poll",
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
         start_new_session=True,  # Ctrl-C reaches only the demo, which stops children in order
-    )  # fmt: skip
+    )
     return Child(label, process)
 
 

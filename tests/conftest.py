@@ -65,9 +65,12 @@ def free_port() -> int:
 
 def server_settings(**overrides: object) -> ServerSettings:
     values: dict[str, object] = {
-        "comms_host": "127.0.0.1", "comms_port": 0, "admin_host": "127.0.0.1",
-        "admin_port": 0, "hold_seconds": 5.0,
-    }  # fmt: skip
+        "comms_host": "127.0.0.1",
+        "comms_port": 0,
+        "admin_host": "127.0.0.1",
+        "admin_port": 0,
+        "hold_seconds": 5.0,
+    }
     values.update(overrides)
     return ServerSettings.model_validate(values)
 
@@ -111,9 +114,14 @@ async def register_agent(
 ) -> AgentHome:
     home = new_agent_home(folder)
     details = Registration(
-        server_url=comms_url(server), name=name, environments=["Test"], roles=["web"],
-        server_thumbprint=server.state.thumbprint, api_key=api_key, **extra,  # type: ignore[arg-type]
-    )  # fmt: skip
+        server_url=comms_url(server),
+        name=name,
+        environments=["Test"],
+        roles=["web"],
+        server_thumbprint=server.state.thumbprint,
+        api_key=api_key,
+        **extra,  # type: ignore[arg-type]
+    )
     await register(home, details)
     return home
 

@@ -21,9 +21,12 @@ class Daemon:
     @classmethod
     async def start(cls, *args: str, env: dict[str, str] | None = None) -> Daemon:
         process = await asyncio.create_subprocess_exec(
-            *CLI, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            *CLI,
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
             env={**os.environ, **(env or {})},
-        )  # fmt: skip
+        )
         return cls(process)
 
     async def wait_for(self, text: str) -> str:
@@ -59,9 +62,18 @@ async def start_server_process(
 ) -> Daemon:
     env = {f"TENTACLE_POLL_{k.upper()}": v for k, v in settings.items()}
     server = await Daemon.start(
-        "server", "run", "--server-home", str(home), "--comms-host", "127.0.0.1",
-        "--comms-port", str(comms_port), "--admin-port", str(admin_port), env=env,
-    )  # fmt: skip
+        "server",
+        "run",
+        "--server-home",
+        str(home),
+        "--comms-host",
+        "127.0.0.1",
+        "--comms-port",
+        str(comms_port),
+        "--admin-port",
+        str(admin_port),
+        env=env,
+    )
     await server.wait_for("listening")
     return server
 

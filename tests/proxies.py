@@ -82,10 +82,15 @@ async def tinyproxy(
     folder = _world_writable(folder)
     port = free_port()
     lines = [
-        f"Port {port}", "Listen 127.0.0.1", "Allow 127.0.0.1", "Timeout 60",
-        f"PidFile \"{folder}/tinyproxy.pid\"", f"LogFile \"{folder}/tinyproxy.log\"",
-        "LogLevel Connect", "DisableViaHeader Yes",
-    ]  # fmt: skip
+        f"Port {port}",
+        "Listen 127.0.0.1",
+        "Allow 127.0.0.1",
+        "Timeout 60",
+        f'PidFile "{folder}/tinyproxy.pid"',
+        f'LogFile "{folder}/tinyproxy.log"',
+        "LogLevel Connect",
+        "DisableViaHeader Yes",
+    ]
     if auth:
         lines.append(f"BasicAuth {auth[0]} {auth[1]}")
     lines += [f"ConnectPort {p}" for p in connect_ports or []]
@@ -101,11 +106,16 @@ async def squid(folder: Path, auth: tuple[str, str] | None = None) -> AsyncItera
     folder = _world_writable(folder)
     port = free_port()
     lines = [
-        f"http_port 127.0.0.1:{port}", f"pid_filename {folder}/squid.pid",
-        f"cache_log {folder}/cache.log", f"access_log stdio:{folder}/access.log",
-        "cache deny all", "shutdown_lifetime 0 seconds", "pinger_enable off",
-        f"coredump_dir {folder}", "acl localhost src 127.0.0.1/32",
-    ]  # fmt: skip
+        f"http_port 127.0.0.1:{port}",
+        f"pid_filename {folder}/squid.pid",
+        f"cache_log {folder}/cache.log",
+        f"access_log stdio:{folder}/access.log",
+        "cache deny all",
+        "shutdown_lifetime 0 seconds",
+        "pinger_enable off",
+        f"coredump_dir {folder}",
+        "acl localhost src 127.0.0.1/32",
+    ]
     if auth:
         passwords = folder / "passwords"
         hashed = await asyncio.create_subprocess_exec(
@@ -116,8 +126,9 @@ async def squid(folder: Path, auth: tuple[str, str] | None = None) -> AsyncItera
         passwords.chmod(0o644)
         lines += [
             f"auth_param basic program /usr/lib/squid/basic_ncsa_auth {passwords}",
-            "acl users proxy_auth REQUIRED", "http_access allow localhost users",
-        ]  # fmt: skip
+            "acl users proxy_auth REQUIRED",
+            "http_access allow localhost users",
+        ]
     else:
         lines.append("http_access allow localhost")
     lines.append("http_access deny all")
@@ -134,11 +145,18 @@ async def sni_router(folder: Path, routes: dict[str, int]) -> AsyncIterator[Runn
     folder = _world_writable(folder)
     port = free_port()
     lines = [
-        "global", "  maxconn 256", "defaults", "  mode tcp", "  timeout connect 5s",
-        "  timeout client 120s", "  timeout server 120s",
-        "frontend shared443", f"  bind 127.0.0.1:{port}", "  tcp-request inspect-delay 5s",
+        "global",
+        "  maxconn 256",
+        "defaults",
+        "  mode tcp",
+        "  timeout connect 5s",
+        "  timeout client 120s",
+        "  timeout server 120s",
+        "frontend shared443",
+        f"  bind 127.0.0.1:{port}",
+        "  tcp-request inspect-delay 5s",
         "  tcp-request content accept if { req.ssl_hello_type 1 }",
-    ]  # fmt: skip
+    ]
     for index, name in enumerate(routes):
         lines.append(f"  use_backend b{index} if {{ req.ssl_sni -i {name} }}")
     for index, backend_port in enumerate(routes.values()):

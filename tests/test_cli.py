@@ -46,15 +46,38 @@ async def test_server_register_agent_and_task_from_the_command_line(
     thumbprint = cli("server", "show-thumbprint", "--server-home", server_home).stdout.strip()
     comms, admin = free_port(), free_port()
     server = await Daemon.start(
-        "server", "run", "--server-home", server_home, "--comms-host", "127.0.0.1",
-        "--comms-port", str(comms), "--admin-port", str(admin),
-    )  # fmt: skip
+        "server",
+        "run",
+        "--server-home",
+        server_home,
+        "--comms-host",
+        "127.0.0.1",
+        "--comms-port",
+        str(comms),
+        "--admin-port",
+        str(admin),
+    )
     daemons.append(server)
     await server.wait_for("listening")
     cli("new-certificate", "--home", agent_home)
-    cli("register", "--home", agent_home, "--server", f"https://127.0.0.1:{comms}",
-        "--server-thumbprint", thumbprint, "--name", "web1", "--environment", "Prod",
-        "--role", "web", "--role", "db", env={"TENTACLE_POLL_API_KEY": key})  # fmt: skip
+    cli(
+        "register",
+        "--home",
+        agent_home,
+        "--server",
+        f"https://127.0.0.1:{comms}",
+        "--server-thumbprint",
+        thumbprint,
+        "--name",
+        "web1",
+        "--environment",
+        "Prod",
+        "--role",
+        "web",
+        "--role",
+        "db",
+        env={"TENTACLE_POLL_API_KEY": key},
+    )
     agent = await Daemon.start("--home", agent_home)
     daemons.append(agent)
     await agent.wait_for("polling")

@@ -270,9 +270,13 @@ async def _register_with_process(tmp_path: Path, comms_port: int, key: str) -> A
     _, thumbprint = ServerHome(tmp_path / "server").ensure_identity()
     home = new_agent_home(tmp_path / "web1")
     details = Registration(
-        server_url=f"https://127.0.0.1:{comms_port}", name="web1", environments=["Test"],
-        roles=["web"], server_thumbprint=thumbprint, api_key=key,
-    )  # fmt: skip
+        server_url=f"https://127.0.0.1:{comms_port}",
+        name="web1",
+        environments=["Test"],
+        roles=["web"],
+        server_thumbprint=thumbprint,
+        api_key=key,
+    )
     await register(home, details)
     return home
 

@@ -88,9 +88,13 @@ async def registered_agent(
     update_config_file(home.config_file, proxy=toml_data(proxy))
     details = Registration(
         server_url=node.pop("url", f"https://127.0.0.1:{server.comms_port}"),  # type: ignore[arg-type]
-        name=folder.name, environments=["Test"], roles=["web"],
-        server_thumbprint=server.state.thumbprint, api_key=api_key, **node,  # type: ignore[arg-type]
-    )  # fmt: skip
+        name=folder.name,
+        environments=["Test"],
+        roles=["web"],
+        server_thumbprint=server.state.thumbprint,
+        api_key=api_key,
+        **node,  # type: ignore[arg-type]
+    )
     await register(home, details)
     return home
 
@@ -153,8 +157,14 @@ async def test_sni_router_on_one_port_reaches_the_server_only_by_its_name(
         ) as router,
     ):
         shared = f"https://127.0.0.1:{router.port}"
-        home = await registered_agent(server, api_key, tmp_path / "web1", ProxySettings(),
-                                      url=shared, server_name="deploy.example")  # fmt: skip
+        home = await registered_agent(
+            server,
+            api_key,
+            tmp_path / "web1",
+            ProxySettings(),
+            url=shared,
+            server_name="deploy.example",
+        )
         assert home.settings().servers[0].server_name == "deploy.example"
         agent = RunningAgent(home)
         final, events = await run_and_follow(admin, script_task("web1", "echo routed by name"))

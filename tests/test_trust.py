@@ -116,9 +116,13 @@ async def test_registration_never_sends_the_key_to_an_impostor(
 ) -> None:
     home = new_agent_home(tmp_path / "web1")
     details = Registration(
-        server_url=f"https://127.0.0.1:{impostor.port}", name="web1", environments=["Test"],
-        roles=["web"], server_thumbprint="CD" * 32, api_key="API-SECRET-KEY",
-    )  # fmt: skip
+        server_url=f"https://127.0.0.1:{impostor.port}",
+        name="web1",
+        environments=["Test"],
+        roles=["web"],
+        server_thumbprint="CD" * 32,
+        api_key="API-SECRET-KEY",
+    )
     with pytest.raises(ServerIdentityMismatch):
         await register(home, details)
     assert b"API-SECRET-KEY" not in impostor.received and bytes(impostor.received) == b""
@@ -129,9 +133,12 @@ async def test_registration_without_a_thumbprint_is_refused_unless_trusted_on_fi
 ) -> None:
     home = new_agent_home(tmp_path / "web1")
     details = Registration(
-        server_url=comms_url(server), name="web1", environments=["Test"], roles=["web"],
+        server_url=comms_url(server),
+        name="web1",
+        environments=["Test"],
+        roles=["web"],
         api_key=api_key,
-    )  # fmt: skip
+    )
     with pytest.raises(ConfigurationError, match="--server-thumbprint"):
         await register(home, details)
     tofu = Registration(**{**details.__dict__, "trust_on_first_use": True})
@@ -147,9 +154,12 @@ async def test_registration_token_works_once_and_carries_the_thumbprint(
     assert server.state.thumbprint in token
     first = new_agent_home(tmp_path / "web1")
     details = Registration(
-        server_url=comms_url(server), name="web1", environments=["Test"], roles=["web"],
+        server_url=comms_url(server),
+        name="web1",
+        environments=["Test"],
+        roles=["web"],
         token=token,
-    )  # fmt: skip
+    )
     await register(first, details)
     second = new_agent_home(tmp_path / "web2")
     with pytest.raises(RequestRejected) as refused:

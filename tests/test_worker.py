@@ -75,8 +75,9 @@ async def test_huge_line_is_cut_not_fatal(tmp_path: Path) -> None:
     assert sum(len(t) for _, t in lines) == 200000
 
 
-@pytest.mark.parametrize("syntax, body", [("sh", "echo $0 | grep -q script.sh && echo ok"),
-                                          ("python", "print('ok')")])  # fmt: skip
+@pytest.mark.parametrize(
+    "syntax, body", [("sh", "echo $0 | grep -q script.sh && echo ok"), ("python", "print('ok')")]
+)
 async def test_interpreters(tmp_path: Path, syntax: str, body: str) -> None:
     outcome, lines = await run_script(tmp_path, body, syntax=syntax)
     assert outcome.state == "succeeded" and lines == [("stdout", "ok")]

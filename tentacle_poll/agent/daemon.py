@@ -83,12 +83,17 @@ class Agent:
         self, client: CommsClient, journal: Journal, spool: Spool, mutexes: IsolationMutexes
     ) -> PollLoop:
         context = RunnerContext(
-            client=client, journal=journal, spool=spool, mutexes=mutexes,
-            work_folder=self.home.work_folder, grace_seconds=self.settings.cancel_grace_seconds,
+            client=client,
+            journal=journal,
+            spool=spool,
+            mutexes=mutexes,
+            work_folder=self.home.work_folder,
+            grace_seconds=self.settings.cancel_grace_seconds,
             max_backoff=self.settings.backoff_max_seconds,
             max_output_bytes=int(self.settings.max_output_mb * MB),
-            max_envelope_bytes=self.settings.max_envelope_kb * 1024, stop_reporting=self.give_up,
-        )  # fmt: skip
+            max_envelope_bytes=self.settings.max_envelope_kb * 1024,
+            stop_reporting=self.give_up,
+        )
         return PollLoop(
             client, self.slots, context, self.stop_polling, self._runners, self._learn_thumbprints
         )

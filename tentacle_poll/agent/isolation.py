@@ -50,8 +50,10 @@ class IsolationMutexes:
         lock = self._locks.setdefault(name, _ReadWriteLock())
         async with lock.changed:
             if not lock.free_for(isolation):
-                say(f"waiting for the isolation mutex '{name}', held by task(s) "
-                    f"{', '.join(lock.holders())}")  # fmt: skip
+                say(
+                    f"waiting for the isolation mutex '{name}', held by task(s) "
+                    f"{', '.join(lock.holders())}"
+                )
                 try:
                     await asyncio.wait_for(
                         lock.changed.wait_for(lambda: lock.free_for(isolation)), timeout

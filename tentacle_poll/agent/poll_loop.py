@@ -57,9 +57,11 @@ class PollLoop:
 
     async def _poll_with_backoff(self) -> PollResponse | None:
         async for attempt in retrying(
-            f"polling {self._client.url}", self._stop, self._context.max_backoff,
+            f"polling {self._client.url}",
+            self._stop,
+            self._context.max_backoff,
             retry_on=(CommunicationError,),
-        ):  # fmt: skip
+        ):
             with attempt:
                 if self._stop.is_set():
                     return None
@@ -133,8 +135,11 @@ class PollLoop:
             if self._slots.is_running(envelope.task_id) or self._context.journal.blocks(
                 envelope.task_id
             ):
-                logger.warning("task {} was delivered again; this agent accepted it before, so it "
-                               "is not started again", envelope.task_id)  # fmt: skip
+                logger.warning(
+                    "task {} was delivered again; this agent accepted it before, so it "
+                    "is not started again",
+                    envelope.task_id,
+                )
                 continue
             runner = TaskRunner(envelope, self._context)
             self._runners[envelope.task_id] = runner

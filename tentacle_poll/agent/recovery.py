@@ -58,8 +58,12 @@ async def deliver_unreported(
     for entry in journal.in_step("finished"):
         client = clients.get(entry.server)
         if client is None:
-            logger.error("task {} was for {}, which this agent no longer polls; its result "
-                         "stays in {}", entry.task_id, entry.server, spool.folder)  # fmt: skip
+            logger.error(
+                "task {} was for {}, which this agent no longer polls; its result stays in {}",
+                entry.task_id,
+                entry.server,
+                spool.folder,
+            )
             continue
         reporter = TaskReporter(client, spool.task(entry.task_id), stop, max_backoff)
         if await reporter.deliver():

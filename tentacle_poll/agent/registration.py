@@ -56,10 +56,15 @@ async def register(home: AgentHome, details: Registration) -> RegisterResponse:
         details.server_url, [thumbprint], None, server_name=details.server_name, proxy=proxy
     )
     request = RegisterRequest(
-        name=details.name, certificate_pem=identity.cert_pem.decode(),
-        environments=details.environments, roles=details.roles, tenants=details.tenants,
-        tenant_tags=details.tenant_tags, agent_version=__version__, replace=details.replace,
-    )  # fmt: skip
+        name=details.name,
+        certificate_pem=identity.cert_pem.decode(),
+        environments=details.environments,
+        roles=details.roles,
+        tenants=details.tenants,
+        tenant_tags=details.tenant_tags,
+        agent_version=__version__,
+        replace=details.replace,
+    )
     try:
         answer = await client.post(REGISTER, request, RegisterResponse, headers=header)
     finally:

@@ -59,9 +59,12 @@ class TaskRunner:
         self._worker: ScriptWorker | None = None
         self._cancel_reason: str | None = None
         self._reporter = TaskReporter(
-            context.client, context.spool.task(envelope.task_id), context.stop_reporting,
-            context.max_backoff, on_cancel=self.cancel,
-        )  # fmt: skip
+            context.client,
+            context.spool.task(envelope.task_id),
+            context.stop_reporting,
+            context.max_backoff,
+            on_cancel=self.cancel,
+        )
 
     def cancel(self, reason: str) -> None:
         self._cancel_reason = self._cancel_reason or reason
@@ -83,9 +86,12 @@ class TaskRunner:
         finally:
             self._reporter.close()  # also when cancelled outright at the third signal
         logger.info(
-            "task {} {} in {:.2f} s{}", self.task_id, outcome.state, time.monotonic() - started,
+            "task {} {} in {:.2f} s{}",
+            self.task_id,
+            outcome.state,
+            time.monotonic() - started,
             f" ({outcome.reason})" if outcome.reason else "",
-        )  # fmt: skip
+        )
 
     def _parse(self) -> TaskSpec:
         size = len(json.dumps(self._envelope.spec))
@@ -141,12 +147,15 @@ class TaskRunner:
             return Outcome("cancelled", reason=f"{self._cancel_reason} before it started")
         workspace = self._context.work_folder / self.task_id
         job = ScriptJob(
-            task_id=self.task_id, script=spec.script, workspace=workspace,
-            variables=list(spec.variables), timeout_seconds=spec.timeout_seconds,
+            task_id=self.task_id,
+            script=spec.script,
+            workspace=workspace,
+            variables=list(spec.variables),
+            timeout_seconds=spec.timeout_seconds,
             grace_seconds=self._context.grace_seconds,
             max_output_bytes=self._context.max_output_bytes,
             on_spawn=self._context.spool.task(self.task_id).record_process_group,
-        )  # fmt: skip
+        )
         self._worker = ScriptWorker(job, self._reporter.line)
         self._journal("started")
         try:

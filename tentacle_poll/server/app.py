@@ -68,9 +68,12 @@ class Server:
         )
         logger.info(
             "server {} listening: comms (mutual TLS) on {}:{}, admin API on http://{}:{}",
-            thumbprint, self.settings.comms_host, self.comms_port,
-            self.settings.admin_host, self.admin_port,
-        )  # fmt: skip
+            thumbprint,
+            self.settings.comms_host,
+            self.comms_port,
+            self.settings.admin_host,
+            self.admin_port,
+        )
         await warn_expiring_certificates(self.state)
         self._sweeper = asyncio.create_task(sweep_forever(self.state), name="sweeper")
         self.started.set()

@@ -51,10 +51,15 @@ async def register(request: web.Request) -> web.Response:
     body = await read_model(request, RegisterRequest)
     thumbprint = _thumbprint_of_submitted(body.certificate_pem)
     new = NewAgent(
-        name=body.name, thumbprint=thumbprint, certificate_pem=body.certificate_pem,
-        environments=body.environments, roles=body.roles, tenants=body.tenants,
-        tenant_tags=body.tenant_tags, agent_version=body.agent_version,
-    )  # fmt: skip
+        name=body.name,
+        thumbprint=thumbprint,
+        certificate_pem=body.certificate_pem,
+        environments=body.environments,
+        roles=body.roles,
+        tenants=body.tenants,
+        tenant_tags=body.tenant_tags,
+        agent_version=body.agent_version,
+    )
     try:
         agent = await state.store.save_agent(new, body.replace, now())
     except StoreError as exc:
@@ -62,9 +67,11 @@ async def register(request: web.Request) -> web.Response:
     state.trust.add(body.certificate_pem.encode())
     logger.info("registered target {} ({})", agent.name, agent.thumbprint)
     answer = RegisterResponse(
-        agent_id=agent.id, name=agent.name, thumbprint=thumbprint,
+        agent_id=agent.id,
+        name=agent.name,
+        thumbprint=thumbprint,
         server_thumbprint=state.thumbprint,
-    )  # fmt: skip
+    )
     return json_response(answer)
 
 
@@ -99,9 +106,10 @@ async def rotate_certificate(request: web.Request) -> web.Response:
     state.trust.add(body.certificate_pem.encode())
     logger.info("target {} rotated its certificate to {}", agent.name, thumbprint)
     answer = CertificateResponse(
-        thumbprint=thumbprint, previous_thumbprint=agent.thumbprint,
+        thumbprint=thumbprint,
+        previous_thumbprint=agent.thumbprint,
         previous_valid_until=overlap_until,
-    )  # fmt: skip
+    )
     return json_response(answer)
 
 

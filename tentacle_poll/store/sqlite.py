@@ -93,10 +93,14 @@ class SqliteStore:
         if other and other.name != agent.name:
             raise StoreError(f"this certificate is already registered as target {other.name}")
         values = (
-            agent.thumbprint, agent.certificate_pem, json.dumps(agent.environments),
-            json.dumps(agent.roles), json.dumps(agent.tenants), json.dumps(agent.tenant_tags),
+            agent.thumbprint,
+            agent.certificate_pem,
+            json.dumps(agent.environments),
+            json.dumps(agent.roles),
+            json.dumps(agent.tenants),
+            json.dumps(agent.tenant_tags),
             agent.agent_version,
-        )  # fmt: skip
+        )
         if existing:
             self._db.execute(
                 "UPDATE agents SET thumbprint = ?, certificate_pem = ?, environments = ?, "
@@ -379,31 +383,73 @@ class _Transaction:
 
 
 def _agent(row: tuple[object, ...]) -> AgentRecord:
-    (name, thumb, pem, envs, roles, tenants, tags, version, agent_id, reg, seen,
-     prev_thumb, prev_pem, prev_until, trusted) = row  # fmt: skip
+    (
+        name,
+        thumb,
+        pem,
+        envs,
+        roles,
+        tenants,
+        tags,
+        version,
+        agent_id,
+        reg,
+        seen,
+        prev_thumb,
+        prev_pem,
+        prev_until,
+        trusted,
+    ) = row
     return AgentRecord(
         previous_thumbprint=str(prev_thumb) if prev_thumb else None,
         previous_certificate_pem=str(prev_pem) if prev_pem else None,
         previous_valid_until=_opt_float(prev_until),
         trusted_server_thumbprints=json.loads(str(trusted)),
-        name=str(name), thumbprint=str(thumb), certificate_pem=str(pem),
-        environments=json.loads(str(envs)), roles=json.loads(str(roles)),
-        tenants=json.loads(str(tenants)), tenant_tags=json.loads(str(tags)),
-        agent_version=str(version), id=str(agent_id), registered_at=float(str(reg)),
+        name=str(name),
+        thumbprint=str(thumb),
+        certificate_pem=str(pem),
+        environments=json.loads(str(envs)),
+        roles=json.loads(str(roles)),
+        tenants=json.loads(str(tenants)),
+        tenant_tags=json.loads(str(tags)),
+        agent_version=str(version),
+        id=str(agent_id),
+        registered_at=float(str(reg)),
         last_seen=float(str(seen)) if seen is not None else None,
-    )  # fmt: skip
+    )
 
 
 def _task(row: tuple[object, ...]) -> TaskRecord:
-    (task_id, agent_id, target, spec, state, code, reason, cancel, created,
-     leased, started, finished, last_seq) = row  # fmt: skip
+    (
+        task_id,
+        agent_id,
+        target,
+        spec,
+        state,
+        code,
+        reason,
+        cancel,
+        created,
+        leased,
+        started,
+        finished,
+        last_seq,
+    ) = row
     return TaskRecord(
-        id=str(task_id), agent_id=str(agent_id), target=str(target), spec_json=str(spec),
-        state=TaskState(str(state)), exit_code=code if isinstance(code, int) else None,
-        reason=str(reason), cancel_requested=bool(cancel), created_at=float(str(created)),
-        leased_until=_opt_float(leased), started_at=_opt_float(started),
-        finished_at=_opt_float(finished), last_seq=int(str(last_seq)),
-    )  # fmt: skip
+        id=str(task_id),
+        agent_id=str(agent_id),
+        target=str(target),
+        spec_json=str(spec),
+        state=TaskState(str(state)),
+        exit_code=code if isinstance(code, int) else None,
+        reason=str(reason),
+        cancel_requested=bool(cancel),
+        created_at=float(str(created)),
+        leased_until=_opt_float(leased),
+        started_at=_opt_float(started),
+        finished_at=_opt_float(finished),
+        last_seq=int(str(last_seq)),
+    )
 
 
 def _opt_float(value: object) -> float | None:

@@ -167,8 +167,11 @@ class ScriptWorker:
         if self._output_bytes <= cap:
             return True
         if before <= cap:
-            self._sink("system", f"output limit of {cap} bytes reached: further output of this "
-                                 "task is discarded; the task keeps running")  # fmt: skip
+            self._sink(
+                "system",
+                f"output limit of {cap} bytes reached: further output of this "
+                "task is discarded; the task keeps running",
+            )
         return False
 
     def _write_script(self) -> Path:
