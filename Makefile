@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 # Real proxies the tests start on loopback ports (Debian packages).
 SYSTEM_TOOLS := tinyproxy squid haproxy
 
-.PHONY: run test lint clean system-deps
+.PHONY: run test lint bench bench-quick clean system-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,10 +37,18 @@ system-deps:
 	  fi; \
 	fi
 
+## bench: every speed and memory figure beside its in-run reference (about 10 minutes)
+bench: $(STAMP)
+	$(BIN)/python -m tests.benchmarks.run --markdown .bench-cache/latest.md
+
+## bench-quick: the same set at smaller sizes (under 2 minutes)
+bench-quick: $(STAMP)
+	$(BIN)/python -m tests.benchmarks.run --quick
+
 ## lint: ruff and mypy
 lint: $(STAMP)
 	$(BIN)/ruff check tentacle_poll tests
 	$(BIN)/mypy tentacle_poll
 
 clean:
-	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .demo .bench-cache .pytest_cache .mypy_cache .ruff_cache

@@ -16,7 +16,6 @@ from tentacle_poll.cli_tasks import admin_client
 from tentacle_poll.config import SERVER_FILE, ServerSettings, default_server_home, load_settings
 from tentacle_poll.logs import setup_logging
 from tentacle_poll.protocol.tokens import make_token
-from tentacle_poll.server import Server
 from tentacle_poll.server.identity import ServerHome
 
 DAY = 24 * 3600.0
@@ -77,6 +76,8 @@ async def run_server(args: argparse.Namespace) -> int:
         hold_seconds=args.hold_seconds,
     )
     setup_logging(args.log_level or settings.log_level, args.log_format or settings.log_format)
+    from tentacle_poll.server.app import Server  # lazy: only this command runs a server
+
     server = Server(settings, home)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from tentacle_poll.config import DEFAULT_ADMIN_PORT, ENV_PREFIX
-from tentacle_poll.demo import run_demo
 from tentacle_poll.exceptions import ConfigurationError
 from tentacle_poll.protocol.models import Event, ScriptSpec, SubmitTask, TaskView, Variable
 from tentacle_poll.server.admin_client import AdminClient
@@ -155,6 +154,8 @@ async def list_tasks(args: argparse.Namespace) -> int:
 
 
 async def run_demo_command(args: argparse.Namespace) -> int:
+    from tentacle_poll.demo import run_demo  # lazy: keeps the agent's memory small
+
     return await run_demo(Path(args.folder))
 
 

@@ -33,7 +33,8 @@ def mask_secrets(text: str) -> str:
     return text
 
 
-def setup_logging(level: str = "INFO", fmt: str = "text", stream: TextIO = sys.stderr) -> None:
+def setup_logging(level: str = "INFO", fmt: str = "text", stream: TextIO | None = None) -> None:
+    stream = stream or sys.stderr
     logger.remove()
     # diagnose=False: loguru's default puts variable values (secrets included) in tracebacks.
     if fmt == "json":

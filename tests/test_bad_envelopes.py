@@ -34,7 +34,7 @@ async def test_bad_envelope_fails_its_task_and_the_agent_runs_the_next(
     assert agent is not None
     # Written straight into the store: the admin API itself refuses such a task.
     bad = await server.state.store.create_task(agent.id, json.dumps(spec), 0.0)
-    server.state.dispatcher.agents.ring(agent.id)
+    server.state.dispatcher.work_for(agent.id)
     final = await admin.follow(bad.id, lambda _: None)
     assert final.state == TaskState.FAILED
     assert final.reason.startswith("malformed or unsupported task:") and reason in final.reason

@@ -20,10 +20,14 @@ from .conftest import AgentFactory, run_and_follow, script_task, secret
 
 @pytest.fixture(autouse=True)
 def restore_logging() -> Iterator[None]:
+    """Later tests must not log into this test's (by then closed) captured streams."""
+    root_handlers, root_level = logging.root.handlers[:], logging.root.level
     yield
-    setup_logging("DEBUG", "text", sys.stderr)
+    logger.remove()
+    logger.add(lambda message: sys.stderr.write(message), level="DEBUG", diagnose=False)
     logger.configure(patcher=None)
-    logging.basicConfig(force=True)
+    logging.root.handlers[:] = root_handlers
+    logging.root.setLevel(root_level)
 
 
 def test_json_lines_and_stdlib_routing() -> None:

@@ -38,10 +38,14 @@ class Journal:
         self._file.close()
 
     def record(self, task_id: str, step: Step, server: str) -> None:
-        """Appends one step and makes it durable before returning."""
+        """Appends one step. "accepted" is made durable (fsync) before this returns: it is the
+        step that keeps a task from ever starting twice. Later steps only need to survive the
+        agent being killed, which the OS guarantees once they are written; if power loss
+        took one, the task would be reported failed, never run again."""
         self._file.write(json.dumps({"task": task_id, "step": step, "server": server}) + "\n")
         self._file.flush()
-        os.fsync(self._file.fileno())
+        if step == "accepted":
+            os.fsync(self._file.fileno())
         self.entries[task_id] = JournalEntry(task_id, step, server)
 
     def blocks(self, task_id: str) -> bool:

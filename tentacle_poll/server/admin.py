@@ -63,6 +63,7 @@ async def delete_target(request: web.Request) -> web.Response:
     if agent is None:
         raise ProblemError(404, "no such target", f"no target named {request.match_info['name']}")
     state.trust.remove(agent.certificate_pem.encode())
+    state.forget_agents()
     logger.info("removed target {}; its certificate is no longer trusted", agent.name)
     return json_response(state.target_view(agent))
 
@@ -76,7 +77,7 @@ async def submit_task(request: web.Request) -> web.Response:
         raise ProblemError(404, "no such target", detail)
     spec = TaskSpec.model_validate(body.model_dump(exclude={"target"}))
     task = await state.store.create_task(agent.id, spec.model_dump_json(), now())
-    state.dispatcher.agents.ring(agent.id)
+    state.dispatcher.work_for(agent.id)
     logger.info("queued task {} for {}", task.id, agent.name)
     return json_response(task_view(task), status=201)
 
@@ -116,7 +117,7 @@ async def cancel_task(request: web.Request) -> web.Response:
     task = await state.task_or_404(request.match_info["task_id"])
     updated = await state.store.request_cancel(task.id, now())
     assert updated is not None
-    state.dispatcher.agents.ring(task.agent_id)
+    state.dispatcher.work_for(task.agent_id)
     state.dispatcher.tasks.ring(task.id)
     logger.info("cancel requested for task {} ({})", task.id, updated.state)
     return json_response(task_view(updated))

@@ -18,6 +18,7 @@ from tentacle_poll.server.admin import add_admin_routes, require_api_key
 from tentacle_poll.server.comms import add_comms_routes
 from tentacle_poll.server.dispatch import Dispatcher
 from tentacle_poll.server.identity import ServerHome
+from tentacle_poll.server.memory import shrink_tls_read_buffers
 from tentacle_poll.server.problems import problem_middleware
 from tentacle_poll.server.rotation import add_rotation_routes
 from tentacle_poll.server.state import STATE, ServerState
@@ -55,6 +56,7 @@ class Server:
             await self.shutdown()
 
     async def startup(self) -> None:
+        shrink_tls_read_buffers()
         identity_folder, thumbprint = self.home.ensure_identity()
         store = self.home.open_store()
         trust = TrustedClientCertificates(identity_folder, await trusted_certificates(store))
@@ -84,6 +86,8 @@ class Server:
             self._state.dispatcher.stop()
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self._state is not None:
+            await self._state.flush_seen()
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()

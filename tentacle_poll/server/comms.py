@@ -65,6 +65,7 @@ async def register(request: web.Request) -> web.Response:
     except StoreError as exc:
         raise ProblemError(409, "name or certificate already registered", str(exc)) from exc
     state.trust.add(body.certificate_pem.encode())
+    state.forget_agents()
     logger.info("registered target {} ({})", agent.name, agent.thumbprint)
     answer = RegisterResponse(
         agent_id=agent.id,
@@ -80,11 +81,9 @@ async def poll(request: web.Request) -> web.Response:
     agent = await authorised_agent(request)
     body = await read_model(request, PollRequest)
     _keep_connection_alive(request)
-    trusted = list(body.trusted_server_thumbprints) or None
-    await state.store.touch_agent(agent.id, body.agent_version, now(), trusted)
+    await state.seen(agent, body.agent_version, list(body.trusted_server_thumbprints), now())
     with state.dispatcher.polling(agent.id):
         answer = await _hold_until_work(request, state, agent, body)
-    await state.store.touch_agent(agent.id, body.agent_version, now())
     return json_response(answer)
 
 
@@ -104,6 +103,7 @@ async def rotate_certificate(request: web.Request) -> web.Response:
     except StoreError as exc:
         raise ProblemError(409, "certificate already registered", str(exc)) from exc
     state.trust.add(body.certificate_pem.encode())
+    state.forget_agents()
     logger.info("target {} rotated its certificate to {}", agent.name, thumbprint)
     answer = CertificateResponse(
         thumbprint=thumbprint,
@@ -151,11 +151,7 @@ async def authorised_agent(request: web.Request) -> AgentRecord:
     der = (
         ssl_object.getpeercert(binary_form=True) if isinstance(ssl_object, ssl.SSLObject) else None
     )
-    agent = (
-        await request.app[STATE].store.agent_by_thumbprint(thumbprint_of_der(der), now())
-        if der
-        else None
-    )
+    agent = await request.app[STATE].agent_for(thumbprint_of_der(der), now()) if der else None
     if agent is None:
         raise ProblemError(
             403,
@@ -176,10 +172,7 @@ async def _hold_until_work(
         bell = state.dispatcher.agents.current(agent.id)
         if _client_gone(request):
             raise ProblemError(499, "client went away")
-        leased = await state.store.lease_tasks(
-            agent.id, body.free_slots, now(), state.settings.lease_seconds
-        )
-        cancels = await state.store.cancels_for(agent.id, list(body.running))
+        leased, cancels = await _work_for(state, agent.id, body)
         remaining = deadline - asyncio.get_running_loop().time()
         if leased or cancels or remaining <= 0:
             return PollResponse(
@@ -190,6 +183,21 @@ async def _hold_until_work(
             )
         await wait_for_bell(bell, remaining)
     raise _server_stopping()
+
+
+async def _work_for(
+    state: ServerState, agent_id: str, body: PollRequest
+) -> tuple[list[TaskRecord], list[str]]:
+    """Tasks to lease and cancels to deliver; skips the store for an agent known to have none."""
+    if state.dispatcher.has_no_work(agent_id):
+        return [], []
+    leased = await state.store.lease_tasks(
+        agent_id, body.free_slots, now(), state.settings.lease_seconds
+    )
+    cancels = await state.store.cancels_for(agent_id, list(body.running))
+    if body.free_slots > len(leased) and not cancels:
+        state.dispatcher.no_work_for(agent_id)  # until a submit, cancel or expiry says otherwise
+    return leased, cancels
 
 
 def _envelopes(tasks: list[TaskRecord]) -> list[Envelope]:

@@ -49,6 +49,7 @@ class Dispatcher:
         self.polls = Bells()  # rung when an agent's poll starts: lets callers await a connection
         self.stopping = False
         self._polling: Counter[str] = Counter()
+        self._without_work: set[str] = set()
         self._last_poll_end: dict[str, float] = {}
 
     @contextlib.contextmanager
@@ -60,6 +61,17 @@ class Dispatcher:
         finally:
             self._polling[agent_id] -= 1
             self._last_poll_end[agent_id] = time.time()
+
+    def has_no_work(self, agent_id: str) -> bool:
+        return agent_id in self._without_work
+
+    def no_work_for(self, agent_id: str) -> None:
+        self._without_work.add(agent_id)
+
+    def work_for(self, agent_id: str) -> None:
+        """Something may be queued or cancelled for the agent: check the store, wake its poll."""
+        self._without_work.discard(agent_id)
+        self.agents.ring(agent_id)
 
     def is_polling(self, agent_id: str) -> bool:
         return self._polling[agent_id] > 0

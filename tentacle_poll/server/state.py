@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from aiohttp import web
@@ -30,6 +30,35 @@ class ServerState:
     thumbprint: str
     home: ServerHome
     next_thumbprint: str | None = None
+    # Hot-path caches (every held poll would otherwise read and write the store): agents by
+    # certificate thumbprint, and last_seen times not yet written (the sweeper writes them).
+    _agents: dict[str, AgentRecord] = field(default_factory=dict)
+    _unwritten_seen: dict[str, tuple[float, str]] = field(default_factory=dict)
+
+    async def agent_for(self, thumbprint: str, at: float) -> AgentRecord | None:
+        agent = self._agents.get(thumbprint)
+        if agent is None or not _presents(agent, thumbprint, at):
+            agent = await self.store.agent_by_thumbprint(thumbprint, at)
+            if agent is not None:
+                self._agents[thumbprint] = agent
+        return agent
+
+    def forget_agents(self) -> None:
+        """After any change to registrations or certificates."""
+        self._agents.clear()
+
+    async def seen(self, agent: AgentRecord, version: str, trusted: list[str], at: float) -> None:
+        """Records that the agent polled: in memory now, in the store at the next flush."""
+        if trusted and trusted != agent.trusted_server_thumbprints:
+            await self.store.touch_agent(agent.id, version, at, trusted)
+            self.forget_agents()
+        self._unwritten_seen[agent.id] = (at, version)
+
+    async def flush_seen(self) -> None:
+        """Writes every pending last_seen in one transaction."""
+        pending, self._unwritten_seen = self._unwritten_seen, {}
+        if pending:
+            await self.store.touch_agents([(a, at, v) for a, (at, v) in pending.items()])
 
     def server_thumbprints(self) -> list[str]:
         """Announced in every poll answer: current first, then the prepared next one."""
@@ -44,7 +73,7 @@ class ServerState:
             tenant_tags=agent.tenant_tags,
             thumbprint=agent.thumbprint,
             connected=self.dispatcher.is_connected(agent.id),
-            last_seen=agent.last_seen,
+            last_seen=self._unwritten_seen.get(agent.id, (agent.last_seen, ""))[0],
             agent_version=agent.agent_version,
             certificate_expires_at=certificate_expiry(agent.certificate_pem.encode()).timestamp(),
             previous_thumbprint=agent.previous_thumbprint,
@@ -64,6 +93,13 @@ class ServerState:
 
 
 STATE = web.AppKey("state", ServerState)
+
+
+def _presents(agent: AgentRecord, thumbprint: str, at: float) -> bool:
+    if agent.thumbprint == thumbprint:
+        return True
+    overlap = agent.previous_valid_until or 0.0
+    return agent.previous_thumbprint == thumbprint and overlap > at
 
 
 def task_view(task: TaskRecord) -> TaskView:

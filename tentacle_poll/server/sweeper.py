@@ -52,10 +52,15 @@ async def warn_expiring_certificates(state: ServerState) -> None:
 
 
 async def sweep_once(state: ServerState) -> None:
+    await state.flush_seen()
     now = time.time()
-    await state.store.expire_leases(now)
-    for pem in await state.store.expire_previous_certificates(now):
+    for agent_id in await state.store.expire_leases(now):
+        state.dispatcher.work_for(agent_id)
+    expired = await state.store.expire_previous_certificates(now)
+    for pem in expired:
         state.trust.remove(pem.encode())
+    if expired:
+        state.forget_agents()
     silent_since = now - state.settings.agent_lost_seconds
     silent = [
         agent_id

@@ -151,6 +151,14 @@ class SqliteStore:
             (now, agent_version, json.dumps(trusted) if trusted is not None else None, agent_id),
         )
 
+    async def touch_agents(self, seen: list[tuple[str, float, str]]) -> None:
+        """(agent id, last seen, agent version) for many agents, in one transaction."""
+        with self._transaction():
+            self._db.executemany(
+                "UPDATE agents SET last_seen = ?, agent_version = ? WHERE id = ?",
+                [(at, version, agent_id) for agent_id, at, version in seen],
+            )
+
     async def rotate_certificate(
         self, agent_id: str, pem: str, thumbprint: str, overlap_until: float
     ) -> AgentRecord:
@@ -317,7 +325,8 @@ class SqliteStore:
                 )
             return self._task(task_id)
 
-    async def expire_leases(self, now: float) -> int:
+    async def expire_leases(self, now: float) -> list[str]:
+        """Expired leases back to the queue; returns the agents whose tasks were requeued."""
         with self._transaction():
             agents = self._db.execute(
                 "SELECT DISTINCT agent_id FROM tasks WHERE state = 'leased' AND leased_until < ?",
@@ -325,7 +334,7 @@ class SqliteStore:
             ).fetchall()
             for (agent_id,) in agents:
                 self._expire_leases(agent_id, now)
-            return len(agents)
+            return [agent_id for (agent_id,) in agents]
 
     async def silent_agents(self, seen_before: float) -> list[str]:
         """Agents with running tasks that have not been seen since ``seen_before``."""

@@ -1,15 +1,15 @@
-"""Key and self-signed certificate generation, and thumbprints (SHA-256 of the DER form, hex)."""
+"""Key and self-signed certificate generation, and thumbprints (SHA-256 of the DER form, hex).
+
+Reading certificates needs only the standard ``ssl`` module; ``cryptography`` (about 9 MB of
+memory) is imported only to make a new key, so the running agent never loads it.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import ssl
 from dataclasses import dataclass
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 DEFAULT_VALIDITY_DAYS = 3650
 
@@ -31,12 +31,20 @@ def thumbprint_of_der(der: bytes) -> str:
 
 
 def thumbprint_of_pem(pem: bytes) -> str:
-    cert = x509.load_pem_x509_certificate(pem)
-    return thumbprint_of_der(cert.public_bytes(serialization.Encoding.DER))
+    """Raises ValueError when ``pem`` holds no certificate."""
+    try:
+        der = ssl.PEM_cert_to_DER_cert(pem.decode(errors="replace").strip())
+    except (ValueError, IndexError) as exc:
+        raise ValueError("not a PEM certificate") from exc
+    return thumbprint_of_der(der)
 
 
 def certificate_expiry(pem: bytes) -> dt.datetime:
-    return x509.load_pem_x509_certificate(pem).not_valid_after_utc
+    # Our certificates are their own CA, so a context lists them, with notAfter, as CA certs.
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(cadata=pem.decode())
+    not_after = str(context.get_ca_certs()[0]["notAfter"])
+    return dt.datetime.fromtimestamp(ssl.cert_time_to_seconds(not_after), dt.UTC)
 
 
 EXPIRY_WARNING_DAYS = 30
@@ -57,6 +65,11 @@ def generate_identity(common_name: str, days: int = DEFAULT_VALIDITY_DAYS) -> Id
     The certificate is its own CA so that a peer can load it as the only trust anchor and let
     ordinary OpenSSL verification accept exactly this certificate (see shared stack notes).
     """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = dt.datetime.now(dt.UTC)

@@ -13,8 +13,10 @@ GONE_TIMEOUT = 5.0
 
 def group_alive(pgid: int) -> bool:
     """True while a process of the group is running; zombies waiting to be reaped do not count."""
+    if not _group_signalable(pgid):
+        return False  # the common case, answered by one system call
     if not Path("/proc").is_dir():
-        return _group_signalable(pgid)
+        return True
     return bool(group_members(pgid))
 
 

@@ -1,0 +1,158 @@
+"""A load generator that simulates many agents faithfully enough to stress a server, without a
+Python agent per simulated agent: real mutual TLS with each agent's own certificate, real
+`poll` long polls (and `accept`, `events`, `result` for delivered tasks), jittered backoff.
+
+Operators can use it to size a server:
+
+    python -m tests.benchmarks.loadgen --server https://HOST:10943 \\
+        --certs DIR --first 0 --count 2500 --seconds 120
+
+DIR holds ``key-<i>.pem``/``cert-<i>.pem`` for agents registered on the server (see
+``tests/benchmarks/fleet.py``). Run several processes for more than a few thousand agents.
+On exit it writes one JSON line per agent to --report: poll successes and failures with times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import random
+import signal
+import ssl
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+BACKOFF_MAX = 60.0  # the agent's default backoff_max_seconds
+POLL_BODY = json.dumps({"free_slots": 1, "running": [], "agent_version": "loadgen"}).encode()
+
+
+class SimulatedAgent:
+    def __init__(self, index: int, host: str, port: int, context: ssl.SSLContext) -> None:
+        self.index = index
+        self.host, self.port, self.context = host, port, context
+        self.successes: list[float] = []
+        self.failures: list[float] = []
+        # When each poll was written on a working connection: an agent is "polling again" from
+        # the moment its poll is held by the server, not when the hold ends.
+        self.polling_since: list[float] = []
+        self.tasks_done = 0
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        attempt = 0
+        while not stop.is_set():
+            try:
+                answer = await self._request("/v1/poll", POLL_BODY)
+            except (OSError, ssl.SSLError, asyncio.IncompleteReadError, ValueError):
+                self._drop()
+                self.failures.append(time.time())
+                attempt += 1
+                # Full jitter, capped, exactly as the agent's retry rule does it.
+                await _sleep_or_stop(stop, random.uniform(0, min(BACKOFF_MAX, 0.5 * 2**attempt)))
+                continue
+            attempt = 0
+            self.successes.append(time.time())
+            for envelope in answer.get("envelopes", []):
+                await self._run_task(envelope["task_id"])
+
+    async def _run_task(self, task_id: str) -> None:
+        """accept → one line → result, as an agent running `echo` would."""
+        await self._request(f"/v1/tasks/{task_id}/accept", b"{}")
+        line = {"seq": 1, "stream": "stdout", "text": "simulated", "ts": time.time()}
+        await self._request(f"/v1/tasks/{task_id}/events", json.dumps({"events": [line]}).encode())
+        result = {"state": "succeeded", "exit_code": 0, "last_seq": 1}
+        await self._request(f"/v1/tasks/{task_id}/result", json.dumps(result).encode())
+        self.tasks_done += 1
+
+    async def _request(self, path: str, body: bytes) -> dict:  # type: ignore[type-arg]
+        if self._writer is None:
+            self._reader, self._writer = await asyncio.open_connection(
+                self.host, self.port, ssl=self.context, server_hostname=None
+            )
+        assert self._reader is not None
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+            f"X-Tentacle-Protocol: 1\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        self._writer.write(head.encode() + body)
+        if path == "/v1/poll":
+            self.polling_since.append(time.time())
+        status = await self._reader.readline()
+        length = 0
+        while (line := await self._reader.readline()) not in (b"\r\n", b""):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        payload = await self._reader.readexactly(length)
+        if not status.startswith(b"HTTP/1.1 2"):
+            raise ValueError(status.decode(errors="replace"))
+        return json.loads(payload)  # type: ignore[no-any-return]
+
+    def _drop(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._reader = self._writer = None
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
+def agent_context(certs: Path, index: int) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # the real agent pins; the load only needs the handshake
+    context.load_cert_chain(certs / f"cert-{index}.pem", certs / f"key-{index}.pem")
+    return context
+
+
+async def main(args: argparse.Namespace) -> None:
+    url = urlsplit(args.server)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    loop.call_later(args.seconds, stop.set)
+    agents = [
+        SimulatedAgent(i, url.hostname or "", url.port or 10943, agent_context(args.certs, i))
+        for i in range(args.first, args.first + args.count)
+    ]
+    runs = []
+    for agent in agents:  # ramp up: a burst of thousands of handshakes at once is a storm
+        runs.append(asyncio.create_task(agent.run(stop)))
+        await asyncio.sleep(args.ramp / max(len(agents), 1))
+    print("ready", flush=True)
+    await stop.wait()
+    for run in runs:
+        run.cancel()
+    await asyncio.gather(*runs, return_exceptions=True)
+    with open(args.report, "w") as report:
+        for agent in agents:
+            record = {
+                "index": agent.index,
+                "ok": agent.successes,
+                "failed": agent.failures,
+                "sent": agent.polling_since,
+                "tasks": agent.tasks_done,
+            }
+            report.write(json.dumps(record) + "\n")
+
+
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--server", required=True)
+    parser.add_argument("--certs", type=Path, required=True)
+    parser.add_argument("--first", type=int, default=0)
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--seconds", type=float, default=60.0, help="stop after this long")
+    parser.add_argument("--ramp", type=float, default=5.0, help="seconds to start all agents")
+    parser.add_argument("--report", type=Path, default=Path("loadgen-report.jsonl"))
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(parse()))

@@ -1,0 +1,93 @@
+"""`make bench` / `make bench-quick`: every figure beside its in-run reference, as a table.
+
+python -m tests.benchmarks.run [--quick] [--markdown FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+from tentacle_poll.logs import setup_logging
+
+from .figures import (
+    Bench,
+    Row,
+    agent_footprint,
+    dispatch_latency,
+    idle_and_storm,
+    latency_rows,
+    local_spawn_latency,
+    output_streaming,
+    package_transfer,
+    throughput,
+)
+from .fleet import CLI, Process
+
+HEADERS = ["figure", "value", "reference (same run)", "ratio", "target", "verdict"]
+
+
+async def run_all(quick: bool) -> list[Row]:
+    sizes = {
+        "latency_runs": 50 if quick else 200,
+        "fleet": 1000 if quick else 10000,
+        "storm_wait": 30.0 if quick else 125.0,
+        "agents": 10 if quick else 50,
+        "tasks": 100 if quick else 500,
+        "stream_mb": 10 if quick else 100,
+    }
+    rows: list[Row] = []
+    folder = Path(tempfile.mkdtemp(prefix="tentacle-bench-"))
+    local = await local_spawn_latency(folder, sizes["latency_runs"])
+    bench = Bench(folder / "main")
+    await bench.start()
+    try:
+        await bench.agent_home("lat")
+        agent = await Process.start(*CLI, "--home", str(folder / "main" / "lat"))
+        await agent.wait_for("polling")
+        rows += latency_rows(
+            "1 idle agent", await dispatch_latency(bench, "lat", sizes["latency_runs"]), local
+        )
+        rows += await throughput(bench, sizes["agents"], sizes["tasks"])
+        rows += await output_streaming(bench, sizes["stream_mb"])
+        rows += await agent_footprint(bench)
+        await agent.stop()
+    finally:
+        await bench.stop()
+    fleet = Bench(folder / "fleet")
+    try:
+        rows += await idle_and_storm(fleet, sizes["fleet"], sizes["storm_wait"])
+    finally:
+        await fleet.stop()
+    rows += package_transfer()
+    return rows
+
+
+def table(rows: list[Row]) -> str:
+    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    lines += ["| " + " | ".join(row.cells()) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, under 2 minutes")
+    parser.add_argument("--markdown", type=Path, help="also write the table to this file")
+    args = parser.parse_args()
+    setup_logging("WARNING")
+    started = time.monotonic()
+    rows = asyncio.run(run_all(args.quick))
+    output = table(rows)
+    elapsed = time.monotonic() - started
+    stamp = f"{time.strftime('%Y-%m-%d %H:%M')} on {platform.node()}, {elapsed:.0f} s"
+    print(f"\n{output}\n\n({'quick' if args.quick else 'full'} run, {stamp})")
+    if args.markdown:
+        args.markdown.write_text(output + "\n")
+
+
+if __name__ == "__main__":
+    main()
