@@ -26,6 +26,19 @@ def enable_keepalive(sock: socket.socket) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
+def listening_socket(host: str, port: int, backlog: int = 4096) -> socket.socket:
+    """A listening socket whose accepted connections inherit the keepalive settings (Linux
+    copies them at accept), so no per-request system call is needed."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    enable_keepalive(sock)
+    sock.bind((host, port))
+    sock.listen(backlog)
+    sock.setblocking(False)
+    return sock
+
+
 def keepalive_socket(addr_info: tuple[Any, ...]) -> socket.socket:
     """A ``socket_factory`` for aiohttp's TCPConnector."""
     family, kind, proto = addr_info[0], addr_info[1], addr_info[2]

@@ -24,6 +24,8 @@ from tentacle_poll.server import Server
 from tentacle_poll.server.admin_client import AdminClient
 from tentacle_poll.tls import generate_identity, save_identity
 
+from .processes import Daemon
+
 
 @pytest.fixture(autouse=True)
 def loguru_to_caplog(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
@@ -55,6 +57,14 @@ def log_seen() -> Iterator[Callable[[str], asyncio.Event]]:
 
     yield watch
     logger.remove(handler_id)
+
+
+@pytest.fixture
+async def processes() -> AsyncIterator[list[Daemon]]:
+    started: list[Daemon] = []
+    yield started
+    for daemon in started:
+        await daemon.kill()
 
 
 def free_port() -> int:

@@ -5,14 +5,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
-
-import pytest
 
 from .conftest import free_port
 from .helpers import process_running
-from .processes import CLI, Daemon
+from .processes import CLI, Daemon, start_server_process
 
 
 def cli(
@@ -26,18 +23,8 @@ def cli(
     return result
 
 
-@pytest.fixture
-async def daemons() -> AsyncIterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for daemon in started:
-        if daemon.process.returncode is None:
-            daemon.process.kill()
-            await daemon.process.wait()
-
-
 async def test_server_register_agent_and_task_from_the_command_line(
-    tmp_path: Path, daemons: list[Daemon]
+    tmp_path: Path, processes: list[Daemon]
 ) -> None:
     server_home, agent_home = str(tmp_path / "server"), str(tmp_path / "agent")
     key = cli(
@@ -45,20 +32,8 @@ async def test_server_register_agent_and_task_from_the_command_line(
     ).stdout.strip()
     thumbprint = cli("server", "show-thumbprint", "--server-home", server_home).stdout.strip()
     comms, admin = free_port(), free_port()
-    server = await Daemon.start(
-        "server",
-        "run",
-        "--server-home",
-        server_home,
-        "--comms-host",
-        "127.0.0.1",
-        "--comms-port",
-        str(comms),
-        "--admin-port",
-        str(admin),
-    )
-    daemons.append(server)
-    await server.wait_for("listening")
+    server = await start_server_process(Path(server_home), comms, admin)
+    processes.append(server)
     cli("new-certificate", "--home", agent_home)
     cli(
         "register",
@@ -79,7 +54,7 @@ async def test_server_register_agent_and_task_from_the_command_line(
         env={"TENTACLE_POLL_API_KEY": key},
     )
     agent = await Daemon.start("--home", agent_home)
-    daemons.append(agent)
+    processes.append(agent)
     await agent.wait_for("polling")
     admin_env = {
         "TENTACLE_POLL_API_KEY": key,
@@ -153,10 +128,10 @@ def test_admin_command_without_a_server_says_so(tmp_path: Path) -> None:
 
 
 async def test_demo_runs_the_sample_task_and_stops_cleanly_on_ctrl_c(
-    tmp_path: Path, daemons: list[Daemon]
+    tmp_path: Path, processes: list[Daemon]
 ) -> None:
     demo = await Daemon.start("demo", "--folder", str(tmp_path / "demo"))
-    daemons.append(demo)
+    processes.append(demo)
     assert "succeeded with exit code 0" in await demo.wait_for("=== task")
     await demo.wait_for("Press Ctrl-C")
     assert "correct-horse-battery" not in "\n".join(demo.lines)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -49,14 +48,6 @@ async def wait_for_state(admin: AdminClient, task_id: str, wanted: TaskState) ->
         page = await admin.events(task_id, 2**62, 10)
         if page.task.state == wanted:
             return page.task
-
-
-@pytest.fixture
-async def processes() -> AsyncIterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for daemon in started:
-        await daemon.kill()
 
 
 async def test_server_killed_while_tasks_run_loses_no_line_and_no_result(

@@ -6,7 +6,6 @@ import asyncio
 import json
 import subprocess
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -43,14 +42,6 @@ async def poll_once(client: CommsClient) -> PollResponse:
         return await client.post(POLL, PollRequest(free_slots=0, hold_seconds=0), PollResponse)
     finally:
         await client.close()
-
-
-@pytest.fixture
-async def processes() -> AsyncIterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for daemon in started:
-        await daemon.kill()
 
 
 async def test_agent_polls_two_servers_and_survives_one_stopping(

@@ -31,6 +31,19 @@ from tentacle_poll.protocol.routes import TASK_EVENTS, TASK_RESULT, task_path
 from tentacle_poll.workers.outcome import Stream
 
 A = TypeVar("A", EventsResponse, TaskView)
+# Bodies stay well under aiohttp's 1 MiB "large body blocks the event loop" threshold.
+MAX_BATCH_CHARS = 512 * 1024
+
+
+def _next_batch(pending: list[Event]) -> list[Event]:
+    """The oldest pending lines, at most MAX_EVENTS_PER_BATCH of them and about
+    MAX_BATCH_CHARS of text (always at least one line)."""
+    size = 0
+    for count, event in enumerate(pending[:MAX_EVENTS_PER_BATCH]):
+        size += len(event.text) + 64
+        if size > MAX_BATCH_CHARS and count > 0:
+            return pending[:count]
+    return pending[:MAX_EVENTS_PER_BATCH]
 
 
 def _ignore_cancel(_: str) -> None:
@@ -108,10 +121,12 @@ class TaskReporter:
                     await self._post_batch()
         except CommunicationError as exc:
             logger.warning("output of task {} waits in the spool: {}", self.task_id, exc)
+        except Exception:  # a bug here must show, and the lines still go with the result
+            logger.exception("streaming the output of task {} failed", self.task_id)
 
     async def _post_batch(self) -> None:
         self._spool.flush()
-        batch = self._pending[:MAX_EVENTS_PER_BATCH]
+        batch = _next_batch(self._pending)
         answer = await self._post(TASK_EVENTS, EventsRequest(events=batch), EventsResponse)
         self._pending = [e for e in self._pending if e.seq > answer.acked_seq]
         if answer.cancel:

@@ -181,6 +181,12 @@ class CommsClient:
                 f"{self.url} reset the connection after the TLS handshake: the server did not "
                 "accept this agent's certificate; is it registered? (`tentacle-poll register`)"
             )
+        if self._identity_folder is not None and isinstance(exc, aiohttp.ServerDisconnectedError):
+            # TLS 1.3 may also show a refused client certificate as a plain close.
+            return CertificateRejected(
+                f"{self.url} closed the connection: it is restarting, or it did not accept this "
+                "agent's certificate (is it registered? `tentacle-poll diagnose` tells)"
+            )
         if isinstance(exc, asyncio.TimeoutError):
             return ServerUnavailable(f"{self.url} did not answer in time")
         return ServerUnavailable(f"cannot reach {self.url}: {_describe(exc)}")

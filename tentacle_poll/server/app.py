@@ -14,6 +14,7 @@ from aiohttp import web
 from loguru import logger
 
 from tentacle_poll.config import ServerSettings
+from tentacle_poll.keepalive import listening_socket
 from tentacle_poll.server.admin import add_admin_routes, require_api_key
 from tentacle_poll.server.comms import add_comms_routes
 from tentacle_poll.server.dispatch import Dispatcher
@@ -123,6 +124,8 @@ class Server:
         )
         await runner.setup()
         self._runners.append(runner)
-        site = web.TCPSite(runner, host, port, ssl_context=trust.context if trust else None)
+        site = web.SockSite(
+            runner, listening_socket(host, port), ssl_context=trust.context if trust else None
+        )
         await site.start()
         return int(runner.addresses[-1][1])

@@ -12,7 +12,6 @@ from cryptography.x509 import load_pem_x509_certificate
 from loguru import logger
 
 from tentacle_poll.exceptions import StoreError
-from tentacle_poll.keepalive import enable_keepalive
 from tentacle_poll.logs import hide_secret
 from tentacle_poll.protocol import routes
 from tentacle_poll.protocol.models import (
@@ -80,7 +79,6 @@ async def poll(request: web.Request) -> web.Response:
     state = request.app[STATE]
     agent = await authorised_agent(request)
     body = await read_model(request, PollRequest)
-    _keep_connection_alive(request)
     await state.seen(agent, body.agent_version, list(body.trusted_server_thumbprints), now())
     with state.dispatcher.polling(agent.id):
         answer = await _hold_until_work(request, state, agent, body)
@@ -209,12 +207,6 @@ def _server_stopping() -> ProblemError:
     # Spread the reconnect of every agent over a few seconds.
     error.headers["Retry-After"] = str(random.randint(1, 5))
     return error
-
-
-def _keep_connection_alive(request: web.Request) -> None:
-    sock = request.transport.get_extra_info("socket") if request.transport else None
-    if sock is not None:
-        enable_keepalive(sock)
 
 
 def _client_gone(request: web.Request) -> bool:

@@ -34,9 +34,11 @@ class Bells:
 
 async def wait_for_bell(bell: asyncio.Event, timeout: float) -> bool:
     """True when the bell rang, False when ``timeout`` passed first."""
+    # asyncio.timeout, not wait_for: no extra task per held poll (measurable at 10,000 polls).
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(bell.wait(), max(timeout, 0))
-        return True
+        async with asyncio.timeout(max(timeout, 0)):
+            await bell.wait()
+            return True
     return False
 
 

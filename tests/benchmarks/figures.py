@@ -212,8 +212,11 @@ async def plain_tls_reference(bench: Bench, count: int, settle: float) -> float:
     return per_connection
 
 
-async def idle_and_storm(bench: Bench, count: int, storm_wait: float) -> list[Row]:
-    """N simulated agents hold polls; server RSS and CPU; then kill -9, restart, time the return."""
+async def idle_and_storm(
+    bench: Bench, count: int, storm_wait: float, local: list[float], latency_runs: int
+) -> list[Row]:
+    """N simulated agents hold polls: server RSS and CPU, dispatch latency to one real agent
+    among them; then kill -9 of the server, restart, and the time until they poll again."""
     reference = await plain_tls_reference(bench, count, settle=count / 700 + 5)
     await register_fleet(bench.server_home, certificates(count), count)
     await bench.start()
@@ -225,6 +228,11 @@ async def idle_and_storm(bench: Bench, count: int, storm_wait: float) -> list[Ro
     cpu_start, wall_start = bench.server.cpu_seconds(), time.monotonic()
     await asyncio.sleep(30)
     cpu = (bench.server.cpu_seconds() - cpu_start) / (time.monotonic() - wall_start)
+    await bench.agent_home("lat")
+    agent = await Process.start(*CLI, "--home", str(bench.folder / "lat"))
+    await agent.wait_for("polling")
+    latency = await dispatch_latency(bench, "lat", latency_runs)
+    await agent.stop()
     await bench.server.stop(kill=True)
     restarted = time.time()
     bench.server = await start_server(bench.server_home, bench.comms, bench.admin_port)
@@ -242,6 +250,7 @@ async def idle_and_storm(bench: Bench, count: int, storm_wait: float) -> list[Ro
     all_back = len(delays) == count and delays[-1] <= 120 if delays else False
     scale = "" if count == 10000 else f" (x{10000 / count:g}: projected to 10,000)"
     return [
+        *latency_rows(f"{count} idle agents connected", latency, local),
         Row(
             f"idle server RSS, {count} mTLS long polls",
             f"{rss / MB:.0f} MiB ({per_connection / 1024:.0f} KiB/conn)",

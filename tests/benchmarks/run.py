@@ -60,7 +60,9 @@ async def run_all(quick: bool) -> list[Row]:
         await bench.stop()
     fleet = Bench(folder / "fleet")
     try:
-        rows += await idle_and_storm(fleet, sizes["fleet"], sizes["storm_wait"])
+        rows += await idle_and_storm(
+            fleet, sizes["fleet"], sizes["storm_wait"], local, sizes["latency_runs"]
+        )
     finally:
         await fleet.stop()
     rows += package_transfer()
