@@ -223,10 +223,10 @@ async def idle_and_storm(
     assert bench.server is not None
     base = bench.server.rss_bytes()
     generators = await run_fleet(bench, count, seconds=3600)
-    await asyncio.sleep(30)  # every agent has polled at least once (hold 25 s)
+    await asyncio.sleep(5)  # the generators started every agent during their ramp
     rss = bench.server.rss_bytes()
     cpu_start, wall_start = bench.server.cpu_seconds(), time.monotonic()
-    await asyncio.sleep(30)
+    await asyncio.sleep(26)  # one whole hold period: every agent's poll is answered once
     cpu = (bench.server.cpu_seconds() - cpu_start) / (time.monotonic() - wall_start)
     await bench.agent_home("lat")
     agent = await Process.start(*CLI, "--home", str(bench.folder / "lat"))
@@ -403,7 +403,7 @@ async def _wait_final(admin: AdminClient, task_id: str):  # type: ignore[no-unty
             return page.task
 
 
-async def agent_footprint(bench: Bench) -> list[Row]:
+async def agent_footprint(bench: Bench, idle_window: float) -> list[Row]:
     home = await bench.agent_home("footprint")
     started = time.monotonic()
     agent = await Process.start(*CLI, "--home", str(home.folder))
@@ -414,9 +414,9 @@ async def agent_footprint(bench: Bench) -> list[Row]:
     await asyncio.sleep(2)
     pid = agent.process.pid
     switches, cpu = context_switches(pid), cpu_seconds(pid)
-    await asyncio.sleep(20)  # inside one 25 s hold: an idle agent should do nothing at all
-    wakeups = (context_switches(pid) - switches) / 20
-    idle_cpu = (cpu_seconds(pid) - cpu) / 20
+    await asyncio.sleep(idle_window)  # inside one 25 s hold: an idle agent does nothing at all
+    wakeups = (context_switches(pid) - switches) / idle_window
+    idle_cpu = (cpu_seconds(pid) - cpu) / idle_window
     rss = rss_bytes(pid)
     await agent.stop()
     bare = await Process.start(

@@ -33,12 +33,13 @@ HEADERS = ["figure", "value", "reference (same run)", "ratio", "target", "verdic
 
 async def run_all(quick: bool) -> list[Row]:
     sizes = {
-        "latency_runs": 50 if quick else 200,
+        "latency_runs": 30 if quick else 200,
         "fleet": 1000 if quick else 10000,
-        "storm_wait": 30.0 if quick else 125.0,
+        "storm_wait": 20.0 if quick else 125.0,
         "agents": 10 if quick else 50,
-        "tasks": 100 if quick else 500,
-        "stream_mb": 10 if quick else 100,
+        "tasks": 60 if quick else 500,
+        "stream_mb": 5 if quick else 100,
+        "idle_window": 8.0 if quick else 20.0,
     }
     rows: list[Row] = []
     folder = Path(tempfile.mkdtemp(prefix="tentacle-bench-"))
@@ -54,7 +55,7 @@ async def run_all(quick: bool) -> list[Row]:
         )
         rows += await throughput(bench, sizes["agents"], sizes["tasks"])
         rows += await output_streaming(bench, sizes["stream_mb"])
-        rows += await agent_footprint(bench)
+        rows += await agent_footprint(bench, sizes["idle_window"])
         await agent.stop()
     finally:
         await bench.stop()
