@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import resource
 import signal
 import time
 from pathlib import Path
@@ -78,6 +79,7 @@ async def run_server(args: argparse.Namespace) -> int:
     setup_logging(args.log_level or settings.log_level, args.log_format or settings.log_format)
     from tentacle_poll.server.app import Server  # lazy: only this command runs a server
 
+    _raise_open_files_limit()
     server = Server(settings, home)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -85,6 +87,14 @@ async def run_server(args: argparse.Namespace) -> int:
         loop.add_signal_handler(signum, _stopper(stop, signum))
     await server.serve(stop)
     return 0
+
+
+def _raise_open_files_limit() -> None:
+    """One held connection per agent: allow as many files as the system lets this process."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    logger.info("open files limit: {} (about one per connected agent)", hard)
 
 
 def _stopper(stop: asyncio.Event, signum: int) -> Any:
