@@ -18,7 +18,12 @@ from loguru import logger
 from tentacle_poll.agent.daemon import Agent
 from tentacle_poll.agent.home import AgentHome
 from tentacle_poll.agent.registration import Registration, register
-from tentacle_poll.config import ServerSettings
+from tentacle_poll.config import (
+    ProxySettings,
+    ServerSettings,
+    toml_data,
+    update_config_file,
+)
 from tentacle_poll.protocol.models import Event, ScriptSpec, SubmitTask, TaskView, Variable
 from tentacle_poll.server import Server
 from tentacle_poll.server.admin_client import AdminClient
@@ -122,13 +127,25 @@ def new_agent_home(folder: Path) -> AgentHome:
 async def register_agent(
     server: Server, api_key: str, folder: Path, name: str, **extra: object
 ) -> AgentHome:
-    home = new_agent_home(folder)
+    url, thumbprint = comms_url(server), server.state.thumbprint
+    return await register_at(url, thumbprint, api_key, folder, name, **extra)
+
+
+async def register_at(
+    url: str, thumbprint: str, api_key: str, folder: Path, name: str, **extra: object
+) -> AgentHome:
+    """Registers the agent home in ``folder`` (made if new) with the server at ``url``.
+    ``proxy`` (ProxySettings) is configured first; other keywords go to Registration."""
+    home = AgentHome(folder) if (folder / "identity").exists() else new_agent_home(folder)
+    proxy = extra.pop("proxy", None)
+    if isinstance(proxy, ProxySettings):
+        update_config_file(home.config_file, proxy=toml_data(proxy))
     details = Registration(
-        server_url=comms_url(server),
+        server_url=str(extra.pop("url", url)),
         name=name,
         environments=["Test"],
         roles=["web"],
-        server_thumbprint=server.state.thumbprint,
+        server_thumbprint=thumbprint,
         api_key=api_key,
         **extra,  # type: ignore[arg-type]
     )

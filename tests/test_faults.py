@@ -12,8 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from tentacle_poll.agent.home import AgentHome
-from tentacle_poll.agent.registration import Registration, register
 from tentacle_poll.protocol.models import Event, TaskState, TaskView
 from tentacle_poll.server import Server
 from tentacle_poll.server.admin_client import AdminClient
@@ -23,8 +21,8 @@ from .conftest import (
     AgentFactory,
     RunningAgent,
     free_port,
-    new_agent_home,
     register_agent,
+    register_at,
     run_and_follow,
     script_task,
     secret,
@@ -57,7 +55,9 @@ async def test_server_killed_while_tasks_run_loses_no_line_and_no_result(
     server = await start_server_process(tmp_path / "server", *ports)
     processes.append(server)
     key = await _api_key(tmp_path / "server")
-    agent_home = await _register_with_process(tmp_path, ports[0], key)
+    _, thumbprint = ServerHome(tmp_path / "server").ensure_identity()
+    url = f"https://127.0.0.1:{ports[0]}"
+    agent_home = await register_at(url, thumbprint, key, tmp_path / "web1", "web1")
     agent = await start_agent_process(agent_home.folder, **FAST_AGENT)
     processes.append(agent)
     gate = tmp_path / "gate"
@@ -255,21 +255,6 @@ async def _api_key(server_home: Path) -> str:
         return await store.create_api_key("tests")
     finally:
         await store.close()
-
-
-async def _register_with_process(tmp_path: Path, comms_port: int, key: str) -> AgentHome:
-    _, thumbprint = ServerHome(tmp_path / "server").ensure_identity()
-    home = new_agent_home(tmp_path / "web1")
-    details = Registration(
-        server_url=f"https://127.0.0.1:{comms_port}",
-        name="web1",
-        environments=["Test"],
-        roles=["web"],
-        server_thumbprint=thumbprint,
-        api_key=key,
-    )
-    await register(home, details)
-    return home
 
 
 def _assert_no_secret_on_disk(folder: Path, value: str) -> None:

@@ -12,7 +12,6 @@ import pytest
 
 from tentacle_poll.agent.home import AgentHome
 from tentacle_poll.agent.nodes import save_nodes, set_proxy
-from tentacle_poll.agent.registration import Registration, register
 from tentacle_poll.agent.rotation import rotate_certificate
 from tentacle_poll.agent.transport import CommsClient
 from tentacle_poll.config import AgentSettings, ProxySettings
@@ -29,6 +28,7 @@ from .conftest import (
     free_port,
     new_agent_home,
     register_agent,
+    register_at,
     run_and_follow,
     script_task,
     wait_for_line,
@@ -56,7 +56,8 @@ async def test_agent_polls_two_servers_and_survives_one_stopping(
         processes.append(await start_server_process(home, *ports[-1]))
     agent_home = new_agent_home(tmp_path / "web1")
     for home, (comms, _), key in zip(homes, ports, keys, strict=True):
-        await _register(agent_home, home, comms, key)
+        _, thumbprint = ServerHome(home).ensure_identity()
+        await register_at(f"https://127.0.0.1:{comms}", thumbprint, key, agent_home.folder, "web1")
     assert len(agent_home.settings().servers) == 2
     agent = RunningAgent(agent_home, concurrency=2)
     admins = [
@@ -76,19 +77,6 @@ async def test_agent_polls_two_servers_and_survives_one_stopping(
         for admin in admins:
             await admin.__aexit__()
         await agent.stop()
-
-
-async def _register(agent_home: AgentHome, server_home: Path, comms_port: int, key: str) -> None:
-    _, thumbprint = ServerHome(server_home).ensure_identity()
-    details = Registration(
-        server_url=f"https://127.0.0.1:{comms_port}",
-        name="web1",
-        environments=["Test"],
-        roles=["web"],
-        server_thumbprint=thumbprint,
-        api_key=key,
-    )
-    await register(agent_home, details)
 
 
 async def test_client_certificate_rotation_with_a_task_queued_during_the_switch(

@@ -9,14 +9,11 @@ import pytest
 
 from tentacle_poll.agent.home import AgentHome
 from tentacle_poll.agent.proxy import bypassed, system_proxy
-from tentacle_poll.agent.registration import Registration, register
 from tentacle_poll.agent.transport import CommsClient, client_for
 from tentacle_poll.config import (
     AgentSettings,
     ProxySettings,
     ServerNode,
-    toml_data,
-    update_config_file,
 )
 from tentacle_poll.exceptions import ConfigurationError, ProxyRefused, ServerIdentityMismatch
 from tentacle_poll.protocol.models import PollRequest, PollResponse, TaskState
@@ -24,7 +21,7 @@ from tentacle_poll.protocol.routes import POLL
 from tentacle_poll.server import Server
 from tentacle_poll.server.admin_client import AdminClient
 
-from .conftest import RunningAgent, new_agent_home, run_and_follow, script_task
+from .conftest import RunningAgent, new_agent_home, register_agent, run_and_follow, script_task
 from .proxies import sni_router, squid, tinyproxy
 from .test_trust import ImpostorServer
 
@@ -84,19 +81,7 @@ def direct_client(
 async def registered_agent(
     server: Server, api_key: str, folder: Path, proxy: ProxySettings, **node: object
 ) -> AgentHome:
-    home = new_agent_home(folder)
-    update_config_file(home.config_file, proxy=toml_data(proxy))
-    details = Registration(
-        server_url=node.pop("url", f"https://127.0.0.1:{server.comms_port}"),  # type: ignore[arg-type]
-        name=folder.name,
-        environments=["Test"],
-        roles=["web"],
-        server_thumbprint=server.state.thumbprint,
-        api_key=api_key,
-        **node,  # type: ignore[arg-type]
-    )
-    await register(home, details)
-    return home
+    return await register_agent(server, api_key, folder, folder.name, proxy=proxy, **node)
 
 
 @pytest.mark.parametrize("kind", ["tinyproxy", "squid"])
