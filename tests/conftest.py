@@ -132,16 +132,17 @@ async def register_agent(
 
 
 async def register_at(
-    url: str, thumbprint: str, api_key: str, folder: Path, name: str, **extra: object
+    server_url: str, thumbprint: str, api_key: str, folder: Path, name: str, **extra: object
 ) -> AgentHome:
-    """Registers the agent home in ``folder`` (made if new) with the server at ``url``.
+    """Registers the agent home in ``folder`` (made if new) with the server at ``server_url``
+    (``url=`` overrides it, e.g. to go through a router).
     ``proxy`` (ProxySettings) is configured first; other keywords go to Registration."""
     home = AgentHome(folder) if (folder / "identity").exists() else new_agent_home(folder)
     proxy = extra.pop("proxy", None)
     if isinstance(proxy, ProxySettings):
         update_config_file(home.config_file, proxy=toml_data(proxy))
     details = Registration(
-        server_url=str(extra.pop("url", url)),
+        server_url=str(extra.pop("url", server_url)),
         name=name,
         environments=["Test"],
         roles=["web"],
