@@ -12,45 +12,61 @@ CLI = [sys.executable, "-m", "tentacle_poll"]
 
 
 class Daemon:
-    """A CLI process in the background whose output can be awaited line by line."""
+    """A process in the background whose output lines are collected as they come (so its pipe
+    never fills) and can be awaited: each ``wait_for`` looks at lines after the last match."""
 
     def __init__(self, process: asyncio.subprocess.Process) -> None:
         self.process = process
         self.lines: list[str] = []
+        self._cursor = 0
+        self._new_line = asyncio.Event()
+        self._reader = asyncio.create_task(self._read())
 
     @classmethod
     async def start(cls, *args: str, env: dict[str, str] | None = None) -> Daemon:
+        """``tentacle-poll ARGS``."""
+        return await cls.run(*CLI, *args, env=env)
+
+    @classmethod
+    async def run(cls, *argv: str, env: dict[str, str] | None = None) -> Daemon:
         process = await asyncio.create_subprocess_exec(
-            *CLI,
-            *args,
+            *argv,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             env={**os.environ, **(env or {})},
         )
         return cls(process)
 
-    async def wait_for(self, text: str) -> str:
+    async def _read(self) -> None:
         assert self.process.stdout is not None
         async for raw in self.process.stdout:
-            line = raw.decode().rstrip()
-            self.lines.append(line)
-            if text in line:
-                return line
-        raise AssertionError(f"exited before printing {text!r}: {self.lines}")
+            self.lines.append(raw.decode(errors="replace").rstrip())
+            self._new_line.set()
+        self._new_line.set()
+
+    async def wait_for(self, text: str, timeout: float = 120.0) -> str:
+        async with asyncio.timeout(timeout):
+            while True:
+                while self._cursor < len(self.lines):
+                    line = self.lines[self._cursor]
+                    self._cursor += 1
+                    if text in line:
+                        return line
+                if self._reader.done():
+                    raise AssertionError(f"exited before printing {text!r}: {self.lines[-10:]}")
+                self._new_line.clear()
+                await self._new_line.wait()
 
     async def stop(self, signum: int = signal.SIGTERM) -> int:
         if self.process.returncode is None:
             self.process.send_signal(signum)
-        assert self.process.stdout is not None
-        rest = (await self.process.stdout.read()).decode().splitlines()
-        self.lines.extend(line.rstrip() for line in rest)
-        return await self.process.wait()
+        code = await self.process.wait()
+        await self._reader
+        return code
 
     async def kill(self) -> None:
         """kill -9: no handler runs, nothing is flushed."""
-        if self.process.returncode is None:
-            self.process.kill()
-        await self.process.wait()
+        await self.stop(signal.SIGKILL)
 
     @property
     def output(self) -> str:

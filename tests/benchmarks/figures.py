@@ -20,9 +20,8 @@ from tentacle_poll.server.admin_client import AdminClient
 from tentacle_poll.server.identity import ServerHome
 from tentacle_poll.tls import generate_identity, save_identity
 
+from ..processes import Daemon, start_server_process
 from .fleet import (
-    CLI,
-    Process,
     certificates,
     context_switches,
     cpu_seconds,
@@ -30,7 +29,6 @@ from .fleet import (
     register_fleet,
     rss_bytes,
     start_loadgen,
-    start_server,
 )
 
 MB = 1024 * 1024
@@ -62,7 +60,7 @@ class Bench:
         self.folder = folder
         self.server_home = folder / "server"
         self.comms, self.admin_port = free_port(), free_port()
-        self.server: Process | None = None
+        self.server: Daemon | None = None
         self.key = ""
 
     @property
@@ -73,7 +71,9 @@ class Bench:
         store = ServerHome(self.server_home).open_store()
         self.key = await store.create_api_key("bench")
         await store.close()
-        self.server = await start_server(self.server_home, self.comms, self.admin_port, **settings)
+        self.server = await start_server_process(
+            self.server_home, self.comms, self.admin_port, **settings
+        )
 
     async def agent_home(self, name: str, concurrency: int = 4) -> AgentHome:
         home = AgentHome(self.folder / name)
@@ -155,7 +155,7 @@ def latency_rows(label: str, ours: list[float], local: list[float]) -> list[Row]
 # --- idle agents, reconnect storm ------------------------------------------------------------
 
 
-async def run_fleet(bench: Bench, count: int, seconds: float) -> list[Process]:
+async def run_fleet(bench: Bench, count: int, seconds: float) -> list[Daemon]:
     certs = certificates(count)
     per_process = 2500
     generators = []
@@ -196,17 +196,15 @@ def fleet_reports(bench: Bench) -> list[dict]:  # type: ignore[type-arg]
 
 async def plain_tls_reference(bench: Bench, count: int, settle: float) -> float:
     """Bytes of RSS per idle connection for a plain asyncio TLS server (default buffers)."""
-    server = await Process.start(
-        sys.executable, "-m", "tests.benchmarks.plain_tls", str(bench.comms)
-    )
+    server = await Daemon.run(sys.executable, "-m", "tests.benchmarks.plain_tls", str(bench.comms))
     await server.wait_for("listening")
     base = rss_bytes(server.process.pid)
     generators = await run_fleet(bench, count, seconds=settle + 60)
     await asyncio.sleep(settle)
     per_connection = (rss_bytes(server.process.pid) - base) / count
     for generator in generators:
-        await generator.stop(kill=True)
-    await server.stop(kill=True)
+        await generator.kill()
+    await server.kill()
     for report in bench.folder.glob("loadgen-*.jsonl"):
         report.unlink()
     return per_connection
@@ -221,23 +219,23 @@ async def idle_and_storm(
     await register_fleet(bench.server_home, certificates(count), count)
     await bench.start()
     assert bench.server is not None
-    base = bench.server.rss_bytes()
+    base = rss_bytes(bench.server.process.pid)
     generators = await run_fleet(bench, count, seconds=3600)
     await asyncio.sleep(5)  # the generators started every agent during their ramp
-    rss = bench.server.rss_bytes()
-    cpu_start, wall_start = bench.server.cpu_seconds(), time.monotonic()
+    rss = rss_bytes(bench.server.process.pid)
+    cpu_start, wall_start = cpu_seconds(bench.server.process.pid), time.monotonic()
     await asyncio.sleep(26)  # one whole hold period: every agent's poll is answered once
-    cpu = (bench.server.cpu_seconds() - cpu_start) / (time.monotonic() - wall_start)
+    cpu = (cpu_seconds(bench.server.process.pid) - cpu_start) / (time.monotonic() - wall_start)
     await bench.agent_home("lat")
-    agent = await Process.start(*CLI, "--home", str(bench.folder / "lat"))
+    agent = await Daemon.start("--home", str(bench.folder / "lat"))
     await agent.wait_for("polling")
     latency = await dispatch_latency(bench, "lat", latency_runs)
     await agent.stop()
-    await bench.server.stop(kill=True)
+    await bench.server.kill()
     restarted = time.time()
-    bench.server = await start_server(bench.server_home, bench.comms, bench.admin_port)
+    bench.server = await start_server_process(bench.server_home, bench.comms, bench.admin_port)
     await asyncio.sleep(storm_wait)
-    storm_rss = bench.server.rss_bytes()
+    storm_rss = rss_bytes(bench.server.process.pid)
     for generator in generators:
         await generator.stop()
     delays = sorted(
@@ -309,7 +307,7 @@ async def local_spawn_rate(folder: Path, tasks: int, concurrency: int) -> float:
 
 async def throughput(bench: Bench, agents: int, tasks: int) -> list[Row]:
     homes = [await bench.agent_home(f"tp-{i}") for i in range(agents)]
-    runner = await Process.start(
+    runner = await Daemon.run(
         sys.executable, "-m", "tests.benchmarks.agents", *map(str, (h.folder for h in homes))
     )
     await runner.wait_for("ready")
@@ -367,7 +365,7 @@ async def raw_tls_copy_rate(total: int) -> float:
 
 async def output_streaming(bench: Bench, megabytes: int) -> list[Row]:
     home = await bench.agent_home("streamer")
-    agent = await Process.start(*CLI, "--home", str(home.folder))
+    agent = await Daemon.start("--home", str(home.folder))
     await agent.wait_for("polling")
     lines = megabytes * MB // 100
     body = f"yes {'x' * 98} | head -n {lines}"
@@ -406,7 +404,7 @@ async def _wait_final(admin: AdminClient, task_id: str):  # type: ignore[no-unty
 async def agent_footprint(bench: Bench, idle_window: float) -> list[Row]:
     home = await bench.agent_home("footprint")
     started = time.monotonic()
-    agent = await Process.start(*CLI, "--home", str(home.folder))
+    agent = await Daemon.start("--home", str(home.folder))
     async with AdminClient(bench.admin_url, bench.key) as admin:
         task = await admin.submit(script_task("footprint", "true"))
         await admin.follow(task.id, lambda _: None)
@@ -419,12 +417,12 @@ async def agent_footprint(bench: Bench, idle_window: float) -> list[Row]:
     idle_cpu = (cpu_seconds(pid) - cpu) / idle_window
     rss = rss_bytes(pid)
     await agent.stop()
-    bare = await Process.start(
+    bare = await Daemon.run(
         sys.executable, "-c", "import time; print('up', flush=True); time.sleep(30)"
     )
     await bare.wait_for("up")
     bare_rss = rss_bytes(bare.process.pid)
-    await bare.stop(kill=True)
+    await bare.kill()
     return [
         Row(
             "agent RSS, idle in its poll",

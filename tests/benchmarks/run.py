@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tentacle_poll.logs import setup_logging
 
+from ..processes import Daemon
 from .figures import (
     Bench,
     Row,
@@ -26,7 +27,6 @@ from .figures import (
     package_transfer,
     throughput,
 )
-from .fleet import CLI, Process
 
 HEADERS = ["figure", "value", "reference (same run)", "ratio", "target", "verdict"]
 
@@ -48,7 +48,7 @@ async def run_all(quick: bool) -> list[Row]:
     await bench.start()
     try:
         await bench.agent_home("lat")
-        agent = await Process.start(*CLI, "--home", str(folder / "main" / "lat"))
+        agent = await Daemon.start("--home", str(folder / "main" / "lat"))
         await agent.wait_for("polling")
         rows += latency_rows(
             "1 idle agent", await dispatch_latency(bench, "lat", sizes["latency_runs"]), local
