@@ -140,3 +140,25 @@ async def test_demo_runs_the_sample_task_and_stops_cleanly_on_ctrl_c(
     assert demo.lines[-1] == "stopped."
     pids = [p for p in (tmp_path / "demo").rglob("*.pid")]
     assert pids == [] or not any(process_running(int(p.read_text())) for p in pids)
+
+
+async def test_a_second_agent_on_the_same_home_is_refused(
+    tmp_path: Path, processes: list[Daemon]
+) -> None:
+    server_home, agent_home = str(tmp_path / "server"), str(tmp_path / "agent")
+    key = cli("server", "api-key", "create", "--name", "ci", "--server-home", server_home).stdout
+    thumbprint = cli("server", "show-thumbprint", "--server-home", server_home).stdout.strip()
+    comms, admin = free_port(), free_port()
+    processes.append(await start_server_process(Path(server_home), comms, admin))
+    cli("new-certificate", "--home", agent_home)
+    cli(
+        "register", "--home", agent_home, "--server", f"https://127.0.0.1:{comms}",
+        "--server-thumbprint", thumbprint, "--name", "web1", "--environment", "Prod",
+        "--role", "web", env={"TENTACLE_POLL_API_KEY": key.strip()},
+    )  # fmt: skip
+    first = await Daemon.start("--home", agent_home)
+    processes.append(first)
+    await first.wait_for("polling")
+    second = cli("--home", agent_home, check=False)
+    assert second.returncode == 1
+    assert "another agent is already running with the home" in second.stderr

@@ -48,6 +48,10 @@ class Agent:
         return self._stop_level
 
     async def run(self) -> None:
+        with self.home.exclusive():
+            await self._run_locked()
+
+    async def _run_locked(self) -> None:
         journal = Journal(self.home.journal_file)
         spool = Spool(self.home.spool_folder, int(self.settings.spool_max_mb * MB))
         clients = {

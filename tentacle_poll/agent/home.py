@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +36,19 @@ class AgentHome:
     @property
     def journal_file(self) -> Path:
         return self.folder / "journal.jsonl"
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Held while a daemon runs: two agents on one journal could start a task twice."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / "agent.lock", "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ConfigurationError(
+                    f"another agent is already running with the home {self.folder}"
+                ) from None
+            yield
 
     def has_identity(self) -> bool:
         return (self.identity_folder / CERT_FILE).exists()
