@@ -41,9 +41,62 @@ def add_commands(commands: Any, add_common: Any, add_admin: Any) -> None:
     listing = sub.add_parser("list", help="list recent tasks")
     listing.add_argument("--target")
     listing.set_defaults(command=list_tasks)
-    for parser in [*parsers, listing]:
+    for parser in [*parsers, listing, *_add_package_commands(commands)]:
         add_common(parser)
         add_admin(parser)
+
+
+def _add_package_commands(commands: Any) -> list[argparse.ArgumentParser]:
+    package = commands.add_parser("package", help="upload, list and delete packages")
+    sub = package.add_subparsers(title="package commands", metavar="COMMAND", required=True)
+    upload = sub.add_parser("upload", help="upload a zip or tar.gz as a package version")
+    upload.add_argument("file")
+    upload.add_argument("--id", required=True, dest="package_id")
+    upload.add_argument("--version", required=True)
+    upload.add_argument("--format", choices=["zip", "tar.gz"], help="default: from the file name")
+    upload.set_defaults(command=upload_package)
+    listing = sub.add_parser("list", help="list packages and versions")
+    listing.set_defaults(command=list_packages)
+    delete = sub.add_parser("delete", help="delete a package version")
+    delete.add_argument("--id", required=True, dest="package_id")
+    delete.add_argument("--version", required=True)
+    delete.set_defaults(command=delete_package)
+    return [upload, listing, delete]
+
+
+async def upload_package(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    if not path.is_file():
+        raise ConfigurationError(f"no file {path}")
+    package_format = args.format or _format_of(path)
+    async with admin_client(args) as client:
+        package = await client.upload_package(args.package_id, args.version, path, package_format)
+    print(f"{package.package_id} {package.version}: {package.size} bytes, sha256 {package.sha256}")
+    return 0
+
+
+async def list_packages(args: argparse.Namespace) -> int:
+    async with admin_client(args) as client:
+        packages = await client.packages()
+    for p in packages:
+        print(f"{p.package_id:<30} {p.version:<15} {p.format:<7} {p.size:>12} {p.sha256}")
+    return 0
+
+
+async def delete_package(args: argparse.Namespace) -> int:
+    async with admin_client(args) as client:
+        package = await client.delete_package(args.package_id, args.version)
+    print(f"deleted {package.package_id} {package.version}")
+    return 0
+
+
+def _format_of(path: Path) -> str:
+    name = path.name.lower()
+    if name.endswith(".zip"):
+        return "zip"
+    if name.endswith((".tar.gz", ".tgz")):
+        return "tar.gz"
+    raise ConfigurationError(f"cannot tell the format of {path.name}; pass --format zip or tar.gz")
 
 
 def _add_script_arguments(run: argparse.ArgumentParser) -> None:

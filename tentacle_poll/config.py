@@ -136,6 +136,7 @@ class ServerSettings(_Settings):
     # After an agent rotates its certificate, the old one keeps working this long.
     certificate_overlap_seconds: float = Field(default=24 * 3600.0, gt=0)
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024)
+    max_package_bytes: int = Field(default=4 * 1024**3, ge=1024)
 
 
 S = TypeVar("S", bound=_Settings)

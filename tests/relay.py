@@ -10,6 +10,7 @@ class CuttingRelay:
     def __init__(self, upstream_port: int) -> None:
         self._upstream_port = upstream_port
         self._armed: bool | None = None  # None: pass through; else forward the chunk first?
+        self._cut_after: int | None = None  # cut once this many server bytes went through
         self.cuts = 0
         self.port = 0
         self._writers: list[asyncio.StreamWriter] = []
@@ -28,6 +29,10 @@ class CuttingRelay:
     def cut_after_next_answer(self, forward_first: bool) -> None:
         self._armed = forward_first
 
+    def cut_after_bytes(self, count: int) -> None:
+        """Cut the connection in the middle of an answer, once ``count`` bytes reached the agent."""
+        self._cut_after = count
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._upstream_port)
         self._writers += [writer, up_writer]
@@ -44,6 +49,12 @@ class CuttingRelay:
     ) -> None:
         with contextlib.suppress(ConnectionError):
             while chunk := await reader.read(65536):
+                if cut and self._cut_after is not None:
+                    self._cut_after -= len(chunk)
+                    if self._cut_after <= 0:
+                        self._cut_after = None
+                        self.cuts += 1
+                        return
                 if cut and self._armed is not None:
                     forward, self._armed = self._armed, None
                     self.cuts += 1

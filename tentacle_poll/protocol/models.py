@@ -233,6 +233,19 @@ class TargetView(WireModel):
     trusts_next_server_certificate: bool | None = None
 
 
+PackageFormat = Literal["zip", "tar.gz"]
+PackageName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")]
+
+
+class PackageView(WireModel):
+    package_id: PackageName
+    version: PackageName
+    sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+    size: int
+    format: PackageFormat
+    uploaded_at: float
+
+
 class ServerCertificateView(WireModel):
     thumbprint: str
     expires_at: float

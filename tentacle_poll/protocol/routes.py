@@ -14,6 +14,7 @@ TASK_ACCEPT = "/v1/tasks/{task_id}/accept"
 TASK_EVENTS = "/v1/tasks/{task_id}/events"
 TASK_RESULT = "/v1/tasks/{task_id}/result"
 CERTIFICATE = "/v1/certificate"
+PACKAGE_BLOB = "/v1/packages/{sha256}"
 
 # admin API (HTTP on loopback by default, API key header)
 ADMIN_HEALTH = "/api/health"
@@ -25,6 +26,8 @@ ADMIN_TASK_EVENTS = "/api/tasks/{task_id}/events"
 ADMIN_TASK_CANCEL = "/api/tasks/{task_id}/cancel"
 ADMIN_TOKENS = "/api/registration-tokens"
 ADMIN_SERVER_CERTIFICATE = "/api/server-certificate"
+ADMIN_PACKAGES = "/api/packages"
+ADMIN_PACKAGE = "/api/packages/{package_id}/{version}"
 
 
 def task_path(template: str, task_id: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import aiohttp
@@ -14,6 +15,7 @@ from tentacle_poll.protocol.codec import decode
 from tentacle_poll.protocol.models import (
     Event,
     EventsPage,
+    PackageView,
     Problem,
     ServerCertificateAction,
     ServerCertificateView,
@@ -84,6 +86,31 @@ class AdminClient:
         body = ServerCertificateAction.model_validate({"action": action, "force": force})
         path = routes.ADMIN_SERVER_CERTIFICATE
         return await self._call("POST", path, TypeAdapter(ServerCertificateView), body=body)
+
+    async def upload_package(
+        self, package_id: str, version: str, path: Path, package_format: str
+    ) -> PackageView:
+        """Streams the file (never read whole into memory)."""
+        assert self._session is not None, "use AdminClient as an async context manager"
+        url = self.url + routes.ADMIN_PACKAGE.format(package_id=package_id, version=version)
+        try:
+            with open(path, "rb") as handle:
+                async with self._session.put(
+                    url, data=handle, params={"format": package_format}
+                ) as response:
+                    payload = await response.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ServerUnavailable(f"cannot reach the admin API at {self.url} ({exc})") from exc
+        if response.status >= 400:
+            raise _rejection(response.status, payload)
+        return _parse(TypeAdapter(PackageView), payload)
+
+    async def packages(self) -> list[PackageView]:
+        return await self._call("GET", routes.ADMIN_PACKAGES, TypeAdapter(list[PackageView]))
+
+    async def delete_package(self, package_id: str, version: str) -> PackageView:
+        path = routes.ADMIN_PACKAGE.format(package_id=package_id, version=version)
+        return await self._call("DELETE", path, TypeAdapter(PackageView))
 
     async def events(self, task_id: str, after: int, wait: float) -> EventsPage:
         path = routes.task_path(routes.ADMIN_TASK_EVENTS, task_id)

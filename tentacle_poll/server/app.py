@@ -20,6 +20,7 @@ from tentacle_poll.server.comms import add_comms_routes
 from tentacle_poll.server.dispatch import Dispatcher
 from tentacle_poll.server.identity import ServerHome
 from tentacle_poll.server.memory import shrink_tls_read_buffers
+from tentacle_poll.server.packages import add_package_admin_routes, add_package_comms_routes
 from tentacle_poll.server.problems import problem_middleware
 from tentacle_poll.server.rotation import add_rotation_routes
 from tentacle_poll.server.state import STATE, ServerState
@@ -102,6 +103,7 @@ class Server:
         )
         app[STATE] = self.state
         add_comms_routes(app)
+        add_package_comms_routes(app)
         return app
 
     def _admin_app(self) -> web.Application:
@@ -112,6 +114,7 @@ class Server:
         app[STATE] = self.state
         add_admin_routes(app)
         add_rotation_routes(app)
+        add_package_admin_routes(app)
         return app
 
     async def _listen(

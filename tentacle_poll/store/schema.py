@@ -51,6 +51,17 @@ CREATE TABLE IF NOT EXISTS tasks (
 );
 CREATE INDEX IF NOT EXISTS tasks_by_agent_state ON tasks (agent_id, state, created_at);
 
+CREATE TABLE IF NOT EXISTS packages (
+    package_id TEXT NOT NULL,
+    version TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    format TEXT NOT NULL,
+    uploaded_at REAL NOT NULL,
+    PRIMARY KEY (package_id, version)
+);
+CREATE INDEX IF NOT EXISTS packages_by_sha ON packages (sha256);
+
 CREATE TABLE IF NOT EXISTS events (
     task_id TEXT NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,
     seq INTEGER NOT NULL,

@@ -18,6 +18,7 @@ from pathlib import Path
 from tentacle_poll.exceptions import StoreError
 from tentacle_poll.protocol.models import Event, ResultRequest, TaskState
 from tentacle_poll.store.base import AgentRecord, NewAgent, TaskRecord
+from tentacle_poll.store.packages import SqlitePackages
 from tentacle_poll.store.schema import SCHEMA
 
 TASK_COLUMNS = (
@@ -39,7 +40,7 @@ def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-class SqliteStore:
+class SqliteStore(SqlitePackages):
     def __init__(self, path: Path) -> None:
         try:
             self._db = sqlite3.connect(path, isolation_level=None)

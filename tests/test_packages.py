@@ -1,0 +1,136 @@
+"""Packages: upload, content addressing, refusals, and the agent's verified, resumable cache."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tentacle_poll.agent.packages import PackageCache
+from tentacle_poll.agent.transport import CommsClient
+from tentacle_poll.exceptions import CommunicationError, RequestRejected, TaskExecutionError
+from tentacle_poll.server import Server
+from tentacle_poll.server.admin_client import AdminClient
+
+from .conftest import comms_url, register_agent
+from .relay import CuttingRelay
+
+
+def make_zip(folder: Path, name: str, files: dict[str, bytes]) -> Path:
+    path = folder / name
+    with zipfile.ZipFile(path, "w") as archive:
+        for member, data in files.items():
+            archive.writestr(member, data)
+    return path
+
+
+async def test_upload_list_idempotent_conflict_and_delete(
+    admin: AdminClient, tmp_path: Path
+) -> None:
+    package = make_zip(tmp_path, "web.zip", {"index.html": b"<h1>v1</h1>"})
+    stored = await admin.upload_package("web", "1.0.0", package, "zip")
+    assert stored.sha256 == hashlib.sha256(package.read_bytes()).hexdigest()
+    assert stored.size == package.stat().st_size
+    again = await admin.upload_package("web", "1.0.0", package, "zip")  # same bytes: fine
+    assert again.uploaded_at == stored.uploaded_at
+    other = make_zip(tmp_path, "web2.zip", {"index.html": b"<h1>v2</h1>"})
+    with pytest.raises(RequestRejected) as refused:
+        await admin.upload_package("web", "1.0.0", other, "zip")
+    assert refused.value.status == 409 and "upload it as a new version" in refused.value.detail
+    await admin.upload_package("web", "1.0.1", other, "zip")
+    assert [(p.package_id, p.version) for p in await admin.packages()] == [
+        ("web", "1.0.0"), ("web", "1.0.1"),
+    ]  # fmt: skip
+    await admin.delete_package("web", "1.0.0")
+    assert [p.version for p in await admin.packages()] == ["1.0.1"]
+
+
+async def test_bad_uploads_get_a_clear_4xx_and_leave_nothing(
+    server: Server, admin: AdminClient, tmp_path: Path
+) -> None:
+    not_zip = tmp_path / "fake.zip"
+    not_zip.write_bytes(b"this is not an archive")
+    empty = tmp_path / "empty.zip"
+    empty.write_bytes(b"")
+    for path, fmt, status in [(not_zip, "zip", 400), (empty, "zip", 400), (not_zip, "rar", 400)]:
+        with pytest.raises(RequestRejected) as refused:
+            await admin.upload_package("web", "1.0.0", path, fmt)
+        assert refused.value.status == status
+    with pytest.raises(RequestRejected) as bad_name:
+        await admin.upload_package("../etc", "1", not_zip, "zip")
+    assert bad_name.value.status in (400, 404)
+    assert await admin.packages() == []
+    assert [p.name for p in (server.home.folder / "packages").iterdir()] == []
+
+
+@pytest.fixture
+async def agent_client(server: Server, api_key: str, tmp_path: Path):  # type: ignore[no-untyped-def]
+    home = await register_agent(server, api_key, tmp_path / "web1", "web1")
+    client = CommsClient(comms_url(server), [server.state.thumbprint], home.identity_folder)
+    yield client, home
+    await client.close()
+
+
+async def test_agent_downloads_verifies_and_caches(
+    admin: AdminClient,
+    agent_client,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    client, home = agent_client
+    package = make_zip(tmp_path, "big.zip", {"blob.bin": os.urandom(3 * 1024 * 1024)})
+    stored = await admin.upload_package("big", "1", package, "zip")
+    cache = PackageCache(home.folder / "packages")
+    path = await cache.fetch(client, stored.sha256, stored.size)
+    assert path.read_bytes() == package.read_bytes()
+    assert cache.bytes_downloaded == stored.size
+    await cache.fetch(client, stored.sha256, stored.size)  # a second deploy: no bytes move
+    assert cache.bytes_downloaded == stored.size
+
+
+async def test_a_cut_download_resumes_where_it_stopped(
+    server: Server,
+    admin: AdminClient,
+    agent_client,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    _, home = agent_client
+    package = make_zip(tmp_path, "big.zip", {"blob.bin": os.urandom(4 * 1024 * 1024)})
+    stored = await admin.upload_package("big", "1", package, "zip")
+    cache = PackageCache(home.folder / "packages")
+    async with CuttingRelay(server.comms_port) as relay:
+        through = CommsClient(
+            f"https://127.0.0.1:{relay.port}", [server.state.thumbprint], home.identity_folder
+        )
+        relay.cut_after_bytes(1024 * 1024)
+        try:
+            with pytest.raises(CommunicationError):
+                await cache.fetch(through, stored.sha256, stored.size)
+        finally:
+            await through.close()
+    partial = cache.path_of(stored.sha256).with_suffix(".part")
+    first_part = partial.stat().st_size
+    assert 0 < first_part < stored.size
+    client, _ = agent_client
+    path = await cache.fetch(client, stored.sha256, stored.size)
+    assert path.read_bytes() == package.read_bytes()
+    assert cache.bytes_downloaded == stored.size - first_part  # only the rest moved
+
+
+async def test_corrupt_download_is_refused_and_deleted(
+    admin: AdminClient,
+    agent_client,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    client, home = agent_client
+    package = make_zip(tmp_path, "p.zip", {"a.txt": b"a" * 100_000})
+    stored = await admin.upload_package("p", "1", package, "zip")
+    cache = PackageCache(home.folder / "packages")
+    partial = cache.path_of(stored.sha256).with_suffix(".part")
+    partial.write_bytes(b"garbage" * 100)  # a corrupted partial download
+    with pytest.raises(TaskExecutionError, match="it was deleted"):
+        await cache.fetch(client, stored.sha256, stored.size)
+    assert not partial.exists() and not cache.path_of(stored.sha256).exists()
+    assert (await cache.fetch(client, stored.sha256, stored.size)).stat().st_size == stored.size
