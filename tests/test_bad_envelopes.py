@@ -17,7 +17,7 @@ from .conftest import AgentFactory, run_and_follow, script_task
     "spec, reason",
     [
         ({"kind": "teleport", "script": {"body": "true"}}, "kind"),
-        ({"kind": "script"}, "script: Field required"),
+        ({"kind": "script"}, "a script task needs its 'script' field"),
         ({"kind": "script", "script": {"syntax": "cobol", "body": "x"}}, "script.syntax"),
         ({"kind": "script", "script": {"body": "true"}, "timeout_seconds": -1}, "timeout_seconds"),
     ],

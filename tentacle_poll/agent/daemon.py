@@ -16,6 +16,7 @@ from tentacle_poll.agent.home import AgentHome
 from tentacle_poll.agent.isolation import IsolationMutexes
 from tentacle_poll.agent.journal import Journal
 from tentacle_poll.agent.nodes import learn_server_thumbprints
+from tentacle_poll.agent.packages import PackageCache
 from tentacle_poll.agent.poll_loop import PollLoop
 from tentacle_poll.agent.recovery import deliver_unreported, fail_interrupted_tasks
 from tentacle_poll.agent.runner import RunnerContext, TaskRunner
@@ -23,6 +24,7 @@ from tentacle_poll.agent.slots import Slots
 from tentacle_poll.agent.spool import Spool
 from tentacle_poll.agent.transport import CommsClient, client_for
 from tentacle_poll.config import AgentSettings
+from tentacle_poll.workers.extract import Limits
 
 MB = 1024 * 1024
 
@@ -96,6 +98,11 @@ class Agent:
             max_backoff=self.settings.backoff_max_seconds,
             max_output_bytes=int(self.settings.max_output_mb * MB),
             max_envelope_bytes=self.settings.max_envelope_kb * 1024,
+            packages=PackageCache(self.home.folder / "packages"),
+            applications_root=self.settings.applications_root or self.home.folder / "Applications",
+            extract_limits=Limits(
+                int(self.settings.max_extract_mb * MB), self.settings.max_extract_entries
+            ),
             stop_reporting=self.give_up,
         )
         return PollLoop(

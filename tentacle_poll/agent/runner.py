@@ -16,8 +16,10 @@ from pathlib import Path
 from loguru import logger
 
 from tentacle_poll.agent.backoff import retrying
+from tentacle_poll.agent.deploy import DeployContext, DeployJob
 from tentacle_poll.agent.isolation import IsolationMutexes, IsolationTimeout
 from tentacle_poll.agent.journal import Journal, Step
+from tentacle_poll.agent.packages import PackageCache
 from tentacle_poll.agent.reporter import TaskReporter
 from tentacle_poll.agent.spool import Spool
 from tentacle_poll.agent.transport import CommsClient
@@ -32,7 +34,8 @@ from tentacle_poll.protocol.models import (
     TaskSpec,
 )
 from tentacle_poll.protocol.routes import TASK_ACCEPT, task_path
-from tentacle_poll.workers import Outcome, ScriptJob, ScriptWorker
+from tentacle_poll.workers import Outcome, ScriptJob, ScriptWorker, Worker
+from tentacle_poll.workers.extract import Limits
 
 ACCEPT_PATIENCE_SECONDS = 20.0
 
@@ -49,6 +52,9 @@ class RunnerContext:
     max_output_bytes: int
     max_envelope_bytes: int
     stop_reporting: asyncio.Event
+    packages: PackageCache
+    applications_root: Path
+    extract_limits: Limits
 
 
 class TaskRunner:
@@ -56,7 +62,7 @@ class TaskRunner:
         self.task_id = envelope.task_id
         self._envelope = envelope
         self._context = context
-        self._worker: ScriptWorker | None = None
+        self._worker: Worker | None = None
         self._cancel_reason: str | None = None
         self._reporter = TaskReporter(
             context.client,
@@ -146,22 +152,36 @@ class TaskRunner:
         if self._cancel_reason is not None:
             return Outcome("cancelled", reason=f"{self._cancel_reason} before it started")
         workspace = self._context.work_folder / self.task_id
-        job = ScriptJob(
-            task_id=self.task_id,
-            script=spec.script,
-            workspace=workspace,
-            variables=list(spec.variables),
-            timeout_seconds=spec.timeout_seconds,
-            grace_seconds=self._context.grace_seconds,
-            max_output_bytes=self._context.max_output_bytes,
-            on_spawn=self._context.spool.task(self.task_id).record_process_group,
-        )
-        self._worker = ScriptWorker(job, self._reporter.line)
+        self._worker = self._worker_for(spec, workspace)
         self._journal("started")
         try:
             return await self._worker.run()
         finally:
             shutil.rmtree(workspace, ignore_errors=True)
+
+    def _worker_for(self, spec: TaskSpec, workspace: Path) -> Worker:
+        if spec.script is not None:
+            job = ScriptJob(
+                task_id=self.task_id,
+                script=spec.script,
+                workspace=workspace,
+                variables=list(spec.variables),
+                timeout_seconds=spec.timeout_seconds,
+                grace_seconds=self._context.grace_seconds,
+                max_output_bytes=self._context.max_output_bytes,
+                on_spawn=self._context.spool.task(self.task_id).record_process_group,
+            )
+            return ScriptWorker(job, self._reporter.line)
+        payload = spec.deploy or spec.rollback
+        assert payload is not None  # TaskSpec validates that the kind's payload is set
+        deploy = DeployContext(
+            client=self._context.client, cache=self._context.packages,
+            applications_root=self._context.applications_root,
+            limits=self._context.extract_limits, workspace=workspace, task_id=self.task_id,
+            variables=list(spec.variables), grace_seconds=self._context.grace_seconds,
+            max_output_bytes=self._context.max_output_bytes, timeout_seconds=spec.timeout_seconds,
+        )  # fmt: skip
+        return DeployJob(payload, deploy, self._reporter.line)
 
     async def _report(self, outcome: Outcome) -> None:
         result = ResultRequest(

@@ -9,7 +9,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 PROTOCOL_VERSION = "1"
 MAX_SLOTS = 256
@@ -19,6 +19,9 @@ MAX_LINE_CHARS = 64 * 1024
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,99}$")]
 Label = Annotated[str, StringConstraints(min_length=1, max_length=100, strip_whitespace=True)]
 TaskId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]{1,64}$")]
+PackageFormat = Literal["zip", "tar.gz"]
+PackageName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")]
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 VariableName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,199}$")]
 
 
@@ -84,20 +87,52 @@ class ScriptSpec(WireModel):
 MutexName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,100}$")]
 
 
+class DeploySpec(WireModel):
+    """Deploy a package version into a new release folder and run its deploy scripts. The
+    server fills in sha256, size and format from its package store when the task is queued."""
+
+    package_id: PackageName
+    version: PackageName
+    environment: Label | None = None  # default: the target's first environment
+    retain_releases: int = Field(default=3, ge=1, le=100)
+    sha256: Sha256 | None = None
+    size: int | None = Field(default=None, ge=0)
+    format: PackageFormat | None = None
+
+
+class RollbackSpec(WireModel):
+    """Switch ``current`` back to a release still on disk and run its deploy scripts again."""
+
+    package_id: PackageName
+    environment: Label | None = None
+    version: PackageName | None = None  # default: the release deployed before the current one
+
+
+TaskKind = Literal["script", "deploy", "rollback"]
+
+
 class TaskSpec(WireModel):
-    """What the server queues and the agent runs; `kind` selects the payload model.
+    """What the server queues and the agent runs; `kind` names the payload field that is set.
 
     Isolation works as in Octopus Tentacle: ``full`` holds the named mutex exclusively (nothing
     else using that mutex runs meanwhile), ``none`` holds it shared.
     """
 
-    kind: Literal["script"] = "script"
-    script: ScriptSpec
+    kind: TaskKind = "script"
+    script: ScriptSpec | None = None
+    deploy: DeploySpec | None = None
+    rollback: RollbackSpec | None = None
     variables: list[Variable] = Field(default=[], max_length=1000)
     timeout_seconds: float | None = Field(default=None, gt=0, le=7 * 24 * 3600)
     isolation: Literal["full", "none"] = "none"
     isolation_mutex: MutexName = "RunningScript"
     isolation_timeout_seconds: float | None = Field(default=None, gt=0, le=7 * 24 * 3600)
+
+    @model_validator(mode="after")
+    def _payload_matches_kind(self) -> TaskSpec:
+        if getattr(self, self.kind) is None:
+            raise ValueError(f"a {self.kind} task needs its '{self.kind}' field")
+        return self
 
 
 class Envelope(WireModel):
@@ -233,14 +268,10 @@ class TargetView(WireModel):
     trusts_next_server_certificate: bool | None = None
 
 
-PackageFormat = Literal["zip", "tar.gz"]
-PackageName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")]
-
-
 class PackageView(WireModel):
     package_id: PackageName
     version: PackageName
-    sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+    sha256: Sha256
     size: int
     format: PackageFormat
     uploaded_at: float

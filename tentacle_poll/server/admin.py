@@ -13,7 +13,8 @@ from tentacle_poll.protocol.models import EventsPage, SubmitTask, TaskSpec, Toke
 from tentacle_poll.protocol.tokens import make_token
 from tentacle_poll.server.dispatch import wait_for_bell
 from tentacle_poll.server.problems import Handler, ProblemError
-from tentacle_poll.server.state import STATE, json_response, now, read_model, task_view
+from tentacle_poll.server.state import STATE, ServerState, json_response, now, read_model, task_view
+from tentacle_poll.store import AgentRecord
 
 MAX_FOLLOW_WAIT = 60.0
 DEFAULT_TOKEN_TTL = 24 * 3600.0
@@ -75,11 +76,33 @@ async def submit_task(request: web.Request) -> web.Response:
     if agent is None:
         detail = f"no target named {body.target}; list them with `tentacle-poll targets`"
         raise ProblemError(404, "no such target", detail)
-    spec = TaskSpec.model_validate(body.model_dump(exclude={"target"}))
+    spec = await _resolved(
+        state, TaskSpec.model_validate(body.model_dump(exclude={"target"})), agent
+    )
     task = await state.store.create_task(agent.id, spec.model_dump_json(), now())
     state.dispatcher.work_for(agent.id)
     logger.info("queued task {} for {}", task.id, agent.name)
     return json_response(task_view(task), status=201)
+
+
+async def _resolved(state: ServerState, spec: TaskSpec, agent: AgentRecord) -> TaskSpec:
+    """Fills in what the agent needs and only the server knows: the package's digest, size and
+    format, and the environment (the target's first one unless given; it must be one of its)."""
+    payload = spec.deploy or spec.rollback
+    if payload is None:
+        return spec
+    environment = payload.environment or agent.environments[0]
+    if environment not in agent.environments:
+        detail = f"{agent.name} is in {', '.join(agent.environments)}, not {environment}"
+        raise ProblemError(400, "wrong environment", detail)
+    update: dict[str, object] = {"environment": environment}
+    if spec.deploy is not None:
+        package = await state.store.get_package(spec.deploy.package_id, spec.deploy.version)
+        if package is None:
+            detail = f"no package {spec.deploy.package_id} {spec.deploy.version}; upload it first"
+            raise ProblemError(404, "no such package", detail)
+        update |= {"sha256": package.sha256, "size": package.size, "format": package.format}
+    return spec.model_copy(update={spec.kind: payload.model_copy(update=update)})
 
 
 async def list_tasks(request: web.Request) -> web.Response:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -106,7 +107,7 @@ def task_view(task: TaskRecord) -> TaskView:
     return TaskView(
         id=task.id,
         target=task.target,
-        kind="script",
+        kind=json.loads(task.spec_json).get("kind", "script"),
         state=task.state,
         exit_code=task.exit_code,
         reason=task.reason,

@@ -44,6 +44,9 @@ class SqlitePackages:
             )
         return found
 
+    async def get_package(self, package_id: str, version: str) -> PackageView | None:
+        return self._package(package_id, version)
+
     async def package_uses(self, sha256: str) -> int:
         """How many package versions have these bytes."""
         row = self._db.execute("SELECT COUNT(*) FROM packages WHERE sha256 = ?", (sha256,))

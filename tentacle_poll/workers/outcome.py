@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 Stream = Literal["stdout", "stderr", "system"]
 OutputSink = Callable[[Stream, str], None]
 FinalState = Literal["succeeded", "failed", "timed_out", "cancelled"]
+
+
+class Worker(Protocol):
+    """Runs one task to an Outcome; ``cancel`` may come at any time, any number of times."""
+
+    def cancel(self, reason: str) -> None: ...
+    async def run(self) -> Outcome: ...
 
 
 @dataclass(frozen=True)
