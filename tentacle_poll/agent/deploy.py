@@ -73,9 +73,9 @@ class DeployJob:
 
     async def _deploy(self, spec: DeploySpec, releases: Releases) -> Outcome:
         assert spec.sha256 is not None and spec.size is not None and spec.format is not None
-        self._say(
-            f"fetching {spec.package_id} {spec.version} ({spec.size} bytes, sha256 {spec.sha256})"
-        )
+        cached = self._context.cache.path_of(spec.sha256).exists()
+        what = "using the cached" if cached else f"downloading ({spec.size} bytes)"
+        self._say(f"{what} package {spec.package_id} {spec.version}, sha256 {spec.sha256}")
         archive = await self._context.cache.fetch(self._context.client, spec.sha256, spec.size)
         folder = releases.new_folder(spec.version)
         count = await asyncio.to_thread(extract, archive, spec.format, folder, self._context.limits)
