@@ -289,6 +289,35 @@ class ServerCertificateAction(WireModel):
     force: bool = False
 
 
+class FanOut(WireModel):
+    """One task for every target in ``environment`` having any of ``roles`` (and, when given,
+    any of ``tenants`` and any of ``tenant_tags``)."""
+
+    environment: Label
+    roles: list[Label] = Field(min_length=1, max_length=100)
+    tenants: list[Label] = []
+    tenant_tags: list[Label] = []
+    task: TaskSpec
+    stop_on_first_failure: bool = False
+
+
+class DeploymentTarget(WireModel):
+    target: str
+    task_id: str
+    state: TaskState
+    reason: str
+    connected: bool
+
+
+class DeploymentView(WireModel):
+    id: str
+    description: str
+    state: Literal["running", "succeeded", "failed"]
+    counts: dict[str, int]
+    targets: list[DeploymentTarget]
+    offline: list[str]
+
+
 class EventsPage(WireModel):
     task: TaskView
     events: list[Event]

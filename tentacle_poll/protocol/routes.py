@@ -26,6 +26,8 @@ ADMIN_TASK_EVENTS = "/api/tasks/{task_id}/events"
 ADMIN_TASK_CANCEL = "/api/tasks/{task_id}/cancel"
 ADMIN_TOKENS = "/api/registration-tokens"
 ADMIN_SERVER_CERTIFICATE = "/api/server-certificate"
+ADMIN_DEPLOYMENTS = "/api/deployments"
+ADMIN_DEPLOYMENT = "/api/deployments/{deployment_id}"
 ADMIN_PACKAGES = "/api/packages"
 ADMIN_PACKAGE = "/api/packages/{package_id}/{version}"
 

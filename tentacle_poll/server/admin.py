@@ -76,7 +76,7 @@ async def submit_task(request: web.Request) -> web.Response:
     if agent is None:
         detail = f"no target named {body.target}; list them with `tentacle-poll targets`"
         raise ProblemError(404, "no such target", detail)
-    spec = await _resolved(
+    spec = await resolved_spec(
         state, TaskSpec.model_validate(body.model_dump(exclude={"target"})), agent
     )
     task = await state.store.create_task(agent.id, spec.model_dump_json(), now())
@@ -85,7 +85,7 @@ async def submit_task(request: web.Request) -> web.Response:
     return json_response(task_view(task), status=201)
 
 
-async def _resolved(state: ServerState, spec: TaskSpec, agent: AgentRecord) -> TaskSpec:
+async def resolved_spec(state: ServerState, spec: TaskSpec, agent: AgentRecord) -> TaskSpec:
     """Fills in what the agent needs and only the server knows: the package's digest, size and
     format, and the environment (the target's first one unless given; it must be one of its)."""
     payload = spec.deploy or spec.rollback

@@ -17,6 +17,7 @@ from tentacle_poll.config import ServerSettings
 from tentacle_poll.keepalive import listening_socket
 from tentacle_poll.server.admin import add_admin_routes, require_api_key
 from tentacle_poll.server.comms import add_comms_routes
+from tentacle_poll.server.deployments import add_deployment_routes
 from tentacle_poll.server.dispatch import Dispatcher
 from tentacle_poll.server.identity import ServerHome
 from tentacle_poll.server.memory import shrink_tls_read_buffers
@@ -115,6 +116,7 @@ class Server:
         add_admin_routes(app)
         add_rotation_routes(app)
         add_package_admin_routes(app)
+        add_deployment_routes(app)
         return app
 
     async def _listen(

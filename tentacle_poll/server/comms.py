@@ -28,6 +28,7 @@ from tentacle_poll.protocol.models import (
     ResultRequest,
 )
 from tentacle_poll.protocol.tokens import token_secret
+from tentacle_poll.server.deployments import stop_rest_if_failed
 from tentacle_poll.server.dispatch import wait_for_bell
 from tentacle_poll.server.problems import ProblemError
 from tentacle_poll.server.state import STATE, ServerState, json_response, now, read_model, task_view
@@ -138,6 +139,7 @@ async def result(request: web.Request) -> web.Response:
     body = await read_model(request, ResultRequest)
     finished = await state.store.finish_task(task.id, body, now())
     state.dispatcher.tasks.ring(task.id)
+    await stop_rest_if_failed(state, finished)
     reason = f": {body.reason}" if body.reason else ""
     logger.info("task {} on {} ended {}{}", task.id, task.target, body.state, reason)
     return json_response(task_view(finished))

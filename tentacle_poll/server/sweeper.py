@@ -12,6 +12,7 @@ import time
 
 from loguru import logger
 
+from tentacle_poll.server.deployments import stop_rest_if_failed
 from tentacle_poll.server.state import ServerState
 from tentacle_poll.store import Store
 from tentacle_poll.tls import expiry_warning, load_identity
@@ -73,3 +74,6 @@ async def sweep_once(state: ServerState) -> None:
     for task_id in await state.store.mark_lost(silent, reason, now):
         logger.warning("task {}: {}", task_id, reason)
         state.dispatcher.tasks.ring(task_id)
+        lost = await state.store.get_task(task_id)
+        if lost is not None:
+            await stop_rest_if_failed(state, lost)

@@ -47,9 +47,18 @@ CREATE TABLE IF NOT EXISTS tasks (
     leased_until REAL,
     started_at REAL,
     finished_at REAL,
-    last_seq INTEGER NOT NULL DEFAULT 0
+    last_seq INTEGER NOT NULL DEFAULT 0,
+    deployment_id TEXT
 );
+CREATE INDEX IF NOT EXISTS tasks_by_deployment ON tasks (deployment_id);
 CREATE INDEX IF NOT EXISTS tasks_by_agent_state ON tasks (agent_id, state, created_at);
+
+CREATE TABLE IF NOT EXISTS deployments (
+    id TEXT PRIMARY KEY,
+    description TEXT NOT NULL,
+    stop_on_failure INTEGER NOT NULL,
+    created_at REAL NOT NULL
+);
 
 CREATE TABLE IF NOT EXISTS packages (
     package_id TEXT NOT NULL,

@@ -18,21 +18,17 @@ from pathlib import Path
 from tentacle_poll.exceptions import StoreError
 from tentacle_poll.protocol.models import Event, ResultRequest, TaskState
 from tentacle_poll.store.base import AgentRecord, NewAgent, TaskRecord
+from tentacle_poll.store.deployments import SqliteDeployments
 from tentacle_poll.store.packages import SqlitePackages
+from tentacle_poll.store.rows import (
+    AGENT_COLUMNS,
+    ROTATION_COLUMNS,
+    TASK_COLUMNS,
+    agent_from_row,
+    task_from_row,
+)
 from tentacle_poll.store.schema import SCHEMA
 
-TASK_COLUMNS = (
-    "t.id, t.agent_id, a.name, t.spec_json, t.state, t.exit_code, t.reason, t.cancel_requested, "
-    "t.created_at, t.leased_until, t.started_at, t.finished_at, t.last_seq"
-)
-AGENT_COLUMNS = (
-    "name, thumbprint, certificate_pem, environments, roles, tenants, tenant_tags, agent_version, "
-    "id, registered_at, last_seen"
-)
-ROTATION_COLUMNS = (
-    "previous_thumbprint, previous_certificate_pem, previous_valid_until, "
-    "trusted_server_thumbprints"
-)
 ACTIVE = ("leased", "running")
 
 
@@ -40,7 +36,7 @@ def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-class SqliteStore(SqlitePackages):
+class SqliteStore(SqlitePackages, SqliteDeployments):
     def __init__(self, path: Path) -> None:
         try:
             self._db = sqlite3.connect(path, isolation_level=None)
@@ -135,7 +131,7 @@ class SqliteStore(SqlitePackages):
         rows = self._db.execute(
             f"SELECT {AGENT_COLUMNS}, {ROTATION_COLUMNS} FROM agents ORDER BY name"
         ).fetchall()
-        return [_agent(row) for row in rows]
+        return [agent_from_row(row) for row in rows]
 
     async def delete_agent(self, name: str) -> AgentRecord | None:
         agent = await self.agent_by_name(name)
@@ -196,15 +192,18 @@ class SqliteStore(SqlitePackages):
             f"SELECT {AGENT_COLUMNS}, {ROTATION_COLUMNS} FROM agents WHERE {where}", values
         )
         found = row.fetchone()
-        return _agent(found) if found else None
+        return agent_from_row(found) if found else None
 
     # --- tasks ---------------------------------------------------------------------------
 
-    async def create_task(self, agent_id: str, spec_json: str, now: float) -> TaskRecord:
+    async def create_task(
+        self, agent_id: str, spec_json: str, now: float, deployment_id: str | None = None
+    ) -> TaskRecord:
         task_id = f"{int(now * 1000):x}-{secrets.token_hex(4)}"
         self._db.execute(
-            "INSERT INTO tasks (id, agent_id, spec_json, state, created_at) VALUES (?,?,?,?,?)",
-            (task_id, agent_id, spec_json, TaskState.QUEUED.value, now),
+            "INSERT INTO tasks (id, agent_id, spec_json, state, created_at, deployment_id) "
+            "VALUES (?,?,?,?,?,?)",
+            (task_id, agent_id, spec_json, TaskState.QUEUED.value, now, deployment_id),
         )
         return self._task(task_id)
 
@@ -213,7 +212,7 @@ class SqliteStore(SqlitePackages):
             f"SELECT {TASK_COLUMNS} FROM tasks t JOIN agents a ON a.id = t.agent_id WHERE t.id = ?",
             (task_id,),
         ).fetchone()
-        return _task(row) if row else None
+        return task_from_row(row) if row else None
 
     async def list_tasks(self, target: str | None, limit: int) -> list[TaskRecord]:
         query = f"SELECT {TASK_COLUMNS} FROM tasks t JOIN agents a ON a.id = t.agent_id"
@@ -222,7 +221,7 @@ class SqliteStore(SqlitePackages):
             query += " WHERE a.name = ?"
             params = (target,)
         rows = self._db.execute(query + " ORDER BY t.created_at DESC LIMIT ?", (*params, limit))
-        return [_task(row) for row in rows.fetchall()]
+        return [task_from_row(row) for row in rows.fetchall()]
 
     async def lease_tasks(
         self, agent_id: str, limit: int, now: float, lease_seconds: float
@@ -373,7 +372,7 @@ class SqliteStore(SqlitePackages):
         ).fetchone()
         if row is None:
             raise StoreError(f"no task {task_id}")
-        return _task(row)
+        return task_from_row(row)
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)
@@ -390,77 +389,3 @@ class _Transaction:
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
-
-
-def _agent(row: tuple[object, ...]) -> AgentRecord:
-    (
-        name,
-        thumb,
-        pem,
-        envs,
-        roles,
-        tenants,
-        tags,
-        version,
-        agent_id,
-        reg,
-        seen,
-        prev_thumb,
-        prev_pem,
-        prev_until,
-        trusted,
-    ) = row
-    return AgentRecord(
-        previous_thumbprint=str(prev_thumb) if prev_thumb else None,
-        previous_certificate_pem=str(prev_pem) if prev_pem else None,
-        previous_valid_until=_opt_float(prev_until),
-        trusted_server_thumbprints=json.loads(str(trusted)),
-        name=str(name),
-        thumbprint=str(thumb),
-        certificate_pem=str(pem),
-        environments=json.loads(str(envs)),
-        roles=json.loads(str(roles)),
-        tenants=json.loads(str(tenants)),
-        tenant_tags=json.loads(str(tags)),
-        agent_version=str(version),
-        id=str(agent_id),
-        registered_at=float(str(reg)),
-        last_seen=float(str(seen)) if seen is not None else None,
-    )
-
-
-def _task(row: tuple[object, ...]) -> TaskRecord:
-    (
-        task_id,
-        agent_id,
-        target,
-        spec,
-        state,
-        code,
-        reason,
-        cancel,
-        created,
-        leased,
-        started,
-        finished,
-        last_seq,
-    ) = row
-    return TaskRecord(
-        id=str(task_id),
-        agent_id=str(agent_id),
-        target=str(target),
-        spec_json=str(spec),
-        state=TaskState(str(state)),
-        exit_code=code if isinstance(code, int) else None,
-        reason=str(reason),
-        cancel_requested=bool(cancel),
-        created_at=float(str(created)),
-        leased_until=_opt_float(leased),
-        started_at=_opt_float(started),
-        finished_at=_opt_float(finished),
-        last_seq=int(str(last_seq)),
-    )
-
-
-def _opt_float(value: object) -> float | None:
-    return None if value is None else float(str(value))

@@ -1,0 +1,120 @@
+"""Fan-out: one task per target matching an environment and roles (and tenants, tenant tags),
+grouped as a deployment with an aggregate state; optionally stopping the rest on a failure."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from aiohttp import web
+from loguru import logger
+
+from tentacle_poll.protocol import routes
+from tentacle_poll.protocol.models import (
+    DeploymentTarget,
+    DeploymentView,
+    FanOut,
+    TaskSpec,
+    TaskState,
+)
+from tentacle_poll.server.admin import resolved_spec
+from tentacle_poll.server.problems import ProblemError
+from tentacle_poll.server.state import STATE, ServerState, json_response, now, read_model
+from tentacle_poll.store import AgentRecord, TaskRecord
+
+FAILED = {TaskState.FAILED, TaskState.TIMED_OUT, TaskState.LOST}
+
+
+def add_deployment_routes(app: web.Application) -> None:
+    app.router.add_post(routes.ADMIN_DEPLOYMENTS, create_deployment)
+    app.router.add_get(routes.ADMIN_DEPLOYMENT, show_deployment)
+
+
+def matches(agent: AgentRecord, fan_out: FanOut) -> bool:
+    """In the environment, with any of the roles, and any of the tenants and tags if given."""
+    return (
+        fan_out.environment in agent.environments
+        and bool(set(fan_out.roles) & set(agent.roles))
+        and (not fan_out.tenants or bool(set(fan_out.tenants) & set(agent.tenants)))
+        and (not fan_out.tenant_tags or bool(set(fan_out.tenant_tags) & set(agent.tenant_tags)))
+    )
+
+
+async def create_deployment(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    fan_out = await read_model(request, FanOut)
+    targets = [a for a in await state.store.list_agents() if matches(a, fan_out)]
+    if not targets:
+        detail = (
+            f"no target in {fan_out.environment} has any of the roles {', '.join(fan_out.roles)}"
+        )
+        raise ProblemError(404, "no matching targets", detail)
+    task = _in_environment(fan_out)
+    specs = [await resolved_spec(state, task, agent) for agent in targets]  # all or none
+    description = f"{task.kind} to {fan_out.environment} ({', '.join(fan_out.roles)})"
+    deployment_id = await state.store.create_deployment(
+        description, fan_out.stop_on_first_failure, now()
+    )
+    for agent, spec in zip(targets, specs, strict=True):
+        await state.store.create_task(agent.id, spec.model_dump_json(), now(), deployment_id)
+        state.dispatcher.work_for(agent.id)
+    logger.info("deployment {}: {} on {} targets", deployment_id, description, len(targets))
+    return json_response(await deployment_view(state, deployment_id), status=201)
+
+
+async def show_deployment(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    return json_response(await deployment_view(state, request.match_info["deployment_id"]))
+
+
+async def deployment_view(state: ServerState, deployment_id: str) -> DeploymentView:
+    found = await state.store.deployment(deployment_id)
+    if found is None:
+        raise ProblemError(404, "no such deployment", f"there is no deployment {deployment_id}")
+    tasks = await state.store.deployment_tasks(deployment_id)
+    targets = [_target(state, task) for task in tasks]
+    counts = Counter(task.state.value for task in tasks)
+    offline = [t.target for t in targets if not t.connected and not t.state.is_final]
+    return DeploymentView(
+        id=deployment_id,
+        description=found[0],
+        state=_aggregate(tasks),
+        counts=dict(counts),
+        targets=targets,
+        offline=offline,
+    )
+
+
+async def stop_rest_if_failed(state: ServerState, task: TaskRecord) -> None:
+    """Called when a task of a deployment ends: on failure, cancel the others if asked to."""
+    if task.deployment_id is None or task.state not in FAILED:
+        return
+    found = await state.store.deployment(task.deployment_id)
+    if found is None or not found[1]:
+        return
+    for other in await state.store.deployment_tasks(task.deployment_id):
+        if not other.state.is_final:
+            await state.store.request_cancel(other.id, now())
+            state.dispatcher.work_for(other.agent_id)
+            state.dispatcher.tasks.ring(other.id)
+    logger.warning("deployment {}: {} failed; stopping the rest", task.deployment_id, task.target)
+
+
+def _in_environment(fan_out: FanOut) -> TaskSpec:
+    payload = fan_out.task.deploy or fan_out.task.rollback
+    if payload is None:
+        return fan_out.task
+    moved = payload.model_copy(update={"environment": fan_out.environment})
+    return fan_out.task.model_copy(update={fan_out.task.kind: moved})
+
+
+def _target(state: ServerState, task: TaskRecord) -> DeploymentTarget:
+    return DeploymentTarget(
+        target=task.target, task_id=task.id, state=task.state, reason=task.reason,
+        connected=state.dispatcher.is_connected(task.agent_id),
+    )  # fmt: skip
+
+
+def _aggregate(tasks: list[TaskRecord]) -> str:
+    if any(not task.state.is_final for task in tasks):
+        return "running"
+    return "succeeded" if all(task.state == TaskState.SUCCEEDED for task in tasks) else "failed"

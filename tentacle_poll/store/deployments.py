@@ -1,0 +1,40 @@
+"""Deployments: one task per matching target, grouped so they can be shown and stopped together."""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+
+from tentacle_poll.store.base import TaskRecord
+from tentacle_poll.store.rows import TASK_COLUMNS, task_from_row
+
+
+class SqliteDeployments:
+    """Mixed into SqliteStore; expects ``self._db``."""
+
+    _db: sqlite3.Connection
+
+    async def create_deployment(self, description: str, stop_on_failure: bool, now: float) -> str:
+        deployment_id = f"D-{int(now * 1000):x}-{secrets.token_hex(3)}"
+        self._db.execute(
+            "INSERT INTO deployments (id, description, stop_on_failure, created_at) "
+            "VALUES (?,?,?,?)",
+            (deployment_id, description, int(stop_on_failure), now),
+        )
+        return deployment_id
+
+    async def deployment(self, deployment_id: str) -> tuple[str, bool, float] | None:
+        """(description, stop_on_failure, created_at), or None."""
+        row = self._db.execute(
+            "SELECT description, stop_on_failure, created_at FROM deployments WHERE id = ?",
+            (deployment_id,),
+        ).fetchone()
+        return (str(row[0]), bool(row[1]), float(row[2])) if row else None
+
+    async def deployment_tasks(self, deployment_id: str) -> list[TaskRecord]:
+        rows = self._db.execute(
+            f"SELECT {TASK_COLUMNS} FROM tasks t JOIN agents a ON a.id = t.agent_id "
+            "WHERE t.deployment_id = ? ORDER BY a.name",
+            (deployment_id,),
+        )
+        return [task_from_row(row) for row in rows.fetchall()]
