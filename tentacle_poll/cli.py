@@ -14,7 +14,7 @@ from typing import Any
 
 from loguru import logger
 
-from tentacle_poll import __version__, cli_agent, cli_config, cli_server, cli_tasks
+from tentacle_poll import __version__, cli_agent, cli_config, cli_deploy, cli_server, cli_tasks
 from tentacle_poll.config import DEFAULT_ADMIN_PORT, ENV_PREFIX
 from tentacle_poll.exceptions import TentaclePollError
 from tentacle_poll.logs import mask_secrets, setup_logging
@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_config.add_commands(commands, _add_common)
     cli_server.add_commands(commands, _add_common, _add_admin)
     cli_tasks.add_commands(commands, _add_common, _add_admin)
+    cli_deploy.add_commands(commands, _add_common, _add_admin)
     return parser
 
 

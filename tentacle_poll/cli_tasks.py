@@ -166,7 +166,7 @@ async def run_task(args: argparse.Namespace) -> int:
         script=ScriptSpec(
             syntax=args.syntax, body=body, arguments=args.arg, working_directory=args.cwd
         ),
-        variables=_variables(args.env, False) + _variables(args.secret, True),
+        variables=variables_from(args.env, args.secret),
         timeout_seconds=args.timeout,
         isolation=args.isolation,
         isolation_mutex=args.mutex,
@@ -229,6 +229,11 @@ def print_task(task: TaskView) -> None:
 def _report(task: TaskView) -> int:
     print_task(task)
     return EXIT_CODES.get(task.state, 1)
+
+
+def variables_from(plain: list[str], secret: list[str]) -> list[Variable]:
+    """--env and --secret NAME=VALUE pairs as task variables (secrets marked sensitive)."""
+    return _variables(plain, False) + _variables(secret, True)
 
 
 def _variables(pairs: list[str], sensitive: bool) -> list[Variable]:

@@ -144,8 +144,8 @@ async def register_at(
     details = Registration(
         server_url=str(extra.pop("url", server_url)),
         name=name,
-        environments=["Test"],
-        roles=["web"],
+        environments=extra.pop("environments", ["Test"]),
+        roles=extra.pop("roles", ["web"]),
         server_thumbprint=thumbprint,
         api_key=api_key,
         **extra,  # type: ignore[arg-type]

@@ -100,6 +100,8 @@ class Agent:
             max_envelope_bytes=self.settings.max_envelope_kb * 1024,
             packages=PackageCache(self.home.folder / "packages"),
             applications_root=self.settings.applications_root or self.home.folder / "Applications",
+            identity_folder=self.home.identity_folder,
+            free_slots=lambda: self.slots.free,
             extract_limits=Limits(
                 int(self.settings.max_extract_mb * MB), self.settings.max_extract_entries
             ),

@@ -10,6 +10,7 @@ import asyncio
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from loguru import logger
 
 from tentacle_poll.agent.backoff import retrying
 from tentacle_poll.agent.deploy import DeployContext, DeployJob
+from tentacle_poll.agent.health import HealthJob
 from tentacle_poll.agent.isolation import IsolationMutexes, IsolationTimeout
 from tentacle_poll.agent.journal import Journal, Step
 from tentacle_poll.agent.packages import PackageCache
@@ -55,6 +57,8 @@ class RunnerContext:
     packages: PackageCache
     applications_root: Path
     extract_limits: Limits
+    identity_folder: Path
+    free_slots: Callable[[], int]
 
 
 class TaskRunner:
@@ -172,6 +176,10 @@ class TaskRunner:
                 on_spawn=self._context.spool.task(self.task_id).record_process_group,
             )
             return ScriptWorker(job, self._reporter.line)
+        if spec.health is not None:
+            context = self._context
+            return HealthJob(context.applications_root, context.identity_folder, context.free_slots,
+                             self._reporter.line)  # fmt: skip
         payload = spec.deploy or spec.rollback
         assert payload is not None  # TaskSpec validates that the kind's payload is set
         deploy = DeployContext(

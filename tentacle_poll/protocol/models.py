@@ -108,7 +108,11 @@ class RollbackSpec(WireModel):
     version: PackageName | None = None  # default: the release deployed before the current one
 
 
-TaskKind = Literal["script", "deploy", "rollback"]
+class HealthSpec(WireModel):
+    """Report agent version, OS, Python, free disk, free slots and certificate expiry."""
+
+
+TaskKind = Literal["script", "deploy", "rollback", "health"]
 
 
 class TaskSpec(WireModel):
@@ -122,6 +126,7 @@ class TaskSpec(WireModel):
     script: ScriptSpec | None = None
     deploy: DeploySpec | None = None
     rollback: RollbackSpec | None = None
+    health: HealthSpec | None = None
     variables: list[Variable] = Field(default=[], max_length=1000)
     timeout_seconds: float | None = Field(default=None, gt=0, le=7 * 24 * 3600)
     isolation: Literal["full", "none"] = "none"
@@ -290,11 +295,12 @@ class ServerCertificateAction(WireModel):
 
 
 class FanOut(WireModel):
-    """One task for every target in ``environment`` having any of ``roles`` (and, when given,
-    any of ``tenants`` and any of ``tenant_tags``)."""
+    """One task for every target in ``environment`` having any of ``roles`` (every target of
+    the environment when no role is given; and, when given, any of ``tenants`` and any of
+    ``tenant_tags``)."""
 
     environment: Label
-    roles: list[Label] = Field(min_length=1, max_length=100)
+    roles: list[Label] = Field(default=[], max_length=100)
     tenants: list[Label] = []
     tenant_tags: list[Label] = []
     task: TaskSpec

@@ -13,8 +13,10 @@ from tentacle_poll.exceptions import ProtocolError, RequestRejected, ServerUnava
 from tentacle_poll.protocol import routes
 from tentacle_poll.protocol.codec import decode
 from tentacle_poll.protocol.models import (
+    DeploymentView,
     Event,
     EventsPage,
+    FanOut,
     PackageView,
     Problem,
     ServerCertificateAction,
@@ -104,6 +106,15 @@ class AdminClient:
         if response.status >= 400:
             raise _rejection(response.status, payload)
         return _parse(TypeAdapter(PackageView), payload)
+
+    async def fan_out(self, fan_out: FanOut) -> DeploymentView:
+        return await self._call(
+            "POST", routes.ADMIN_DEPLOYMENTS, TypeAdapter(DeploymentView), body=fan_out
+        )
+
+    async def deployment(self, deployment_id: str) -> DeploymentView:
+        path = routes.ADMIN_DEPLOYMENT.format(deployment_id=deployment_id)
+        return await self._call("GET", path, TypeAdapter(DeploymentView))
 
     async def packages(self) -> list[PackageView]:
         return await self._call("GET", routes.ADMIN_PACKAGES, TypeAdapter(list[PackageView]))

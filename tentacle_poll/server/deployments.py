@@ -33,7 +33,7 @@ def matches(agent: AgentRecord, fan_out: FanOut) -> bool:
     """In the environment, with any of the roles, and any of the tenants and tags if given."""
     return (
         fan_out.environment in agent.environments
-        and bool(set(fan_out.roles) & set(agent.roles))
+        and (not fan_out.roles or bool(set(fan_out.roles) & set(agent.roles)))
         and (not fan_out.tenants or bool(set(fan_out.tenants) & set(agent.tenants)))
         and (not fan_out.tenant_tags or bool(set(fan_out.tenant_tags) & set(agent.tenant_tags)))
     )
@@ -44,13 +44,13 @@ async def create_deployment(request: web.Request) -> web.Response:
     fan_out = await read_model(request, FanOut)
     targets = [a for a in await state.store.list_agents() if matches(a, fan_out)]
     if not targets:
-        detail = (
-            f"no target in {fan_out.environment} has any of the roles {', '.join(fan_out.roles)}"
-        )
+        roles = f" with any of the roles {', '.join(fan_out.roles)}" if fan_out.roles else ""
+        detail = f"no target in {fan_out.environment}{roles}"
         raise ProblemError(404, "no matching targets", detail)
     task = _in_environment(fan_out)
     specs = [await resolved_spec(state, task, agent) for agent in targets]  # all or none
-    description = f"{task.kind} to {fan_out.environment} ({', '.join(fan_out.roles)})"
+    roles = ", ".join(fan_out.roles) or "all roles"
+    description = f"{task.kind} to {fan_out.environment} ({roles})"
     deployment_id = await state.store.create_deployment(
         description, fan_out.stop_on_first_failure, now()
     )

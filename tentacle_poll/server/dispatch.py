@@ -58,11 +58,15 @@ class Dispatcher:
     def polling(self, agent_id: str) -> Iterator[None]:
         self._polling[agent_id] += 1
         self.polls.ring(agent_id)
+        answered = False
         try:
             yield
+            answered = True
         finally:
             self._polling[agent_id] -= 1
-            self._last_poll_end[agent_id] = time.time()
+            # A poll that ended because the agent went away leaves it disconnected at once;
+            # one that was answered leaves it connected for the moment it takes to poll again.
+            self._last_poll_end[agent_id] = time.time() if answered else 0.0
 
     def has_no_work(self, agent_id: str) -> bool:
         return agent_id in self._without_work

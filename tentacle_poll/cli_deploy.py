@@ -1,0 +1,108 @@
+"""Deployment commands, through the admin API: deploy, rollback, health — to one target
+(`--target`) or fanned out to every target of an environment with any of the given roles."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Any
+
+from tentacle_poll.cli_tasks import (
+    EXIT_CODES,
+    admin_client,
+    print_event,
+    print_task,
+    variables_from,
+)
+from tentacle_poll.exceptions import ConfigurationError
+from tentacle_poll.protocol.models import (
+    DeploySpec,
+    FanOut,
+    HealthSpec,
+    RollbackSpec,
+    SubmitTask,
+    TaskSpec,
+)
+from tentacle_poll.server.admin_client import AdminClient
+
+
+def add_commands(commands: Any, add_common: Any, add_admin: Any) -> None:
+    deploy = commands.add_parser("deploy", help="deploy a package version")
+    deploy.add_argument("--package", required=True)
+    deploy.add_argument("--version", required=True)
+    deploy.add_argument("--retain", type=int, default=3, help="releases to keep on each target")
+    rollback = commands.add_parser("rollback", help="switch back to an earlier release")
+    rollback.add_argument("--package", required=True)
+    rollback.add_argument("--version", help="default: the release before the current one")
+    health = commands.add_parser("health", help="check targets: version, OS, disk, certificate")
+    for parser, handler in ((deploy, run_deploy), (rollback, run_rollback), (health, run_health)):
+        _add_targeting(parser)
+        parser.set_defaults(command=handler)
+        add_common(parser)
+        add_admin(parser)
+
+
+def _add_targeting(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", help="one target by name")
+    parser.add_argument("--environment", help="every target of this environment...")
+    parser.add_argument("--role", action="append", default=[], help="...with any of these roles")
+    parser.add_argument("--tenant", action="append", default=[])
+    parser.add_argument("--tenant-tag", action="append", default=[])
+    parser.add_argument(
+        "--stop-on-failure", action="store_true", help="cancel the rest on a failure"
+    )
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument("--secret", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument("--timeout", type=float, help="seconds for each target's task")
+
+
+async def run_deploy(args: argparse.Namespace) -> int:
+    deploy = DeploySpec(package_id=args.package, version=args.version, retain_releases=args.retain)
+    return await _run(args, {"kind": "deploy", "deploy": deploy})
+
+
+async def run_rollback(args: argparse.Namespace) -> int:
+    rollback = RollbackSpec(package_id=args.package, version=args.version)
+    return await _run(args, {"kind": "rollback", "rollback": rollback})
+
+
+async def run_health(args: argparse.Namespace) -> int:
+    return await _run(args, {"kind": "health", "health": HealthSpec()})
+
+
+async def _run(args: argparse.Namespace, payload: dict[str, object]) -> int:
+    variables = variables_from(args.env, args.secret)
+    task = TaskSpec.model_validate(
+        {**payload, "variables": variables, "timeout_seconds": args.timeout}
+    )
+    async with admin_client(args) as client:
+        if args.target:
+            submitted = await client.submit(
+                SubmitTask.model_validate({**task.model_dump(), "target": args.target})
+            )
+            final = await client.follow(submitted.id, print_event)
+            print_task(final)
+            return EXIT_CODES.get(final.state, 1)
+        if not args.environment:
+            raise ConfigurationError("give --target NAME, or --environment ENV (with --role ROLE)")
+        return await _fan_out(client, args, task)
+
+
+async def _fan_out(client: AdminClient, args: argparse.Namespace, task: TaskSpec) -> int:
+    view = await client.fan_out(FanOut(
+        environment=args.environment, roles=args.role, tenants=args.tenant,
+        tenant_tags=args.tenant_tag, task=task, stop_on_first_failure=args.stop_on_failure,
+    ))  # fmt: skip
+    print(f"deployment {view.id}: {view.description}, {len(view.targets)} targets")
+    for name in view.offline:
+        print(f"  {name} is offline: its task waits until it connects")
+
+    async def follow(task_id: str, target: str) -> None:
+        final = await client.follow(task_id, lambda event: print(f"  [{target}] {event.text}"))
+        print_task(final)
+
+    await asyncio.gather(*(follow(t.task_id, t.target) for t in view.targets))
+    final = await client.deployment(view.id)
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(final.counts.items()))
+    print(f"deployment {final.id} {final.state}: {counts}")
+    return 0 if final.state == "succeeded" else 1
