@@ -122,6 +122,8 @@ class AgentSettings(_Settings):
     max_envelope_kb: int = Field(default=2048, ge=16)
     spool_max_mb: float = Field(default=1024.0, gt=0)
     applications_root: Path | None = None  # default: <home>/Applications
+    # File transfer tasks may only read and write under these folders (default: <home>/files).
+    file_roots: list[Path] = []
     max_extract_mb: float = Field(default=2048.0, gt=0)
     max_extract_entries: int = Field(default=100_000, ge=1)
 

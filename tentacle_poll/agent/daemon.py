@@ -101,6 +101,7 @@ class Agent:
             packages=PackageCache(self.home.folder / "packages"),
             applications_root=self.settings.applications_root or self.home.folder / "Applications",
             identity_folder=self.home.identity_folder,
+            file_roots=self.settings.file_roots or [self.home.folder / "files"],
             free_slots=lambda: self.slots.free,
             extract_limits=Limits(
                 int(self.settings.max_extract_mb * MB), self.settings.max_extract_entries

@@ -55,7 +55,7 @@ class PackageCache:
         return self._verified(partial, final, sha256)
 
     def _verified(self, partial: Path, final: Path, sha256: str) -> Path:
-        actual = _sha256_of(partial)
+        actual = sha256_of(partial)
         if actual != sha256:
             partial.unlink()
             raise TaskExecutionError(
@@ -73,7 +73,7 @@ class PackageCache:
             )
 
 
-def _sha256_of(path: Path) -> str:
+def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while chunk := handle.read(HASH_CHUNK):

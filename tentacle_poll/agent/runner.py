@@ -18,6 +18,7 @@ from loguru import logger
 
 from tentacle_poll.agent.backoff import retrying
 from tentacle_poll.agent.deploy import DeployContext, DeployJob
+from tentacle_poll.agent.files import FileJob
 from tentacle_poll.agent.health import HealthJob
 from tentacle_poll.agent.isolation import IsolationMutexes, IsolationTimeout
 from tentacle_poll.agent.journal import Journal, Step
@@ -59,6 +60,7 @@ class RunnerContext:
     extract_limits: Limits
     identity_folder: Path
     free_slots: Callable[[], int]
+    file_roots: list[Path]
 
 
 class TaskRunner:
@@ -176,6 +178,11 @@ class TaskRunner:
                 on_spawn=self._context.spool.task(self.task_id).record_process_group,
             )
             return ScriptWorker(job, self._reporter.line)
+        transfer = spec.send_file or spec.fetch_file
+        if transfer is not None:
+            context = self._context
+            return FileJob(transfer, context.client, context.packages, context.file_roots,
+                           self.task_id, self._reporter.line)  # fmt: skip
         if spec.health is not None:
             context = self._context
             return HealthJob(context.applications_root, context.identity_folder, context.free_slots,

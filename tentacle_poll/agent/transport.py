@@ -157,6 +157,25 @@ class CommsClient:
             raise self._map_error(exc) from exc
         return received
 
+    async def upload(self, path: str, source: Path, answer_type: type[M]) -> M:
+        """PUTs a file, streamed from disk."""
+        timeout = aiohttp.ClientTimeout(total=None, connect=self._connect_timeout, sock_read=60)
+        try:
+            with open(source, "rb") as handle:
+                async with self._open_session().put(
+                    self.url + path,
+                    data=handle,
+                    timeout=timeout,
+                    ssl=self._ssl,
+                    server_hostname=self._server_name,
+                    proxy=self.proxy.url if self.proxy else None,
+                    proxy_headers=self.proxy.headers if self.proxy else None,
+                ) as response:
+                    payload = await response.read()
+                    return self._answer(response.status, response.headers, payload, answer_type)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise self._map_error(exc) from exc
+
     def _open_session(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(

@@ -108,11 +108,32 @@ class RollbackSpec(WireModel):
     version: PackageName | None = None  # default: the release deployed before the current one
 
 
+class SendFileSpec(WireModel):
+    """Put a file the server holds (by its SHA-256, from `PUT /api/files`) at ``destination``
+    on the target, inside one of the agent's file roots."""
+
+    sha256: Sha256
+    size: int = Field(ge=0)
+    destination: str = Field(min_length=1, max_length=4096)
+    overwrite: bool = False
+
+
+class FetchFileSpec(WireModel):
+    """Send a file from the target (inside one of its file roots) to the server."""
+
+    path: str = Field(min_length=1, max_length=4096)
+
+
+class FileView(WireModel):
+    sha256: Sha256
+    size: int
+
+
 class HealthSpec(WireModel):
     """Report agent version, OS, Python, free disk, free slots and certificate expiry."""
 
 
-TaskKind = Literal["script", "deploy", "rollback", "health"]
+TaskKind = Literal["script", "deploy", "rollback", "health", "send_file", "fetch_file"]
 
 
 class TaskSpec(WireModel):
@@ -127,6 +148,8 @@ class TaskSpec(WireModel):
     deploy: DeploySpec | None = None
     rollback: RollbackSpec | None = None
     health: HealthSpec | None = None
+    send_file: SendFileSpec | None = None
+    fetch_file: FetchFileSpec | None = None
     variables: list[Variable] = Field(default=[], max_length=1000)
     timeout_seconds: float | None = Field(default=None, gt=0, le=7 * 24 * 3600)
     isolation: Literal["full", "none"] = "none"

@@ -15,6 +15,7 @@ TASK_EVENTS = "/v1/tasks/{task_id}/events"
 TASK_RESULT = "/v1/tasks/{task_id}/result"
 CERTIFICATE = "/v1/certificate"
 PACKAGE_BLOB = "/v1/packages/{sha256}"
+TASK_FILE = "/v1/tasks/{task_id}/file"
 
 # admin API (HTTP on loopback by default, API key header)
 ADMIN_HEALTH = "/api/health"
@@ -28,6 +29,8 @@ ADMIN_TOKENS = "/api/registration-tokens"
 ADMIN_SERVER_CERTIFICATE = "/api/server-certificate"
 ADMIN_DEPLOYMENTS = "/api/deployments"
 ADMIN_DEPLOYMENT = "/api/deployments/{deployment_id}"
+ADMIN_FILES = "/api/files"
+ADMIN_FILE = "/api/files/{sha256}"
 ADMIN_PACKAGES = "/api/packages"
 ADMIN_PACKAGE = "/api/packages/{package_id}/{version}"
 

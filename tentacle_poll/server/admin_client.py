@@ -17,6 +17,7 @@ from tentacle_poll.protocol.models import (
     Event,
     EventsPage,
     FanOut,
+    FileView,
     PackageView,
     Problem,
     ServerCertificateAction,
@@ -93,19 +94,44 @@ class AdminClient:
         self, package_id: str, version: str, path: Path, package_format: str
     ) -> PackageView:
         """Streams the file (never read whole into memory)."""
+        route = routes.ADMIN_PACKAGE.format(package_id=package_id, version=version)
+        payload = await self._put_file(route, path, {"format": package_format})
+        return _parse(TypeAdapter(PackageView), payload)
+
+    async def upload_file(self, path: Path) -> FileView:
+        """A file for send_file tasks; answers its SHA-256 and size."""
+        return _parse(TypeAdapter(FileView), await self._put_file(routes.ADMIN_FILES, path, {}))
+
+    async def download_file(self, sha256: str, destination: Path) -> int:
+        """Bytes stored on the server (a fetch_file task's result) into ``destination``."""
         assert self._session is not None, "use AdminClient as an async context manager"
-        url = self.url + routes.ADMIN_PACKAGE.format(package_id=package_id, version=version)
+        url = self.url + routes.ADMIN_FILE.format(sha256=sha256)
+        size = 0
+        try:
+            async with self._session.get(url) as response:
+                if response.status >= 400:
+                    raise _rejection(response.status, await response.read())
+                with open(destination, "wb") as handle:
+                    async for chunk in response.content.iter_chunked(1 << 20):
+                        handle.write(chunk)
+                        size += len(chunk)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ServerUnavailable(f"cannot reach the admin API at {self.url} ({exc})") from exc
+        return size
+
+    async def _put_file(self, route: str, path: Path, query: dict[str, str]) -> bytes:
+        assert self._session is not None, "use AdminClient as an async context manager"
         try:
             with open(path, "rb") as handle:
                 async with self._session.put(
-                    url, data=handle, params={"format": package_format}
+                    self.url + route, data=handle, params=query
                 ) as response:
                     payload = await response.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise ServerUnavailable(f"cannot reach the admin API at {self.url} ({exc})") from exc
         if response.status >= 400:
             raise _rejection(response.status, payload)
-        return _parse(TypeAdapter(PackageView), payload)
+        return payload
 
     async def fan_out(self, fan_out: FanOut) -> DeploymentView:
         return await self._call(

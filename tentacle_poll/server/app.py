@@ -21,7 +21,11 @@ from tentacle_poll.server.deployments import add_deployment_routes
 from tentacle_poll.server.dispatch import Dispatcher
 from tentacle_poll.server.identity import ServerHome
 from tentacle_poll.server.memory import shrink_tls_read_buffers
-from tentacle_poll.server.packages import add_package_admin_routes, add_package_comms_routes
+from tentacle_poll.server.packages import (
+    add_file_admin_routes,
+    add_package_admin_routes,
+    add_package_comms_routes,
+)
 from tentacle_poll.server.problems import problem_middleware
 from tentacle_poll.server.rotation import add_rotation_routes
 from tentacle_poll.server.state import STATE, ServerState
@@ -116,6 +120,7 @@ class Server:
         add_admin_routes(app)
         add_rotation_routes(app)
         add_package_admin_routes(app)
+        add_file_admin_routes(app)
         add_deployment_routes(app)
         return app
 

@@ -126,7 +126,7 @@ async def accept(request: web.Request) -> web.Response:
 
 async def events(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    task = await _own_task(request)
+    task = await own_task(request)
     body = await read_model(request, EventsRequest)
     acked = await state.store.append_events(task.id, list(body.events))
     state.dispatcher.tasks.ring(task.id)
@@ -135,7 +135,7 @@ async def events(request: web.Request) -> web.Response:
 
 async def result(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    task = await _own_task(request)
+    task = await own_task(request)
     body = await read_model(request, ResultRequest)
     finished = await state.store.finish_task(task.id, body, now())
     state.dispatcher.tasks.ring(task.id)
@@ -215,7 +215,7 @@ def _client_gone(request: web.Request) -> bool:
     return request.transport is None or request.transport.is_closing()
 
 
-async def _own_task(request: web.Request) -> TaskRecord:
+async def own_task(request: web.Request) -> TaskRecord:
     agent = await authorised_agent(request)
     task = await request.app[STATE].store.get_task(request.match_info["task_id"])
     if task is None or task.agent_id != agent.id:

@@ -19,8 +19,8 @@ from loguru import logger
 
 from tentacle_poll.exceptions import StoreError
 from tentacle_poll.protocol import routes
-from tentacle_poll.protocol.models import PackageView
-from tentacle_poll.server.comms import authorised_agent
+from tentacle_poll.protocol.models import FileView, PackageView
+from tentacle_poll.server.comms import authorised_agent, own_task
 from tentacle_poll.server.problems import ProblemError
 from tentacle_poll.server.state import STATE, ServerState, json_response
 
@@ -37,10 +37,34 @@ def add_package_admin_routes(app: web.Application) -> None:
 
 def add_package_comms_routes(app: web.Application) -> None:
     app.router.add_get(routes.PACKAGE_BLOB, download_package)
+    app.router.add_put(routes.TASK_FILE, receive_task_file)
 
 
-def blob_path(state: ServerState, sha256: str) -> Path:
-    return state.home.folder / "packages" / sha256
+def add_file_admin_routes(app: web.Application) -> None:
+    app.router.add_put(routes.ADMIN_FILES, upload_file)
+    app.router.add_get(routes.ADMIN_FILE, fetch_file)
+
+
+async def upload_file(request: web.Request) -> web.Response:
+    """A file to send to targets (send_file tasks); stored by content like packages."""
+    state = request.app[STATE]
+    temporary, sha256, size = await _receive(request, state)
+    _keep_blob(temporary, state.blob(sha256))
+    return json_response(FileView(sha256=sha256, size=size), status=201)
+
+
+async def fetch_file(request: web.Request) -> web.StreamResponse:
+    """Bytes a target sent (fetch_file tasks), or any stored file, by SHA-256."""
+    return _blob_response(request.app[STATE], request.match_info["sha256"])
+
+
+async def receive_task_file(request: web.Request) -> web.Response:
+    """A fetch_file task's agent sends the file here; its digest is the task's answer."""
+    state = request.app[STATE]
+    await own_task(request)
+    temporary, sha256, size = await _receive(request, state)
+    _keep_blob(temporary, state.blob(sha256))
+    return json_response(FileView(sha256=sha256, size=size), status=201)
 
 
 async def list_packages(request: web.Request) -> web.Response:
@@ -66,7 +90,7 @@ async def upload_package(request: web.Request) -> web.Response:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-    _keep_blob(temporary, blob_path(state, sha256))
+    _keep_blob(temporary, state.blob(sha256))
     logger.info("package {} {} stored ({} bytes, sha256 {})", package_id, version, size, sha256)
     return json_response(stored, status=201)
 
@@ -78,7 +102,7 @@ async def delete_package(request: web.Request) -> web.Response:
     if deleted is None:
         raise ProblemError(404, "no such package", f"no package {package_id} {version}")
     if await state.store.package_uses(deleted.sha256) == 0:
-        blob_path(state, deleted.sha256).unlink(missing_ok=True)
+        state.blob(deleted.sha256).unlink(missing_ok=True)
     return json_response(deleted)
 
 
@@ -86,16 +110,19 @@ async def download_package(request: web.Request) -> web.StreamResponse:
     """The bytes of a stored package; aiohttp's FileResponse answers ``Range`` requests."""
     state = request.app[STATE]
     await authorised_agent(request)
-    sha256 = request.match_info["sha256"]
-    path = blob_path(state, sha256)
+    return _blob_response(state, request.match_info["sha256"])
+
+
+def _blob_response(state: ServerState, sha256: str) -> web.FileResponse:
+    path = state.blob(sha256)
     if not re.fullmatch(r"[0-9a-f]{64}", sha256) or not path.exists():
-        raise ProblemError(404, "no such package", f"no package with sha256 {sha256}")
+        raise ProblemError(404, "no such content", f"nothing stored with sha256 {sha256}")
     return web.FileResponse(path, chunk_size=CHUNK)
 
 
 async def _receive(request: web.Request, state: ServerState) -> tuple[Path, str, int]:
     """Streams the body to a temporary file, hashing it; refuses one over the size limit."""
-    folder = blob_path(state, "x").parent
+    folder = state.blob("x").parent
     folder.mkdir(parents=True, exist_ok=True)
     temporary = folder / f".upload-{os.getpid()}-{id(request)}"
     digest, size, limit = hashlib.sha256(), 0, state.settings.max_package_bytes

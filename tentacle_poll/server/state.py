@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TypeVar
 
 from aiohttp import web
@@ -60,6 +61,10 @@ class ServerState:
         pending, self._unwritten_seen = self._unwritten_seen, {}
         if pending:
             await self.store.touch_agents([(a, at, v) for a, (at, v) in pending.items()])
+
+    def blob(self, sha256: str) -> Path:
+        """Where stored bytes (packages, transferred files) live, named by their SHA-256."""
+        return self.home.folder / "packages" / sha256
 
     def server_thumbprints(self) -> list[str]:
         """Announced in every poll answer: current first, then the prepared next one."""
