@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from pathlib import Path
 from typing import Any
 
 from tentacle_poll.cli_tasks import (
@@ -18,8 +19,10 @@ from tentacle_poll.exceptions import ConfigurationError
 from tentacle_poll.protocol.models import (
     DeploySpec,
     FanOut,
+    FetchFileSpec,
     HealthSpec,
     RollbackSpec,
+    SendFileSpec,
     SubmitTask,
     TaskSpec,
 )
@@ -35,6 +38,7 @@ def add_commands(commands: Any, add_common: Any, add_admin: Any) -> None:
     rollback.add_argument("--package", required=True)
     rollback.add_argument("--version", help="default: the release before the current one")
     health = commands.add_parser("health", help="check targets: version, OS, disk, certificate")
+    _add_file_commands(commands, add_common, add_admin)
     for parser, handler in ((deploy, run_deploy), (rollback, run_rollback), (health, run_health)):
         _add_targeting(parser)
         parser.set_defaults(command=handler)
@@ -54,6 +58,53 @@ def _add_targeting(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--secret", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--timeout", type=float, help="seconds for each target's task")
+
+
+def _add_file_commands(commands: Any, add_common: Any, add_admin: Any) -> None:
+    files = commands.add_parser("file", help="send a file to a target, or fetch one from it")
+    sub = files.add_subparsers(title="file commands", metavar="COMMAND", required=True)
+    send = sub.add_parser("send", help="put a local file at a path on the target")
+    send.add_argument("file")
+    send.add_argument("--target", required=True)
+    send.add_argument("--to", required=True, help="the path on the target (inside its file roots)")
+    send.add_argument("--overwrite", action="store_true")
+    send.set_defaults(command=send_file)
+    fetch = sub.add_parser("fetch", help="copy a file from the target to here")
+    fetch.add_argument("--target", required=True)
+    fetch.add_argument("--path", required=True, help="the path on the target")
+    fetch.add_argument("--out", required=True, help="where to write it here")
+    fetch.set_defaults(command=fetch_file)
+    for parser in (send, fetch):
+        add_common(parser)
+        add_admin(parser)
+
+
+async def send_file(args: argparse.Namespace) -> int:
+    async with admin_client(args) as client:
+        stored = await client.upload_file(Path(args.file))
+        spec = SendFileSpec(sha256=stored.sha256, size=stored.size, destination=args.to,
+                            overwrite=args.overwrite)  # fmt: skip
+        task = await client.submit(SubmitTask(target=args.target, kind="send_file", send_file=spec))
+        final = await client.follow(task.id, print_event)
+    print_task(final)
+    return EXIT_CODES.get(final.state, 1)
+
+
+async def fetch_file(args: argparse.Namespace) -> int:
+    async with admin_client(args) as client:
+        spec = FetchFileSpec(path=args.path)
+        task = await client.submit(
+            SubmitTask(target=args.target, kind="fetch_file", fetch_file=spec)
+        )
+        lines: list[str] = []
+        final = await client.follow(task.id, lambda event: lines.append(event.text))
+        if final.state != "succeeded":
+            print_task(final)
+            return EXIT_CODES.get(final.state, 1)
+        digest = lines[-1].rsplit("sha256 ", 1)[1].rstrip(")")  # FileJob's last line names it
+        size = await client.download_file(digest, Path(args.out))
+    print(f"wrote {args.out} ({size} bytes, sha256 {digest})")
+    return 0
 
 
 async def run_deploy(args: argparse.Namespace) -> int:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import os
+import shutil
 import signal
 import subprocess
 from pathlib import Path
 
-from .conftest import free_port
+from tentacle_poll.server import Server
+
+from .conftest import RunningAgent, free_port, register_agent
 from .helpers import process_running
 from .processes import CLI, Daemon, start_server_process
 
@@ -162,3 +167,36 @@ async def test_a_second_agent_on_the_same_home_is_refused(
     second = cli("--home", agent_home, check=False)
     assert second.returncode == 1
     assert "another agent is already running with the home" in second.stderr
+
+
+async def test_package_deploy_health_and_files_from_the_command_line(
+    server: Server, api_key: str, tmp_path: Path
+) -> None:
+    agent = RunningAgent(await register_agent(server, api_key, tmp_path / "web1", "web1"))
+    env = {
+        "TENTACLE_POLL_API_KEY": api_key,
+        "TENTACLE_POLL_ADMIN_URL": f"http://127.0.0.1:{server.admin_port}",
+    }
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("hello")
+    (site / "Deploy.sh").write_text('echo "deployed $TENTACLE_PACKAGE_VERSION"\n')
+    archive = shutil.make_archive(str(tmp_path / "site-1.0"), "gztar", site)
+    run = functools.partial(asyncio.to_thread, cli)
+    uploaded = await run("package", "upload", archive, "--id", "site", "--version", "1.0", env=env)
+    assert "site 1.0:" in uploaded.stdout
+    deployed = await run("deploy", "--package", "site", "--version", "1.0", "--environment", "Test",
+                         "--role", "web", env=env)  # fmt: skip
+    assert "[web1] deployed 1.0" in deployed.stdout and "succeeded: 1 succeeded" in deployed.stdout
+    health = await run("health", "--target", "web1", env=env)
+    assert '"agent_version"' in health.stdout
+    note = tmp_path / "note.txt"
+    note.write_text("hi")
+    target_path = str(agent.agent.home.folder / "files" / "note.txt")
+    await run("file", "send", str(note), "--target", "web1", "--to", target_path, env=env)
+    fetched = tmp_path / "back.txt"
+    await run(
+        "file", "fetch", "--target", "web1", "--path", target_path, "--out", str(fetched), env=env
+    )
+    assert fetched.read_text() == "hi"
+    await agent.stop()
