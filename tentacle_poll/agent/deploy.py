@@ -115,6 +115,9 @@ class DeployJob:
             for script in sorted(folder.glob(f"{phase}.*")):
                 if script.suffix not in SCRIPT_KINDS:
                     continue
+                if script.suffix == ".ps1" and shutil.which("pwsh") is None:
+                    self._say(f"skipping {script.name}: PowerShell (pwsh) is not installed")
+                    continue
                 if self._cancel_reason is not None:
                     return Outcome("cancelled", reason=self._cancel_reason)
                 self._say(f"running {script.name}")

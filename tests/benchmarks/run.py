@@ -40,6 +40,7 @@ async def run_all(quick: bool) -> list[Row]:
         "tasks": 60 if quick else 500,
         "stream_mb": 5 if quick else 100,
         "idle_window": 8.0 if quick else 20.0,
+        "package_mb": 32 if quick else 256,
     }
     rows: list[Row] = []
     folder = Path(tempfile.mkdtemp(prefix="tentacle-bench-"))
@@ -56,6 +57,7 @@ async def run_all(quick: bool) -> list[Row]:
         rows += await throughput(bench, sizes["agents"], sizes["tasks"])
         rows += await output_streaming(bench, sizes["stream_mb"])
         rows += await agent_footprint(bench, sizes["idle_window"])
+        rows += await package_transfer(bench, sizes["package_mb"])
         await agent.stop()
     finally:
         await bench.stop()
@@ -66,7 +68,6 @@ async def run_all(quick: bool) -> list[Row]:
         )
     finally:
         await fleet.stop()
-    rows += package_transfer()
     return rows
 
 
