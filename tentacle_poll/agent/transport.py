@@ -13,7 +13,7 @@ import errno
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import aiohttp
 from pydantic import BaseModel
@@ -119,10 +119,7 @@ class CommsClient:
                 data=encode(body),
                 headers={"Content-Type": "application/json", **(headers or {})},
                 timeout=timeout,
-                ssl=self._ssl,
-                server_hostname=self._server_name,
-                proxy=self.proxy.url if self.proxy else None,
-                proxy_headers=self.proxy.headers if self.proxy else None,
+                **self._route(),
             ) as response:
                 payload = await response.read()
                 self.last_date_header = response.headers.get("Date")
@@ -141,10 +138,7 @@ class CommsClient:
                 self.url + path,
                 headers=headers,
                 timeout=timeout,
-                ssl=self._ssl,
-                server_hostname=self._server_name,
-                proxy=self.proxy.url if self.proxy else None,
-                proxy_headers=self.proxy.headers if self.proxy else None,
+                **self._route(),
             ) as response:
                 if response.status >= 300:  # raises the error the status maps to
                     self._answer(response.status, response.headers, await response.read(), Problem)
@@ -166,15 +160,21 @@ class CommsClient:
                     self.url + path,
                     data=handle,
                     timeout=timeout,
-                    ssl=self._ssl,
-                    server_hostname=self._server_name,
-                    proxy=self.proxy.url if self.proxy else None,
-                    proxy_headers=self.proxy.headers if self.proxy else None,
+                    **self._route(),
                 ) as response:
                     payload = await response.read()
                     return self._answer(response.status, response.headers, payload, answer_type)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise self._map_error(exc) from exc
+
+    def _route(self) -> dict[str, Any]:
+        """How every request reaches this node: pinned TLS, server name, proxy."""
+        return {
+            "ssl": self._ssl,
+            "server_hostname": self._server_name,
+            "proxy": self.proxy.url if self.proxy else None,
+            "proxy_headers": self.proxy.headers if self.proxy else None,
+        }
 
     def _open_session(self) -> aiohttp.ClientSession:
         if self._session is None:
