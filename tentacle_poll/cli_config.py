@@ -8,7 +8,6 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from tentacle_poll.agent.diagnostics import diagnose
 from tentacle_poll.agent.nodes import add_node, find_node, remove_node, set_proxy, set_trust
 from tentacle_poll.agent.rotation import rotate_certificate
 from tentacle_poll.cli_agent import agent_home
@@ -112,6 +111,8 @@ async def rotate_agent_certificate(args: argparse.Namespace) -> int:
 
 
 async def run_diagnostics(args: argparse.Namespace) -> int:
+    from tentacle_poll.agent.diagnostics import diagnose  # only this command needs it
+
     home = agent_home(args)
     settings = home.settings_ready_to_run()
     nodes = [find_node(home, args.server)] if args.server else settings.servers

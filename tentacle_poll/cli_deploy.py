@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tentacle_poll.cli_tasks import (
     EXIT_CODES,
@@ -26,7 +26,9 @@ from tentacle_poll.protocol.models import (
     SubmitTask,
     TaskSpec,
 )
-from tentacle_poll.server.admin_client import AdminClient
+
+if TYPE_CHECKING:  # the admin client loads aiohttp: only admin commands import it
+    from tentacle_poll.server.admin_client import AdminClient
 
 
 def add_commands(commands: Any, add_common: Any, add_admin: Any) -> None:

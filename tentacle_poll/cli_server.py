@@ -9,7 +9,7 @@ import resource
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
@@ -17,7 +17,9 @@ from tentacle_poll.cli_tasks import admin_client
 from tentacle_poll.config import SERVER_FILE, ServerSettings, default_server_home, load_settings
 from tentacle_poll.logs import setup_logging
 from tentacle_poll.protocol.tokens import make_token
-from tentacle_poll.server.identity import ServerHome
+
+if TYPE_CHECKING:
+    from tentacle_poll.server.identity import ServerHome
 
 DAY = 24 * 3600.0
 
@@ -59,6 +61,13 @@ def add_commands(commands: Any, add_common: Any, add_admin: Any) -> None:
     rotate.set_defaults(command=rotate_server_certificate)
     add_common(rotate)
     add_admin(rotate)
+
+
+def _server_home(args: argparse.Namespace) -> ServerHome:
+    # Imported here: the store and its sqlite3 stay out of the agent daemon's memory.
+    from tentacle_poll.server.identity import ServerHome
+
+    return ServerHome(server_home(args))
 
 
 def server_home(args: argparse.Namespace) -> Path:
@@ -106,13 +115,13 @@ def _stopper(stop: asyncio.Event, signum: int) -> Any:
 
 
 async def show_thumbprint(args: argparse.Namespace) -> int:
-    _, thumbprint = ServerHome(server_home(args)).ensure_identity()
+    _, thumbprint = _server_home(args).ensure_identity()
     print(thumbprint)
     return 0
 
 
 async def create_api_key(args: argparse.Namespace) -> int:
-    store = ServerHome(server_home(args)).open_store()
+    store = _server_home(args).open_store()
     try:
         key = await store.create_api_key(args.name)
     finally:
@@ -135,7 +144,7 @@ async def rotate_server_certificate(args: argparse.Namespace) -> int:
 
 
 async def create_registration_token(args: argparse.Namespace) -> int:
-    home = ServerHome(server_home(args))
+    home = _server_home(args)
     _, thumbprint = home.ensure_identity()
     store = home.open_store()
     try:

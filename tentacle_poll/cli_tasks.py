@@ -6,12 +6,14 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tentacle_poll.config import DEFAULT_ADMIN_PORT, ENV_PREFIX
 from tentacle_poll.exceptions import ConfigurationError
 from tentacle_poll.protocol.models import Event, ScriptSpec, SubmitTask, TaskView, Variable
-from tentacle_poll.server.admin_client import AdminClient
+
+if TYPE_CHECKING:  # the admin client loads aiohttp: the agent daemon never needs it
+    from tentacle_poll.server.admin_client import AdminClient
 
 EXIT_CODES = {"succeeded": 0, "failed": 1, "timed_out": 124, "cancelled": 130, "lost": 1}
 
@@ -128,6 +130,8 @@ def _add_script_arguments(run: argparse.ArgumentParser) -> None:
 
 
 def admin_client(args: argparse.Namespace) -> AdminClient:
+    from tentacle_poll.server.admin_client import AdminClient
+
     url = (
         args.admin_url
         or os.environ.get(f"{ENV_PREFIX}ADMIN_URL")

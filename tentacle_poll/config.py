@@ -8,7 +8,6 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-import tomli_w
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -171,6 +170,8 @@ def update_config_file(toml_path: Path, **values: Any) -> None:
     temporary = toml_path.with_suffix(".tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # may hold a password
     with os.fdopen(fd, "w") as handle:
+        import tomli_w  # only writers of the file need it, not the running agent
+
         handle.write(tomli_w.dumps(current))
     temporary.replace(toml_path)
 
