@@ -1,8 +1,9 @@
-"""The agent's HTTP client for one server node; the one place network and ssl errors are mapped.
+"""The agent's HTTP client for one server node; the one place aiohttp and ssl errors are mapped.
 
-Every protocol call is a POST and is never repeated behind our back (a poll must not be); only
-package downloads are GETs. All go over TLS pinned to the node's thumbprints, directly or
-through an HTTP CONNECT proxy, with an optional TLS server name (agent/http.py).
+Every protocol call is a POST (aiohttp silently retries an idempotent request once on a dropped
+pooled connection, and a poll must never be repeated behind our back); only package downloads
+are GETs, harmless to repeat. All go over TLS pinned to the node's thumbprints, directly or
+through an HTTP CONNECT proxy, with an optional TLS server name.
 """
 
 from __future__ import annotations
@@ -13,12 +14,11 @@ import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
-from urllib.parse import urlsplit
 
+import aiohttp
 from pydantic import BaseModel
 
 from tentacle_poll import __version__
-from tentacle_poll.agent.http import HttpClient, ProxyStatus, Response
 from tentacle_poll.agent.proxy import ProxyRoute, proxy_for
 from tentacle_poll.config import AgentSettings, ServerNode
 from tentacle_poll.exceptions import (
@@ -31,6 +31,7 @@ from tentacle_poll.exceptions import (
     ServerIdentityMismatch,
     ServerUnavailable,
 )
+from tentacle_poll.keepalive import keepalive_socket
 from tentacle_poll.protocol.codec import decode, encode
 from tentacle_poll.protocol.models import PROTOCOL_VERSION, Problem
 from tentacle_poll.protocol.routes import PROTOCOL_HEADER
@@ -39,7 +40,7 @@ from tentacle_poll.tls.files import identity_paths
 
 M = TypeVar("M", bound=BaseModel)
 READ_MARGIN_SECONDS = 15.0
-DEFAULT_HEADERS = {PROTOCOL_HEADER: PROTOCOL_VERSION, "User-Agent": f"tentacle-poll/{__version__}"}
+DOWNLOAD_CHUNK = 256 * 1024
 PROXY_HINTS = {
     407: "check the proxy username and password",
     403: "the proxy does not allow a tunnel to this host and port",
@@ -65,17 +66,20 @@ class CommsClient:
         self._ssl = pinned_client_context(thumbprints, identity_folder)
         self._identity_folder = identity_folder
         self._identity_stamp = _stamp(identity_folder)
+        self._server_name = server_name
         self.proxy = proxy
+        self._connect_timeout = connect_timeout
+        self._session: aiohttp.ClientSession | None = None
+        self._retired: list[aiohttp.ClientSession] = []
         self.thumbprints = list(thumbprints)
         self.last_date_header: str | None = None
-        parts = urlsplit(self.url)
-        self._http = HttpClient(
-            parts.hostname or "", parts.port or 443, self._ssl, server_name, proxy,
-            connect_timeout, DEFAULT_HEADERS,
-        )  # fmt: skip
 
     async def close(self) -> None:
-        await self._http.close()
+        for session in [*self._retired, self._session]:
+            if session is not None:
+                await session.close()
+        self._session = None
+        self._retired.clear()
 
     def trust(self, thumbprints: list[str]) -> None:
         """Accepts these server thumbprints on new connections (server certificate rotation)."""
@@ -85,15 +89,17 @@ class CommsClient:
     def reload_identity_if_changed(self) -> bool:
         """Uses a rotated client certificate from now on; True when it changed.
 
-        Pooled connections were authenticated with the old certificate: they are dropped, and
-        requests in flight finish on theirs.
+        Pooled connections were authenticated with the old certificate, so the session is
+        retired (requests in flight finish on it) and a new one opens new connections.
         """
         stamp = _stamp(self._identity_folder)
         if self._identity_folder is None or stamp == self._identity_stamp:
             return False
         self._ssl.load_cert_chain(*identity_paths(self._identity_folder))
         self._identity_stamp = stamp
-        self._http.drop_idle()
+        if self._session is not None:
+            self._retired.append(self._session)
+            self._session = None
         return True
 
     async def post(
@@ -104,40 +110,84 @@ class CommsClient:
         read_timeout: float = 30.0,
         headers: dict[str, str] | None = None,
     ) -> M:
-        response = await self._request(
-            "POST", path, body=encode(body), read_timeout=read_timeout + READ_MARGIN_SECONDS,
-            headers={"Content-Type": "application/json", **(headers or {})},
-        )  # fmt: skip
-        self.last_date_header = response.headers.get("date")
-        return self._answer(response.status, response.headers, response.body, answer_type)
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=self._connect_timeout, sock_read=read_timeout + READ_MARGIN_SECONDS
+        )
+        try:
+            async with self._open_session().post(
+                self.url + path,
+                data=encode(body),
+                headers={"Content-Type": "application/json", **(headers or {})},
+                timeout=timeout,
+                **self._route(),
+            ) as response:
+                payload = await response.read()
+                self.last_date_header = response.headers.get("Date")
+                return self._answer(response.status, response.headers, payload, answer_type)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise self._map_error(exc) from exc
 
     async def download(self, path: str, destination: BinaryIO, offset: int) -> int:
         """Appends the resource's bytes from ``offset`` on to ``destination`` (Range), streaming;
         returns how many bytes arrived. Raises like ``post``; the bytes written stay written."""
         headers = {"Range": f"bytes={offset}-"} if offset else {}
-        response = await self._request("GET", path, headers=headers, sink=destination)
-        if response.status >= 300:  # raises the error the status maps to
-            self._answer(response.status, response.headers, response.body, Problem)
-        if offset and response.status != 206:
-            raise ServerUnavailable(f"{self.url} ignored the Range request")
-        return response.received
+        timeout = aiohttp.ClientTimeout(total=None, connect=self._connect_timeout, sock_read=60)
+        received = 0
+        try:
+            async with self._open_session().get(
+                self.url + path,
+                headers=headers,
+                timeout=timeout,
+                **self._route(),
+            ) as response:
+                if response.status >= 300:  # raises the error the status maps to
+                    self._answer(response.status, response.headers, await response.read(), Problem)
+                if offset and response.status != 206:
+                    raise ServerUnavailable(f"{self.url} ignored the Range request")
+                async for chunk in response.content.iter_chunked(DOWNLOAD_CHUNK):
+                    destination.write(chunk)
+                    received += len(chunk)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise self._map_error(exc) from exc
+        return received
 
     async def upload(self, path: str, source: Path, answer_type: type[M]) -> M:
         """PUTs a file, streamed from disk."""
-        response = await self._request("PUT", path, body=source)
-        return self._answer(response.status, response.headers, response.body, answer_type)
-
-    async def _request(self, method: str, path: str, **options: Any) -> Response:
+        timeout = aiohttp.ClientTimeout(total=None, connect=self._connect_timeout, sock_read=60)
         try:
-            return await self._http.request(method, path, **options)
-        except (
-            TimeoutError,
-            OSError,
-            ssl.SSLError,
-            asyncio.IncompleteReadError,
-            ProxyStatus,
-        ) as exc:
+            with open(source, "rb") as handle:
+                async with self._open_session().put(
+                    self.url + path,
+                    data=handle,
+                    timeout=timeout,
+                    **self._route(),
+                ) as response:
+                    payload = await response.read()
+                    return self._answer(response.status, response.headers, payload, answer_type)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise self._map_error(exc) from exc
+
+    def _route(self) -> dict[str, Any]:
+        """How every request reaches this node: pinned TLS, server name, proxy."""
+        return {
+            "ssl": self._ssl,
+            "server_hostname": self._server_name,
+            "proxy": self.proxy.url if self.proxy else None,
+            "proxy_headers": self.proxy.headers if self.proxy else None,
+        }
+
+    def _open_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                headers={
+                    PROTOCOL_HEADER: PROTOCOL_VERSION,
+                    "User-Agent": f"tentacle-poll/{__version__}",
+                },
+                connector=aiohttp.TCPConnector(
+                    keepalive_timeout=60, socket_factory=keepalive_socket
+                ),
+            )
+        return self._session
 
     def _answer(
         self, status: int, headers: Mapping[str, str], payload: bytes, answer_type: type[M]
@@ -159,12 +209,14 @@ class CommsClient:
         raise error_type(status, problem.title, problem.detail)
 
     def _map_error(self, exc: BaseException) -> CommunicationError:
-        if isinstance(exc, ProxyStatus):
+        if isinstance(exc, aiohttp.ClientHttpProxyError):
             hint = PROXY_HINTS.get(exc.status, "see the proxy's log")
             return ProxyRefused(
                 f"the proxy {self._proxy_name()} refused the tunnel to {self.url}: "
-                f"HTTP {exc.status} {exc.reason}; {hint}"
+                f"HTTP {exc.status} {exc.message}; {hint}"
             )
+        if isinstance(exc, aiohttp.ClientProxyConnectionError):
+            return ProxyRefused(f"cannot reach the proxy {self._proxy_name()}: {_describe(exc)}")
         mismatch = _find_cause(exc, PinnedServerMismatch)
         if isinstance(mismatch, PinnedServerMismatch):
             return ServerIdentityMismatch(
@@ -172,15 +224,18 @@ class CommsClient:
                 "registered with (`tentacle-poll show-config`)",
                 actual_thumbprint=mismatch.actual,
             )
-        if self.proxy is not None and isinstance(exc, ConnectionRefusedError):
-            return ProxyRefused(f"cannot reach the proxy {self._proxy_name()}: connection refused")
         if self._identity_folder is not None and _looks_like_rejected_certificate(exc):
             return CertificateRejected(
-                f"{self.url} closed the connection after the TLS handshake: it is restarting, or "
-                "it did not accept this agent's certificate (is it registered? `tentacle-poll "
-                "diagnose` tells)"
+                f"{self.url} reset the connection after the TLS handshake: the server did not "
+                "accept this agent's certificate; is it registered? (`tentacle-poll register`)"
             )
-        if isinstance(exc, TimeoutError):
+        if self._identity_folder is not None and isinstance(exc, aiohttp.ServerDisconnectedError):
+            # TLS 1.3 may also show a refused client certificate as a plain close.
+            return CertificateRejected(
+                f"{self.url} closed the connection: it is restarting, or it did not accept this "
+                "agent's certificate (is it registered? `tentacle-poll diagnose` tells)"
+            )
+        if isinstance(exc, asyncio.TimeoutError):
             return ServerUnavailable(f"{self.url} did not answer in time")
         return ServerUnavailable(f"cannot reach {self.url}: {_describe(exc)}")
 
@@ -224,19 +279,19 @@ def _find_cause(exc: BaseException | None, wanted: type[BaseException]) -> BaseE
 
 def _looks_like_rejected_certificate(exc: BaseException) -> bool:
     # With TLS 1.3 the client finishes its handshake before the server checks the client's
-    # certificate: a refusal arrives as an alert, a reset or a plain close on the first read.
-    if isinstance(exc, ssl.SSLError) and "alert" in str(exc):
+    # certificate: a refusal arrives as an alert or a reset on the first read.
+    ssl_error = _find_cause(exc, ssl.SSLError)
+    if ssl_error is not None and "alert" in str(ssl_error):
         return True
-    if isinstance(exc, asyncio.IncompleteReadError | BrokenPipeError):
-        return True
-    return isinstance(exc, ConnectionResetError) and exc.errno == errno.ECONNRESET
+    os_error = _find_cause(exc, ConnectionResetError)
+    return os_error is not None and getattr(os_error, "errno", None) == errno.ECONNRESET
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused (is it running, and is the port right?)"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        if isinstance(exc.os_error, ConnectionRefusedError):
+            return "connection refused (is it running, and is the port right?)"
+        return exc.os_error.strerror or str(exc.os_error)
     return str(exc) or type(exc).__name__
 
 
