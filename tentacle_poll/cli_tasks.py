@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import sys
 from pathlib import Path
@@ -251,6 +252,4 @@ def _variables(pairs: list[str], sensitive: bool) -> list[Variable]:
 
 
 def _time(stamp: float | None) -> str:
-    import datetime as dt
-
     return dt.datetime.fromtimestamp(stamp).strftime("%Y-%m-%d %H:%M:%S") if stamp else "never"

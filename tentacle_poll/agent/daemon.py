@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+from dataclasses import dataclass
 
 from loguru import logger
 
@@ -27,6 +28,16 @@ from tentacle_poll.config import AgentSettings
 from tentacle_poll.workers.extract import Limits
 
 MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class _Shared:
+    """What every server node's poll loop shares: one journal, spool, set of mutexes, cache."""
+
+    journal: Journal
+    spool: Spool
+    mutexes: IsolationMutexes
+    packages: PackageCache
 
 
 class Agent:
@@ -76,8 +87,10 @@ class Agent:
                 journal, spool, clients, self.give_up, self.settings.backoff_max_seconds
             )
         )
-        mutexes = IsolationMutexes()
-        loops = [self._poll_loop(client, journal, spool, mutexes) for client in clients.values()]
+        shared = _Shared(
+            journal, spool, IsolationMutexes(), PackageCache(self.home.folder / "packages")
+        )
+        loops = [self._poll_loop(client, shared) for client in clients.values()]
         self.slots.loops = len(loops)
         polling = [asyncio.create_task(loop.run()) for loop in loops]
         self.started.set()
@@ -85,20 +98,18 @@ class Agent:
         await asyncio.gather(*polling)
         await self._drain(backlog)
 
-    def _poll_loop(
-        self, client: CommsClient, journal: Journal, spool: Spool, mutexes: IsolationMutexes
-    ) -> PollLoop:
+    def _poll_loop(self, client: CommsClient, shared: _Shared) -> PollLoop:
         context = RunnerContext(
             client=client,
-            journal=journal,
-            spool=spool,
-            mutexes=mutexes,
+            journal=shared.journal,
+            spool=shared.spool,
+            mutexes=shared.mutexes,
             work_folder=self.home.work_folder,
             grace_seconds=self.settings.cancel_grace_seconds,
             max_backoff=self.settings.backoff_max_seconds,
             max_output_bytes=int(self.settings.max_output_mb * MB),
             max_envelope_bytes=self.settings.max_envelope_kb * 1024,
-            packages=PackageCache(self.home.folder / "packages"),
+            packages=shared.packages,
             applications_root=self.settings.applications_root or self.home.folder / "Applications",
             identity_folder=self.home.identity_folder,
             file_roots=self.settings.file_roots or [self.home.folder / "files"],

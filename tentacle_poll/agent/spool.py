@@ -64,12 +64,14 @@ class TaskSpool:
 
     def record_process_group(self, pgid: int) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        (self.folder / PROCESS_GROUP_FILE).write_text(str(pgid))
+        (self.folder / PROCESS_GROUP_FILE).write_text(f"{pgid} {_boot_id()}")
 
     def process_group(self) -> int | None:
-        path = self.folder / PROCESS_GROUP_FILE
+        """The task's process group, if it was started in this boot of the machine: after a
+        reboot the number may belong to an unrelated group, which must not be killed."""
         try:
-            return int(path.read_text())
+            pgid, _, boot = (self.folder / PROCESS_GROUP_FILE).read_text().partition(" ")
+            return int(pgid) if boot == _boot_id() else None
         except (OSError, ValueError):
             return None
 
@@ -112,6 +114,13 @@ class Spool:
     @property
     def full(self) -> bool:
         return self.used_bytes >= self.max_bytes
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
 
 
 def _folder_size(folder: Path) -> int:

@@ -8,6 +8,7 @@ import random
 import ssl
 
 from aiohttp import web
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import load_pem_x509_certificate
 from loguru import logger
 
@@ -33,7 +34,7 @@ from tentacle_poll.server.dispatch import wait_for_bell
 from tentacle_poll.server.problems import ProblemError
 from tentacle_poll.server.state import STATE, ServerState, json_response, now, read_model, task_view
 from tentacle_poll.store import AgentRecord, NewAgent, TaskRecord
-from tentacle_poll.tls import thumbprint_of_der, thumbprint_of_pem
+from tentacle_poll.tls import thumbprint_of_der
 
 
 def add_comms_routes(app: web.Application) -> None:
@@ -242,9 +243,9 @@ async def _check_registration_credential(request: web.Request, state: ServerStat
 
 def _thumbprint_of_submitted(pem: str) -> str:
     try:
-        load_pem_x509_certificate(pem.encode())
-        return thumbprint_of_pem(pem.encode())
+        certificate = load_pem_x509_certificate(pem.encode())
     except ValueError as exc:
         raise ProblemError(
             400, "malformed request", "certificate_pem is not a certificate"
         ) from exc
+    return thumbprint_of_der(certificate.public_bytes(Encoding.DER))

@@ -122,7 +122,7 @@ def _blob_response(state: ServerState, sha256: str) -> web.FileResponse:
 
 async def _receive(request: web.Request, state: ServerState) -> tuple[Path, str, int]:
     """Streams the body to a temporary file, hashing it; refuses one over the size limit."""
-    folder = state.blob("x").parent
+    folder = state.blob_folder
     folder.mkdir(parents=True, exist_ok=True)
     temporary = folder / f".upload-{os.getpid()}-{id(request)}"
     digest, size, limit = hashlib.sha256(), 0, state.settings.max_package_bytes

@@ -8,8 +8,6 @@ thumbprint, makes it the certificate new connections see.
 
 from __future__ import annotations
 
-import datetime as dt
-
 from aiohttp import web
 from loguru import logger
 
@@ -71,14 +69,10 @@ def certificate_view(state: ServerState) -> ServerCertificateView:
     current = load_identity(state.home.identity_folder)
     next_expiry = None
     if state.next_thumbprint:
-        next_expiry = _timestamp(certificate_expiry(load_identity(state.home.next_folder).cert_pem))
+        next_expiry = certificate_expiry(load_identity(state.home.next_folder).cert_pem).timestamp()
     return ServerCertificateView(
         thumbprint=current.thumbprint,
-        expires_at=_timestamp(certificate_expiry(current.cert_pem)),
+        expires_at=certificate_expiry(current.cert_pem).timestamp(),
         next_thumbprint=state.next_thumbprint,
         next_expires_at=next_expiry,
     )
-
-
-def _timestamp(moment: dt.datetime) -> float:
-    return moment.timestamp()

@@ -62,9 +62,13 @@ class ServerState:
         if pending:
             await self.store.touch_agents([(a, at, v) for a, (at, v) in pending.items()])
 
-    def blob(self, sha256: str) -> Path:
+    @property
+    def blob_folder(self) -> Path:
         """Where stored bytes (packages, transferred files) live, named by their SHA-256."""
-        return self.home.folder / "packages" / sha256
+        return self.home.folder / "packages"
+
+    def blob(self, sha256: str) -> Path:
+        return self.blob_folder / sha256
 
     def server_thumbprints(self) -> list[str]:
         """Announced in every poll answer: current first, then the prepared next one."""

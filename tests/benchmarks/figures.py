@@ -24,12 +24,12 @@ from tentacle_poll.server.admin_client import AdminClient
 from tentacle_poll.server.identity import ServerHome
 from tentacle_poll.tls import generate_identity, save_identity
 
+from ..conftest import free_port
 from ..processes import Daemon, start_server_process
 from .fleet import (
     certificates,
     context_switches,
     cpu_seconds,
-    free_port,
     register_fleet,
     rss_bytes,
     start_loadgen,

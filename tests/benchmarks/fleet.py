@@ -4,7 +4,6 @@ into the server's store, load generators as real processes, /proc readings."""
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import time
 from pathlib import Path
@@ -17,12 +16,6 @@ from tentacle_poll.tls.files import _write_private
 from ..processes import Daemon
 
 CACHE = Path(".bench-cache")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def certificates(count: int) -> Path:
