@@ -25,11 +25,16 @@ DEPLOY_SH = (
 
 def web_app(folder: Path, version: str, deploy: str = DEPLOY_SH) -> Path:
     path = folder / f"web-{version}.zip"
+    files = {
+        "index.html": f"<h1>{version}</h1>",
+        "PreDeploy.sh": f'echo "pre {version} in $(basename $PWD)"\n',
+        "Deploy.sh": deploy,
+        "PostDeploy.py": f"print('post {version}')\n",
+    }
     with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("index.html", f"<h1>{version}</h1>")
-        archive.writestr("PreDeploy.sh", f'echo "pre {version} in $(basename $PWD)"\n')
-        archive.writestr("Deploy.sh", deploy)
-        archive.writestr("PostDeploy.py", f"print('post {version}')\n")
+        for name, text in files.items():
+            # A fixed timestamp: the same version built twice must be the same bytes.
+            archive.writestr(zipfile.ZipInfo(name, date_time=(2026, 1, 1, 0, 0, 0)), text)
     return path
 
 
