@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from tentacle_poll.protocol.models import (
 from tentacle_poll.protocol.routes import POLL, TASK_ACCEPT, TASK_EVENTS, TASK_RESULT, task_path
 from tentacle_poll.server import Server
 from tentacle_poll.server.admin_client import AdminClient
+from tentacle_poll.store.sqlite import SqliteStore
 from tentacle_poll.tls import pinned_client_context
 
 from .conftest import comms_url, register_agent, script_task
@@ -82,6 +84,68 @@ async def test_accept_then_events_and_result_are_idempotent(
     assert [e.text for e in page.events] == ["hi"]
 
 
+async def test_a_block_of_lines_is_one_event_and_is_read_back_line_by_line(
+    agent_client: CommsClient, admin: AdminClient
+) -> None:
+    task = await admin.submit(script_task("web1", "echo hi"))
+    await poll(agent_client, free_slots=1)
+    await agent_client.post(task_path(TASK_ACCEPT, task.id), AcceptRequest(), AcceptResponse)
+    block = Event(seq=1, stream="stdout", text="one\ntwo\nthree", ts=1.0, lines=3)
+    single = Event(seq=4, stream="stderr", text="four", ts=2.0)
+    answer = await agent_client.post(
+        task_path(TASK_EVENTS, task.id), EventsRequest(events=[block, single]), EventsResponse
+    )
+    assert answer.acked_seq == 4
+    page = await admin.events(task.id, 1, 0)  # resumes inside the block
+    assert [(e.seq, e.text) for e in page.events] == [(2, "two"), (3, "three"), (4, "four")]
+    with pytest.raises(ValueError, match="lines is 2 but text holds 3 lines"):
+        Event(seq=5, stream="stdout", text="a\nb\nc", ts=3.0, lines=2)
+
+
+async def test_batches_out_of_order_are_acknowledged_only_up_to_the_first_gap(
+    agent_client: CommsClient, admin: AdminClient, server: Server
+) -> None:
+    task = await admin.submit(script_task("web1", "echo hi"))
+    await poll(agent_client, free_slots=1)
+    await agent_client.post(task_path(TASK_ACCEPT, task.id), AcceptRequest(), AcceptResponse)
+    later = Event(seq=3, stream="stdout", text="three\nfour", ts=1.0, lines=2)
+    earlier = Event(seq=1, stream="stdout", text="one\ntwo", ts=1.0, lines=2)
+    path = task_path(TASK_EVENTS, task.id)
+    first = await agent_client.post(path, EventsRequest(events=[later]), EventsResponse)
+    assert first.acked_seq == 0
+    assert (await admin.events(task.id, 0, 0)).events == []  # a follower must not skip 1-2
+    second = await agent_client.post(path, EventsRequest(events=[earlier]), EventsResponse)
+    assert second.acked_seq == 4
+    assert [e.text for e in (await admin.events(task.id, 0, 0)).events] == [
+        "one",
+        "two",
+        "three",
+        "four",
+    ]
+    await admin.delete_target("web1")
+    assert await server.state.store.events_after(task.id, 0, 10) == []
+
+
+async def test_lines_kept_by_an_older_version_move_to_the_output_database(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(OLD_EVENTS_TABLE)
+    store = SqliteStore(path)
+    try:
+        assert await store.events_after("t1", 0, 10) == [
+            Event(seq=1, stream="stdout", text="old line", ts=1.0)
+        ]
+    finally:
+        await store.close()
+
+
+OLD_EVENTS_TABLE = """
+CREATE TABLE events (task_id TEXT NOT NULL, seq INTEGER NOT NULL, stream TEXT NOT NULL,
+    text TEXT NOT NULL, ts REAL NOT NULL, PRIMARY KEY (task_id, seq)) WITHOUT ROWID;
+INSERT INTO events VALUES ('t1', 1, 'stdout', 'old line', 1.0);
+"""
+
+
 async def test_accept_of_a_task_never_leased_is_refused(
     agent_client: CommsClient, admin: AdminClient
 ) -> None:
@@ -116,7 +180,14 @@ async def test_an_unaccepted_lease_returns_to_the_queue(
     assert [e.task_id for e in second.envelopes] == [task.id]
 
 
-MALFORMED = [b"", b"not json", b"[]", b'{"free_slots": -1}', b'{"events": []}']
+MALFORMED = [
+    b"",
+    b"not json",
+    b"[]",
+    b'{"free_slots": -1}',
+    b'{"events": []}',
+    b'{"events": [{"seq": 1, "stream": "stdout", "text": "a\\nb", "ts": 1, "lines": 1}]}',
+]
 
 
 @pytest.mark.parametrize(

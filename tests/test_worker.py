@@ -21,7 +21,11 @@ async def run_script(
     lines: list[tuple[str, str]] = []
     spec = ScriptSpec(syntax=syntax, body=body)  # type: ignore[arg-type]
     script_job = ScriptJob("t1", spec, tmp_path / "work", **job)  # type: ignore[arg-type]
-    outcome = await ScriptWorker(script_job, lambda s, t: lines.append((s, t))).run()
+
+    def collect(stream: str, block: str) -> None:
+        lines.extend((stream, line) for line in block.split("\n"))
+
+    outcome = await ScriptWorker(script_job, collect).run()
     return outcome, lines
 
 
@@ -32,6 +36,15 @@ def test_line_splitter_handles_partial_writes_long_lines_and_utf8() -> None:
         splitter.feed(chunk)
     splitter.close()
     assert lines == ["abc", "d\u00e9f", "01234", "56789", "AB", "last"]
+
+
+def test_line_splitter_emits_a_busy_read_as_one_block_with_long_lines_cut() -> None:
+    blocks: list[str] = []
+    splitter = LineSplitter(blocks.append, max_chars=5)
+    splitter.feed(b"one\r\ntwo\nthree\n")
+    splitter.feed(b"a\n0123456789\nb\n")
+    splitter.close()
+    assert blocks == ["one\ntwo\nthree", "a\n01234\n56789\nb"]
 
 
 def test_masker_catches_plain_base64_and_url_forms() -> None:

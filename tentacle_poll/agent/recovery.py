@@ -32,7 +32,7 @@ def fail_interrupted_tasks(journal: Journal, spool: Spool) -> None:
     ]:
         task_spool = spool.task(entry.task_id)
         note = reason + _end_orphans(task_spool.process_group())
-        note_seq = max((e.seq for e in task_spool.events()), default=0) + 1
+        note_seq = max((e.last_seq for e in task_spool.events()), default=0) + 1
         task_spool.append(Event(seq=note_seq, stream="system", text=note, ts=time.time()))
         task_spool.write_result(ResultRequest(state="failed", last_seq=note_seq, reason=reason))
         journal.record(entry.task_id, "finished", entry.server)

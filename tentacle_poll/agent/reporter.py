@@ -2,15 +2,19 @@
 
 Every line goes to the spool first, then to the server in sequence-numbered batches: an idle
 stream sends each line at once, a busy one sends what piled up while the previous post was in
-flight. The spool is removed only once the server acknowledged the result; every post is
-idempotent (by seq, by task id), so a retry after a lost answer duplicates nothing.
+flight (a busy pipe's lines come as blocks, one event per read). The spool is removed only
+once the server acknowledged the result; every post is idempotent (by seq, by task id), so a
+retry after a lost answer duplicates nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 from loguru import logger
@@ -22,7 +26,6 @@ from tentacle_poll.exceptions import CommunicationError
 from tentacle_poll.protocol.models import (
     MAX_EVENTS_PER_BATCH,
     Event,
-    EventsRequest,
     EventsResponse,
     ResultRequest,
     TaskView,
@@ -32,18 +35,37 @@ from tentacle_poll.workers.outcome import Stream
 
 A = TypeVar("A", EventsResponse, TaskView)
 # Bodies stay well under aiohttp's 1 MiB "large body blocks the event loop" threshold.
-MAX_BATCH_CHARS = 512 * 1024
+MAX_BATCH_BYTES = 512 * 1024
+# Posts of one task's output on the way at once; the server stores each batch whole, in any
+# order, and acknowledges lines only up to the first gap.
+MAX_IN_FLIGHT = 2
 
 
-def _next_batch(pending: list[Event]) -> list[Event]:
-    """The oldest pending lines, at most MAX_EVENTS_PER_BATCH of them and about
-    MAX_BATCH_CHARS of text (always at least one line)."""
-    size = 0
-    for count, event in enumerate(pending[:MAX_EVENTS_PER_BATCH]):
-        size += len(event.text) + 64
-        if size > MAX_BATCH_CHARS and count > 0:
-            return pending[:count]
-    return pending[:MAX_EVENTS_PER_BATCH]
+@dataclass(frozen=True)
+class _Pending:
+    """A spooled event not yet acknowledged, with the JSON the spool wrote for it (encoded
+    once: at 100 MB of output, encoding is a large part of the agent's work)."""
+
+    event: Event
+    encoded: bytes
+
+
+def _take_batch(unsent: deque[_Pending]) -> list[_Pending]:
+    """Takes the oldest unsent events: at most MAX_EVENTS_PER_BATCH of them and about
+    MAX_BATCH_BYTES of JSON (always at least one)."""
+    batch = [unsent.popleft()]
+    size = len(batch[0].encoded)
+    while unsent and len(batch) < MAX_EVENTS_PER_BATCH:
+        size += len(unsent[0].encoded) + 1
+        if size > MAX_BATCH_BYTES:
+            break
+        batch.append(unsent.popleft())
+    return batch
+
+
+def _events_body(batch: list[_Pending]) -> bytes:
+    """An EventsRequest's JSON, assembled from the events' JSON."""
+    return b'{"events":[' + b",".join(item.encoded for item in batch) + b"]}"
 
 
 def _ignore_cancel(_: str) -> None:
@@ -64,8 +86,9 @@ class TaskReporter:
         self._stop = stop
         self._max_backoff = max_backoff
         self._on_cancel = on_cancel
-        self._pending: list[Event] = spool.events()  # lines spooled by an earlier life
-        self.seq = self._pending[-1].seq if self._pending else 0
+        earlier = spool.events()  # lines spooled by an earlier life
+        self._unsent = deque(_Pending(e, e.model_dump_json().encode()) for e in earlier)
+        self.seq = earlier[-1].last_seq if earlier else 0
         self._has_lines = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
 
@@ -80,10 +103,14 @@ class TaskReporter:
         self._flusher = asyncio.create_task(self._flush_forever(), name=f"flush-{self.task_id}")
 
     def line(self, stream: Stream, text: str) -> None:
-        self.seq += 1
-        event = Event(seq=self.seq, stream=stream, text=text, ts=time.time())
-        self._spool.append(event)
-        self._pending.append(event)
+        """Spools and queues one line, or a block of lines joined by newlines."""
+        lines = text.count("\n") + 1
+        # Built without validation: the fields are right by construction (the server validates).
+        event = Event.model_construct(
+            seq=self.seq + 1, stream=stream, text=text, ts=time.time(), lines=lines
+        )
+        self.seq = event.last_seq
+        self._unsent.append(_Pending(event, self._spool.append(event)))
         self._has_lines.set()
 
     def spool_result(self, result: ResultRequest) -> None:
@@ -99,12 +126,13 @@ class TaskReporter:
 
     async def _deliver(self) -> bool:
         if self._flusher is not None:
-            self._flusher.cancel()
+            self._flusher.cancel()  # its unanswered batches go back to the queue
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
         result = self._spool.result()
         assert result is not None, "spool_result() comes before deliver()"
         try:
-            while self._pending:
-                await self._post_batch()
+            await self._send_all()
             await self._post(TASK_RESULT, result, TaskView)
         except CommunicationError as exc:
             logger.error("task {} stays spooled, not yet reported: {}", self.task_id, exc)
@@ -117,24 +145,40 @@ class TaskReporter:
             while True:
                 await self._has_lines.wait()
                 self._has_lines.clear()
-                while self._pending:
-                    await self._post_batch()
+                await self._send_all()
         except CommunicationError as exc:
             logger.warning("output of task {} waits in the spool: {}", self.task_id, exc)
         except Exception:  # a bug here must show, and the lines still go with the result
             logger.exception("streaming the output of task {} failed", self.task_id)
 
-    async def _post_batch(self) -> None:
+    async def _send_all(self) -> None:
+        """Posts every queued event, MAX_IN_FLIGHT batches at a time: one travels while the
+        server stores the previous one. Raises CommunicationError; what was not answered is
+        queued again."""
+        posts: set[asyncio.Task[None]] = set()
+        try:
+            while self._unsent or posts:
+                while self._unsent and len(posts) < MAX_IN_FLIGHT:
+                    posts.add(asyncio.create_task(self._post_batch(_take_batch(self._unsent))))
+                done, posts = await asyncio.wait(posts, return_when=asyncio.FIRST_COMPLETED)
+                for post in done:
+                    post.result()
+        finally:
+            for post in posts:
+                post.cancel()
+            await asyncio.gather(*posts, return_exceptions=True)
+
+    async def _post_batch(self, batch: list[_Pending]) -> None:
         self._spool.flush()
-        batch = _next_batch(self._pending)
-        answer = await self._post(TASK_EVENTS, EventsRequest(events=batch), EventsResponse)
-        self._pending = [e for e in self._pending if e.seq > answer.acked_seq]
+        try:
+            answer = await self._post(TASK_EVENTS, _events_body(batch), EventsResponse)
+        except BaseException:
+            self._unsent = deque(sorted([*batch, *self._unsent], key=lambda p: p.event.seq))
+            raise
         if answer.cancel:
             self._on_cancel("cancelled on the server")
 
-    async def _post(
-        self, route: str, body: EventsRequest | ResultRequest, answer_type: type[A]
-    ) -> A:
+    async def _post(self, route: str, body: bytes | ResultRequest, answer_type: type[A]) -> A:
         path = task_path(route, self.task_id)
         what = f"reporting task {self.task_id}"
         async for attempt in retrying(what, self._stop, self._max_backoff):

@@ -25,19 +25,21 @@ class TaskSpool:
     def __init__(self, folder: Path, on_bytes: Spool) -> None:
         self.folder = folder
         self._owner = on_bytes
-        self._events: IO[str] | None = None
+        self._events: IO[bytes] | None = None
 
     @property
     def task_id(self) -> str:
         return self.folder.name
 
-    def append(self, event: Event) -> None:
+    def append(self, event: Event) -> bytes:
+        """Appends the event; returns its JSON, which is also what goes on the wire."""
         if self._events is None:
             self.folder.mkdir(parents=True, exist_ok=True)
-            self._events = open(self.folder / EVENTS_FILE, "a", encoding="utf-8")  # noqa: SIM115
-        line = event.model_dump_json() + "\n"
-        self._events.write(line)
-        self._owner.used_bytes += len(line)
+            self._events = open(self.folder / EVENTS_FILE, "ab")  # noqa: SIM115
+        encoded = event.model_dump_json().encode()
+        self._events.write(encoded + b"\n")
+        self._owner.used_bytes += len(encoded) + 1
+        return encoded
 
     def close(self) -> None:
         """Closes the lines file (lines appended later reopen it)."""
@@ -55,7 +57,7 @@ class TaskSpool:
         if not path.exists():
             return []
         events = []
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in path.read_bytes().splitlines():
             try:
                 events.append(Event.model_validate_json(line))
             except ValueError:

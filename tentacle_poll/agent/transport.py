@@ -105,7 +105,7 @@ class CommsClient:
     async def post(
         self,
         path: str,
-        body: BaseModel,
+        body: BaseModel | bytes,
         answer_type: type[M],
         read_timeout: float = 30.0,
         headers: dict[str, str] | None = None,
@@ -116,7 +116,7 @@ class CommsClient:
         try:
             async with self._open_session().post(
                 self.url + path,
-                data=encode(body),
+                data=body if isinstance(body, bytes) else encode(body),
                 headers={"Content-Type": "application/json", **(headers or {})},
                 timeout=timeout,
                 **self._route(),

@@ -15,6 +15,8 @@ PROTOCOL_VERSION = "1"
 MAX_SLOTS = 256
 MAX_EVENTS_PER_BATCH = 2000
 MAX_LINE_CHARS = 64 * 1024
+# One event carries one line, or a block of consecutive lines of one stream read together.
+MAX_EVENT_CHARS = 256 * 1024
 
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,99}$")]
 Label = Annotated[str, StringConstraints(min_length=1, max_length=100, strip_whitespace=True)]
@@ -228,10 +230,35 @@ class CertificateResponse(WireModel):
 
 
 class Event(WireModel):
+    """``lines`` consecutive output lines joined by newlines; ``seq`` numbers the first of them.
+
+    Busy output travels as blocks (every line of one read of the pipe), so a task printing
+    millions of lines costs thousands of events, not millions; an idle stream sends each line.
+    """
+
     seq: int = Field(ge=1)
     stream: Literal["stdout", "stderr", "system"]
-    text: str = Field(max_length=MAX_LINE_CHARS)
+    text: str = Field(max_length=MAX_EVENT_CHARS)
     ts: float
+    lines: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _lines_match_text(self) -> Event:
+        held = self.text.count("\n") + 1
+        if held != self.lines:
+            raise ValueError(f"lines is {self.lines} but text holds {held} lines")
+        return self
+
+    @property
+    def last_seq(self) -> int:
+        return self.seq + self.lines - 1
+
+    def split(self) -> list[Event]:
+        """One event per line, for readers that page through lines."""
+        if self.lines == 1:
+            return [self]
+        texts = enumerate(self.text.split("\n"), start=self.seq)
+        return [Event(seq=seq, stream=self.stream, text=text, ts=self.ts) for seq, text in texts]
 
 
 class EventsRequest(WireModel):

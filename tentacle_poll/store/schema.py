@@ -1,5 +1,8 @@
 """The SQLite schema; `CREATE ... IF NOT EXISTS` so opening an existing database is safe."""
 
+import sqlite3
+from pathlib import Path
+
 SCHEMA = """
 PRAGMA journal_mode = WAL;
 PRAGMA synchronous = NORMAL;
@@ -70,13 +73,42 @@ CREATE TABLE IF NOT EXISTS packages (
     PRIMARY KEY (package_id, version)
 );
 CREATE INDEX IF NOT EXISTS packages_by_sha ON packages (sha256);
+"""
 
-CREATE TABLE IF NOT EXISTS events (
-    task_id TEXT NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,
+# Task output lives in a database file of its own, attached as "output": blocks of lines are
+# large rows, which SQLite writes about 1.5x faster with 64 KiB pages (measured), while the
+# queue's small rows want small pages. The page size must be set before the first table.
+OUTPUT_SCHEMA = """
+PRAGMA output.page_size = 65536;
+PRAGMA output.journal_mode = WAL;
+
+CREATE TABLE IF NOT EXISTS output.events (
+    task_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
     stream TEXT NOT NULL,
     text TEXT NOT NULL,
     ts REAL NOT NULL,
+    lines INTEGER NOT NULL DEFAULT 1,
     PRIMARY KEY (task_id, seq)
 ) WITHOUT ROWID;
 """
+
+
+def output_path(database: Path) -> Path:
+    return database.with_name(f"{database.stem}-output{database.suffix}")
+
+
+def attach_output(db: sqlite3.Connection, database: Path) -> None:
+    """Attaches (creating if new) the output database, and moves into it the lines that an
+    older version kept in the main database."""
+    db.execute("ATTACH DATABASE ? AS output", (str(output_path(database)),))
+    db.executescript(OUTPUT_SCHEMA)
+    old = db.execute("SELECT 1 FROM main.sqlite_master WHERE name = 'events'").fetchone()
+    if old is not None:
+        db.executescript(
+            "BEGIN IMMEDIATE;"
+            "INSERT OR IGNORE INTO output.events (task_id, seq, stream, text, ts) "
+            "SELECT task_id, seq, stream, text, ts FROM main.events;"
+            "DROP TABLE main.events;"
+            "COMMIT;"
+        )

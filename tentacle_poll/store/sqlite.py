@@ -8,6 +8,7 @@ nodes would implement the same ``Store`` interface with a natively async driver.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import secrets
 import sqlite3
@@ -16,7 +17,7 @@ import uuid
 from pathlib import Path
 
 from tentacle_poll.exceptions import StoreError
-from tentacle_poll.protocol.models import Event, ResultRequest, TaskState
+from tentacle_poll.protocol.models import MAX_EVENTS_PER_BATCH, Event, ResultRequest, TaskState
 from tentacle_poll.store.base import AgentRecord, NewAgent, TaskRecord
 from tentacle_poll.store.deployments import SqliteDeployments
 from tentacle_poll.store.packages import SqlitePackages
@@ -27,9 +28,10 @@ from tentacle_poll.store.rows import (
     agent_from_row,
     task_from_row,
 )
-from tentacle_poll.store.schema import SCHEMA
+from tentacle_poll.store.schema import SCHEMA, attach_output
 
 ACTIVE = ("leased", "running")
+MAX_SEQ = 2**63 - 1
 
 
 def _hash(secret: str) -> str:
@@ -41,6 +43,7 @@ class SqliteStore(SqlitePackages, SqliteDeployments):
         try:
             self._db = sqlite3.connect(path, isolation_level=None)
             self._db.executescript(SCHEMA)
+            attach_output(self._db, path)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the database {path}: {exc}") from exc
 
@@ -136,7 +139,13 @@ class SqliteStore(SqlitePackages, SqliteDeployments):
     async def delete_agent(self, name: str) -> AgentRecord | None:
         agent = await self.agent_by_name(name)
         if agent is not None:
-            self._db.execute("DELETE FROM agents WHERE id = ?", (agent.id,))
+            with self._transaction():  # output is in another database: no cascade reaches it
+                self._db.execute(
+                    "DELETE FROM output.events WHERE task_id IN "
+                    "(SELECT id FROM tasks WHERE agent_id = ?)",
+                    (agent.id,),
+                )
+                self._db.execute("DELETE FROM agents WHERE id = ?", (agent.id,))
         return agent
 
     async def touch_agent(
@@ -293,24 +302,46 @@ class SqliteStore(SqlitePackages, SqliteDeployments):
         return [row[0] for row in rows if row[0] in wanted]
 
     async def append_events(self, task_id: str, events: list[Event]) -> int:
+        """Stores the events (a repeated one is ignored); returns the task's ``last_seq``: the
+        highest line stored with no gap before it (batches may arrive out of order)."""
         with self._transaction():
             self._db.executemany(
-                "INSERT OR IGNORE INTO events (task_id, seq, stream, text, ts) VALUES (?,?,?,?,?)",
-                [(task_id, e.seq, e.stream, e.text, e.ts) for e in events],
+                "INSERT OR IGNORE INTO output.events (task_id, seq, stream, text, ts, lines) "
+                "VALUES (?,?,?,?,?,?)",
+                [(task_id, e.seq, e.stream, e.text, e.ts, e.lines) for e in events],
             )
-            self._db.execute(
-                "UPDATE tasks SET last_seq = MAX(last_seq, ?) WHERE id = ?",
-                (max(e.seq for e in events), task_id),
-            )
-            return self._task(task_id).last_seq
+            last_seq = self._contiguous_end(task_id, self._task(task_id).last_seq)
+            self._db.execute("UPDATE tasks SET last_seq = ? WHERE id = ?", (last_seq, task_id))
+            return last_seq
+
+    def _contiguous_end(self, task_id: str, last_seq: int) -> int:
+        rows = self._db.execute(
+            "SELECT seq, lines FROM output.events WHERE task_id = ? AND seq > ? "
+            "ORDER BY seq LIMIT ?",
+            (task_id, last_seq, MAX_EVENTS_PER_BATCH * 2),
+        )
+        for seq, lines in rows:
+            if seq != last_seq + 1:
+                break
+            last_seq = seq + lines - 1
+        return last_seq
 
     async def events_after(self, task_id: str, after_seq: int, limit: int) -> list[Event]:
+        """Up to ``limit`` lines after ``after_seq``, one event per line (blocks are split), none
+        past the first gap: a reader paging by seq must not skip a batch still on its way."""
+        row = self._db.execute("SELECT last_seq FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        last_seq = row[0] if row is not None else MAX_SEQ
         rows = self._db.execute(
-            "SELECT seq, stream, text, ts FROM events WHERE task_id = ? AND seq > ? "
-            "ORDER BY seq LIMIT ?",
+            "SELECT seq, stream, text, ts, lines FROM output.events WHERE task_id = ?1 AND seq >= "
+            "(SELECT COALESCE(MAX(seq), 0) FROM output.events "
+            "WHERE task_id = ?1 AND seq <= ?2 + 1) "
+            "ORDER BY seq LIMIT ?3",
             (task_id, after_seq, limit),
         )
-        return [Event(seq=s, stream=st, text=tx, ts=ts) for s, st, tx, ts in rows.fetchall()]
+        stored = (Event(seq=s, stream=st, text=tx, ts=ts, lines=n) for s, st, tx, ts, n in rows)
+        wanted = (event for event in stored if event.last_seq > after_seq)
+        lines = (line for e in wanted for line in e.split() if after_seq < line.seq <= last_seq)
+        return list(itertools.islice(lines, limit))
 
     async def finish_task(self, task_id: str, result: ResultRequest, now: float) -> TaskRecord:
         """Idempotent: the first final state wins, a repeated result changes nothing. "lost" is

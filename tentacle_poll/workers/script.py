@@ -54,6 +54,7 @@ class ScriptWorker:
         self._cancelled = asyncio.Event()
         self._cancel_reason = ""
         self._output_bytes = 0
+        self._cap_announced = False
 
     def cancel(self, reason: str) -> None:
         if not self._cancelled.is_set():
@@ -154,25 +155,29 @@ class ScriptWorker:
         return LineSplitter(lambda line: self._emit(stream, line), MAX_LINE_CHARS)
 
     def _emit(self, stream: Stream, text: str) -> None:
-        if stream != "system" and not self._within_output_cap(text):
-            return
-        self._sink(stream, self._masker.mask(text))
-
-    def _within_output_cap(self, text: str) -> bool:
-        cap = self._job.max_output_bytes
-        if cap is None:
-            return True
-        before = self._output_bytes
-        self._output_bytes += len(text) + 1
-        if self._output_bytes <= cap:
-            return True
-        if before <= cap:
+        """``text`` is one line or a block of lines; past the output cap only whole lines that
+        still fit are kept, then one system line says the rest is discarded."""
+        fitting = text if stream == "system" else self._part_within_output_cap(text)
+        if fitting is not None:
+            self._sink(stream, self._masker.mask(fitting))
+        if fitting != text and not self._cap_announced:
+            self._cap_announced = True
             self._sink(
                 "system",
-                f"output limit of {cap} bytes reached: further output of this "
-                "task is discarded; the task keeps running",
+                f"output limit of {self._job.max_output_bytes} bytes reached: further output "
+                "of this task is discarded; the task keeps running",
             )
-        return False
+
+    def _part_within_output_cap(self, text: str) -> str | None:
+        cap = self._job.max_output_bytes
+        if cap is None:
+            return text
+        room = cap - self._output_bytes
+        self._output_bytes += len(text) + 1
+        if len(text) < room:
+            return text
+        fitting, newline, _ = text[: max(room, 0)].rpartition("\n")
+        return fitting if newline else None
 
     def _write_script(self) -> Path:
         self._job.workspace.mkdir(parents=True, exist_ok=True)

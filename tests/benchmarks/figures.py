@@ -371,25 +371,26 @@ async def output_streaming(bench: Bench, megabytes: int) -> list[Row]:
     home = await bench.agent_home("streamer")
     agent = await Daemon.start("--home", str(home.folder))
     await agent.wait_for("polling")
+    assert bench.server is not None
+    pids = {"server": bench.server.process.pid, "agent": agent.process.pid}
     lines = megabytes * MB // 100
     body = f"yes {'x' * 98} | head -n {lines}"
     async with AdminClient(bench.admin_url, bench.key) as admin:
+        cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         started = time.monotonic()
         task = await admin.submit(script_task("streamer", body))
-        final = (
-            await admin.follow(task.id, lambda _: None)
-            if False
-            else await _wait_final(admin, task.id)
-        )
+        final = await _wait_final(admin, task.id)
         elapsed = time.monotonic() - started
+        cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
     await agent.stop()
     rate = lines * 100 / elapsed
     reference = await raw_tls_copy_rate(lines * 100)
     stored = final.last_seq
+    spent = ", ".join(f"{name} CPU {seconds:.2f} s" for name, seconds in cpu.items())
     return [
         Row(
             f"output streaming, {megabytes} MB of lines",
-            f"{rate / MB:.1f} MB/s ({stored}/{lines} lines)",
+            f"{rate / MB:.1f} MB/s ({stored}/{lines} lines; {spent})",
             f"raw TLS copy {reference / MB:.0f} MB/s",
             f"{rate / reference:.3f}",
             ">= 0.25",

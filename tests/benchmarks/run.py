@@ -1,6 +1,6 @@
 """`make bench` / `make bench-quick`: every figure beside its in-run reference, as a table.
 
-python -m tests.benchmarks.run [--quick] [--markdown FILE]
+python -m tests.benchmarks.run [--quick] [--markdown FILE] [--only GROUP ...]
 """
 
 from __future__ import annotations
@@ -31,7 +31,10 @@ from .figures import (
 HEADERS = ["figure", "value", "reference (same run)", "ratio", "target", "verdict"]
 
 
-async def run_all(quick: bool) -> list[Row]:
+GROUPS = ["latency", "throughput", "streaming", "footprint", "package", "fleet"]
+
+
+async def run_all(quick: bool, groups: list[str]) -> list[Row]:
     sizes = {
         "latency_runs": 30 if quick else 200,
         "fleet": 1000 if quick else 10000,
@@ -48,26 +51,31 @@ async def run_all(quick: bool) -> list[Row]:
     bench = Bench(folder / "main")
     await bench.start()
     try:
-        await bench.agent_home("lat")
-        agent = await Daemon.start("--home", str(folder / "main" / "lat"))
-        await agent.wait_for("polling")
-        rows += latency_rows(
-            "1 idle agent", await dispatch_latency(bench, "lat", sizes["latency_runs"]), local
-        )
-        rows += await throughput(bench, sizes["agents"], sizes["tasks"])
-        rows += await output_streaming(bench, sizes["stream_mb"])
-        rows += await agent_footprint(bench, sizes["idle_window"])
-        rows += await package_transfer(bench, sizes["package_mb"])
-        await agent.stop()
+        if "latency" in groups:
+            await bench.agent_home("lat")
+            agent = await Daemon.start("--home", str(folder / "main" / "lat"))
+            await agent.wait_for("polling")
+            latencies = await dispatch_latency(bench, "lat", sizes["latency_runs"])
+            rows += latency_rows("1 idle agent", latencies, local)
+            await agent.stop()
+        if "throughput" in groups:
+            rows += await throughput(bench, sizes["agents"], sizes["tasks"])
+        if "streaming" in groups:
+            rows += await output_streaming(bench, sizes["stream_mb"])
+        if "footprint" in groups:
+            rows += await agent_footprint(bench, sizes["idle_window"])
+        if "package" in groups:
+            rows += await package_transfer(bench, sizes["package_mb"])
     finally:
         await bench.stop()
-    fleet = Bench(folder / "fleet")
-    try:
-        rows += await idle_and_storm(
-            fleet, sizes["fleet"], sizes["storm_wait"], local, sizes["latency_runs"]
-        )
-    finally:
-        await fleet.stop()
+    if "fleet" in groups:
+        fleet = Bench(folder / "fleet")
+        try:
+            rows += await idle_and_storm(
+                fleet, sizes["fleet"], sizes["storm_wait"], local, sizes["latency_runs"]
+            )
+        finally:
+            await fleet.stop()
     return rows
 
 
@@ -81,10 +89,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes, under 2 minutes")
     parser.add_argument("--markdown", type=Path, help="also write the table to this file")
+    parser.add_argument(
+        "--only", choices=GROUPS, action="append", help="run only this group (repeatable)"
+    )
     args = parser.parse_args()
     setup_logging("WARNING")
     started = time.monotonic()
-    rows = asyncio.run(run_all(args.quick))
+    rows = asyncio.run(run_all(args.quick, args.only or GROUPS))
     output = table(rows)
     elapsed = time.monotonic() - started
     stamp = f"{time.strftime('%Y-%m-%d %H:%M')} on {platform.node()}, {elapsed:.0f} s"
