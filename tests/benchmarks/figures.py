@@ -367,13 +367,33 @@ async def raw_tls_copy_rate(total: int) -> float:
     return total / (time.monotonic() - started)
 
 
-async def output_streaming(bench: Bench, megabytes: int) -> list[Row]:
+async def output_streaming(bench: Bench, megabytes: int, runs: int) -> list[Row]:
+    """Median of ``runs`` tasks, beside the median of as many raw TLS copies."""
     home = await bench.agent_home("streamer")
     agent = await Daemon.start("--home", str(home.folder))
     await agent.wait_for("polling")
+    lines = megabytes * MB // 100
+    results = [await _stream_once(bench, agent, lines) for _ in range(runs)]
+    await agent.stop()
+    rate, stored, spent = sorted(results)[len(results) // 2]
+    reference = statistics.median([await raw_tls_copy_rate(lines * 100) for _ in range(runs)])
+    return [
+        Row(
+            f"output streaming, {megabytes} MB of lines, median of {runs}",
+            f"{rate / MB:.1f} MB/s ({stored}/{lines} lines; {spent})",
+            f"raw TLS copy {reference / MB:.0f} MB/s",
+            f"{rate / reference:.3f}",
+            ">= 0.25",
+            rate / reference >= 0.25 and all(r[1] == lines for r in results),
+        )
+    ]
+
+
+async def _stream_once(bench: Bench, agent: Daemon, lines: int) -> tuple[float, int, str]:
+    """One task printing ``lines`` lines of 100 bytes: its rate, the lines the server stored,
+    and the CPU the server and the agent spent on it."""
     assert bench.server is not None
     pids = {"server": bench.server.process.pid, "agent": agent.process.pid}
-    lines = megabytes * MB // 100
     body = f"yes {'x' * 98} | head -n {lines}"
     async with AdminClient(bench.admin_url, bench.key) as admin:
         cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
@@ -381,22 +401,9 @@ async def output_streaming(bench: Bench, megabytes: int) -> list[Row]:
         task = await admin.submit(script_task("streamer", body))
         final = await _wait_final(admin, task.id)
         elapsed = time.monotonic() - started
-        cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
-    await agent.stop()
-    rate = lines * 100 / elapsed
-    reference = await raw_tls_copy_rate(lines * 100)
-    stored = final.last_seq
+    cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
     spent = ", ".join(f"{name} CPU {seconds:.2f} s" for name, seconds in cpu.items())
-    return [
-        Row(
-            f"output streaming, {megabytes} MB of lines",
-            f"{rate / MB:.1f} MB/s ({stored}/{lines} lines; {spent})",
-            f"raw TLS copy {reference / MB:.0f} MB/s",
-            f"{rate / reference:.3f}",
-            ">= 0.25",
-            rate / reference >= 0.25 and stored == lines,
-        )
-    ]
+    return lines * 100 / elapsed, final.last_seq, spent
 
 
 async def _wait_final(admin: AdminClient, task_id: str):  # type: ignore[no-untyped-def]

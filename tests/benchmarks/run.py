@@ -61,7 +61,7 @@ async def run_all(quick: bool, groups: list[str]) -> list[Row]:
         if "throughput" in groups:
             rows += await throughput(bench, sizes["agents"], sizes["tasks"])
         if "streaming" in groups:
-            rows += await output_streaming(bench, sizes["stream_mb"])
+            rows += await output_streaming(bench, sizes["stream_mb"], runs=3)
         if "footprint" in groups:
             rows += await agent_footprint(bench, sizes["idle_window"])
         if "package" in groups:
