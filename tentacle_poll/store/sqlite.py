@@ -17,9 +17,10 @@ import uuid
 from pathlib import Path
 
 from tentacle_poll.exceptions import StoreError
-from tentacle_poll.protocol.models import MAX_EVENTS_PER_BATCH, Event, ResultRequest, TaskState
+from tentacle_poll.protocol.models import Event, ResultRequest, TaskState
 from tentacle_poll.store.base import AgentRecord, NewAgent, TaskRecord
 from tentacle_poll.store.deployments import SqliteDeployments
+from tentacle_poll.store.output import OutputWriter
 from tentacle_poll.store.packages import SqlitePackages
 from tentacle_poll.store.rows import (
     AGENT_COLUMNS,
@@ -28,7 +29,7 @@ from tentacle_poll.store.rows import (
     agent_from_row,
     task_from_row,
 )
-from tentacle_poll.store.schema import SCHEMA, attach_output
+from tentacle_poll.store.schema import SCHEMA, attach_output, output_path
 
 ACTIVE = ("leased", "running")
 MAX_SEQ = 2**63 - 1
@@ -44,10 +45,12 @@ class SqliteStore(SqlitePackages, SqliteDeployments):
             self._db = sqlite3.connect(path, isolation_level=None)
             self._db.executescript(SCHEMA)
             attach_output(self._db, path)
+            self._output = OutputWriter(output_path(path))
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the database {path}: {exc}") from exc
 
     async def close(self) -> None:
+        self._output.close()
         self._db.close()
 
     # --- credentials ---------------------------------------------------------------------
@@ -139,13 +142,10 @@ class SqliteStore(SqlitePackages, SqliteDeployments):
     async def delete_agent(self, name: str) -> AgentRecord | None:
         agent = await self.agent_by_name(name)
         if agent is not None:
-            with self._transaction():  # output is in another database: no cascade reaches it
-                self._db.execute(
-                    "DELETE FROM output.events WHERE task_id IN "
-                    "(SELECT id FROM tasks WHERE agent_id = ?)",
-                    (agent.id,),
-                )
-                self._db.execute("DELETE FROM agents WHERE id = ?", (agent.id,))
+            rows = self._db.execute("SELECT id FROM tasks WHERE agent_id = ?", (agent.id,))
+            task_ids = [row[0] for row in rows]
+            self._db.execute("DELETE FROM agents WHERE id = ?", (agent.id,))
+            await self._output.delete(task_ids)  # another database: no cascade reaches it
         return agent
 
     async def touch_agent(
@@ -304,27 +304,11 @@ class SqliteStore(SqlitePackages, SqliteDeployments):
     async def append_events(self, task_id: str, events: list[Event]) -> int:
         """Stores the events (a repeated one is ignored); returns the task's ``last_seq``: the
         highest line stored with no gap before it (batches may arrive out of order)."""
-        with self._transaction():
-            self._db.executemany(
-                "INSERT OR IGNORE INTO output.events (task_id, seq, stream, text, ts, lines) "
-                "VALUES (?,?,?,?,?,?)",
-                [(task_id, e.seq, e.stream, e.text, e.ts, e.lines) for e in events],
-            )
-            last_seq = self._contiguous_end(task_id, self._task(task_id).last_seq)
-            self._db.execute("UPDATE tasks SET last_seq = ? WHERE id = ?", (last_seq, task_id))
-            return last_seq
-
-    def _contiguous_end(self, task_id: str, last_seq: int) -> int:
-        rows = self._db.execute(
-            "SELECT seq, lines FROM output.events WHERE task_id = ? AND seq > ? "
-            "ORDER BY seq LIMIT ?",
-            (task_id, last_seq, MAX_EVENTS_PER_BATCH * 2),
+        stored_end = await self._output.append(task_id, events, self._task(task_id).last_seq)
+        self._db.execute(
+            "UPDATE tasks SET last_seq = MAX(last_seq, ?) WHERE id = ?", (stored_end, task_id)
         )
-        for seq, lines in rows:
-            if seq != last_seq + 1:
-                break
-            last_seq = seq + lines - 1
-        return last_seq
+        return self._task(task_id).last_seq
 
     async def events_after(self, task_id: str, after_seq: int, limit: int) -> list[Event]:
         """Up to ``limit`` lines after ``after_seq``, one event per line (blocks are split), none

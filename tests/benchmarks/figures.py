@@ -427,7 +427,7 @@ async def agent_footprint(bench: Bench, idle_window: float) -> list[Row]:
     await asyncio.sleep(idle_window)  # inside one 25 s hold: an idle agent does nothing at all
     wakeups = (context_switches(pid) - switches) / idle_window
     idle_cpu = (cpu_seconds(pid) - cpu) / idle_window
-    rss = rss_bytes(pid)
+    rss, peak = rss_bytes(pid), rss_bytes(pid, "VmHWM")
     await agent.stop()
     bare = await Daemon.run(
         sys.executable, "-c", "import time; print('up', flush=True); time.sleep(30)"
@@ -438,11 +438,11 @@ async def agent_footprint(bench: Bench, idle_window: float) -> list[Row]:
     return [
         Row(
             "agent RSS, idle in its poll",
-            f"{rss / MB:.1f} MiB",
+            f"{rss / MB:.1f} MiB (peak {peak / MB:.1f} MiB)",
             f"bare python {bare_rss / MB:.1f} MiB",
             f"{rss / bare_rss:.1f}x",
             "<= 45 MB",
-            rss <= 45 * 1000 * 1000,
+            max(rss, peak) <= 45 * 1000 * 1000,
         ),
         Row(
             "agent start to first task running",
