@@ -48,9 +48,10 @@ async def wait_for_state(admin: AdminClient, task_id: str, wanted: TaskState) ->
             return page.task
 
 
-async def test_server_killed_while_tasks_run_loses_no_line_and_no_result(
+async def _server_and_agent_processes(
     tmp_path: Path, processes: list[Daemon]
-) -> None:
+) -> tuple[Daemon, str, tuple[int, int]]:
+    """A server process and an agent process "web1"; the server, its API key, its ports."""
     ports = free_port(), free_port()
     server = await start_server_process(tmp_path / "server", *ports)
     processes.append(server)
@@ -58,8 +59,14 @@ async def test_server_killed_while_tasks_run_loses_no_line_and_no_result(
     _, thumbprint = ServerHome(tmp_path / "server").ensure_identity()
     url = f"https://127.0.0.1:{ports[0]}"
     agent_home = await register_at(url, thumbprint, key, tmp_path / "web1", "web1")
-    agent = await start_agent_process(agent_home.folder, **FAST_AGENT)
-    processes.append(agent)
+    processes.append(await start_agent_process(agent_home.folder, **FAST_AGENT))
+    return server, key, ports
+
+
+async def test_server_killed_while_tasks_run_loses_no_line_and_no_result(
+    tmp_path: Path, processes: list[Daemon]
+) -> None:
+    server, key, ports = await _server_and_agent_processes(tmp_path, processes)
     gate = tmp_path / "gate"
     body = (
         'for i in $(seq 1 100); do echo "$1 before $i"; done\n'
@@ -87,6 +94,28 @@ async def test_server_killed_while_tasks_run_loses_no_line_and_no_result(
             assert [e.seq for e in events] == list(range(1, 201))
             assert final.exit_code == n and final.last_seq == 200
             assert final.state == (TaskState.SUCCEEDED if n == 0 else TaskState.FAILED)
+
+
+async def test_server_killed_mid_stream_loses_no_block_of_lines(
+    tmp_path: Path, processes: list[Daemon]
+) -> None:
+    server, key, ports = await _server_and_agent_processes(tmp_path, processes)
+    gate = tmp_path / "gate"
+    body = f"seq 1 50000\nwhile [ ! -e {gate} ]; do sleep 0.02; done\nseq 50001 100000\n"
+    admin_url = f"http://127.0.0.1:{ports[1]}"
+    async with AdminClient(admin_url, key) as admin:
+        task = await admin.submit(script_task("web1", body))
+        while (await admin.events(task.id, 2**62, 10)).task.last_seq < 50000:
+            pass  # each call is held until the task changes
+    await server.kill()
+    gate.touch()  # the second half is printed, in blocks, while the server is dead
+    processes.append(await start_server_process(tmp_path / "server", *ports))
+    async with AdminClient(admin_url, key) as admin:
+        lines: list[Event] = []
+        final = await admin.follow(task.id, lines.append)
+    assert [e.text for e in lines] == [str(i) for i in range(1, 100001)]
+    assert [e.seq for e in lines] == list(range(1, 100001))
+    assert final.state == TaskState.SUCCEEDED and final.last_seq == 100000
 
 
 async def test_agent_killed_mid_task_reports_it_failed_and_never_reruns_it(

@@ -14,7 +14,7 @@ import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tentacle_poll.protocol.models import MAX_EVENTS_PER_BATCH, Event
+from tentacle_poll.protocol.models import Event
 
 
 class OutputWriter:
@@ -49,9 +49,11 @@ class OutputWriter:
             return self._contiguous_end(task_id, last_seq)
 
     def _contiguous_end(self, task_id: str, last_seq: int) -> int:
+        # Past the known end there are only the batches that overtook a missing one (the agent
+        # keeps two on the way, and sends a failed one again first): a short scan.
         rows = self._db.execute(
-            "SELECT seq, lines FROM events WHERE task_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-            (task_id, last_seq, MAX_EVENTS_PER_BATCH * 2),
+            "SELECT seq, lines FROM events WHERE task_id = ? AND seq > ? ORDER BY seq",
+            (task_id, last_seq),
         )
         for seq, lines in rows:
             if seq != last_seq + 1:
