@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tentacle_poll.protocol.models import ScriptSpec, Variable
+from tentacle_poll.agent.reporter import TaskReporter
+from tentacle_poll.agent.spool import Spool
+from tentacle_poll.agent.transport import CommsClient
+from tentacle_poll.protocol.models import MAX_EVENT_CHARS, ScriptSpec, Variable
 from tentacle_poll.workers import Outcome, ScriptJob, ScriptWorker
 from tentacle_poll.workers.lines import LineSplitter
 from tentacle_poll.workers.masking import MASK, SecretMasker
@@ -103,3 +106,19 @@ async def test_missing_interpreter_or_folder_fails_with_the_reason(tmp_path: Pat
     job = ScriptJob("t1", spec, tmp_path / "work")
     outcome = await ScriptWorker(job, lambda s, t: None).run()
     assert outcome.state == "failed" and "does not exist" in outcome.reason
+
+
+async def test_a_block_grown_past_an_event_by_masking_is_spooled_as_two(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", max_bytes=10**9).task("t1")
+    client = CommsClient("https://127.0.0.1:9", ["00" * 32], None)  # never called here
+    reporter = TaskReporter(client, spool, asyncio.Event(), max_backoff=1.0)
+    lines = [f"{i:07d}" * 1000 for i in range(40)]  # 40 lines of 7,000 chars: 280,039 chars
+    reporter.line("stdout", "\n".join(lines))
+    reporter.line("stdout", "x" * (MAX_EVENT_CHARS + 5))  # no newline at all: cut in two
+    reporter.close()
+    await client.close()
+    events = spool.events()
+    assert all(len(e.text) <= MAX_EVENT_CHARS for e in events)
+    assert [(e.seq, e.lines) for e in events] == [(1, 37), (38, 3), (41, 1), (42, 1)]
+    assert "\n".join(e.text for e in events[:2]).split("\n") == lines
+    assert reporter.seq == 42

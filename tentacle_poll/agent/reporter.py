@@ -1,8 +1,8 @@
 """Spools one task's output lines and result on disk, and streams them to the server.
 
 Every line goes to the spool first, then to the server in sequence-numbered batches: an idle
-stream sends each line at once, a busy one sends what piled up while the previous post was in
-flight (a busy pipe's lines come as blocks, one event per read). The spool is removed only
+stream sends each line at once, a busy one what piled up meanwhile, with up to two posts on the
+way (a busy pipe's lines come as blocks, one event per read). The spool is removed only
 once the server acknowledged the result; every post is idempotent (by seq, by task id), so a
 retry after a lost answer duplicates nothing.
 """
@@ -24,6 +24,7 @@ from tentacle_poll.agent.spool import TaskSpool
 from tentacle_poll.agent.transport import CommsClient
 from tentacle_poll.exceptions import CommunicationError
 from tentacle_poll.protocol.models import (
+    MAX_EVENT_CHARS,
     MAX_EVENTS_PER_BATCH,
     Event,
     EventsResponse,
@@ -68,6 +69,11 @@ def _events_body(batch: list[_Pending]) -> bytes:
     return b'{"events":[' + b",".join(item.encoded for item in batch) + b"]}"
 
 
+def _halves(line: str) -> tuple[str, str]:
+    """A line too long for one event (only masking can make one), as two lines."""
+    return line[:MAX_EVENT_CHARS], line[MAX_EVENT_CHARS:]
+
+
 def _ignore_cancel(_: str) -> None:
     return None
 
@@ -104,6 +110,12 @@ class TaskReporter:
 
     def line(self, stream: Stream, text: str) -> None:
         """Spools and queues one line, or a block of lines joined by newlines."""
+        if len(text) > MAX_EVENT_CHARS:  # a block that masking made longer than an event
+            cut = text.rfind("\n", 0, MAX_EVENT_CHARS)
+            head, tail = (text[:cut], text[cut + 1 :]) if cut >= 0 else _halves(text)
+            self.line(stream, head)
+            self.line(stream, tail)
+            return
         lines = text.count("\n") + 1
         # Built without validation: the fields are right by construction (the server validates).
         event = Event.model_construct(

@@ -318,13 +318,12 @@ class SqliteStore(SqlitePackages, SqliteDeployments):
         rows = self._db.execute(
             "SELECT seq, stream, text, ts, lines FROM output.events WHERE task_id = ?1 AND seq >= "
             "(SELECT COALESCE(MAX(seq), 0) FROM output.events "
-            "WHERE task_id = ?1 AND seq <= ?2 + 1) "
+            "WHERE task_id = ?1 AND seq <= ?2 + 1) AND seq + lines - 1 > ?2 "
             "ORDER BY seq LIMIT ?3",
             (task_id, after_seq, limit),
         )
         stored = (Event(seq=s, stream=st, text=tx, ts=ts, lines=n) for s, st, tx, ts, n in rows)
-        wanted = (event for event in stored if event.last_seq > after_seq)
-        lines = (line for e in wanted for line in e.split() if after_seq < line.seq <= last_seq)
+        lines = (line for e in stored for line in e.split() if after_seq < line.seq <= last_seq)
         return list(itertools.islice(lines, limit))
 
     async def finish_task(self, task_id: str, result: ResultRequest, now: float) -> TaskRecord:
