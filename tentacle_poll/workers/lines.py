@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 from collections.abc import Callable
 
-from tentacle_poll.workers.pipes import OutputPipe
+CHUNK_BYTES = 64 * 1024
 
 
 class LineSplitter:
@@ -59,11 +60,8 @@ class LineSplitter:
         return any("\n" not in block[i : i + half] for i in range(0, len(block) - half + 1, half))
 
 
-async def pump_lines(pipe: OutputPipe, splitter: LineSplitter) -> None:
-    """Reads the pipe until EOF into the splitter, then closes the pipe."""
-    try:
-        while chunk := await pipe.read():
-            splitter.feed(chunk)
-        splitter.close()
-    finally:
-        pipe.close()
+async def pump_lines(reader: asyncio.StreamReader, splitter: LineSplitter) -> None:
+    """Read until EOF in chunks (``readline`` raises past its limit; chunks never do)."""
+    while chunk := await reader.read(CHUNK_BYTES):
+        splitter.feed(chunk)
+    splitter.close()

@@ -17,7 +17,6 @@ from tentacle_poll.protocol.models import MAX_LINE_CHARS, ScriptSpec, Variable
 from tentacle_poll.workers.lines import LineSplitter, pump_lines
 from tentacle_poll.workers.masking import SecretMasker
 from tentacle_poll.workers.outcome import Outcome, OutputSink, Stream
-from tentacle_poll.workers.pipes import OutputPipe
 from tentacle_poll.workers.process_group import (
     end_group,
     group_alive,
@@ -63,41 +62,36 @@ class ScriptWorker:
             self._cancelled.set()
 
     async def run(self) -> Outcome:
-        pipes = OutputPipe(), OutputPipe()
         try:
             command = build_command(self._job.script, self._write_script())
+            cwd = self._working_directory()
             process = await asyncio.create_subprocess_exec(
                 *command,
                 stdin=asyncio.subprocess.DEVNULL,
-                stdout=pipes[0].write_fd,
-                stderr=pipes[1].write_fd,
-                cwd=self._working_directory(),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                cwd=cwd,
                 env=self._environment(),
                 start_new_session=True,  # its own process group, so cancel reaches the tree
             )
         except (UnsupportedTaskError, OSError) as exc:
-            for pipe in pipes:
-                pipe.close()
             return Outcome.failed(f"could not start the script: {_describe(exc)}")
-        for pipe in pipes:
-            pipe.close_write_end()
         if self._job.on_spawn is not None:
             self._job.on_spawn(process.pid)
-        return await self._supervise(process, pipes)
+        return await self._supervise(process)
 
-    async def _supervise(
-        self, process: asyncio.subprocess.Process, pipes: tuple[OutputPipe, OutputPipe]
-    ) -> Outcome:
+    async def _supervise(self, process: asyncio.subprocess.Process) -> Outcome:
+        assert process.stdout is not None and process.stderr is not None
         pumps = asyncio.gather(
-            pump_lines(pipes[0], self._splitter("stdout")),
-            pump_lines(pipes[1], self._splitter("stderr")),
+            pump_lines(process.stdout, self._splitter("stdout")),
+            pump_lines(process.stderr, self._splitter("stderr")),
         )
         exited = watch_exit(process.pid)
         try:
             stop_state = await self._wait_for_exit_or_stop(exited)
             if stop_state is not None:
                 await end_group(process.pid, exited, self._job.grace_seconds)
-            returncode = await self._collect_exit(process, exited, pumps, pipes)
+            returncode = await self._collect_exit(process, exited, pumps)
         except BaseException:
             # Cancelled from outside (agent shutting down hard): leave nothing running.
             signal_group(process.pid, signal.SIGKILL)
@@ -123,33 +117,29 @@ class ScriptWorker:
         return "cancelled" if self._cancelled.is_set() else "timed_out"
 
     async def _collect_exit(
-        self,
-        process: asyncio.subprocess.Process,
-        exited: asyncio.Future[None],
-        pumps: Pumps,
-        pipes: tuple[OutputPipe, OutputPipe],
+        self, process: asyncio.subprocess.Process, exited: asyncio.Future[None], pumps: Pumps
     ) -> int:
         """The script has exited: drain its output, end what it left behind, return its code."""
         if not await _finishes(pumps, self._job.straggler_seconds):
             self._emit("system", "processes the script started still hold its output; ending them")
             await end_group(process.pid, exited, grace_seconds=0)
             if not await _finishes(pumps, self._job.grace_seconds):
-                self._abandon_output(pumps, pipes)
+                return self._abandon_output(process, pumps)
         returncode = await process.wait()
         if group_alive(process.pid):
             self._emit("system", "the script left processes running in the background; ending them")
             await end_group(process.pid, exited, grace_seconds=0)
         return returncode
 
-    def _abandon_output(self, pumps: Pumps, pipes: tuple[OutputPipe, OutputPipe]) -> None:
+    def _abandon_output(self, process: asyncio.subprocess.Process, pumps: Pumps) -> int:
         # Only a process that left the group with setsid() can still hold the pipes here; a
         # cgroup would catch it, a process group cannot. Stop reading rather than hang the task.
         self._emit(
             "system", "a process outside the task's group still holds its output; ignoring it"
         )
         pumps.cancel()
-        for pipe in pipes:
-            pipe.close()
+        process._transport.close()  # type: ignore[attr-defined]  # no public way to drop pipes
+        return process.returncode if process.returncode is not None else -1
 
     def _outcome(self, stop_state: str | None, returncode: int) -> Outcome:
         if stop_state == "timed_out":
