@@ -315,20 +315,25 @@ async def throughput(bench: Bench, agents: int, tasks: int) -> list[Row]:
         sys.executable, "-m", "tests.benchmarks.agents", *map(str, (h.folder for h in homes))
     )
     await runner.wait_for("ready")
+    assert bench.server is not None
+    pids = {"server": bench.server.process.pid, "agents": runner.process.pid}
     async with AdminClient(bench.admin_url, bench.key) as admin:
+        cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         started = time.monotonic()
         submitted = await asyncio.gather(
             *(admin.submit(script_task(f"tp-{i % agents}", "echo tiny")) for i in range(tasks))
         )
         finals = await asyncio.gather(*(admin.follow(t.id, lambda _: None) for t in submitted))
         rate = tasks / (time.monotonic() - started)
+        per_task = {n: (cpu_seconds(pid) - cpu_before[n]) / tasks for n, pid in pids.items()}
     await runner.stop()
     succeeded = sum(1 for f in finals if f.state == "succeeded")
     local = await local_spawn_rate(bench.folder, tasks, concurrency=agents * 4)
+    spent = ", ".join(f"{name} CPU {seconds * 1000:.1f} ms" for name, seconds in per_task.items())
     return [
         Row(
             f"task throughput, {agents} agents",
-            f"{rate:.0f} tasks/s ({succeeded}/{tasks} ok)",
+            f"{rate:.0f} tasks/s ({succeeded}/{tasks} ok; per task {spent})",
             f"local spawn {local:.0f}/s",
             f"{rate / local:.2f}",
             ">= 0.50",
