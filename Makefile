@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 # Real proxies the tests start on loopback ports (Debian packages).
 SYSTEM_TOOLS := tinyproxy squid haproxy
 
-.PHONY: run test lint bench bench-quick clean system-deps
+.PHONY: run test lint bench bench-quick profile clean system-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,14 @@ bench: $(STAMP)
 ## bench-quick: the same set at smaller sizes (under 2 minutes)
 bench-quick: $(STAMP)
 	$(BIN)/python -m tests.benchmarks.run --quick
+
+## profile: where one bench group spends its time, per process (GROUP=streaming by default)
+GROUP ?= streaming
+profile: $(STAMP)
+	mkdir -p .bench-cache
+	$(BIN)/py-spy record --subprocesses --format raw -r 200 -o .bench-cache/profile-$(GROUP).txt \
+	  -- $(BIN)/python -m tests.benchmarks.run --only $(GROUP)
+	$(BIN)/python -m tests.benchmarks.profile_summary .bench-cache/profile-$(GROUP).txt
 
 ## lint: ruff and mypy
 lint: $(STAMP)

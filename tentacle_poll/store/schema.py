@@ -82,13 +82,14 @@ OUTPUT_SCHEMA = """
 PRAGMA output.page_size = 65536;
 PRAGMA output.journal_mode = WAL;
 
+-- text last: reading the small columns of a row must not walk its overflow pages
 CREATE TABLE IF NOT EXISTS output.events (
     task_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
-    stream TEXT NOT NULL,
-    text TEXT NOT NULL,
-    ts REAL NOT NULL,
     lines INTEGER NOT NULL DEFAULT 1,
+    stream TEXT NOT NULL,
+    ts REAL NOT NULL,
+    text TEXT NOT NULL,
     PRIMARY KEY (task_id, seq)
 ) WITHOUT ROWID;
 """
