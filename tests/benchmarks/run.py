@@ -8,9 +8,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import platform
+import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from tentacle_poll.logs import setup_logging
 
@@ -45,8 +47,15 @@ async def run_all(quick: bool, groups: list[str]) -> list[Row]:
         "idle_window": 8.0 if quick else 20.0,
         "package_mb": 32 if quick else 256,
     }
-    rows: list[Row] = []
     folder = Path(tempfile.mkdtemp(prefix="tentacle-bench-"))
+    try:
+        return await _run_groups(folder, sizes, groups)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)  # a full run leaves about 400 MB of output
+
+
+async def _run_groups(folder: Path, sizes: dict[str, Any], groups: list[str]) -> list[Row]:
+    rows: list[Row] = []
     local = await local_spawn_latency(folder, sizes["latency_runs"])
     bench = Bench(folder / "main")
     await bench.start()
