@@ -29,6 +29,7 @@ from tentacle_poll.protocol.models import (
 from tentacle_poll.protocol.routes import POLL, TASK_ACCEPT, TASK_EVENTS, TASK_RESULT, task_path
 from tentacle_poll.server import Server
 from tentacle_poll.server.admin_client import AdminClient
+from tentacle_poll.store import NewAgent
 from tentacle_poll.store.sqlite import SqliteStore
 from tentacle_poll.tls import pinned_client_context
 
@@ -242,3 +243,21 @@ async def test_admin_api_needs_a_key_and_rejects_bad_input(
     with pytest.raises(RequestRejected) as bad_wait:
         await admin.events("x", 0, 1e9)
     assert bad_wait.value.status == 400
+
+
+async def test_last_seen_of_many_agents_is_written_in_several_transactions(
+    tmp_path: Path,
+) -> None:
+    store = SqliteStore(tmp_path / "server.db")
+    try:
+        names = [f"a{n}" for n in range(600)]  # more than two TOUCH_BATCHes
+        agents = [
+            await store.save_agent(NewAgent(n, f"{n:0>64}", "pem", [], []), False, 1.0)
+            for n in names
+        ]
+        await store.touch_agents([(a.id, 1000.0 + i, "9.9") for i, a in enumerate(agents)])
+        stored = {a.name: a for a in await store.list_agents()}
+        assert [stored[n].last_seen for n in names] == [1000.0 + i for i in range(600)]
+        assert {a.agent_version for a in stored.values()} == {"9.9"}
+    finally:
+        await store.close()

@@ -57,10 +57,15 @@ class ServerState:
         self._unwritten_seen[agent.id] = (at, version)
 
     async def flush_seen(self) -> None:
-        """Writes every pending last_seen in one transaction."""
-        pending, self._unwritten_seen = self._unwritten_seen, {}
+        """Writes every pending last_seen. The write yields to the event loop between batches,
+        so an entry leaves the pending map only once written, and only if no newer poll
+        replaced it meanwhile: views never show an older time than they showed before."""
+        pending = dict(self._unwritten_seen)
         if pending:
             await self.store.touch_agents([(a, at, v) for a, (at, v) in pending.items()])
+        for agent_id, seen in pending.items():
+            if self._unwritten_seen.get(agent_id) == seen:
+                del self._unwritten_seen[agent_id]
 
     @property
     def blob_folder(self) -> Path:
