@@ -245,7 +245,7 @@ async def idle_and_storm(
     delays = sorted(
         d for d in (_back_after(r, restarted) for r in fleet_reports(bench)) if d is not None
     )
-    connected_before = sum(1 for r in fleet_reports(bench) if any(t < restarted for t in r["ok"]))
+    connected_before = sum(1 for r in fleet_reports(bench) if any(t < restarted for t in r["sent"]))
     per_connection = (rss - base) / count
     at_10k = base + per_connection * 10000  # measured, when count is 10,000
     within_60 = sum(1 for d in delays if d <= 60) / count
@@ -264,7 +264,7 @@ async def idle_and_storm(
         Row(
             f"idle server CPU, {count} polls, hold 25 s",
             f"{cpu * 100:.1f} % of a core",
-            f"{connected_before}/{count} agents polled",
+            f"{connected_before}/{count} agents polling",
             "",
             f"<= 20 % at 10,000{scale}",
             cpu * 10000 / count <= 0.20,

@@ -38,6 +38,7 @@ class SimulatedAgent:
         # When each poll was written on a working connection: an agent is "polling again" from
         # the moment its poll is held by the server, not when the hold ends.
         self.polling_since: list[float] = []
+        self.first_poll_sent = asyncio.Event()
         self.tasks_done = 0
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -81,6 +82,7 @@ class SimulatedAgent:
         self._writer.write(head.encode() + body)
         if path == "/v1/poll":
             self.polling_since.append(time.time())
+            self.first_poll_sent.set()
         status = await self._reader.readline()
         length = 0
         while (line := await self._reader.readline()) not in (b"\r\n", b""):
@@ -125,7 +127,13 @@ async def main(args: argparse.Namespace) -> None:
     for agent in agents:  # ramp up: a burst of thousands of handshakes at once is a storm
         runs.append(asyncio.create_task(agent.run(stop)))
         await asyncio.sleep(args.ramp / max(len(agents), 1))
-    print("ready", flush=True)
+    # Ready once every agent holds a poll (a slow machine may lag behind the ramp), or after
+    # twice the ramp at most: a server that refuses some agents must still be measurable.
+    with contextlib.suppress(TimeoutError):
+        polling = asyncio.gather(*(agent.first_poll_sent.wait() for agent in agents))
+        await asyncio.wait_for(polling, timeout=max(10.0, 2 * args.ramp))
+    waiting = sum(1 for agent in agents if not agent.first_poll_sent.is_set())
+    print(f"ready ({waiting} agents not polling yet)" if waiting else "ready", flush=True)
     await stop.wait()
     for run in runs:
         run.cancel()
