@@ -63,6 +63,23 @@ def add_commands(commands: Any, add_common: Any, add_admin: Any) -> None:
     add_admin(rotate)
 
 
+def loopback_server_arguments(home: Path, comms_port: int, admin_port: int) -> list[str]:
+    """``tentacle-poll`` arguments that run the server of ``home`` on loopback ports (the demo
+    and the tests start servers this way)."""
+    return [
+        "server",
+        "run",
+        "--server-home",
+        str(home),
+        "--comms-host",
+        "127.0.0.1",
+        "--comms-port",
+        str(comms_port),
+        "--admin-port",
+        str(admin_port),
+    ]
+
+
 def _server_home(args: argparse.Namespace) -> ServerHome:
     # Imported here: the store and its sqlite3 stay out of the agent daemon's memory.
     from tentacle_poll.server.identity import ServerHome

@@ -17,6 +17,7 @@ from typing import Any
 
 from tentacle_poll.agent.home import AgentHome
 from tentacle_poll.agent.registration import Registration, register
+from tentacle_poll.cli_server import loopback_server_arguments
 from tentacle_poll.config import DEFAULT_ADMIN_PORT, DEFAULT_COMMS_PORT
 from tentacle_poll.exceptions import ConfigurationError
 from tentacle_poll.protocol.models import Event, ScriptSpec, SubmitTask, Variable
@@ -94,17 +95,7 @@ async def _start_and_show(folder: Path, children: list[Child]) -> None:
     comms_port, admin_port = _port(DEFAULT_COMMS_PORT), _port(DEFAULT_ADMIN_PORT)
     print(f"demo folder: {folder}\nserver thumbprint: {thumbprint}\n", flush=True)
     server = await _spawn(
-        "server",
-        "server",
-        "run",
-        "--server-home",
-        str(server_home.folder),
-        "--comms-host",
-        "127.0.0.1",
-        "--comms-port",
-        str(comms_port),
-        "--admin-port",
-        str(admin_port),
+        "server", *loopback_server_arguments(server_home.folder, comms_port, admin_port)
     )
     children.append(server)
     await server.wait_for("listening")

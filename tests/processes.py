@@ -8,6 +8,8 @@ import signal
 import sys
 from pathlib import Path
 
+from tentacle_poll.cli_server import loopback_server_arguments
+
 CLI = [sys.executable, "-m", "tentacle_poll"]
 
 
@@ -77,19 +79,7 @@ async def start_server_process(
     home: Path, comms_port: int, admin_port: int, **settings: str
 ) -> Daemon:
     env = {f"TENTACLE_POLL_{k.upper()}": v for k, v in settings.items()}
-    server = await Daemon.start(
-        "server",
-        "run",
-        "--server-home",
-        str(home),
-        "--comms-host",
-        "127.0.0.1",
-        "--comms-port",
-        str(comms_port),
-        "--admin-port",
-        str(admin_port),
-        env=env,
-    )
+    server = await Daemon.start(*loopback_server_arguments(home, comms_port, admin_port), env=env)
     await server.wait_for("listening")
     return server
 

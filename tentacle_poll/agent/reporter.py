@@ -23,6 +23,7 @@ from tentacle_poll.agent.backoff import retrying
 from tentacle_poll.agent.spool import TaskSpool
 from tentacle_poll.agent.transport import CommsClient
 from tentacle_poll.exceptions import CommunicationError
+from tentacle_poll.protocol.codec import encode
 from tentacle_poll.protocol.models import (
     MAX_EVENT_CHARS,
     MAX_EVENTS_PER_BATCH,
@@ -69,9 +70,13 @@ def _events_body(batch: list[_Pending]) -> bytes:
     return b'{"events":[' + b",".join(item.encoded for item in batch) + b"]}"
 
 
-def _halves(line: str) -> tuple[str, str]:
-    """A line too long for one event (only masking can make one), as two lines."""
-    return line[:MAX_EVENT_CHARS], line[MAX_EVENT_CHARS:]
+def _split_in_two(text: str) -> tuple[str, str]:
+    """Lines that fit one event, and the rest; a single line too long for an event is cut
+    (only masking can make one: the worker cuts lines far shorter)."""
+    cut = text.rfind("\n", 0, MAX_EVENT_CHARS)
+    if cut < 0:
+        return text[:MAX_EVENT_CHARS], text[MAX_EVENT_CHARS:]
+    return text[:cut], text[cut + 1 :]
 
 
 def _ignore_cancel(_: str) -> None:
@@ -93,7 +98,7 @@ class TaskReporter:
         self._max_backoff = max_backoff
         self._on_cancel = on_cancel
         earlier = spool.events()  # lines spooled by an earlier life
-        self._unsent = deque(_Pending(e, e.model_dump_json().encode()) for e in earlier)
+        self._unsent = deque(_Pending(e, encode(e)) for e in earlier)
         self.seq = earlier[-1].last_seq if earlier else 0
         self._has_lines = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
@@ -111,10 +116,8 @@ class TaskReporter:
     def line(self, stream: Stream, text: str) -> None:
         """Spools and queues one line, or a block of lines joined by newlines."""
         if len(text) > MAX_EVENT_CHARS:  # a block that masking made longer than an event
-            cut = text.rfind("\n", 0, MAX_EVENT_CHARS)
-            head, tail = (text[:cut], text[cut + 1 :]) if cut >= 0 else _halves(text)
-            self.line(stream, head)
-            self.line(stream, tail)
+            for part in _split_in_two(text):
+                self.line(stream, part)
             return
         lines = text.count("\n") + 1
         # Built without validation: the fields are right by construction (the server validates).

@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 from typing import IO
 
+from tentacle_poll.protocol.codec import encode
 from tentacle_poll.protocol.models import Event, ResultRequest
 
 EVENTS_FILE = "events.jsonl"
@@ -36,7 +37,7 @@ class TaskSpool:
         if self._events is None:
             self.folder.mkdir(parents=True, exist_ok=True)
             self._events = open(self.folder / EVENTS_FILE, "ab")  # noqa: SIM115
-        encoded = event.model_dump_json().encode()
+        encoded = encode(event)
         self._events.write(encoded + b"\n")
         self._owner.used_bytes += len(encoded) + 1
         return encoded

@@ -1,6 +1,6 @@
 """Writes task output on a thread of its own, into the output database.
 
-A block of output is up to half a megabyte, and every so often SQLite copies the write-ahead
+A batch of output is up to half a megabyte, and every so often SQLite copies the write-ahead
 log back into the database (tens of megabytes, with an fsync). Done on the event loop, that
 stalls every held poll; done here, on a second connection with its own thread, the loop only
 waits for the answer (SQLite releases the GIL while it writes). One thread: writes of one

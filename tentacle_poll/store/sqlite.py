@@ -312,17 +312,17 @@ class SqliteStore(SqlitePackages, SqliteDeployments):
     async def append_events(self, task_id: str, events: list[Event]) -> int:
         """Stores the events (a repeated one is ignored); returns the task's ``last_seq``: the
         highest line stored with no gap before it (batches may arrive out of order)."""
-        stored_end = await self._output.append(task_id, events, self._task(task_id).last_seq)
+        stored_end = await self._output.append(task_id, events, self._last_seq(task_id) or 0)
         self._db.execute(
             "UPDATE tasks SET last_seq = MAX(last_seq, ?) WHERE id = ?", (stored_end, task_id)
         )
-        return self._task(task_id).last_seq
+        return self._last_seq(task_id) or 0
 
     async def events_after(self, task_id: str, after_seq: int, limit: int) -> list[Event]:
         """Up to ``limit`` lines after ``after_seq``, one event per line (blocks are split), none
         past the first gap: a reader paging by seq must not skip a batch still on its way."""
-        row = self._db.execute("SELECT last_seq FROM tasks WHERE id = ?", (task_id,)).fetchone()
-        last_seq = row[0] if row is not None else MAX_SEQ
+        known = self._last_seq(task_id)
+        last_seq = MAX_SEQ if known is None else known
         rows = self._db.execute(
             "SELECT seq, stream, text, ts, lines FROM output.events WHERE task_id = ?1 AND seq >= "
             "(SELECT COALESCE(MAX(seq), 0) FROM output.events "
@@ -386,6 +386,10 @@ class SqliteStore(SqlitePackages, SqliteDeployments):
             "WHERE id = ?",
             (state.value, reason, now, task_id),
         )
+
+    def _last_seq(self, task_id: str) -> int | None:
+        row = self._db.execute("SELECT last_seq FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        return int(row[0]) if row is not None else None
 
     def _task(self, task_id: str) -> TaskRecord:
         row = self._db.execute(

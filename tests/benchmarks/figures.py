@@ -29,7 +29,9 @@ from ..processes import Daemon, start_server_process
 from .fleet import (
     certificates,
     context_switches,
+    cpu_by_name,
     cpu_seconds,
+    cpu_spent_since,
     register_fleet,
     rss_bytes,
     start_loadgen,
@@ -318,14 +320,14 @@ async def throughput(bench: Bench, agents: int, tasks: int) -> list[Row]:
     assert bench.server is not None
     pids = {"server": bench.server.process.pid, "agents": runner.process.pid}
     async with AdminClient(bench.admin_url, bench.key) as admin:
-        cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        cpu_before = cpu_by_name(pids)
         started = time.monotonic()
         submitted = await asyncio.gather(
             *(admin.submit(script_task(f"tp-{i % agents}", "echo tiny")) for i in range(tasks))
         )
         finals = await asyncio.gather(*(admin.follow(t.id, lambda _: None) for t in submitted))
         rate = tasks / (time.monotonic() - started)
-        per_task = {n: (cpu_seconds(pid) - cpu_before[n]) / tasks for n, pid in pids.items()}
+        per_task = {n: s / tasks for n, s in cpu_spent_since(cpu_before, pids).items()}
     await runner.stop()
     succeeded = sum(1 for f in finals if f.state == "succeeded")
     local = await local_spawn_rate(bench.folder, tasks, concurrency=agents * 4)
@@ -401,12 +403,12 @@ async def _stream_once(bench: Bench, agent: Daemon, lines: int) -> tuple[float, 
     pids = {"server": bench.server.process.pid, "agent": agent.process.pid}
     body = f"yes {'x' * 98} | head -n {lines}"
     async with AdminClient(bench.admin_url, bench.key) as admin:
-        cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        cpu_before = cpu_by_name(pids)
         started = time.monotonic()
         task = await admin.submit(script_task("streamer", body))
         final = await _wait_final(admin, task.id)
         elapsed = time.monotonic() - started
-    cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
+    cpu = cpu_spent_since(cpu_before, pids)
     spent = ", ".join(f"{name} CPU {seconds:.2f} s" for name, seconds in cpu.items())
     return lines * 100 / elapsed, final.last_seq, spent
 

@@ -56,6 +56,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_by_name(pids: dict[str, int]) -> dict[str, float]:
+    return {name: cpu_seconds(pid) for name, pid in pids.items()}
+
+
+def cpu_spent_since(before: dict[str, float], pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds each named process spent since ``before`` (from ``cpu_by_name``)."""
+    return {name: seconds - before[name] for name, seconds in cpu_by_name(pids).items()}
+
+
 def context_switches(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("voluntary_ctxt_switches:"):
