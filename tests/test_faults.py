@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tentacle_poll.agent.home import AgentHome
 from tentacle_poll.protocol.models import Event, TaskState, TaskView
 from tentacle_poll.server import Server
 from tentacle_poll.server.admin_client import AdminClient
@@ -46,6 +47,16 @@ async def wait_for_state(admin: AdminClient, task_id: str, wanted: TaskState) ->
         page = await admin.events(task_id, 2**62, 10)
         if page.task.state == wanted:
             return page.task
+
+
+async def _agent_process(
+    server: Server, api_key: str, tmp_path: Path, processes: list[Daemon]
+) -> tuple[AgentHome, Daemon]:
+    """Target "web1" registered with the in-process server, its agent a real process."""
+    home = await register_agent(server, api_key, tmp_path / "web1", "web1")
+    agent = await start_agent_process(home.folder, **FAST_AGENT)
+    processes.append(agent)
+    return home, agent
 
 
 async def _server_and_agent_processes(
@@ -121,9 +132,7 @@ async def test_server_killed_mid_stream_loses_no_block_of_lines(
 async def test_agent_killed_mid_task_reports_it_failed_and_never_reruns_it(
     tmp_path: Path, server: Server, api_key: str, admin: AdminClient, processes: list[Daemon]
 ) -> None:
-    home = await register_agent(server, api_key, tmp_path / "web1", "web1")
-    agent = await start_agent_process(home.folder, **FAST_AGENT)
-    processes.append(agent)
+    home, agent = await _agent_process(server, api_key, tmp_path, processes)
     runs = tmp_path / "runs"
     pid_file = tmp_path / "script.pid"
     body = f'echo run >> {runs}; echo "started with $TOKEN"; echo $$ > {pid_file}; sleep 300'
@@ -183,9 +192,7 @@ async def test_connection_cut_right_after_the_poll_answer_runs_the_task_at_most_
 async def test_sigterm_drains_a_running_task_then_exits_zero(
     tmp_path: Path, server: Server, api_key: str, admin: AdminClient, processes: list[Daemon]
 ) -> None:
-    home = await register_agent(server, api_key, tmp_path / "web1", "web1")
-    agent = await start_agent_process(home.folder, **FAST_AGENT)
-    processes.append(agent)
+    _, agent = await _agent_process(server, api_key, tmp_path, processes)
     gate = tmp_path / "gate"
     body = f"echo started; while [ ! -e {gate} ]; do sleep 0.02; done; echo finished"
     task = await admin.submit(script_task("web1", body))
@@ -204,9 +211,7 @@ async def test_sigterm_drains_a_running_task_then_exits_zero(
 async def test_second_sigterm_cancels_running_tasks_and_reports_them(
     tmp_path: Path, server: Server, api_key: str, admin: AdminClient, processes: list[Daemon]
 ) -> None:
-    home = await register_agent(server, api_key, tmp_path / "web1", "web1")
-    agent = await start_agent_process(home.folder, **FAST_AGENT)
-    processes.append(agent)
+    _, agent = await _agent_process(server, api_key, tmp_path, processes)
     task = await admin.submit(script_task("web1", "echo started; sleep 300"))
     await wait_for_line(admin, task.id, "started")
     agent.process.send_signal(signal.SIGTERM)
