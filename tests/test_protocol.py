@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -127,24 +128,61 @@ async def test_batches_out_of_order_are_acknowledged_only_up_to_the_first_gap(
     assert await server.state.store.events_after(task.id, 0, 10) == []
 
 
-async def test_lines_kept_by_an_older_version_move_to_the_output_database(tmp_path: Path) -> None:
-    path = tmp_path / "old.db"
-    with sqlite3.connect(path) as db:
-        db.executescript(OLD_EVENTS_TABLE)
-    store = SqliteStore(path)
-    try:
-        assert await store.events_after("t1", 0, 10) == [
-            Event(seq=1, stream="stdout", text="old line", ts=1.0)
-        ]
-    finally:
-        await store.close()
+async def test_output_text_is_one_file_per_task_and_a_block_missing_from_it_is_skipped(
+    agent_client: CommsClient, admin: AdminClient, tmp_path: Path
+) -> None:
+    task = await admin.submit(script_task("web1", "echo hi"))
+    await poll(agent_client, free_slots=1)
+    await agent_client.post(task_path(TASK_ACCEPT, task.id), AcceptRequest(), AcceptResponse)
+    block = Event(seq=1, stream="stdout", text="one\ntwo", ts=1.0, lines=2)
+    batch = EventsRequest(events=[block, Event(seq=3, stream="stdout", text="three", ts=1.0)])
+    for _ in range(2):  # a retried batch adds nothing to the file
+        await agent_client.post(task_path(TASK_EVENTS, task.id), batch, EventsResponse)
+    log = tmp_path / "server" / "server-output" / f"{task.id}.log"
+    assert log.read_text() == "one\ntwothree"
+    os.truncate(log, len("one\ntwo"))  # what a power cut may leave: the index ahead of the text
+    assert [e.text for e in (await admin.events(task.id, 0, 0)).events] == ["one", "two"]
 
 
-OLD_EVENTS_TABLE = """
+EVENTS_IN_MAIN = """
 CREATE TABLE events (task_id TEXT NOT NULL, seq INTEGER NOT NULL, stream TEXT NOT NULL,
     text TEXT NOT NULL, ts REAL NOT NULL, PRIMARY KEY (task_id, seq)) WITHOUT ROWID;
-INSERT INTO events VALUES ('t1', 1, 'stdout', 'old line', 1.0);
+INSERT INTO events VALUES ('a1-01', 1, 'stdout', 'old line', 1.0);
+INSERT INTO events VALUES ('a1-01', 2, 'stdout', 'two', 2.0);
+INSERT INTO events VALUES ('a1-01', 3, 'stdout', 'lines', 2.0);
 """
+EVENTS_IN_OUTPUT = """
+CREATE TABLE output.events (task_id TEXT NOT NULL, seq INTEGER NOT NULL,
+    lines INTEGER NOT NULL DEFAULT 1, stream TEXT NOT NULL, ts REAL NOT NULL, text TEXT NOT NULL,
+    PRIMARY KEY (task_id, seq)) WITHOUT ROWID;
+INSERT INTO output.events VALUES ('a1-01', 1, 1, 'stdout', 1.0, 'old line');
+INSERT INTO output.events VALUES ('a1-01', 2, 2, 'stdout', 2.0, 'two\nlines');
+"""
+
+
+@pytest.mark.parametrize(
+    "older_tables", [EVENTS_IN_MAIN, EVENTS_IN_OUTPUT], ids=["in-main", "in-output"]
+)
+async def test_lines_kept_in_sqlite_by_an_older_version_move_to_the_output_files(
+    tmp_path: Path, older_tables: str
+) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.execute("ATTACH DATABASE ? AS output", (str(tmp_path / "old-output.db"),))
+        db.executescript(older_tables)
+    for _ in range(2):  # moved once: opening it again finds the same lines
+        store = SqliteStore(path)
+        try:
+            assert await store.events_after("a1-01", 0, 10) == [
+                Event(seq=1, stream="stdout", text="old line", ts=1.0),
+                Event(seq=2, stream="stdout", text="two", ts=2.0),
+                Event(seq=3, stream="stdout", text="lines", ts=2.0),
+            ]
+        finally:
+            await store.close()
+    assert "two" in (tmp_path / "old-output" / "a1-01.log").read_text()
+    with sqlite3.connect(tmp_path / "old-output.db") as db:
+        assert db.execute("SELECT name FROM sqlite_master WHERE name = 'events'").fetchall() == []
 
 
 async def test_accept_of_a_task_never_leased_is_refused(

@@ -15,6 +15,7 @@ PROTOCOL_VERSION = "1"
 MAX_SLOTS = 256
 MAX_EVENTS_PER_BATCH = 2000
 MAX_LINE_CHARS = 64 * 1024
+Stream = Literal["stdout", "stderr", "system"]
 # One event carries one line, or a block of consecutive lines of one stream read together.
 MAX_EVENT_CHARS = 256 * 1024
 
@@ -237,7 +238,7 @@ class Event(WireModel):
     """
 
     seq: int = Field(ge=1)
-    stream: Literal["stdout", "stderr", "system"]
+    stream: Stream
     text: str = Field(max_length=MAX_EVENT_CHARS)
     ts: float
     lines: int = Field(default=1, ge=1)

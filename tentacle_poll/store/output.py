@@ -1,35 +1,61 @@
-"""Writes task output on a thread of its own, into the output database.
+"""Task output: the text in one append-only file per task, an index of its blocks in SQLite.
 
-A batch of output is up to half a megabyte, and every so often SQLite copies the write-ahead
-log back into the database (tens of megabytes, with an fsync). Done on the event loop, that
-stalls every held poll; done here, on a second connection with its own thread, the loop only
-waits for the answer (SQLite releases the GIL while it writes). One thread: writes of one
-database are serialised anyway.
+    <server home>/server-output/<task id>.log   the text of every block, in arrival order
+    <server home>/server-output.db              blocks (task, seq, lines, stream, ts, where)
+
+Output is most of what a server writes (one task can print gigabytes), and it is written once
+and read in order: what task logs are, and what Octopus Server and GitLab keep as plain files.
+In SQLite the same bytes cost three copies (rows, write-ahead log, checkpoint) and about half of
+the server's CPU while a task streams; appended to a file they cost one.
+
+Writes run on a thread of their own with a second SQLite connection, so the event loop never
+waits for a disk write or a WAL checkpoint (SQLite and file writes release the GIL). A block's
+text is written before its index row is committed, so a reader never finds a row without its
+text; text written by a batch whose commit then failed is never referenced and only wastes
+space. Like the index (WAL, ``synchronous=NORMAL``), the files are not fsync'd on every batch:
+everything stored survives the server process being killed; a power cut can lose the last
+moments, and a block whose text did not reach the disk is skipped when read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tentacle_poll.protocol.models import Event
+from loguru import logger
+
+from tentacle_poll.exceptions import StoreError
+from tentacle_poll.protocol.models import Event, Stream
+
+# (seq, stream, ts, lines, offset, size): an index row, as the reader selects it
+BlockRow = tuple[int, Stream, float, int, int, int]
+# the columns a reader selects, in BlockRow's order
+BLOCK_COLUMNS = "seq, stream, ts, lines, offset, size"
+# Text goes to disk as UTF-8; a lone surrogate (valid in JSON, not in UTF-8) survives as is.
+TEXT_ERRORS = "surrogatepass"
+TASK_ID = re.compile(r"[0-9a-f][0-9a-f-]*")
 
 
-class OutputWriter:
-    def __init__(self, path: Path) -> None:
+class OutputLog:
+    def __init__(self, index: Path, folder: Path) -> None:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        self.folder = folder
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="output-writer")
-        self._db = self._executor.submit(_connect, path).result()
+        self._db = self._executor.submit(_connect, index).result()
 
     async def append(self, task_id: str, events: list[Event], last_seq: int) -> int:
         """Stores the events (a repeated one is ignored); returns the highest seq stored with
         no gap after ``last_seq``, which the caller already knew to be stored."""
-        rows: list[tuple[object, ...]] = [
-            (task_id, e.seq, e.stream, e.text, e.ts, e.lines) for e in events
-        ]
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._append, task_id, rows, last_seq)
+        return await loop.run_in_executor(self._executor, self._append, task_id, events, last_seq)
+
+    def append_now(self, task_id: str, events: list[Event]) -> None:
+        """``append`` for start-up, before the event loop runs (moving an older store's lines)."""
+        self._executor.submit(self._append, task_id, events, 0).result()
 
     async def delete(self, task_ids: list[str]) -> None:
         loop = asyncio.get_running_loop()
@@ -39,20 +65,54 @@ class OutputWriter:
         self._executor.submit(self._db.close).result()
         self._executor.shutdown()
 
-    def _append(self, task_id: str, rows: list[tuple[object, ...]], last_seq: int) -> int:
-        with self._db:
-            self._db.executemany(
-                "INSERT OR IGNORE INTO events (task_id, seq, stream, text, ts, lines) "
-                "VALUES (?,?,?,?,?,?)",
-                rows,
-            )
+    def read(self, task_id: str, rows: list[BlockRow]) -> list[Event]:
+        """The blocks of these index rows, with their text (safe on any thread)."""
+        if not rows:
+            return []
+        try:
+            log = open(self._path(task_id), "rb")  # noqa: SIM115
+        except FileNotFoundError:
+            return []
+        with log:
+            events = (self._block(log.fileno(), task_id, row) for row in rows)
+            return [event for event in events if event is not None]
+
+    def _block(self, fd: int, task_id: str, row: BlockRow) -> Event | None:
+        seq, stream, ts, lines, offset, size = row
+        data = os.pread(fd, size, offset)
+        if len(data) < size:
+            logger.warning("output of task {} lost lines {}+ (its file is short)", task_id, seq)
+            return None
+        text = data.decode(errors=TEXT_ERRORS)
+        return Event.model_construct(seq=seq, stream=stream, text=text, ts=ts, lines=lines)
+
+    def _append(self, task_id: str, events: list[Event], last_seq: int) -> int:
+        with self._db, open(self._path(task_id), "ab") as log:
+            offset = log.tell()
+            texts = []
+            for event in events:
+                text = event.text.encode(errors=TEXT_ERRORS)
+                if self._index(task_id, event, offset, len(text)):
+                    texts.append(text)
+                    offset += len(text)
+            log.write(b"".join(texts))
+            log.flush()  # before the commit: no row may point past the file's end
             return self._contiguous_end(task_id, last_seq)
+
+    def _index(self, task_id: str, event: Event, offset: int, size: int) -> bool:
+        """Adds the block's row; False when it is already stored (a retried batch)."""
+        cursor = self._db.execute(
+            "INSERT OR IGNORE INTO blocks (task_id, seq, lines, stream, ts, offset, size) "
+            "VALUES (?,?,?,?,?,?,?)",
+            (task_id, event.seq, event.lines, event.stream, event.ts, offset, size),
+        )
+        return cursor.rowcount == 1
 
     def _contiguous_end(self, task_id: str, last_seq: int) -> int:
         # Past the known end there are only the batches that overtook a missing one (the agent
         # keeps two on the way, and sends a failed one again first): a short scan.
         rows = self._db.execute(
-            "SELECT seq, lines FROM events WHERE task_id = ? AND seq > ? ORDER BY seq",
+            "SELECT seq, lines FROM blocks WHERE task_id = ? AND seq > ? ORDER BY seq",
             (task_id, last_seq),
         )
         for seq, lines in rows:
@@ -63,7 +123,16 @@ class OutputWriter:
 
     def _delete(self, task_ids: list[str]) -> None:
         with self._db:
-            self._db.executemany("DELETE FROM events WHERE task_id = ?", [(t,) for t in task_ids])
+            self._db.executemany("DELETE FROM blocks WHERE task_id = ?", [(t,) for t in task_ids])
+        for task_id in task_ids:
+            self._path(task_id).unlink(missing_ok=True)
+
+    def _path(self, task_id: str) -> Path:
+        # The store makes task ids of hex digits and dashes; anything else must never become a
+        # path (it would reach outside the folder).
+        if not TASK_ID.fullmatch(task_id):
+            raise StoreError(f"not a task id: {task_id!r}")
+        return self.folder / f"{task_id}.log"
 
 
 def _connect(path: Path) -> sqlite3.Connection:

@@ -75,41 +75,47 @@ CREATE TABLE IF NOT EXISTS packages (
 CREATE INDEX IF NOT EXISTS packages_by_sha ON packages (sha256);
 """
 
-# Task output lives in a database file of its own, attached as "output": blocks of lines are
-# large rows, which SQLite writes about 1.5x faster with 64 KiB pages (measured), while the
-# queue's small rows want small pages. The page size must be set before the first table.
+# The index of task output (store/output.py keeps the text in files): a database of its own,
+# written on a thread of its own, so that its writes never wait for the queue's.
 OUTPUT_SCHEMA = """
-PRAGMA output.page_size = 65536;
 PRAGMA output.journal_mode = WAL;
 
--- text last: reading the small columns of a row must not walk its overflow pages
-CREATE TABLE IF NOT EXISTS output.events (
+CREATE TABLE IF NOT EXISTS output.blocks (
     task_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
-    lines INTEGER NOT NULL DEFAULT 1,
+    lines INTEGER NOT NULL,
     stream TEXT NOT NULL,
     ts REAL NOT NULL,
-    text TEXT NOT NULL,
+    offset INTEGER NOT NULL,
+    size INTEGER NOT NULL,
     PRIMARY KEY (task_id, seq)
 ) WITHOUT ROWID;
 """
 
+# Where older versions kept output lines, text included: moved to the files when opened.
+OLDER_OUTPUT_TABLES = {
+    "main.events": "SELECT task_id, seq, stream, text, ts, 1 FROM main.events",
+    "output.events": "SELECT task_id, seq, stream, text, ts, lines FROM output.events",
+}
 
-def output_path(database: Path) -> Path:
-    return database.with_name(f"{database.stem}-output{database.suffix}")
+
+def output_paths(database: Path) -> tuple[Path, Path]:
+    """The output index database and the folder of output files, beside the main database."""
+    stem = database.with_name(f"{database.stem}-output")
+    return stem.with_suffix(database.suffix), stem
 
 
 def attach_output(db: sqlite3.Connection, database: Path) -> None:
-    """Attaches (creating if new) the output database, and moves into it the lines that an
-    older version kept in the main database."""
-    db.execute("ATTACH DATABASE ? AS output", (str(output_path(database)),))
+    """Attaches (creating if new) the output index database."""
+    db.execute("ATTACH DATABASE ? AS output", (str(output_paths(database)[0]),))
     db.executescript(OUTPUT_SCHEMA)
-    old = db.execute("SELECT 1 FROM main.sqlite_master WHERE name = 'events'").fetchone()
-    if old is not None:
-        db.executescript(
-            "BEGIN IMMEDIATE;"
-            "INSERT OR IGNORE INTO output.events (task_id, seq, stream, text, ts) "
-            "SELECT task_id, seq, stream, text, ts FROM main.events;"
-            "DROP TABLE main.events;"
-            "COMMIT;"
-        )
+
+
+def older_output_tables(db: sqlite3.Connection) -> list[str]:
+    found = []
+    for table in OLDER_OUTPUT_TABLES:
+        schema, name = table.split(".")
+        query = f"SELECT 1 FROM {schema}.sqlite_master WHERE type = 'table' AND name = ?"
+        if db.execute(query, (name,)).fetchone() is not None:
+            found.append(table)
+    return found

@@ -15,13 +15,14 @@ import secrets
 import sqlite3
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from tentacle_poll.exceptions import StoreError
 from tentacle_poll.protocol.models import Event, ResultRequest, TaskState
 from tentacle_poll.store.base import AgentRecord, NewAgent, TaskRecord
 from tentacle_poll.store.deployments import SqliteDeployments
-from tentacle_poll.store.output import OutputWriter
+from tentacle_poll.store.output import BLOCK_COLUMNS, OutputLog
 from tentacle_poll.store.packages import SqlitePackages
 from tentacle_poll.store.rows import (
     AGENT_COLUMNS,
@@ -30,15 +31,32 @@ from tentacle_poll.store.rows import (
     agent_from_row,
     task_from_row,
 )
-from tentacle_poll.store.schema import SCHEMA, attach_output, output_path
+from tentacle_poll.store.schema import (
+    OLDER_OUTPUT_TABLES,
+    SCHEMA,
+    attach_output,
+    older_output_tables,
+    output_paths,
+)
 
 ACTIVE = ("leased", "running")
 MAX_SEQ = 2**63 - 1
 TOUCH_BATCH = 250
+MOVE_BATCH = 256  # lines of an older store moved to the output files per write
 
 
 def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _event_of_older_row(row: tuple[str, int, str, str, float, int]) -> Event:
+    _, seq, stream, text, ts, lines = row
+    return Event(seq=seq, stream=stream, text=text, ts=ts, lines=lines)
+
+
+def _chunks(events: Iterator[Event], size: int) -> Iterator[list[Event]]:
+    while chunk := list(itertools.islice(events, size)):
+        yield chunk
 
 
 class SqliteStore(SqlitePackages, SqliteDeployments):
@@ -47,9 +65,19 @@ class SqliteStore(SqlitePackages, SqliteDeployments):
             self._db = sqlite3.connect(path, isolation_level=None)
             self._db.executescript(SCHEMA)
             attach_output(self._db, path)
-            self._output = OutputWriter(output_path(path))
-        except sqlite3.Error as exc:
+            self._output = OutputLog(*output_paths(path))
+            self._move_older_output()
+        except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the database {path}: {exc}") from exc
+
+    def _move_older_output(self) -> None:
+        """Moves the lines an older version kept in SQLite to the output files, task by task."""
+        for table in older_output_tables(self._db):
+            rows = self._db.execute(f"{OLDER_OUTPUT_TABLES[table]} ORDER BY task_id, seq")
+            for task_id, group in itertools.groupby(rows, key=lambda row: str(row[0])):
+                for chunk in _chunks(map(_event_of_older_row, group), MOVE_BATCH):
+                    self._output.append_now(task_id, chunk)
+            self._db.execute(f"DROP TABLE {table}")
 
     async def close(self) -> None:
         self._output.close()
@@ -324,13 +352,13 @@ class SqliteStore(SqlitePackages, SqliteDeployments):
         known = self._last_seq(task_id)
         last_seq = MAX_SEQ if known is None else known
         rows = self._db.execute(
-            "SELECT seq, stream, text, ts, lines FROM output.events WHERE task_id = ?1 AND seq >= "
-            "(SELECT COALESCE(MAX(seq), 0) FROM output.events "
+            f"SELECT {BLOCK_COLUMNS} FROM output.blocks WHERE task_id = ?1 AND seq >= "
+            "(SELECT COALESCE(MAX(seq), 0) FROM output.blocks "
             "WHERE task_id = ?1 AND seq <= ?2 + 1) AND seq + lines - 1 > ?2 "
             "ORDER BY seq LIMIT ?3",
             (task_id, after_seq, limit),
         )
-        stored = (Event(seq=s, stream=st, text=tx, ts=ts, lines=n) for s, st, tx, ts, n in rows)
+        stored = self._output.read(task_id, rows.fetchall())
         lines = (line for e in stored for line in e.split() if after_seq < line.seq <= last_seq)
         return list(itertools.islice(lines, limit))
 
