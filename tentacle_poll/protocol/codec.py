@@ -12,7 +12,9 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def encode(model: BaseModel) -> bytes:
-    return model.model_dump_json().encode()
+    # Straight to bytes (model_dump_json makes a str, then .encode() copies it): at 100 MB of
+    # output this is a tenth of the agent's work.
+    return model.__pydantic_serializer__.to_json(model)
 
 
 def decode(model_type: type[M], data: bytes | str) -> M:

@@ -45,7 +45,7 @@ def summarise(path: Path) -> dict[str, tuple[Counter[str], Counter[str]]]:
             continue
         own, total = by_process[process_name(frames)]
         own[shorten(frames[-1])] += int(count)
-        for frame in {shorten(f) for f in frames[1:] if "(/" in f and "tentacle_poll" in f}:
+        for frame in {shorten(f) for f in frames[1:] if "tentacle_poll/" in f}:
             total[frame] += int(count)
     return by_process
 
