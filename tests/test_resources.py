@@ -1,9 +1,11 @@
-"""The server's per-connection resources: small TLS read buffers, keepalive inherited at accept."""
+"""The server's per-connection resources: small TLS read buffers, keepalive inherited at accept,
+no TLS session tickets."""
 
 from __future__ import annotations
 
 import asyncio.sslproto
 import socket
+import ssl
 
 from tentacle_poll.keepalive import IDLE_SECONDS, keepalive_socket, listening_socket
 from tentacle_poll.protocol.models import TaskState
@@ -37,3 +39,15 @@ def test_accepted_connections_inherit_keepalive() -> None:
                 assert accepted.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
                 idle = accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)
                 assert idle == IDLE_SECONDS
+
+
+async def test_the_server_issues_no_tls_session_tickets(server: Server) -> None:
+    # Agents never resume a session; a ticket would only cost the server a session encryption.
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname, client.verify_mode = False, ssl.CERT_NONE
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.comms_port, ssl=client)
+    writer.write(b"GET /v1/nothing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert (await reader.read()).startswith(b"HTTP/1.1 ")  # tickets come before any answer
+    tls = writer.get_extra_info("ssl_object")
+    assert tls.version() == "TLSv1.3" and not tls.session.has_ticket
+    writer.close()

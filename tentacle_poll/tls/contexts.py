@@ -105,6 +105,10 @@ class TrustedClientCertificates:
         # OPTIONAL, not REQUIRED: registration arrives without a client certificate; every other
         # route is authorised in its handler from the verified peer certificate.
         ctx.verify_mode = ssl.CERT_OPTIONAL
+        # No TLS 1.3 session tickets: agents never resume a session (aiohttp keeps connections
+        # instead), and OpenSSL's two tickets per handshake more than doubled its server-side
+        # cost (0.65 ms against 1.35-1.6 ms per mutual-TLS handshake, measured here).
+        ctx.num_tickets = 0
         cert, key = identity_paths(self._identity_folder)
         ctx.load_cert_chain(cert, key)
         return ctx
