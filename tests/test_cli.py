@@ -7,6 +7,7 @@ import functools
 import os
 import shutil
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
@@ -130,6 +131,18 @@ def test_admin_command_without_a_server_says_so(tmp_path: Path) -> None:
     result = cli("targets", env=env, check=False)
     assert result.returncode == 1
     assert "is the server running?" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_server_on_a_port_in_use_says_which_and_what_to_do(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        args = ["--server-home", str(tmp_path), "--comms-host", "127.0.0.1"]
+        result = cli("server", "run", *args, "--comms-port", port, check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"cannot listen on 127.0.0.1:{port} for the comms port" in result.stderr
+    assert "--comms-port" in result.stderr
 
 
 async def test_demo_runs_the_sample_task_and_stops_cleanly_on_ctrl_c(

@@ -14,6 +14,7 @@ from aiohttp import web
 from loguru import logger
 
 from tentacle_poll.config import ServerSettings
+from tentacle_poll.exceptions import ConfigurationError
 from tentacle_poll.keepalive import listening_socket
 from tentacle_poll.server.admin import add_admin_routes, require_api_key
 from tentacle_poll.server.comms import add_comms_routes
@@ -56,11 +57,11 @@ class Server:
         return self._state
 
     async def serve(self, stop: asyncio.Event) -> None:
-        await self.startup()
         try:
+            await self.startup()
             await stop.wait()
         finally:
-            await self.shutdown()
+            await self.shutdown()  # also after a failed start: the store has its own thread
 
     async def startup(self) -> None:
         shrink_tls_read_buffers()
@@ -70,10 +71,10 @@ class Server:
         self._state = ServerState(self.settings, store, Dispatcher(), trust, thumbprint, self.home)
         self._state.next_thumbprint = self.home.next_thumbprint()
         self.comms_port = await self._listen(
-            self._comms_app(), self.settings.comms_host, self.settings.comms_port, trust
+            self._comms_app(), self.settings.comms_host, self.settings.comms_port, trust, "comms"
         )
         self.admin_port = await self._listen(
-            self._admin_app(), self.settings.admin_host, self.settings.admin_port, None
+            self._admin_app(), self.settings.admin_host, self.settings.admin_port, None, "admin"
         )
         logger.info(
             "server {} listening: comms (mutual TLS) on {}:{}, admin API on http://{}:{}",
@@ -125,8 +126,21 @@ class Server:
         return app
 
     async def _listen(
-        self, app: web.Application, host: str, port: int, trust: TrustedClientCertificates | None
+        self,
+        app: web.Application,
+        host: str,
+        port: int,
+        trust: TrustedClientCertificates | None,
+        which: str,
     ) -> int:
+        try:
+            sock = listening_socket(host, port)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot listen on {host}:{port} for the {which} port: {exc.strerror or exc}; stop "
+                f"what is using it, or choose another with --{which}-port or {which}_port in "
+                "server.toml"
+            ) from exc
         # handler_cancellation: a held poll whose agent went away stops at once, so its
         # tasks are not leased to a dead connection.
         runner = web.AppRunner(
@@ -134,8 +148,6 @@ class Server:
         )
         await runner.setup()
         self._runners.append(runner)
-        site = web.SockSite(
-            runner, listening_socket(host, port), ssl_context=trust.context if trust else None
-        )
+        site = web.SockSite(runner, sock, ssl_context=trust.context if trust else None)
         await site.start()
         return int(runner.addresses[-1][1])
