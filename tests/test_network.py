@@ -108,7 +108,7 @@ async def test_client_certificate_rotation_with_a_task_queued_during_the_switch(
     )
     await poll_once(stale)
     for pem in await server.state.store.expire_previous_certificates(time.time() + 10**6):
-        server.state.trust.remove(pem.encode())
+        await server.state.trust.remove(pem.encode())
     server.state.forget_agents()
     with pytest.raises((CertificateRejected, RequestRejected)):
         await poll_once(stale)

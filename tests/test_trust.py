@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,7 +22,7 @@ from tentacle_poll.protocol.models import PollRequest, PollResponse
 from tentacle_poll.protocol.routes import POLL
 from tentacle_poll.server import Server
 from tentacle_poll.server.admin_client import AdminClient
-from tentacle_poll.tls import generate_identity, save_identity
+from tentacle_poll.tls import TrustedClientCertificates, generate_identity, save_identity
 
 from .conftest import comms_url, new_agent_home, register_agent
 
@@ -61,6 +62,47 @@ async def test_a_deleted_target_is_no_longer_trusted(
             await client.post(POLL, PollRequest(free_slots=0), PollResponse)
     finally:
         await client.close()
+
+
+def _handshake(server: ssl.SSLContext, client_identity: Path) -> bool:
+    """One mutual-TLS handshake in memory: True when the server accepted the client."""
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname, client.verify_mode = False, ssl.CERT_NONE
+    client.load_cert_chain(client_identity / "cert.pem", client_identity / "key.pem")
+    client_in, client_out, server_in, server_out = (ssl.MemoryBIO() for _ in range(4))
+    ours = client.wrap_bio(client_in, client_out)
+    theirs = server.wrap_bio(server_in, server_out, server_side=True)
+    try:
+        for _ in range(4):
+            for side in (ours, theirs):
+                with contextlib.suppress(ssl.SSLWantReadError):
+                    side.do_handshake()
+                server_in.write(client_out.read())
+                client_in.write(server_out.read())
+        theirs.write(b"x")
+        client_in.write(server_out.read())
+        return ours.read(1) == b"x"
+    except ssl.SSLError:
+        return False
+
+
+async def test_trust_rebuilt_after_a_removal_keeps_agents_registered_meanwhile(
+    tmp_path: Path,
+) -> None:
+    identities = {}
+    for name in ("server", "removed", "kept", "added"):
+        identities[name] = tmp_path / name
+        save_identity(identities[name], generate_identity(name))
+    pem = {name: (folder / "cert.pem").read_bytes() for name, folder in identities.items()}
+    trust = TrustedClientCertificates(identities["server"], [pem["removed"], pem["kept"]])
+    assert _handshake(trust.context, identities["removed"])
+    removal = asyncio.create_task(trust.remove(pem["removed"]))
+    await asyncio.sleep(0)  # the rebuild is now running on its thread
+    trust.add(pem["added"])  # a registration meanwhile must survive the swap
+    await removal
+    assert not _handshake(trust.context, identities["removed"])
+    assert _handshake(trust.context, identities["kept"])
+    assert _handshake(trust.context, identities["added"])
 
 
 class ImpostorServer:

@@ -63,8 +63,8 @@ async def delete_target(request: web.Request) -> web.Response:
     agent = await state.store.delete_agent(request.match_info["name"])
     if agent is None:
         raise ProblemError(404, "no such target", f"no target named {request.match_info['name']}")
-    state.trust.remove(agent.certificate_pem.encode())
-    state.forget_agents()
+    state.forget_agents()  # first: routes refuse it from now on, before the trust rebuild
+    await state.trust.remove(agent.certificate_pem.encode())
     logger.info("removed target {}; its certificate is no longer trusted", agent.name)
     return json_response(state.target_view(agent))
 

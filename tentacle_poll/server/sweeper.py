@@ -58,10 +58,10 @@ async def sweep_once(state: ServerState) -> None:
     for agent_id in await state.store.expire_leases(now):
         state.dispatcher.work_for(agent_id)
     expired = await state.store.expire_previous_certificates(now)
-    for pem in expired:
-        state.trust.remove(pem.encode())
     if expired:
         state.forget_agents()
+    for pem in expired:
+        await state.trust.remove(pem.encode())
     silent_since = now - state.settings.agent_lost_seconds
     silent = [
         agent_id
