@@ -49,11 +49,17 @@ class CommunicationError(TentaclePollError):
 
 
 class ServerUnavailable(CommunicationError):
-    """A transient failure: connection refused or dropped, timeout, or a 5xx answer."""
+    """A transient failure: connection refused or dropped, timeout, or a 5xx answer.
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
+    ``refused``: nothing listened on the server's port (it is restarting, or stopped).
+    """
+
+    def __init__(
+        self, message: str, retry_after: float | None = None, *, refused: bool = False
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.refused = refused
 
 
 class CertificateRejected(ServerUnavailable):

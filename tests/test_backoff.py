@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from tentacle_poll.agent.backoff import retrying
+from tentacle_poll.agent.backoff import REFUSED_MAX_SECONDS, retrying
+from tentacle_poll.agent.transport import CommsClient
 from tentacle_poll.exceptions import RequestRejected, ServerUnavailable
-from tentacle_poll.protocol.models import TaskState
+from tentacle_poll.protocol.models import PollRequest, PollResponse, TaskState
+from tentacle_poll.protocol.routes import POLL
 from tentacle_poll.server.admin_client import AdminClient
 
 from .conftest import (
@@ -46,6 +48,24 @@ async def test_waits_are_jittered_capped_and_grow() -> None:
     assert all(0 <= s <= 4.0 for s in sleeps)
     assert len({round(s, 6) for s in sleeps}) > 30  # jittered, not a fixed curve
     assert max(sleeps[:2]) <= 1.0  # early attempts stay short: 0.5 * 2**n
+
+
+async def test_a_refused_connection_is_retried_within_a_shorter_cap() -> None:
+    # Nothing listening: a restart in progress, and a retry that costs the server nothing.
+    refused = await attempts_with(ServerUnavailable("down", refused=True), 60.0, tries=60)
+    assert all(0 <= s <= REFUSED_MAX_SECONDS for s in refused) and REFUSED_MAX_SECONDS < 60
+    busy = await attempts_with(ServerUnavailable("no answer in time"), 60.0, tries=60)
+    assert max(busy) > REFUSED_MAX_SECONDS  # a busy server keeps the configured cap
+
+
+async def test_nothing_listening_is_told_apart_from_a_timeout() -> None:
+    client = CommsClient(f"https://127.0.0.1:{free_port()}", ["AB" * 32], None)
+    try:
+        with pytest.raises(ServerUnavailable) as failed:
+            await client.post(POLL, PollRequest(free_slots=1), PollResponse)
+    finally:
+        await client.close()
+    assert failed.value.refused and "cannot reach" in str(failed.value)
 
 
 async def test_retry_after_is_honoured() -> None:

@@ -1,6 +1,12 @@
 """The retry rule, in one place: exponential backoff with full jitter, capped, honouring
 Retry-After, stopping at shutdown. A fresh ``Retrying`` per operation is the reset after success.
 
+A refused connection (nothing listening: the server is restarting) is retried with a cap of
+REFUSED_MAX_SECONDS instead of the configured one: such a retry costs the server nothing, and
+after a restart of a few seconds' outage each agent is back within that cap instead of up to a
+minute later (at 10,000 agents, 1 in 50 came back after 60 s with the 60 s cap, measured by
+``make bench``). Timeouts and 5xx answers, the signs of a busy server, keep the full cap.
+
 Only named exception types are retried: a rule that matched everything would also retry
 ``asyncio.CancelledError`` (tenacity issue 529).
 """
@@ -18,6 +24,7 @@ from tenacity.wait import wait_random_exponential
 from tentacle_poll.exceptions import ServerUnavailable
 
 BASE_SECONDS = 0.5
+REFUSED_MAX_SECONDS = 15.0
 Sleep = Callable[[float], Awaitable[None]]
 
 
@@ -41,10 +48,12 @@ def retrying(
 
 def _full_jitter_honouring_retry_after(max_seconds: float) -> Callable[[RetryCallState], float]:
     jitter = wait_random_exponential(multiplier=BASE_SECONDS, max=max_seconds)
+    refused_cap = min(max_seconds, REFUSED_MAX_SECONDS)
+    refused_jitter = wait_random_exponential(multiplier=BASE_SECONDS, max=refused_cap)
 
     def wait(state: RetryCallState) -> float:
-        chosen = jitter(state)
         error = state.outcome.exception() if state.outcome else None
+        chosen = (refused_jitter if getattr(error, "refused", False) else jitter)(state)
         retry_after = getattr(error, "retry_after", None)
         if retry_after:
             chosen = max(chosen, min(float(retry_after), max_seconds))

@@ -237,7 +237,8 @@ class CommsClient:
             )
         if isinstance(exc, asyncio.TimeoutError):
             return ServerUnavailable(f"{self.url} did not answer in time")
-        return ServerUnavailable(f"cannot reach {self.url}: {_describe(exc)}")
+        refused = _find_cause(exc, ConnectionRefusedError) is not None
+        return ServerUnavailable(f"cannot reach {self.url}: {_describe(exc)}", refused=refused)
 
     def _proxy_name(self) -> str:
         return self.proxy.url if self.proxy else "(none)"

@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from tentacle_poll.agent.backoff import BASE_SECONDS, REFUSED_MAX_SECONDS
+
 BACKOFF_MAX = 60.0  # the agent's default backoff_max_seconds
 POLL_BODY = json.dumps({"free_slots": 1, "running": [], "agent_version": "loadgen"}).encode()
 
@@ -48,12 +50,13 @@ class SimulatedAgent:
         while not stop.is_set():
             try:
                 answer = await self._request("/v1/poll", POLL_BODY)
-            except (OSError, ssl.SSLError, asyncio.IncompleteReadError, ValueError):
+            except (OSError, ssl.SSLError, asyncio.IncompleteReadError, ValueError) as error:
                 self._drop()
                 self.failures.append(time.time())
                 attempt += 1
-                # Full jitter, capped, exactly as the agent's retry rule does it.
-                await _sleep_or_stop(stop, random.uniform(0, min(BACKOFF_MAX, 0.5 * 2**attempt)))
+                await _sleep_or_stop(
+                    stop, backoff(attempt, isinstance(error, ConnectionRefusedError))
+                )
                 continue
             attempt = 0
             self.successes.append(time.time())
@@ -97,6 +100,12 @@ class SimulatedAgent:
         if self._writer is not None:
             self._writer.close()
         self._reader = self._writer = None
+
+
+def backoff(attempt: int, refused: bool) -> float:
+    """Full jitter, capped, exactly as the agent's retry rule (agent/backoff.py) does it."""
+    cap = min(BACKOFF_MAX, REFUSED_MAX_SECONDS) if refused else BACKOFF_MAX
+    return random.uniform(0, min(cap, BASE_SECONDS * 2 ** (attempt - 1)))
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
