@@ -240,14 +240,16 @@ async def idle_and_storm(
     await bench.server.kill()
     restarted = time.time()
     bench.server = await start_server_process(bench.server_home, bench.comms, bench.admin_port)
+    listening_after = time.time() - restarted
     await asyncio.sleep(storm_wait)
     storm_rss = rss_bytes(bench.server.process.pid)
     for generator in generators:
         await generator.stop()
-    delays = sorted(
-        d for d in (_back_after(r, restarted) for r in fleet_reports(bench)) if d is not None
-    )
-    connected_before = sum(1 for r in fleet_reports(bench) if any(t < restarted for t in r["sent"]))
+    reports = fleet_reports(bench)
+    delays = sorted(d for d in (_back_after(r, restarted) for r in reports) if d is not None)
+    failed = sum(1 for r in reports for t in r["failed"] if t > restarted)
+    refused = sum(1 for r in reports for t in r["refused"] if t > restarted)
+    connected_before = sum(1 for r in reports if any(t < restarted for t in r["sent"]))
     per_connection = (rss - base) / count
     at_10k = base + per_connection * 10000  # measured, when count is 10,000
     within_60 = sum(1 for d in delays if d <= 60) / count
@@ -274,7 +276,8 @@ async def idle_and_storm(
         Row(
             f"reconnect storm, {count} agents",
             f"{within_60 * 100:.1f} % back in 60 s, last at "
-            f"{delays[-1] if delays else float('nan'):.1f} s",
+            f"{delays[-1] if delays else float('nan'):.1f} s (server listening again after "
+            f"{listening_after:.1f} s; {failed} failed polls, {refused} of them refused)",
             f"{len(delays)}/{count} back",
             "",
             "99 % in 60 s, all in 120 s",

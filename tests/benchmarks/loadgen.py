@@ -9,7 +9,8 @@ Operators can use it to size a server:
 
 DIR holds ``key-<i>.pem``/``cert-<i>.pem`` for agents registered on the server (see
 ``tests/benchmarks/fleet.py``). Run several processes for more than a few thousand agents.
-On exit it writes one JSON line per agent to --report: poll successes and failures with times.
+On exit it writes one JSON line per agent to --report: poll successes and failures (and which
+of them were refused connections) with times.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class SimulatedAgent:
         self.host, self.port, self.context = host, port, context
         self.successes: list[float] = []
         self.failures: list[float] = []
+        self.refusals: list[float] = []  # the failures that were refused connections
         # When each poll was written on a working connection: an agent is "polling again" from
         # the moment its poll is held by the server, not when the hold ends.
         self.polling_since: list[float] = []
@@ -153,6 +155,7 @@ async def main(args: argparse.Namespace) -> None:
                 "index": agent.index,
                 "ok": agent.successes,
                 "failed": agent.failures,
+                "refused": agent.refusals,
                 "sent": agent.polling_since,
                 "tasks": agent.tasks_done,
             }
