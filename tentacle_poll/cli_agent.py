@@ -80,9 +80,8 @@ async def run_agent(args: argparse.Namespace) -> int:
     home = agent_home(args)
     settings = home.settings_ready_to_run(concurrency=getattr(args, "concurrency", None))
     setup_logging(args.log_level or settings.log_level, args.log_format or settings.log_format)
-    warning = expiry_warning(
-        load_identity(home.identity_folder).cert_pem, "this agent's certificate"
-    )
+    expires = certificate_expiry(load_identity(home.identity_folder).cert_pem)
+    warning = expiry_warning(expires, "this agent's certificate")
     if warning:
         logger.warning("{} (`tentacle-poll rotate-certificate`)", warning)
     agent = Agent(home, settings)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import ssl
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,13 @@ from tentacle_poll.protocol.models import PollRequest, PollResponse
 from tentacle_poll.protocol.routes import POLL
 from tentacle_poll.server import Server
 from tentacle_poll.server.admin_client import AdminClient
-from tentacle_poll.tls import TrustedClientCertificates, generate_identity, save_identity
+from tentacle_poll.tls import (
+    TrustedClientCertificates,
+    certificate_expiry,
+    certificate_expiry_fast,
+    generate_identity,
+    save_identity,
+)
 
 from .conftest import comms_url, new_agent_home, register_agent
 
@@ -103,6 +110,12 @@ async def test_trust_rebuilt_after_a_removal_keeps_agents_registered_meanwhile(
     assert not _handshake(trust.context, identities["removed"])
     assert _handshake(trust.context, identities["kept"])
     assert _handshake(trust.context, identities["added"])
+
+
+def test_the_server_reads_certificate_expiry_as_the_agent_does(tmp_path: Path) -> None:
+    pem = generate_identity("web1", days=400).cert_pem
+    assert certificate_expiry_fast(pem) == certificate_expiry(pem)
+    assert certificate_expiry(pem) - datetime.now(UTC) > timedelta(days=399)
 
 
 class ImpostorServer:

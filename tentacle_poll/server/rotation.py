@@ -15,7 +15,7 @@ from tentacle_poll.protocol import routes
 from tentacle_poll.protocol.models import ServerCertificateAction, ServerCertificateView
 from tentacle_poll.server.problems import ProblemError
 from tentacle_poll.server.state import STATE, ServerState, json_response, read_model
-from tentacle_poll.tls import certificate_expiry, load_identity
+from tentacle_poll.tls import certificate_expiry_fast, load_identity
 
 
 def add_rotation_routes(app: web.Application) -> None:
@@ -69,10 +69,12 @@ def certificate_view(state: ServerState) -> ServerCertificateView:
     current = load_identity(state.home.identity_folder)
     next_expiry = None
     if state.next_thumbprint:
-        next_expiry = certificate_expiry(load_identity(state.home.next_folder).cert_pem).timestamp()
+        next_expiry = certificate_expiry_fast(
+            load_identity(state.home.next_folder).cert_pem
+        ).timestamp()
     return ServerCertificateView(
         thumbprint=current.thumbprint,
-        expires_at=certificate_expiry(current.cert_pem).timestamp(),
+        expires_at=certificate_expiry_fast(current.cert_pem).timestamp(),
         next_thumbprint=state.next_thumbprint,
         next_expires_at=next_expiry,
     )

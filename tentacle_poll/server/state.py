@@ -18,7 +18,7 @@ from tentacle_poll.server.dispatch import Dispatcher
 from tentacle_poll.server.identity import ServerHome
 from tentacle_poll.server.problems import ProblemError
 from tentacle_poll.store import AgentRecord, Store, TaskRecord
-from tentacle_poll.tls import TrustedClientCertificates, certificate_expiry
+from tentacle_poll.tls import TrustedClientCertificates, certificate_expiry_fast
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -90,7 +90,9 @@ class ServerState:
             connected=self.dispatcher.is_connected(agent.id),
             last_seen=self._unwritten_seen.get(agent.id, (agent.last_seen, ""))[0],
             agent_version=agent.agent_version,
-            certificate_expires_at=certificate_expiry(agent.certificate_pem.encode()).timestamp(),
+            certificate_expires_at=certificate_expiry_fast(
+                agent.certificate_pem.encode()
+            ).timestamp(),
             previous_thumbprint=agent.previous_thumbprint,
             previous_valid_until=agent.previous_valid_until,
             trusts_next_server_certificate=(

@@ -15,7 +15,7 @@ from loguru import logger
 from tentacle_poll.server.deployments import stop_rest_if_failed
 from tentacle_poll.server.state import ServerState
 from tentacle_poll.store import Store
-from tentacle_poll.tls import expiry_warning, load_identity
+from tentacle_poll.tls import certificate_expiry_fast, expiry_warning, load_identity
 
 
 def sweep_interval(state: ServerState) -> float:
@@ -41,13 +41,11 @@ async def trusted_certificates(store: Store) -> list[bytes]:
 
 
 async def warn_expiring_certificates(state: ServerState) -> None:
-    warnings = [
-        expiry_warning(load_identity(state.home.identity_folder).cert_pem, "the server certificate")
-    ]
+    server_pem = load_identity(state.home.identity_folder).cert_pem
+    warnings = [expiry_warning(certificate_expiry_fast(server_pem), "the server certificate")]
     for agent in await state.store.list_agents():
-        warnings.append(
-            expiry_warning(agent.certificate_pem.encode(), f"target {agent.name}'s certificate")
-        )
+        expires = certificate_expiry_fast(agent.certificate_pem.encode())
+        warnings.append(expiry_warning(expires, f"target {agent.name}'s certificate"))
     for warning in filter(None, warnings):
         logger.warning(warning)
 

@@ -3,6 +3,7 @@
 from tentacle_poll.tls.certs import (
     Identity,
     certificate_expiry,
+    certificate_expiry_fast,
     expiry_warning,
     generate_identity,
     thumbprint_of_der,
@@ -21,6 +22,7 @@ __all__ = [
     "PinnedServerMismatch",
     "TrustedClientCertificates",
     "certificate_expiry",
+    "certificate_expiry_fast",
     "expiry_warning",
     "generate_identity",
     "load_identity",

@@ -56,9 +56,10 @@ class SimulatedAgent:
                 self._drop()
                 self.failures.append(time.time())
                 attempt += 1
-                await _sleep_or_stop(
-                    stop, backoff(attempt, isinstance(error, ConnectionRefusedError))
-                )
+                refused = isinstance(error, ConnectionRefusedError)
+                if refused:
+                    self.refusals.append(self.failures[-1])
+                await _sleep_or_stop(stop, backoff(attempt, refused))
                 continue
             attempt = 0
             self.successes.append(time.time())
