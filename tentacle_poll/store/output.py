@@ -5,8 +5,8 @@
 
 Output is most of what a server writes (one task can print gigabytes), and it is written once
 and read in order: what task logs are, and what Octopus Server and GitLab keep as plain files.
-In SQLite the same bytes cost three copies (rows, write-ahead log, checkpoint) and about half of
-the server's CPU while a task streams; appended to a file they cost one.
+In SQLite the same bytes cost three copies (rows, write-ahead log, checkpoint) and about a third
+of the server's CPU while a task streams; appended to a file they cost one.
 
 Writes run on a thread of their own with a second SQLite connection, so the event loop never
 waits for a disk write or a WAL checkpoint (SQLite and file writes release the GIL). A block's
