@@ -53,6 +53,14 @@ async def poll(
     )
 
 
+async def running_task(agent_client: CommsClient, admin: AdminClient) -> TaskView:
+    """A task submitted, polled and accepted: running, ready for its events."""
+    task = await admin.submit(script_task("web1", "echo hi"))
+    await poll(agent_client, free_slots=1)
+    await agent_client.post(task_path(TASK_ACCEPT, task.id), AcceptRequest(), AcceptResponse)
+    return task
+
+
 async def test_one_poll_carries_as_many_envelopes_as_free_slots(
     agent_client: CommsClient, admin: AdminClient
 ) -> None:
@@ -89,9 +97,7 @@ async def test_accept_then_events_and_result_are_idempotent(
 async def test_a_block_of_lines_is_one_event_and_is_read_back_line_by_line(
     agent_client: CommsClient, admin: AdminClient
 ) -> None:
-    task = await admin.submit(script_task("web1", "echo hi"))
-    await poll(agent_client, free_slots=1)
-    await agent_client.post(task_path(TASK_ACCEPT, task.id), AcceptRequest(), AcceptResponse)
+    task = await running_task(agent_client, admin)
     block = Event(seq=1, stream="stdout", text="one\ntwo\nthree", ts=1.0, lines=3)
     single = Event(seq=4, stream="stderr", text="four", ts=2.0)
     answer = await agent_client.post(
@@ -107,9 +113,7 @@ async def test_a_block_of_lines_is_one_event_and_is_read_back_line_by_line(
 async def test_batches_out_of_order_are_acknowledged_only_up_to_the_first_gap(
     agent_client: CommsClient, admin: AdminClient, server: Server
 ) -> None:
-    task = await admin.submit(script_task("web1", "echo hi"))
-    await poll(agent_client, free_slots=1)
-    await agent_client.post(task_path(TASK_ACCEPT, task.id), AcceptRequest(), AcceptResponse)
+    task = await running_task(agent_client, admin)
     later = Event(seq=3, stream="stdout", text="three\nfour", ts=1.0, lines=2)
     earlier = Event(seq=1, stream="stdout", text="one\ntwo", ts=1.0, lines=2)
     path = task_path(TASK_EVENTS, task.id)
@@ -131,9 +135,7 @@ async def test_batches_out_of_order_are_acknowledged_only_up_to_the_first_gap(
 async def test_output_text_is_one_file_per_task_and_a_block_missing_from_it_is_skipped(
     agent_client: CommsClient, admin: AdminClient, tmp_path: Path
 ) -> None:
-    task = await admin.submit(script_task("web1", "echo hi"))
-    await poll(agent_client, free_slots=1)
-    await agent_client.post(task_path(TASK_ACCEPT, task.id), AcceptRequest(), AcceptResponse)
+    task = await running_task(agent_client, admin)
     block = Event(seq=1, stream="stdout", text="one\ntwo", ts=1.0, lines=2)
     batch = EventsRequest(events=[block, Event(seq=3, stream="stdout", text="three", ts=1.0)])
     for _ in range(2):  # a retried batch adds nothing to the file
