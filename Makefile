@@ -9,10 +9,13 @@ SYSTEM_TOOLS := tinyproxy squid haproxy
 
 .PHONY: run test lint bench bench-quick profile clean system-deps
 
+# The project's own bytecode is compiled once here: an editable install has none (and
+# PYTHONDONTWRITEBYTECODE may forbid writing it later); with it every start is ~200 ms faster.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/python -m compileall -q tentacle_poll
 	touch $(STAMP)
 
 ## run: a local server and one agent on loopback, a sample task printed live; Ctrl-C stops both
@@ -60,3 +63,4 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .demo .bench-cache .pytest_cache .mypy_cache .ruff_cache
+	find tentacle_poll tests -name __pycache__ -prune -exec rm -rf {} +
