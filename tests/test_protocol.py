@@ -133,7 +133,11 @@ async def test_batches_out_of_order_are_acknowledged_only_up_to_the_first_gap(
 
 
 async def test_output_text_is_one_file_per_task_and_a_block_missing_from_it_is_skipped(
-    agent_client: CommsClient, admin: AdminClient, tmp_path: Path
+    agent_client: CommsClient,
+    admin: AdminClient,
+    server: Server,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     task = await running_task(agent_client, admin)
     block = Event(seq=1, stream="stdout", text="one\ntwo", ts=1.0, lines=2)
@@ -143,7 +147,11 @@ async def test_output_text_is_one_file_per_task_and_a_block_missing_from_it_is_s
     log = tmp_path / "server" / "server-output" / f"{task.id}.log"
     assert log.read_text() == "one\ntwothree"
     os.truncate(log, len("one\ntwo"))  # what a power cut may leave: the index ahead of the text
+    page = await server.state.store.events_after(task.id, 0, 2)
+    assert [e.text for e in page] == ["one", "two"]
+    assert "lost lines" not in caplog.text  # a page reads only the blocks it needs
     assert [e.text for e in (await admin.events(task.id, 0, 0)).events] == ["one", "two"]
+    assert f"output of task {task.id} lost lines 3+" in caplog.text
 
 
 EVENTS_IN_MAIN = """

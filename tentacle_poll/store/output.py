@@ -23,8 +23,10 @@ import asyncio
 import os
 import re
 import sqlite3
+from collections.abc import Generator, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import BinaryIO
 
 from loguru import logger
 
@@ -65,17 +67,23 @@ class OutputLog:
         self._executor.submit(self._db.close).result()
         self._executor.shutdown()
 
-    def read(self, task_id: str, rows: list[BlockRow]) -> list[Event]:
-        """The blocks of these index rows, with their text (safe on any thread)."""
-        if not rows:
-            return []
+    def read(self, task_id: str, rows: Iterable[BlockRow]) -> Generator[Event, None, None]:
+        """The blocks of these index rows with their text, each read only when it is taken: a
+        reader after 1,000 lines needs a block or two, not a thousand. Safe on any thread;
+        close it (``contextlib.closing``) when done, to close the file."""
+        log: BinaryIO | None = None
         try:
-            log = open(self._path(task_id), "rb")  # noqa: SIM115
+            for row in rows:
+                if log is None:
+                    log = open(self._path(task_id), "rb")  # noqa: SIM115
+                event = self._block(log.fileno(), task_id, row)
+                if event is not None:
+                    yield event
         except FileNotFoundError:
-            return []
-        with log:
-            events = (self._block(log.fileno(), task_id, row) for row in rows)
-            return [event for event in events if event is not None]
+            return  # the target was deleted meanwhile
+        finally:
+            if log is not None:
+                log.close()
 
     def _block(self, fd: int, task_id: str, row: BlockRow) -> Event | None:
         seq, stream, ts, lines, offset, size = row

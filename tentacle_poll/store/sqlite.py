@@ -8,6 +8,7 @@ nodes would implement the same ``Store`` interface with a natively async driver.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import itertools
 import json
@@ -358,9 +359,9 @@ class SqliteStore(SqlitePackages, SqliteDeployments):
             "ORDER BY seq LIMIT ?3",
             (task_id, after_seq, limit),
         )
-        stored = self._output.read(task_id, rows.fetchall())
-        lines = (line for e in stored for line in e.split() if after_seq < line.seq <= last_seq)
-        return list(itertools.islice(lines, limit))
+        with contextlib.closing(self._output.read(task_id, rows)) as stored:
+            lines = (line for e in stored for line in e.split() if after_seq < line.seq <= last_seq)
+            return list(itertools.islice(lines, limit))
 
     async def finish_task(self, task_id: str, result: ResultRequest, now: float) -> TaskRecord:
         """Idempotent: the first final state wins, a repeated result changes nothing. "lost" is
