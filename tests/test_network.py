@@ -107,8 +107,8 @@ async def test_client_certificate_rotation_with_a_task_queued_during_the_switch(
         f"https://127.0.0.1:{server.comms_port}", [server.state.thumbprint], stale_home
     )
     await poll_once(stale)
-    for pem in await server.state.store.expire_previous_certificates(time.time() + 10**6):
-        await server.state.trust.remove(pem.encode())
+    expired = await server.state.store.expire_previous_certificates(time.time() + 10**6)
+    await server.state.trust.remove(*(pem.encode() for pem in expired))
     server.state.forget_agents()
     with pytest.raises((CertificateRejected, RequestRejected)):
         await poll_once(stale)

@@ -110,6 +110,9 @@ async def test_trust_rebuilt_after_a_removal_keeps_agents_registered_meanwhile(
     assert not _handshake(trust.context, identities["removed"])
     assert _handshake(trust.context, identities["kept"])
     assert _handshake(trust.context, identities["added"])
+    await trust.remove(pem["kept"], pem["added"])  # several at once (an overlap's end)
+    assert not _handshake(trust.context, identities["kept"])
+    assert not _handshake(trust.context, identities["added"])
 
 
 def test_the_server_reads_certificate_expiry_as_the_agent_does(tmp_path: Path) -> None:

@@ -58,8 +58,7 @@ async def sweep_once(state: ServerState) -> None:
     expired = await state.store.expire_previous_certificates(now)
     if expired:
         state.forget_agents()
-    for pem in expired:
-        await state.trust.remove(pem.encode())
+        await state.trust.remove(*(pem.encode() for pem in expired))
     silent_since = now - state.settings.agent_lost_seconds
     silent = [
         agent_id

@@ -91,10 +91,10 @@ class TrustedClientCertificates:
             self._pems.add(pem)
             self._current.load_verify_locations(cadata=pem.decode())
 
-    async def remove(self, pem: bytes) -> None:
-        """Returns once new handshakes no longer trust ``pem``."""
-        if pem in self._pems:
-            self._pems.discard(pem)
+    async def remove(self, *pems: bytes) -> None:
+        """Returns once new handshakes no longer trust ``pems`` (one rebuild for them all)."""
+        if self._pems.intersection(pems):
+            self._pems.difference_update(pems)
             await self._rebuild()
 
     def reload_identity(self) -> None:
