@@ -95,6 +95,8 @@ class OutputLog:
         return Event.model_construct(seq=seq, stream=stream, text=text, ts=ts, lines=lines)
 
     def _append(self, task_id: str, events: list[Event], last_seq: int) -> int:
+        # The file is closed (flushed) on leaving the block, before the commit: no row may
+        # point past the file's end.
         with self._db, open(self._path(task_id), "ab") as log:
             offset = log.tell()
             texts = []
@@ -104,7 +106,6 @@ class OutputLog:
                     texts.append(text)
                     offset += len(text)
             log.write(b"".join(texts))
-            log.flush()  # before the commit: no row may point past the file's end
             return self._contiguous_end(task_id, last_seq)
 
     def _index(self, task_id: str, event: Event, offset: int, size: int) -> bool:

@@ -342,10 +342,12 @@ class SqliteStore(SqlitePackages, SqliteDeployments):
         """Stores the events (a repeated one is ignored); returns the task's ``last_seq``: the
         highest line stored with no gap before it (batches may arrive out of order)."""
         stored_end = await self._output.append(task_id, events, self._last_seq(task_id) or 0)
-        self._db.execute(
-            "UPDATE tasks SET last_seq = MAX(last_seq, ?) WHERE id = ?", (stored_end, task_id)
-        )
-        return self._last_seq(task_id) or 0
+        # fetchall, not fetchone: the statement must run to its end to release its write lock
+        rows = self._db.execute(
+            "UPDATE tasks SET last_seq = MAX(last_seq, ?) WHERE id = ? RETURNING last_seq",
+            (stored_end, task_id),
+        ).fetchall()
+        return int(rows[0][0]) if rows else 0
 
     async def events_after(self, task_id: str, after_seq: int, limit: int) -> list[Event]:
         """Up to ``limit`` lines after ``after_seq``, one event per line (blocks are split), none
