@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tentacle_poll.protocol.models import TaskState
-from tentacle_poll.server.admin_client import AdminClient
+from tentacle_poll.protocol.models import EventsPage, TaskState
+from tentacle_poll.server import Server
+from tentacle_poll.server.admin_client import FOLLOW_PAGE_LINES, AdminClient
 from tentacle_poll.tls import load_identity
 
 from .conftest import AgentFactory, run_and_follow, script_task, wait_for_line
@@ -69,3 +70,33 @@ async def test_targets_list_shows_registration_and_connection(
     assert target.connected is True and target.last_seen is not None
     identity = load_identity(running.agent.home.identity_folder)
     assert target.thumbprint == identity.thumbprint
+
+
+class CountingAdmin(AdminClient):
+    """The real admin client, counting the pages it asks for."""
+
+    pages = 0
+
+    async def events(
+        self, task_id: str, after: int, wait: float, limit: int = FOLLOW_PAGE_LINES
+    ) -> EventsPage:
+        self.pages += 1
+        return await super().events(task_id, after, wait, limit)
+
+
+async def test_follow_stops_at_the_ended_task_s_last_page(
+    start_agent: AgentFactory, admin: AdminClient, server: Server, api_key: str
+) -> None:
+    await start_agent("web1")
+    short = await admin.submit(script_task("web1", "echo one; echo two"))
+    long = await admin.submit(script_task("web1", "seq 1 2500"))
+    for task in (short, long):
+        await admin.follow(task.id, lambda _: None)
+    async with CountingAdmin(f"http://127.0.0.1:{server.admin_port}", api_key) as counting:
+        lines: list[str] = []
+        await counting.follow(short.id, lambda e: lines.append(e.text))
+        assert (lines, counting.pages) == (["one", "two"], 1)  # no extra request for an empty page
+        lines.clear()
+        await counting.follow(long.id, lambda e: lines.append(e.text))
+        assert lines == [str(i) for i in range(1, 2501)]  # full pages are followed by more
+        assert counting.pages == 1 + 3

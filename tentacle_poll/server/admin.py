@@ -130,8 +130,8 @@ async def task_events(request: web.Request) -> web.Response:
     deadline = asyncio.get_running_loop().time() + wait
     while True:
         bell = state.dispatcher.tasks.current(task_id)
-        task = await state.task_or_404(task_id)
-        lines = await state.store.events_after(task_id, after, limit)
+        task = await state.task_or_404(task_id)  # before the lines: an ended task's page that
+        lines = await state.store.events_after(task_id, after, limit)  # is not full is its last
         remaining = deadline - asyncio.get_running_loop().time()
         if lines or task.state.is_final or remaining <= 0 or state.dispatcher.stopping:
             return json_response(EventsPage(task=task_view(task), events=lines))

@@ -30,6 +30,7 @@ from tentacle_poll.protocol.models import (
 
 M = TypeVar("M")
 FOLLOW_WAIT_SECONDS = 30
+FOLLOW_PAGE_LINES = 1000
 TARGETS = TypeAdapter(list[TargetView])
 TASKS = TypeAdapter(list[TaskView])
 
@@ -149,20 +150,26 @@ class AdminClient:
         path = routes.ADMIN_PACKAGE.format(package_id=package_id, version=version)
         return await self._call("DELETE", path, TypeAdapter(PackageView))
 
-    async def events(self, task_id: str, after: int, wait: float) -> EventsPage:
+    async def events(
+        self, task_id: str, after: int, wait: float, limit: int = FOLLOW_PAGE_LINES
+    ) -> EventsPage:
         path = routes.task_path(routes.ADMIN_TASK_EVENTS, task_id)
-        query = {"after": str(after), "wait": str(wait)}
+        query = {"after": str(after), "wait": str(wait), "limit": str(limit)}
         return await self._call("GET", path, TypeAdapter(EventsPage), query=query)
 
     async def follow(self, task_id: str, on_event: Callable[[Event], None]) -> TaskView:
-        """Calls ``on_event`` for every line, in order, until the task has ended."""
+        """Calls ``on_event`` for every line, in order, until the task has ended.
+
+        The server reads a page's task before its lines, and an agent reports a result only
+        once all its lines are stored: a page that shows the task ended and is not full holds
+        the last lines, so no further request is made for an empty page."""
         after = 0
         while True:
             page = await self.events(task_id, after, FOLLOW_WAIT_SECONDS)
             for event in page.events:
                 on_event(event)
                 after = event.seq
-            if page.task.state.is_final and not page.events:
+            if page.task.state.is_final and len(page.events) < FOLLOW_PAGE_LINES:
                 return page.task
 
     async def _call(
