@@ -115,6 +115,33 @@ async def test_trust_rebuilt_after_a_removal_keeps_agents_registered_meanwhile(
     assert not _handshake(trust.context, identities["added"])
 
 
+class CountedTrust(TrustedClientCertificates):
+    """The real trust, counting how often its store is built."""
+
+    builds = 0
+
+    def _build_trust_context(self, pems: frozenset[bytes]) -> ssl.SSLContext:
+        self.builds += 1
+        return super()._build_trust_context(pems)
+
+
+async def test_removals_made_together_share_a_rebuild(tmp_path: Path) -> None:
+    names = ["server", *(f"agent{i}" for i in range(12))]
+    for name in names:
+        save_identity(tmp_path / name, generate_identity(name))
+    pems = [(tmp_path / name / "cert.pem").read_bytes() for name in names[1:]]
+    trust = CountedTrust(tmp_path / "server", pems)
+    built_at_start = trust.builds
+    await asyncio.gather(*(trust.remove(pem) for pem in pems[:10]))  # ten targets deleted
+    assert trust.builds - built_at_start <= 2  # the first removal's, and one for the nine
+    assert not any(_handshake(trust.context, tmp_path / f"agent{i}") for i in range(10))
+    assert _handshake(trust.context, tmp_path / "agent10")
+    await trust.remove(pems[10])  # alone: a rebuild of its own
+    assert trust.builds - built_at_start <= 3
+    assert not _handshake(trust.context, tmp_path / "agent10")
+    assert _handshake(trust.context, tmp_path / "agent11")
+
+
 def test_the_server_reads_certificate_expiry_as_the_agent_does(tmp_path: Path) -> None:
     pem = generate_identity("web1", days=400).cert_pem
     assert certificate_expiry_fast(pem) == certificate_expiry(pem)

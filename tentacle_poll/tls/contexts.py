@@ -83,6 +83,8 @@ class TrustedClientCertificates:
         self._pems: set[bytes] = set(pems)
         self._current = self._with_identity(self._build_trust_context(frozenset(self._pems)))
         self._rebuilding = asyncio.Lock()
+        self._removals = 0  # removals asked for so far
+        self._removals_built = 0  # of those, how many the current trust already leaves out
         self.context = self._with_identity(self._new_context())
         self.context.sni_callback = self._use_current_trust
 
@@ -92,24 +94,31 @@ class TrustedClientCertificates:
             self._current.load_verify_locations(cadata=pem.decode())
 
     async def remove(self, *pems: bytes) -> None:
-        """Returns once new handshakes no longer trust ``pems`` (one rebuild for them all)."""
+        """Returns once new handshakes no longer trust ``pems`` (one rebuild for them all).
+
+        Removals that arrive while a rebuild runs share the next one: deleting a hundred
+        targets at once costs two rebuilds, not a hundred (each is seconds at 10,000 agents)."""
         if self._pems.intersection(pems):
             self._pems.difference_update(pems)
-            await self._rebuild()
+            self._removals += 1
+            await self._rebuild(self._removals)
 
     def reload_identity(self) -> None:
         """Presents the server certificate now in the identity folder (after a rotation)."""
         self._with_identity(self.context)
         self._with_identity(self._current)
 
-    async def _rebuild(self) -> None:
+    async def _rebuild(self, removal: int) -> None:
         async with self._rebuilding:
-            wanted = frozenset(self._pems)
+            if self._removals_built >= removal:
+                return  # a rebuild that began after this removal has left it out already
+            covered, wanted = self._removals, frozenset(self._pems)
             context = await asyncio.to_thread(self._build_trust_context, wanted)
             self._with_identity(context)  # here, not on the thread: a rotation may have happened
             for pem in self._pems - wanted:  # registered while it was being built
                 context.load_verify_locations(cadata=pem.decode())
             self._current = context
+            self._removals_built = covered
 
     def _use_current_trust(self, sslobj: Any, server_name: str | None, ctx: ssl.SSLContext) -> None:
         sslobj.context = self._current
