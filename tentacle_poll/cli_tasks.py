@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime as dt
 import os
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tentacle_poll.config import DEFAULT_ADMIN_PORT, ENV_PREFIX
-from tentacle_poll.exceptions import ConfigurationError
+from tentacle_poll.exceptions import ConfigurationError, RequestRejected
 from tentacle_poll.protocol.models import Event, ScriptSpec, SubmitTask, TaskView, Variable
 
 if TYPE_CHECKING:  # the admin client loads aiohttp: the agent daemon never needs it
@@ -20,14 +21,20 @@ EXIT_CODES = {"succeeded": 0, "failed": 1, "timed_out": 124, "cancelled": 130, "
 
 
 def add_commands(commands: Any, add_common: Any, add_admin: Any) -> None:
-    targets = commands.add_parser("targets", help="list registered targets")
+    targets = commands.add_parser("targets", help="list registered targets (or delete some)")
     targets.set_defaults(command=list_targets)
+    target_commands = targets.add_subparsers(title="targets commands", metavar="COMMAND")
+    delete = target_commands.add_parser(
+        "delete", help="remove targets: their certificates are refused from then on"
+    )
+    delete.add_argument("names", nargs="+", metavar="NAME")
+    delete.set_defaults(command=delete_targets)
     task = commands.add_parser("task", help="run and inspect tasks")
     sub = task.add_subparsers(title="task commands", metavar="COMMAND", required=True)
     run = sub.add_parser("run", help="queue a script task for a target (and follow it)")
     _add_script_arguments(run)
     run.set_defaults(command=run_task)
-    parsers = [targets, run]
+    parsers = [targets, delete, run]
     for name, handler, text in [
         ("show", show_task, "show a task's state"),
         ("follow", follow_task, "print a task's output live until it ends"),
@@ -162,6 +169,23 @@ async def list_targets(args: argparse.Namespace) -> int:
             f"{expires:<12} {t.thumbprint}"
         )
     return 0
+
+
+async def delete_targets(args: argparse.Namespace) -> int:
+    """Deletes them all at once: the server removes their certificates with shared rebuilds."""
+    async with admin_client(args) as client:
+        deletions = [client.delete_target(name) for name in args.names]
+        outcomes = await asyncio.gather(*deletions, return_exceptions=True)
+    failed = 0
+    for name, outcome in zip(args.names, outcomes, strict=True):
+        if isinstance(outcome, RequestRejected):
+            print(f"error: {name}: {outcome}", file=sys.stderr)
+            failed += 1
+        elif isinstance(outcome, BaseException):
+            raise outcome
+        else:
+            print(f"deleted {name}")
+    return 1 if failed else 0
 
 
 async def run_task(args: argparse.Namespace) -> int:

@@ -84,6 +84,11 @@ async def test_server_register_agent_and_task_from_the_command_line(
     targets = cli("targets", env=admin_env).stdout
     assert "web1" in targets and "Prod" in targets and "web,db" in targets
     assert await agent.stop() == 0
+    deleted = cli("targets", "delete", "web1", "nosuch", env=admin_env, check=False)
+    assert deleted.returncode == 1 and deleted.stdout == "deleted web1\n"
+    assert "nosuch" in deleted.stderr and "no such target" in deleted.stderr
+    assert "Traceback" not in deleted.stderr
+    assert "web1" not in cli("targets", env=admin_env).stdout
     assert await server.stop() == 0
     assert any("agent stopped" in line for line in agent.lines)
 
