@@ -10,10 +10,10 @@ from pathlib import Path
 
 from tentacle_poll.server.identity import ServerHome
 from tentacle_poll.store import NewAgent
-from tentacle_poll.tls import generate_identity, thumbprint_of_pem
-from tentacle_poll.tls.files import _write_private
+from tentacle_poll.tls import thumbprint_of_pem
 
 from ..processes import Daemon
+from .loadgen import make_certificates
 
 CACHE = Path(".bench-cache")
 
@@ -21,12 +21,7 @@ CACHE = Path(".bench-cache")
 def certificates(count: int) -> Path:
     """``count`` agent certificates in a cache folder, made once and reused by later runs."""
     folder = CACHE / "certs"
-    folder.mkdir(parents=True, exist_ok=True)
-    for index in range(count):
-        if not (folder / f"cert-{index}.pem").exists():
-            identity = generate_identity(f"sim-{index}")
-            _write_private(folder / f"key-{index}.pem", identity.key_pem)
-            (folder / f"cert-{index}.pem").write_bytes(identity.cert_pem)
+    make_certificates(folder, 0, count)
     return folder
 
 

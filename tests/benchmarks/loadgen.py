@@ -4,13 +4,16 @@ Python agent per simulated agent: real mutual TLS with each agent's own certific
 
 Operators can use it to size a server:
 
-    python -m tests.benchmarks.loadgen --server https://HOST:10943 \\
-        --certs DIR --first 0 --count 2500 --seconds 120
+    export TENTACLE_POLL_API_KEY=API-...       # registers sim-0 ... sim-2499 first
+    python -m tests.benchmarks.loadgen --server https://HOST:10943 --server-thumbprint T \\
+        --certs DIR --first 0 --count 2500 --seconds 120 --register
+    tentacle-poll targets delete $(seq -f 'sim-%g' 0 2499)      # afterwards
 
-DIR holds ``key-<i>.pem``/``cert-<i>.pem`` for agents registered on the server (see
-``tests/benchmarks/fleet.py``). Run several processes for more than a few thousand agents.
-On exit it writes one JSON line per agent to --report: poll successes and failures (and which
-of them were refused connections) with times.
+DIR holds ``key-<i>.pem``/``cert-<i>.pem`` for each simulated agent; ``--register`` makes the
+missing ones and registers them through the API (environment ``Load``, role ``sim``), pinning
+the server's thumbprint before the key is sent. Run several processes (with different
+``--first``) for more than a few thousand agents. On exit it writes one JSON line per agent to
+--report: poll successes and failures (and which of them were refused connections) with times.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import random
 import signal
 import ssl
@@ -27,15 +31,25 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from tentacle_poll.agent.backoff import BASE_SECONDS, REFUSED_MAX_SECONDS
+from tentacle_poll.protocol.routes import API_KEY_HEADER, PROTOCOL_HEADER, REGISTER
+from tentacle_poll.tls import generate_identity, thumbprint_of_der
+from tentacle_poll.tls.files import _write_private
 
 BACKOFF_MAX = 60.0  # the agent's default backoff_max_seconds
 POLL_BODY = json.dumps({"free_slots": 1, "running": [], "agent_version": "loadgen"}).encode()
 
 
+class RegistrationFailed(Exception):
+    """A simulated agent could not be registered; the message says which and why."""
+
+
 class SimulatedAgent:
-    def __init__(self, index: int, host: str, port: int, context: ssl.SSLContext) -> None:
+    def __init__(
+        self, index: int, host: str, port: int, context: ssl.SSLContext, pinned: str | None
+    ) -> None:
         self.index = index
         self.host, self.port, self.context = host, port, context
+        self.pinned = pinned  # the server's thumbprint, checked on every new connection
         self.successes: list[float] = []
         self.failures: list[float] = []
         self.refusals: list[float] = []  # the failures that were refused connections
@@ -66,6 +80,22 @@ class SimulatedAgent:
             for envelope in answer.get("envelopes", []):
                 await self._run_task(envelope["task_id"])
 
+    async def register(self, certificate_pem: str, api_key: str) -> None:
+        body = {
+            "name": f"sim-{self.index}",
+            "certificate_pem": certificate_pem,
+            "environments": ["Load"],
+            "roles": ["sim"],
+            "agent_version": "loadgen",
+            "replace": True,
+        }
+        # Without a client certificate: the server would refuse one it does not know yet.
+        await self._connect(agent_context(None, self.index))
+        try:
+            await self._request(REGISTER, json.dumps(body).encode(), {API_KEY_HEADER: api_key})
+        finally:
+            self._drop()
+
     async def _run_task(self, task_id: str) -> None:
         """accept → one line → result, as an agent running `echo` would."""
         await self._request(f"/v1/tasks/{task_id}/accept", b"{}")
@@ -75,15 +105,14 @@ class SimulatedAgent:
         await self._request(f"/v1/tasks/{task_id}/result", json.dumps(result).encode())
         self.tasks_done += 1
 
-    async def _request(self, path: str, body: bytes) -> dict:  # type: ignore[type-arg]
+    async def _request(self, path: str, body: bytes, headers: dict[str, str] | None = None) -> dict:  # type: ignore[type-arg]
         if self._writer is None:
-            self._reader, self._writer = await asyncio.open_connection(
-                self.host, self.port, ssl=self.context, server_hostname=None
-            )
-        assert self._reader is not None
+            await self._connect(self.context)
+        assert self._reader is not None and self._writer is not None
+        extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
         head = (
             f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
-            f"X-Tentacle-Protocol: 1\r\nContent-Length: {len(body)}\r\n\r\n"
+            f"{PROTOCOL_HEADER}: 1\r\n{extra}Content-Length: {len(body)}\r\n\r\n"
         )
         self._writer.write(head.encode() + body)
         if path == "/v1/poll":
@@ -96,8 +125,19 @@ class SimulatedAgent:
                 length = int(line.split(b":")[1])
         payload = await self._reader.readexactly(length)
         if not status.startswith(b"HTTP/1.1 2"):
-            raise ValueError(status.decode(errors="replace"))
+            raise ValueError(f"{status.decode(errors='replace').strip()} {payload[:300]!r}")
         return json.loads(payload)  # type: ignore[no-any-return]
+
+    async def _connect(self, context: ssl.SSLContext) -> None:
+        self._reader, self._writer = await asyncio.open_connection(
+            self.host, self.port, ssl=context, server_hostname=None
+        )
+        if self.pinned is None:
+            return
+        der = self._writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        if thumbprint_of_der(der) != self.pinned.upper():
+            self._drop()
+            raise ssl.SSLError(f"the server's thumbprint is not {self.pinned}: nothing sent")
 
     def _drop(self) -> None:
         if self._writer is not None:
@@ -116,11 +156,38 @@ async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
 
 
-def agent_context(certs: Path, index: int) -> ssl.SSLContext:
+def make_certificates(folder: Path, first: int, count: int) -> None:
+    """A key and certificate for each simulated agent, made once: later runs reuse them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(first, first + count):
+        if not (folder / f"cert-{index}.pem").exists():
+            identity = generate_identity(f"sim-{index}")
+            _write_private(folder / f"key-{index}.pem", identity.key_pem)
+            (folder / f"cert-{index}.pem").write_bytes(identity.cert_pem)
+
+
+async def register_all(agents: list[SimulatedAgent], certs: Path, api_key: str) -> None:
+    """Registers every simulated agent through the API, a few at a time."""
+    gate = asyncio.Semaphore(16)
+
+    async def register(agent: SimulatedAgent) -> None:
+        async with gate:
+            try:
+                await agent.register((certs / f"cert-{agent.index}.pem").read_text(), api_key)
+            except (OSError, ValueError, asyncio.IncompleteReadError) as error:
+                raise RegistrationFailed(f"registering sim-{agent.index}: {error}") from error
+
+    await asyncio.gather(*(register(agent) for agent in agents))
+    print(f"registered sim-{agents[0].index} ... sim-{agents[-1].index}", flush=True)
+
+
+def agent_context(certs: Path | None, index: int) -> ssl.SSLContext:
+    """With the agent's certificate from ``certs``; none when ``certs`` is None."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE  # the real agent pins; the load only needs the handshake
-    context.load_cert_chain(certs / f"cert-{index}.pem", certs / f"key-{index}.pem")
+    context.verify_mode = ssl.CERT_NONE  # the server is pinned by thumbprint when one is given
+    if certs is not None:
+        context.load_cert_chain(certs / f"cert-{index}.pem", certs / f"key-{index}.pem")
     return context
 
 
@@ -130,11 +197,17 @@ async def main(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    loop.call_later(args.seconds, stop.set)
+    if args.register:
+        make_certificates(args.certs, args.first, args.count)
     agents = [
-        SimulatedAgent(i, url.hostname or "", url.port or 10943, agent_context(args.certs, i))
+        SimulatedAgent(
+            i, url.hostname or "", url.port or 10943, agent_context(args.certs, i), args.pinned
+        )
         for i in range(args.first, args.first + args.count)
     ]
+    if args.register:
+        await register_all(agents, args.certs, args.api_key)
+    loop.call_later(args.seconds, stop.set)
     runs = []
     for agent in agents:  # ramp up: a burst of thousands of handshakes at once is a storm
         runs.append(asyncio.create_task(agent.run(stop)))
@@ -172,8 +245,24 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=60.0, help="stop after this long")
     parser.add_argument("--ramp", type=float, default=5.0, help="seconds to start all agents")
     parser.add_argument("--report", type=Path, default=Path("loadgen-report.jsonl"))
-    return parser.parse_args()
+    parser.add_argument(
+        "--server-thumbprint", dest="pinned", help="pin the server (required with --register)"
+    )
+    parser.add_argument(
+        "--register",
+        action="store_true",
+        help="make missing certificates and register the agents first "
+        "(API key from $TENTACLE_POLL_API_KEY)",
+    )
+    args = parser.parse_args()
+    args.api_key = os.environ.get("TENTACLE_POLL_API_KEY", "")
+    if args.register and not (args.pinned and args.api_key):
+        parser.error("--register needs --server-thumbprint and $TENTACLE_POLL_API_KEY")
+    return args
 
 
 if __name__ == "__main__":
-    asyncio.run(main(parse()))
+    try:
+        asyncio.run(main(parse()))
+    except RegistrationFailed as failure:
+        raise SystemExit(f"error: {failure}") from None
