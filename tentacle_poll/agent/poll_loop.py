@@ -24,6 +24,9 @@ from tentacle_poll.protocol.models import PollRequest, PollResponse
 from tentacle_poll.protocol.routes import POLL
 
 DEFAULT_HOLD_SECONDS = 25.0
+# How long a poll sent with no free slot may take to come back once a slot frees (the server
+# answers it when the result arrives) before it is abandoned, closing its connection.
+SLOT_FREED_GRACE_SECONDS = 1.0
 
 
 class PollLoop:
@@ -41,7 +44,8 @@ class PollLoop:
         self._slots = slots
         self._context = context
         self._stop = stop_polling
-        self._runners = runners
+        self._runners = runners  # every server's, shared by the poll loops
+        self._own: set[str] = set()  # the ones this server delivered
         self._hold = DEFAULT_HOLD_SECONDS
         self._spool_full_warned = False
 
@@ -79,11 +83,31 @@ class PollLoop:
             trusted_server_thumbprints=self._client.thumbprints,
         )
         try:
-            return await self._send(request)
+            answer = await self._send(request)
         finally:
             self._slots.release(self._client.url)
+        if (
+            answer is not None
+            and not request.free_slots
+            and not (answer.envelopes or answer.cancels)
+        ):
+            # Answered early because a result came in: that task's slot frees in a moment,
+            # and the next poll should offer it rather than none.
+            await self._wait_for_a_slot()
+        return answer
+
+    async def _wait_for_a_slot(self) -> None:
+        waiters = [asyncio.ensure_future(f) for f in (self._slots.wait_freed(), self._stop.wait())]
+        try:
+            await asyncio.wait(
+                waiters, timeout=SLOT_FREED_GRACE_SECONDS, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
 
     async def _send(self, request: PollRequest) -> PollResponse | None:
+        own_tasks = len(self._own)
         poll = asyncio.ensure_future(self._client.post(POLL, request, PollResponse, self._hold))
         interrupts: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._stop.wait())]
         if request.free_slots == 0:
@@ -94,13 +118,24 @@ class PollLoop:
             for waiter in interrupts:
                 waiter.cancel()
         if not poll.done():
-            # Safe to abandon: no free slot means nothing was leased; when stopping, a lease
-            # in flight is never accepted and goes back to the queue when it expires.
-            poll.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await poll
-            return None
+            return await self._answer_or_abandon(poll, len(self._own) < own_tasks)
         return poll.result()
+
+    async def _answer_or_abandon(
+        self, poll: asyncio.Future[PollResponse], freed_by_own_task: bool
+    ) -> PollResponse | None:
+        if freed_by_own_task and not self._stop.is_set():
+            # This server answers a zero-slot poll once the result that freed the slot has
+            # arrived (usually already): the answer keeps the connection for the next poll.
+            await asyncio.wait([poll], timeout=SLOT_FREED_GRACE_SECONDS)
+            if poll.done():
+                return poll.result()
+        # Safe to abandon: no free slot means nothing was leased; when stopping, a lease in
+        # flight is never accepted and goes back to the queue when it expires.
+        poll.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await poll
+        return None
 
     def _news(self, announced: list[str]) -> bool:
         """A next certificate was prepared, or the current one changed (rotation activated).
@@ -143,6 +178,7 @@ class PollLoop:
                 continue
             runner = TaskRunner(envelope, self._context)
             self._runners[envelope.task_id] = runner
+            self._own.add(envelope.task_id)
             task = asyncio.create_task(self._run(runner), name=f"task-{envelope.task_id}")
             self._slots.occupy(envelope.task_id, task)
 
@@ -151,3 +187,4 @@ class PollLoop:
             await runner.run()
         finally:
             self._runners.pop(runner.task_id, None)
+            self._own.discard(runner.task_id)

@@ -10,7 +10,6 @@ retry after a lost answer duplicates nothing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
@@ -102,6 +101,7 @@ class TaskReporter:
         self.seq = earlier[-1].last_seq if earlier else 0
         self._has_lines = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
+        self._last_lines_queued = False
 
     @property
     def task_id(self) -> str:
@@ -141,9 +141,11 @@ class TaskReporter:
 
     async def _deliver(self) -> bool:
         if self._flusher is not None:
-            self._flusher.cancel()  # its unanswered batches go back to the queue
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+            # Let it finish the batches on their way: cancelled mid-post, a batch would close
+            # its connection (a new TLS handshake) and be sent again.
+            self._last_lines_queued = True
+            self._has_lines.set()
+            await self._flusher
         result = self._spool.result()
         assert result is not None, "spool_result() comes before deliver()"
         try:
@@ -157,7 +159,7 @@ class TaskReporter:
 
     async def _flush_forever(self) -> None:
         try:
-            while True:
+            while not self._last_lines_queued:
                 await self._has_lines.wait()
                 self._has_lines.clear()
                 await self._send_all()

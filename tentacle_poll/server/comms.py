@@ -140,6 +140,7 @@ async def result(request: web.Request) -> web.Response:
     body = await read_model(request, ResultRequest)
     finished = await state.store.finish_task(task.id, body, now())
     state.dispatcher.tasks.ring(task.id)
+    state.dispatcher.result_received(task.agent_id)
     await stop_rest_if_failed(state, finished)
     reason = f": {body.reason}" if body.reason else ""
     logger.info("task {} on {} ended {}{}", task.id, task.target, body.state, reason)
@@ -169,13 +170,20 @@ async def _hold_until_work(
     if body.hold_seconds is not None:
         hold = min(hold, body.hold_seconds)
     deadline = asyncio.get_running_loop().time() + hold
+    results_before = state.dispatcher.results_received(agent.id)
     while not state.dispatcher.stopping:
         bell = state.dispatcher.agents.current(agent.id)
         if _client_gone(request):
             raise ProblemError(499, "client went away")
         leased, cancels = await _work_for(state, agent.id, body)
         remaining = deadline - asyncio.get_running_loop().time()
-        if leased or cancels or remaining <= 0:
+        # A poll with no free slot is answered once a result frees one: the agent then polls
+        # again with it on the same connection, instead of abandoning this poll (and with it
+        # the connection: a new TLS handshake every time all its slots were busy).
+        slot_freed = not body.free_slots and results_before != state.dispatcher.results_received(
+            agent.id
+        )
+        if leased or cancels or slot_freed or remaining <= 0:
             return PollResponse(
                 envelopes=_envelopes(leased),
                 cancels=cancels,

@@ -53,6 +53,7 @@ class Dispatcher:
         self._polling: Counter[str] = Counter()
         self._without_work: set[str] = set()
         self._last_poll_end: dict[str, float] = {}
+        self._results: Counter[str] = Counter()  # per agent: results received, i.e. slots freed
 
     @contextlib.contextmanager
     def polling(self, agent_id: str) -> Iterator[None]:
@@ -78,6 +79,14 @@ class Dispatcher:
         """Something may be queued or cancelled for the agent: check the store, wake its poll."""
         self._without_work.discard(agent_id)
         self.agents.ring(agent_id)
+
+    def result_received(self, agent_id: str) -> None:
+        """One of the agent's slots is about to free up: wake its poll if it has none free."""
+        self._results[agent_id] += 1
+        self.agents.ring(agent_id)
+
+    def results_received(self, agent_id: str) -> int:
+        return self._results[agent_id]
 
     def is_polling(self, agent_id: str) -> bool:
         return self._polling[agent_id] > 0
