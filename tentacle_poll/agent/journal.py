@@ -3,9 +3,12 @@
     accepted → started → finished → reported      (or accepted → dropped)
 
 "accepted" is written before the agent tells the server, "started" just before the script is
-spawned. A task id the journal knows is never started again, whatever restarts happen; a task
-"started" but not "finished" when the agent comes back was interrupted by the agent's death.
-Only ids and states are written here: never a script, a variable or an output line.
+spawned, and "started" again with the script's process group once it runs (so that an agent
+that died can end the orphaned group when it comes back; a line in the journal costs no file
+of its own). A task id the journal knows is never started again, whatever restarts happen; a
+task "started" but not "finished" when the agent comes back was interrupted by the agent's
+death. Only ids, states and process groups are written here: never a script, a variable or an
+output line.
 """
 
 from __future__ import annotations
@@ -25,6 +28,13 @@ class JournalEntry:
     task_id: str
     step: Step
     server: str
+    process_group: str = ""  # "PGID BOOT_ID" (workers/process_group.py), once the script runs
+
+    def line(self) -> str:
+        fields = {"task": self.task_id, "step": self.step, "server": self.server}
+        if self.process_group:
+            fields["group"] = self.process_group
+        return json.dumps(fields) + "\n"
 
 
 class Journal:
@@ -37,16 +47,17 @@ class Journal:
     def close(self) -> None:
         self._file.close()
 
-    def record(self, task_id: str, step: Step, server: str) -> None:
+    def record(self, task_id: str, step: Step, server: str, process_group: str = "") -> None:
         """Appends one step. "accepted" is made durable (fsync) before this returns: it is the
         step that keeps a task from ever starting twice. Later steps only need to survive the
         agent being killed, which the OS guarantees once they are written; if power loss
         took one, the task would be reported failed, never run again."""
-        self._file.write(json.dumps({"task": task_id, "step": step, "server": server}) + "\n")
+        entry = JournalEntry(task_id, step, server, process_group)
+        self._file.write(entry.line())
         self._file.flush()
         if step == "accepted":
             os.fsync(self._file.fileno())
-        self.entries[task_id] = JournalEntry(task_id, step, server)
+        self.entries[task_id] = entry
 
     def blocks(self, task_id: str) -> bool:
         """True when the task must not start (again); a dropped lease may be delivered anew."""
@@ -63,7 +74,7 @@ class Journal:
         for line in self._path.read_text(encoding="utf-8").splitlines():
             try:
                 raw = json.loads(line)
-                entry = JournalEntry(raw["task"], raw["step"], raw["server"])
+                entry = JournalEntry(raw["task"], raw["step"], raw["server"], raw.get("group", ""))
             except (ValueError, KeyError, TypeError):
                 continue  # a line torn by a crash mid-write
             known = entries.get(entry.task_id)
@@ -76,10 +87,8 @@ class Journal:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         temporary = self._path.with_suffix(".tmp")
         with open(temporary, "w", encoding="utf-8") as handle:
-            for e in self.entries.values():
-                handle.write(
-                    json.dumps({"task": e.task_id, "step": e.step, "server": e.server}) + "\n"
-                )
+            for entry in self.entries.values():
+                handle.write(entry.line())
             handle.flush()
             os.fsync(handle.fileno())
         temporary.replace(self._path)

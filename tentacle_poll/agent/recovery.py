@@ -19,7 +19,7 @@ from tentacle_poll.agent.reporter import TaskReporter
 from tentacle_poll.agent.spool import Spool
 from tentacle_poll.agent.transport import CommsClient
 from tentacle_poll.protocol.models import Event, ResultRequest
-from tentacle_poll.workers.process_group import group_alive, signal_group
+from tentacle_poll.workers.process_group import group_alive, group_of_record, signal_group
 
 DIED_RUNNING = "agent restarted while the task ran"
 DIED_BEFORE_START = "agent restarted before the task started; it did not run"
@@ -31,7 +31,8 @@ def fail_interrupted_tasks(journal: Journal, spool: Spool) -> None:
         *((e, DIED_BEFORE_START) for e in journal.in_step("accepted")),
     ]:
         task_spool = spool.task(entry.task_id)
-        note = reason + _end_orphans(task_spool.process_group())
+        pgid = group_of_record(entry.process_group) or task_spool.process_group()
+        note = reason + _end_orphans(pgid)
         note_seq = max((e.last_seq for e in task_spool.events()), default=0) + 1
         task_spool.append(Event(seq=note_seq, stream="system", text=note, ts=time.time()))
         task_spool.write_result(ResultRequest(state="failed", last_seq=note_seq, reason=reason))

@@ -39,6 +39,7 @@ from tentacle_poll.protocol.models import (
 from tentacle_poll.protocol.routes import TASK_ACCEPT, task_path
 from tentacle_poll.workers import Outcome, ScriptJob, ScriptWorker, Worker
 from tentacle_poll.workers.extract import Limits
+from tentacle_poll.workers.process_group import group_record
 
 ACCEPT_PATIENCE_SECONDS = 20.0
 
@@ -175,7 +176,7 @@ class TaskRunner:
                 timeout_seconds=spec.timeout_seconds,
                 grace_seconds=self._context.grace_seconds,
                 max_output_bytes=self._context.max_output_bytes,
-                on_spawn=self._context.spool.task(self.task_id).record_process_group,
+                on_spawn=self._record_process_group,
             )
             return ScriptWorker(job, self._reporter.line)
         transfer = spec.send_file or spec.fetch_file
@@ -209,3 +210,7 @@ class TaskRunner:
 
     def _journal(self, step: Step) -> None:
         self._context.journal.record(self.task_id, step, self._context.client.url)
+
+    def _record_process_group(self, pgid: int) -> None:
+        journal, server = self._context.journal, self._context.client.url
+        journal.record(self.task_id, "started", server, process_group=group_record(pgid))

@@ -16,6 +16,7 @@ from typing import IO
 
 from tentacle_poll.protocol.codec import encode
 from tentacle_poll.protocol.models import Event, ResultRequest
+from tentacle_poll.workers.process_group import group_of_record
 
 EVENTS_FILE = "events.jsonl"
 RESULT_FILE = "result.json"
@@ -65,17 +66,11 @@ class TaskSpool:
                 continue  # the last line may be torn by a crash
         return events
 
-    def record_process_group(self, pgid: int) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        (self.folder / PROCESS_GROUP_FILE).write_text(f"{pgid} {_boot_id()}")
-
     def process_group(self) -> int | None:
-        """The task's process group, if it was started in this boot of the machine: after a
-        reboot the number may belong to an unrelated group, which must not be killed."""
+        """The process group earlier agents recorded here (the journal holds it now)."""
         try:
-            pgid, _, boot = (self.folder / PROCESS_GROUP_FILE).read_text().partition(" ")
-            return int(pgid) if boot == _boot_id() else None
-        except (OSError, ValueError):
+            return group_of_record((self.folder / PROCESS_GROUP_FILE).read_text())
+        except OSError:
             return None
 
     def write_result(self, result: ResultRequest) -> None:
@@ -117,13 +112,6 @@ class Spool:
     @property
     def full(self) -> bool:
         return self.used_bytes >= self.max_bytes
-
-
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return "unknown"
 
 
 def _folder_size(folder: Path) -> int:

@@ -4,11 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 from pathlib import Path
 
 GONE_TIMEOUT = 5.0
+
+
+def group_record(pgid: int) -> str:
+    """The group with this boot's id, to be kept on disk: after a reboot the number may name
+    an unrelated group, which must not be killed."""
+    return f"{pgid} {_boot_id()}"
+
+
+def group_of_record(record: str) -> int | None:
+    """The group a ``group_record`` names, if it was made in this boot of the machine."""
+    pgid, _, boot = record.partition(" ")
+    return int(pgid) if pgid.isdigit() and boot == _boot_id() else None
+
+
+@functools.cache
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
 
 
 def group_alive(pgid: int) -> bool:

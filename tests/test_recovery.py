@@ -1,0 +1,57 @@
+"""What an agent that died finds when it comes back: its journal (with each running script's
+process group) and its spool. Real processes, real files."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tentacle_poll.agent.journal import Journal
+from tentacle_poll.agent.recovery import DIED_RUNNING, fail_interrupted_tasks
+from tentacle_poll.agent.spool import PROCESS_GROUP_FILE, Spool
+from tentacle_poll.workers.process_group import group_of_record, group_record
+
+SERVER = "https://deploy.example:10943"
+
+
+def test_a_running_script_s_group_survives_the_journal_being_compacted(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "journal.jsonl")
+    journal.record("t1", "accepted", SERVER)
+    journal.record("t1", "started", SERVER)
+    journal.record("t1", "started", SERVER, process_group=group_record(4242))
+    journal.close()
+    reopened = Journal(tmp_path / "journal.jsonl")  # compacts: one line per task
+    reopened.close()
+    [entry] = reopened.in_step("started")
+    assert group_of_record(entry.process_group) == 4242
+    assert len((tmp_path / "journal.jsonl").read_text().splitlines()) == 1
+
+
+def test_a_group_recorded_in_another_boot_is_never_named() -> None:
+    assert group_of_record("4242 8c1f0a5e-another-boot") is None
+    assert group_of_record("") is None and group_of_record("x y") is None
+
+
+@pytest.mark.parametrize("recorded_in", ["journal", "older spool file"])
+def test_the_orphaned_script_of_a_dead_agent_is_ended(tmp_path: Path, recorded_in: str) -> None:
+    orphan = subprocess.Popen(["sleep", "300"], start_new_session=True)  # its own group
+    try:
+        journal, spool = Journal(tmp_path / "journal.jsonl"), Spool(tmp_path / "spool", 10**9)
+        journal.record("t1", "accepted", SERVER)
+        journal.record("t1", "started", SERVER)
+        if recorded_in == "journal":
+            journal.record("t1", "started", SERVER, process_group=group_record(orphan.pid))
+        else:  # as agents before the journal held it left it
+            (tmp_path / "spool" / "t1").mkdir(parents=True)
+            (tmp_path / "spool" / "t1" / PROCESS_GROUP_FILE).write_text(group_record(orphan.pid))
+        fail_interrupted_tasks(journal, spool)
+        journal.close()
+        assert orphan.wait(timeout=10) == -9
+    finally:
+        orphan.kill()
+        orphan.wait()
+    result = spool.task("t1").result()
+    assert result is not None and result.state == "failed" and result.reason == DIED_RUNNING
+    assert spool.task("t1").events()[-1].text.endswith("its processes, still running, were ended")
