@@ -10,7 +10,8 @@ import pytest
 
 from tentacle_poll.agent.journal import Journal
 from tentacle_poll.agent.recovery import DIED_RUNNING, fail_interrupted_tasks
-from tentacle_poll.agent.spool import PROCESS_GROUP_FILE, Spool
+from tentacle_poll.agent.spool import OLDER_RESULT_FILE, PROCESS_GROUP_FILE, Spool
+from tentacle_poll.protocol.models import Event
 from tentacle_poll.workers.process_group import group_of_record, group_record
 
 SERVER = "https://deploy.example:10943"
@@ -55,3 +56,29 @@ def test_the_orphaned_script_of_a_dead_agent_is_ended(tmp_path: Path, recorded_i
     result = spool.task("t1").result()
     assert result is not None and result.state == "failed" and result.reason == DIED_RUNNING
     assert spool.task("t1").events()[-1].text.endswith("its processes, still running, were ended")
+
+
+def test_a_result_line_torn_by_a_crash_leaves_the_task_interrupted(tmp_path: Path) -> None:
+    journal, spool = Journal(tmp_path / "journal.jsonl"), Spool(tmp_path / "spool", 10**9)
+    journal.record("t1", "accepted", SERVER)
+    journal.record("t1", "started", SERVER)
+    task = spool.task("t1")
+    task.append(Event(seq=1, stream="stdout", text="before the crash", ts=1.0))
+    task.close()
+    with open(tmp_path / "spool" / "t1" / "events.jsonl", "ab") as events:
+        events.write(b'{"result":{"state":"succ')  # the agent died writing its result
+    assert task.result() is None
+    fail_interrupted_tasks(journal, spool)
+    journal.close()
+    result = spool.task("t1").result()
+    assert result is not None and (result.state, result.reason) == ("failed", DIED_RUNNING)
+    texts = [e.text for e in spool.task("t1").events()]
+    assert texts == ["before the crash", DIED_RUNNING]  # the note was not glued to the torn line
+
+
+def test_a_result_spooled_by_an_earlier_agent_is_still_delivered(tmp_path: Path) -> None:
+    folder = tmp_path / "spool" / "t1"
+    folder.mkdir(parents=True)
+    (folder / OLDER_RESULT_FILE).write_text('{"state":"succeeded","exit_code":0,"last_seq":0}')
+    result = Spool(tmp_path / "spool", 10**9).task("t1").result()
+    assert result is not None and result.state == "succeeded"

@@ -1,14 +1,18 @@
 """The agent's spool: each task's output lines and result on disk until the server has them.
 
-    <home>/spool/<task id>/events.jsonl   one masked line per output line, appended
-    <home>/spool/<task id>/result.json    the final result, written atomically
+    <home>/spool/<task id>/events.jsonl   one masked event per line, appended; then the
+                                          result, {"result": {...}}, fsync'd with them
 
 A task's folder is removed only after the server acknowledged its result. Lines are masked by
-the worker before they get here, so the spool never holds a secret.
+the worker before they get here, so the spool never holds a secret. The result is a line of
+the same file, not a file of its own: on this kind of machine creating a file costs more than
+everything else a tiny task does on disk. A result line torn by a crash does not count (the
+task is then reported as interrupted). Spools of earlier agents (``result.json``) are read too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -19,8 +23,9 @@ from tentacle_poll.protocol.models import Event, ResultRequest
 from tentacle_poll.workers.process_group import group_of_record
 
 EVENTS_FILE = "events.jsonl"
-RESULT_FILE = "result.json"
-PROCESS_GROUP_FILE = "pgid"
+RESULT_LINE = b'{"result":'
+OLDER_RESULT_FILE = "result.json"  # where earlier agents kept the result
+PROCESS_GROUP_FILE = "pgid"  # where earlier agents kept a running script's process group
 
 
 class TaskSpool:
@@ -35,13 +40,23 @@ class TaskSpool:
 
     def append(self, event: Event) -> bytes:
         """Appends the event; returns its JSON, which is also what goes on the wire."""
-        if self._events is None:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            self._events = open(self.folder / EVENTS_FILE, "ab")  # noqa: SIM115
         encoded = encode(event)
+        self._write_line(encoded)
+        return encoded
+
+    def _write_line(self, encoded: bytes) -> None:
+        if self._events is None:
+            self._events = self._open_for_appending()
         self._events.write(encoded + b"\n")
         self._owner.used_bytes += len(encoded) + 1
-        return encoded
+
+    def _open_for_appending(self) -> IO[bytes]:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        handle = open(self.folder / EVENTS_FILE, "a+b")  # noqa: SIM115  (+: to read its end)
+        end = handle.tell()
+        if end and os.pread(handle.fileno(), 1, end - 1) != b"\n":
+            handle.write(b"\n")  # after a line torn by a crash: the next one starts clean
+        return handle
 
     def close(self) -> None:
         """Closes the lines file (lines appended later reopen it)."""
@@ -55,16 +70,18 @@ class TaskSpool:
             self._events.flush()
 
     def events(self) -> list[Event]:
-        path = self.folder / EVENTS_FILE
-        if not path.exists():
-            return []
         events = []
-        for line in path.read_bytes().splitlines():
-            try:
-                events.append(Event.model_validate_json(line))
-            except ValueError:
-                continue  # the last line may be torn by a crash
+        for line in self._lines():
+            if not line.startswith(RESULT_LINE):
+                with contextlib.suppress(ValueError):  # a line torn by a crash
+                    events.append(Event.model_validate_json(line))
         return events
+
+    def _lines(self) -> list[bytes]:
+        try:
+            return (self.folder / EVENTS_FILE).read_bytes().splitlines()
+        except FileNotFoundError:
+            return []
 
     def process_group(self) -> int | None:
         """The process group earlier agents recorded here (the journal holds it now)."""
@@ -74,21 +91,20 @@ class TaskSpool:
             return None
 
     def write_result(self, result: ResultRequest) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        if self._events is not None:  # no line comes after the result
-            self._events.flush()
-            os.fsync(self._events.fileno())
-            self.close()
-        temporary = self.folder / (RESULT_FILE + ".tmp")
-        with open(temporary, "w", encoding="utf-8") as handle:
-            handle.write(result.model_dump_json())
-            handle.flush()
-            os.fsync(handle.fileno())
-        temporary.replace(self.folder / RESULT_FILE)
+        """The result after the last line, both durable (fsync) when this returns."""
+        self._write_line(RESULT_LINE + result.model_dump_json().encode() + b"}")
+        assert self._events is not None
+        self._events.flush()
+        os.fsync(self._events.fileno())
+        self.close()
 
     def result(self) -> ResultRequest | None:
-        path = self.folder / RESULT_FILE
-        return ResultRequest.model_validate_json(path.read_text()) if path.exists() else None
+        for line in reversed(self._lines()):
+            if line.startswith(RESULT_LINE):
+                with contextlib.suppress(ValueError):  # torn by a crash: not written
+                    return ResultRequest.model_validate_json(line[len(RESULT_LINE) : -1])
+        older = self.folder / OLDER_RESULT_FILE
+        return ResultRequest.model_validate_json(older.read_text()) if older.exists() else None
 
     def remove(self) -> None:
         self.close()
