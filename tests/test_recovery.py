@@ -11,7 +11,7 @@ import pytest
 from tentacle_poll.agent.journal import Journal
 from tentacle_poll.agent.recovery import DIED_RUNNING, fail_interrupted_tasks
 from tentacle_poll.agent.spool import OLDER_RESULT_FILE, PROCESS_GROUP_FILE, Spool
-from tentacle_poll.protocol.models import Event
+from tentacle_poll.protocol.models import Event, ResultRequest
 from tentacle_poll.workers.process_group import group_of_record, group_record
 
 SERVER = "https://deploy.example:10943"
@@ -82,3 +82,14 @@ def test_a_result_spooled_by_an_earlier_agent_is_still_delivered(tmp_path: Path)
     (folder / OLDER_RESULT_FILE).write_text('{"state":"succeeded","exit_code":0,"last_seq":0}')
     result = Spool(tmp_path / "spool", 10**9).task("t1").result()
     assert result is not None and result.state == "succeeded"
+
+
+def test_the_result_is_read_from_the_end_of_a_long_output(tmp_path: Path) -> None:
+    task = Spool(tmp_path / "spool", 10**9).task("t1")
+    for seq in range(1, 101):
+        task.append(Event(seq=seq, stream="stdout", text="x" * 4000, ts=1.0))
+    reason = "\U0001f600\x01" * 2048  # the longest reason, every character escaped in JSON
+    task.write_result(ResultRequest(state="failed", last_seq=100, reason=reason))
+    result = task.result()
+    assert result is not None and result.reason == reason and result.last_seq == 100
+    assert len(task.events()) == 100

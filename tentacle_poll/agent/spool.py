@@ -24,6 +24,7 @@ from tentacle_poll.workers.process_group import group_of_record
 
 EVENTS_FILE = "events.jsonl"
 RESULT_LINE = b'{"result":'
+RESULT_LINE_MAX_BYTES = 64 * 1024  # a 4,096-character reason, every character escaped, fits
 OLDER_RESULT_FILE = "result.json"  # where earlier agents kept the result
 PROCESS_GROUP_FILE = "pgid"  # where earlier agents kept a running script's process group
 
@@ -99,12 +100,24 @@ class TaskSpool:
         self.close()
 
     def result(self) -> ResultRequest | None:
-        for line in reversed(self._lines()):
-            if line.startswith(RESULT_LINE):
-                with contextlib.suppress(ValueError):  # torn by a crash: not written
-                    return ResultRequest.model_validate_json(line[len(RESULT_LINE) : -1])
+        """The result, if the last line is one (a torn one is not): read from the file's end,
+        as it follows every line of the task's output."""
+        last = self._last_line()
+        if last.startswith(RESULT_LINE):
+            with contextlib.suppress(ValueError):
+                return ResultRequest.model_validate_json(last[len(RESULT_LINE) : -1])
+            return None
         older = self.folder / OLDER_RESULT_FILE
         return ResultRequest.model_validate_json(older.read_text()) if older.exists() else None
+
+    def _last_line(self) -> bytes:
+        try:
+            with open(self.folder / EVENTS_FILE, "rb") as handle:
+                handle.seek(max(handle.seek(0, os.SEEK_END) - RESULT_LINE_MAX_BYTES, 0))
+                lines = handle.read().splitlines()
+        except FileNotFoundError:
+            return b""
+        return lines[-1] if lines else b""
 
     def remove(self) -> None:
         self.close()
