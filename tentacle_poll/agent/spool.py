@@ -5,9 +5,10 @@
 
 A task's folder is removed only after the server acknowledged its result. Lines are masked by
 the worker before they get here, so the spool never holds a secret. The result is a line of
-the same file, not a file of its own: on this kind of machine creating a file costs more than
-everything else a tiny task does on disk. A result line torn by a crash does not count (the
-task is then reported as interrupted). Spools of earlier agents (``result.json``) are read too.
+the same file, not a file of its own: creating a file can cost a millisecond of kernel time on
+a VM, more than the rest of what a tiny task does on disk. A result line torn by a crash does
+not count (the task is then reported as interrupted). Spools of earlier agents
+(``result.json``, ``pgid``) are read too.
 """
 
 from __future__ import annotations

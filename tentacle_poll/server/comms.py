@@ -180,9 +180,8 @@ async def _hold_until_work(
         # A poll with no free slot is answered once a result frees one: the agent then polls
         # again with it on the same connection, instead of abandoning this poll (and with it
         # the connection: a new TLS handshake every time all its slots were busy).
-        slot_freed = not body.free_slots and results_before != state.dispatcher.results_received(
-            agent.id
-        )
+        results_now = state.dispatcher.results_received(agent.id)
+        slot_freed = not body.free_slots and results_now != results_before
         if leased or cancels or slot_freed or remaining <= 0:
             return PollResponse(
                 envelopes=_envelopes(leased),
