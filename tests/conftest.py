@@ -11,6 +11,7 @@ import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from loguru import logger
@@ -18,6 +19,7 @@ from loguru import logger
 from tentacle_poll.agent.daemon import Agent
 from tentacle_poll.agent.home import AgentHome
 from tentacle_poll.agent.registration import Registration, register
+from tentacle_poll.agent.transport import CommsClient
 from tentacle_poll.config import (
     ProxySettings,
     ServerSettings,
@@ -30,6 +32,8 @@ from tentacle_poll.server.admin_client import AdminClient
 from tentacle_poll.tls import generate_identity, save_identity
 
 from .processes import Daemon
+
+C = TypeVar("C", bound=CommsClient)
 
 
 @pytest.fixture(autouse=True)
@@ -116,6 +120,11 @@ async def admin(server: Server, api_key: str) -> AsyncIterator[AdminClient]:
 
 def comms_url(server: Server) -> str:
     return f"https://127.0.0.1:{server.comms_port}"
+
+
+def client_for(server: Server, home: AgentHome, client_class: type[C] = CommsClient) -> C:  # type: ignore[assignment]
+    """The agent's own HTTP client for ``home`` (its certificate, the server pinned)."""
+    return client_class(comms_url(server), [server.state.thumbprint], home.identity_folder)
 
 
 def new_agent_home(folder: Path) -> AgentHome:

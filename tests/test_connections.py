@@ -19,7 +19,7 @@ from tentacle_poll.protocol.routes import POLL, TASK_RESULT, task_path
 from tentacle_poll.server import Server
 from tentacle_poll.server.admin_client import AdminClient
 
-from .conftest import AgentFactory, comms_url, register_agent, run_and_follow, script_task
+from .conftest import AgentFactory, client_for, register_agent, run_and_follow, script_task
 from .test_protocol import running_task
 
 
@@ -60,7 +60,7 @@ async def test_lines_on_their_way_when_the_task_ends_are_not_sent_twice(
     server: Server, api_key: str, admin: AdminClient, tmp_path: Path
 ) -> None:
     home = await register_agent(server, api_key, tmp_path / "web1", "web1")
-    client = CountingClient(comms_url(server), [server.state.thumbprint], home.identity_folder)
+    client = client_for(server, home, CountingClient)
     try:
         task = await running_task(client, admin)
         spool = Spool(tmp_path / "spool", 10**9).task(task.id)
@@ -81,7 +81,7 @@ async def test_a_poll_without_free_slots_is_answered_when_a_result_frees_one(
     server: Server, api_key: str, admin: AdminClient, tmp_path: Path
 ) -> None:
     home = await register_agent(server, api_key, tmp_path / "web1", "web1")
-    client = CommsClient(comms_url(server), [server.state.thumbprint], home.identity_folder)
+    client = client_for(server, home)
     try:
         task = await running_task(client, admin)
         full = PollRequest(free_slots=0, running=[task.id])

@@ -15,7 +15,7 @@ from tentacle_poll.exceptions import CommunicationError, RequestRejected, TaskEx
 from tentacle_poll.server import Server
 from tentacle_poll.server.admin_client import AdminClient
 
-from .conftest import comms_url, register_agent
+from .conftest import client_for, register_agent
 from .relay import CuttingRelay
 
 
@@ -69,7 +69,7 @@ async def test_bad_uploads_get_a_clear_4xx_and_leave_nothing(
 @pytest.fixture
 async def agent_client(server: Server, api_key: str, tmp_path: Path):  # type: ignore[no-untyped-def]
     home = await register_agent(server, api_key, tmp_path / "web1", "web1")
-    client = CommsClient(comms_url(server), [server.state.thumbprint], home.identity_folder)
+    client = client_for(server, home)
     yield client, home
     await client.close()
 

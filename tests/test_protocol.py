@@ -34,13 +34,13 @@ from tentacle_poll.store import NewAgent
 from tentacle_poll.store.sqlite import SqliteStore
 from tentacle_poll.tls import pinned_client_context
 
-from .conftest import comms_url, register_agent, script_task
+from .conftest import client_for, comms_url, register_agent, script_task
 
 
 @pytest.fixture
 async def agent_client(server: Server, api_key: str, tmp_path: Path) -> AsyncIterator[CommsClient]:
     home = await register_agent(server, api_key, tmp_path / "web1", "web1")
-    client = CommsClient(comms_url(server), [server.state.thumbprint], home.identity_folder)
+    client = client_for(server, home)
     yield client
     await client.close()
 

@@ -31,7 +31,7 @@ from tentacle_poll.tls import (
     save_identity,
 )
 
-from .conftest import comms_url, new_agent_home, register_agent
+from .conftest import client_for, comms_url, new_agent_home, register_agent
 
 
 async def test_a_client_certificate_never_registered_is_refused(
@@ -60,7 +60,7 @@ async def test_a_deleted_target_is_no_longer_trusted(
     server: Server, api_key: str, admin: AdminClient, tmp_path: Path
 ) -> None:
     home = await register_agent(server, api_key, tmp_path / "web1", "web1")
-    client = CommsClient(comms_url(server), [server.state.thumbprint], home.identity_folder)
+    client = client_for(server, home)
     try:
         await client.post(POLL, PollRequest(free_slots=0), PollResponse, read_timeout=1)
         await admin.delete_target("web1")
