@@ -127,6 +127,14 @@ def client_for(server: Server, home: AgentHome, client_class: type[C] = CommsCli
     return client_class(comms_url(server), [server.state.thumbprint], home.identity_folder)
 
 
+@pytest.fixture
+async def agent_client(server: Server, api_key: str, tmp_path: Path) -> AsyncIterator[CommsClient]:
+    """The HTTP client of an agent registered as "web1", to speak the protocol directly."""
+    client = client_for(server, await register_agent(server, api_key, tmp_path / "web1", "web1"))
+    yield client
+    await client.close()
+
+
 def new_agent_home(folder: Path) -> AgentHome:
     home = AgentHome(folder)
     save_identity(home.identity_folder, generate_identity(folder.name))

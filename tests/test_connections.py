@@ -78,22 +78,17 @@ async def test_lines_on_their_way_when_the_task_ends_are_not_sent_twice(
 
 
 async def test_a_poll_without_free_slots_is_answered_when_a_result_frees_one(
-    server: Server, api_key: str, admin: AdminClient, tmp_path: Path
+    server: Server, agent_client: CommsClient, admin: AdminClient
 ) -> None:
-    home = await register_agent(server, api_key, tmp_path / "web1", "web1")
-    client = client_for(server, home)
-    try:
-        task = await running_task(client, admin)
-        full = PollRequest(free_slots=0, running=[task.id])
-        held = asyncio.create_task(client.post(POLL, full, PollResponse))
-        agent = await server.state.store.agent_by_name("web1")
-        assert agent is not None
-        await server.state.dispatcher.wait_until_polling(agent.id)
-        result = ResultRequest(state="succeeded", exit_code=0, last_seq=0)
-        await client.post(task_path(TASK_RESULT, task.id), result, TaskView)
-        answer = await asyncio.wait_for(held, 2)  # not when the hold (5 s here) ends
-    finally:
-        await client.close()
+    task = await running_task(agent_client, admin)
+    full = PollRequest(free_slots=0, running=[task.id])
+    held = asyncio.create_task(agent_client.post(POLL, full, PollResponse))
+    agent = await server.state.store.agent_by_name("web1")
+    assert agent is not None
+    await server.state.dispatcher.wait_until_polling(agent.id)
+    result = ResultRequest(state="succeeded", exit_code=0, last_seq=0)
+    await agent_client.post(task_path(TASK_RESULT, task.id), result, TaskView)
+    answer = await asyncio.wait_for(held, 2)  # not when the hold (5 s here) ends
     assert answer.envelopes == [] and answer.cancels == []
 
 

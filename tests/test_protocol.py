@@ -7,7 +7,6 @@ import io
 import json
 import os
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -34,15 +33,7 @@ from tentacle_poll.store import NewAgent
 from tentacle_poll.store.sqlite import SqliteStore
 from tentacle_poll.tls import pinned_client_context
 
-from .conftest import client_for, comms_url, register_agent, script_task
-
-
-@pytest.fixture
-async def agent_client(server: Server, api_key: str, tmp_path: Path) -> AsyncIterator[CommsClient]:
-    home = await register_agent(server, api_key, tmp_path / "web1", "web1")
-    client = client_for(server, home)
-    yield client
-    await client.close()
+from .conftest import comms_url, script_task
 
 
 async def poll(

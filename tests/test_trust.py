@@ -31,7 +31,7 @@ from tentacle_poll.tls import (
     save_identity,
 )
 
-from .conftest import client_for, comms_url, new_agent_home, register_agent
+from .conftest import comms_url, new_agent_home, register_agent
 
 
 async def test_a_client_certificate_never_registered_is_refused(
@@ -57,18 +57,13 @@ async def test_no_client_certificate_gets_403_on_agent_routes(server: Server) ->
 
 
 async def test_a_deleted_target_is_no_longer_trusted(
-    server: Server, api_key: str, admin: AdminClient, tmp_path: Path
+    agent_client: CommsClient, admin: AdminClient
 ) -> None:
-    home = await register_agent(server, api_key, tmp_path / "web1", "web1")
-    client = client_for(server, home)
-    try:
-        await client.post(POLL, PollRequest(free_slots=0), PollResponse, read_timeout=1)
-        await admin.delete_target("web1")
-        await client.close()  # a new connection, so a new handshake
-        with pytest.raises(CertificateRejected):
-            await client.post(POLL, PollRequest(free_slots=0), PollResponse)
-    finally:
-        await client.close()
+    await agent_client.post(POLL, PollRequest(free_slots=0), PollResponse, read_timeout=1)
+    await admin.delete_target("web1")
+    await agent_client.close()  # a new connection, so a new handshake
+    with pytest.raises(CertificateRejected):
+        await agent_client.post(POLL, PollRequest(free_slots=0), PollResponse)
 
 
 def _handshake(server: ssl.SSLContext, client_identity: Path) -> bool:
