@@ -20,6 +20,7 @@ from tentacle_poll.server.admin import add_admin_routes, require_api_key
 from tentacle_poll.server.comms import add_comms_routes
 from tentacle_poll.server.deployments import add_deployment_routes
 from tentacle_poll.server.dispatch import Dispatcher
+from tentacle_poll.server.handshakes import MutualTlsSite
 from tentacle_poll.server.identity import ServerHome
 from tentacle_poll.server.memory import shrink_tls_read_buffers
 from tentacle_poll.server.packages import (
@@ -148,6 +149,10 @@ class Server:
         )
         await runner.setup()
         self._runners.append(runner)
-        site = web.SockSite(runner, sock, ssl_context=trust.context if trust else None)
+        site: web.BaseSite = (
+            MutualTlsSite(runner, sock, trust.context, self.state.refusals)
+            if trust
+            else web.SockSite(runner, sock)
+        )
         await site.start()
         return int(runner.addresses[-1][1])

@@ -32,6 +32,7 @@ from tentacle_poll.protocol.tokens import token_secret
 from tentacle_poll.server.deployments import stop_rest_if_failed
 from tentacle_poll.server.dispatch import wait_for_bell
 from tentacle_poll.server.problems import ProblemError
+from tentacle_poll.server.refusals import peer_of
 from tentacle_poll.server.state import STATE, ServerState, json_response, now, read_model, task_view
 from tentacle_poll.store import AgentRecord, NewAgent, TaskRecord
 from tentacle_poll.tls import thumbprint_of_der
@@ -153,8 +154,16 @@ async def authorised_agent(request: web.Request) -> AgentRecord:
     der = (
         ssl_object.getpeercert(binary_form=True) if isinstance(ssl_object, ssl.SSLObject) else None
     )
-    agent = await request.app[STATE].agent_for(thumbprint_of_der(der), now()) if der else None
+    state = request.app[STATE]
+    thumbprint = thumbprint_of_der(der) if der else None
+    agent = await state.agent_for(thumbprint, now()) if thumbprint else None
     if agent is None:
+        presented = f"certificate {thumbprint}" if thumbprint else "no client certificate"
+        state.refusals.refused(
+            "request:unregistered",
+            f"comms port: refused {request.method} {request.path} from "
+            f"{peer_of(request.transport)}: {presented} is not registered",
+        )
         raise ProblemError(
             403,
             "certificate not registered",
@@ -240,6 +249,12 @@ async def _check_registration_credential(request: web.Request, state: ServerStat
         return
     if token and await state.store.consume_registration_token(token_secret(token), now()):
         return
+    what = "an API key" if api_key else "a registration token" if token else "no credential"
+    state.refusals.refused(
+        "register:credential",
+        f"comms port: refused a registration from {peer_of(request.transport)}: "
+        f"{what} that is not valid (unknown, revoked, expired or already used)",
+    )
     raise ProblemError(
         401,
         "registration refused",

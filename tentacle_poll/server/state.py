@@ -17,6 +17,7 @@ from tentacle_poll.protocol.models import TargetView, TaskView
 from tentacle_poll.server.dispatch import Dispatcher
 from tentacle_poll.server.identity import ServerHome
 from tentacle_poll.server.problems import ProblemError
+from tentacle_poll.server.refusals import RefusalLog
 from tentacle_poll.store import AgentRecord, Store, TaskRecord
 from tentacle_poll.tls import TrustedClientCertificates, certificate_expiry_fast
 
@@ -32,6 +33,7 @@ class ServerState:
     thumbprint: str
     home: ServerHome
     next_thumbprint: str | None = None
+    refusals: RefusalLog = field(default_factory=RefusalLog)
     # Hot-path caches (every held poll would otherwise read and write the store): agents by
     # certificate thumbprint, and last_seen times not yet written (the sweeper writes them).
     _agents: dict[str, AgentRecord] = field(default_factory=dict)

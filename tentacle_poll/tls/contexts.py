@@ -2,9 +2,10 @@
 
 Python's ``ssl`` has no verify callback, so pinning is done in an ``SSLObject`` subclass that
 checks the peer's DER thumbprint right after the handshake and raises before any HTTP byte is
-written. The server side loads each registered agent certificate (self-signed, so it anchors
-itself) as a trust anchor; removals need a fresh context, swapped in per handshake from
-``sni_callback`` (which runs even when the client sends no SNI).
+written. The server side loads each registered agent certificate as a trust anchor that
+matches exactly that certificate (partial-chain verification, whatever its subject); removals
+need a fresh context, swapped in per handshake from ``sni_callback`` (which runs even when the
+client sends no SNI).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 from tentacle_poll.tls.certs import thumbprint_of_der
 from tentacle_poll.tls.files import identity_paths
+from tentacle_poll.tls.policy import apply_policy
 
 
 class PinnedServerMismatch(ssl.SSLError):
@@ -53,8 +55,7 @@ def pinned_client_context(
     ``identity_folder`` holds the agent's key and certificate; ``None`` connects without a client
     certificate, which the server allows for registration only.
     """
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx = apply_policy(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE  # the pin below replaces chain verification
     pins = frozenset(t.upper() for t in thumbprints)
@@ -133,8 +134,13 @@ class TrustedClientCertificates:
         return ctx
 
     def _new_context(self) -> ssl.SSLContext:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx = apply_policy(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
+        # An anchor matches only the exact certificate: OpenSSL otherwise looks anchors up by
+        # subject name, and of two registered certificates with one subject (two agents on a
+        # host, an old and a rotated one) only one would verify. A certificate of an earlier
+        # version (CA:TRUE) could still anchor a child its key signed; every route then refuses
+        # that child, whose own thumbprint is not registered.
+        ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
         # OPTIONAL, not REQUIRED: registration arrives without a client certificate; every other
         # route is authorised in its handler from the verified peer certificate.
         ctx.verify_mode = ssl.CERT_OPTIONAL

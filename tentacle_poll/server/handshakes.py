@@ -1,0 +1,149 @@
+"""The comms port's connections up to their first HTTP byte: accept, TLS handshake, hand over.
+
+asyncio's own TLS server drops a failed handshake silently (a refused client certificate, a
+scanner, a plain-HTTP client, a timeout). Here each accepted connection is upgraded by
+``loop.start_tls`` in code of ours, so every refusal is logged with the peer's address
+(rate-limited, ``refusals.py``) and every handshake has a deadline; a connection that completes
+is handed to aiohttp's request handler exactly as its own TLS server would hand it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from collections.abc import Callable
+
+from aiohttp import web
+
+from tentacle_poll.server.refusals import RefusalLog, peer_of
+
+HANDSHAKE_SECONDS = 30.0  # generous: during a reconnect storm a handshake waits its turn
+
+
+class MutualTlsSite(web.BaseSite):
+    """Like aiohttp's ``SockSite`` with an SSL context, plus what ``_Handshake`` adds."""
+
+    __slots__ = ("_context", "_handshakes", "_refusals", "_sock")
+
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        sock: socket.socket,
+        context: ssl.SSLContext,
+        refusals: RefusalLog,
+    ) -> None:
+        super().__init__(runner)
+        self._sock = sock
+        self._context = context
+        self._refusals = refusals
+        self._handshakes: set[asyncio.Task[None]] = set()
+
+    @property
+    def name(self) -> str:
+        host, port = self._sock.getsockname()[:2]
+        return f"https://{host}:{port}"
+
+    async def start(self) -> None:
+        await super().start()
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._accept, sock=self._sock)
+
+    async def stop(self) -> None:
+        for handshake in list(self._handshakes):
+            handshake.cancel()
+        await super().stop()
+
+    def _accept(self) -> asyncio.Protocol:
+        assert self._runner.server is not None
+        return _Handshake(self._runner.server, self._context, self._refusals, self._track)
+
+    def _track(self, handshake: asyncio.Task[None]) -> None:
+        self._handshakes.add(handshake)
+        handshake.add_done_callback(self._handshakes.discard)
+
+
+class _Handshake(asyncio.Protocol):
+    """A new connection's protocol until its handshake is done; then aiohttp's handler takes
+    over. It also holds the plaintext that arrived with the handshake's last flight (a TLS 1.3
+    client sends its request right behind it) until the handler is in place."""
+
+    def __init__(
+        self,
+        handler_factory: Callable[[], asyncio.Protocol],
+        context: ssl.SSLContext,
+        refusals: RefusalLog,
+        track: Callable[[asyncio.Task[None]], None],
+    ) -> None:
+        self._handler_factory = handler_factory
+        self._context = context
+        self._refusals = refusals
+        self._track = track
+        self._early: list[bytes] = []
+        self._eof = False
+        self._lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.pause_reading()  # the ClientHello is for the TLS layer, not for this protocol
+        self._track(asyncio.ensure_future(self._upgrade(transport)))
+
+    def data_received(self, data: bytes) -> None:
+        self._early.append(data)
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        return True  # the handler decides, once in place
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+
+    async def _upgrade(self, transport: asyncio.Transport) -> None:
+        peer = peer_of(transport)
+        try:
+            tls = await asyncio.get_running_loop().start_tls(
+                transport,
+                self,
+                self._context,
+                server_side=True,
+                ssl_handshake_timeout=HANDSHAKE_SECONDS,
+            )
+        except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+            kind, reason = describe_handshake_failure(exc)
+            self._refusals.refused(
+                kind, f"comms port: refused a TLS handshake from {peer}: {reason}"
+            )
+            transport.abort()
+            return
+        if tls is None or self._lost:
+            return
+        self._hand_over(tls)
+
+    def _hand_over(self, tls: asyncio.Transport) -> None:
+        handler = self._handler_factory()
+        tls.set_protocol(handler)
+        handler.connection_made(tls)
+        for data in self._early:
+            handler.data_received(data)
+        if self._eof:
+            handler.eof_received()
+
+
+def describe_handshake_failure(exc: BaseException) -> tuple[str, str]:
+    """(kind for rate limiting, reason in words) of a failed server-side handshake."""
+    if isinstance(exc, ssl.SSLError):
+        reason = (exc.reason or "").upper()
+        if reason == "CERTIFICATE_VERIFY_FAILED":
+            return "handshake:certificate", (
+                "its client certificate is not registered here (a deleted or replaced target, "
+                "a certificate rotated out, or a certificate signed by another one)"
+            )
+        if "ALERT" in reason:
+            return "handshake:alert", f"the client refused the handshake ({exc.reason})"
+        return "handshake:tls", f"not a usable TLS client ({exc.reason or exc})"
+    if isinstance(exc, ConnectionAbortedError | TimeoutError):
+        return "handshake:timeout", f"no complete handshake within {HANDSHAKE_SECONDS:g} s"
+    return (
+        "handshake:closed",
+        f"the connection closed during the handshake ({exc or type(exc).__name__})",
+    )
