@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 # Real proxies the tests start on loopback ports (Debian packages).
 SYSTEM_TOOLS := tinyproxy squid haproxy
 
-.PHONY: run test lint bench bench-quick profile clean system-deps
+.PHONY: run test lint fuzz bench bench-quick profile clean system-deps
 
 # The project's own bytecode is compiled once here: an editable install has none (and
 # PYTHONDONTWRITEBYTECODE may forbid writing it later); with it every start is ~200 ms faster.
@@ -25,6 +25,10 @@ run: $(STAMP)
 ## test: the whole test suite (real TLS on loopback, real subprocesses, real proxies)
 test: $(STAMP) system-deps
 	$(BIN)/pytest
+
+## fuzz: the property-based wire tests with a long profile (20,000 examples; about 10 minutes)
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest tests/test_wire_fuzz.py
 
 ## system-deps: install the proxies the tests run, with apt-get, when missing
 system-deps:

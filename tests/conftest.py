@@ -8,12 +8,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
+from hypothesis import HealthCheck, settings
 from loguru import logger
 
 from tentacle_poll.agent.daemon import Agent
@@ -34,6 +36,16 @@ from tentacle_poll.tls import generate_identity, save_identity
 from .processes import Daemon
 
 C = TypeVar("C", bound=CommsClient)
+
+# "ci" (the default) keeps every property test in `make test` short; `make fuzz` runs "fuzz".
+settings.register_profile(
+    "ci", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "fuzz", max_examples=20_000, deadline=None, suppress_health_check=list(HealthCheck)
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+LONG_RUN = os.environ.get("HYPOTHESIS_PROFILE") == "fuzz"
 
 
 @pytest.fixture(autouse=True)

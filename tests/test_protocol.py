@@ -26,7 +26,14 @@ from tentacle_poll.protocol.models import (
     TaskState,
     TaskView,
 )
-from tentacle_poll.protocol.routes import POLL, TASK_ACCEPT, TASK_EVENTS, TASK_RESULT, task_path
+from tentacle_poll.protocol.routes import (
+    POLL,
+    PROTOCOL_HEADER,
+    TASK_ACCEPT,
+    TASK_EVENTS,
+    TASK_RESULT,
+    task_path,
+)
 from tentacle_poll.server import Server
 from tentacle_poll.server.admin_client import AdminClient
 from tentacle_poll.store import NewAgent
@@ -254,11 +261,13 @@ async def test_unknown_route_wrong_version_and_oversized_body_are_4xx(
 ) -> None:
     context = pinned_client_context([server.state.thumbprint], tmp_path / "web1" / "identity")
     url = comms_url(server)
+    v1 = {PROTOCOL_HEADER: "1"}
     cases = [
-        ("POST", "/v1/nowhere", b"{}", {}, 404),
-        ("GET", POLL, b"", {}, 405),
-        ("POST", POLL, b'{"free_slots": 1}', {"X-Tentacle-Protocol": "9"}, 400),
-        ("POST", POLL, io.BytesIO(b"x" * (9 * 1024 * 1024)), {}, 413),
+        ("POST", "/v1/nowhere", b"{}", v1, 404),
+        ("GET", POLL, b"", v1, 405),
+        ("POST", POLL, b'{"free_slots": 1}', {PROTOCOL_HEADER: "9"}, 400),
+        ("POST", POLL, b'{"free_slots": 1}', {}, 400),  # the header is required on this port
+        ("POST", POLL, io.BytesIO(b"x" * (9 * 1024 * 1024)), v1, 413),
     ]
     async with aiohttp.ClientSession() as session:
         for method, path, body, headers, status in cases:

@@ -12,6 +12,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 PROTOCOL_VERSION = "1"
+# Every integer on the wire fits the stores' 64-bit columns, with room for seq + lines.
+MAX_SEQ = 2**62
+MAX_SIZE = 2**62
+ExitCode = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
 MAX_SLOTS = 256
 MAX_EVENTS_PER_BATCH = 2000
 MAX_LINE_CHARS = 64 * 1024
@@ -29,7 +33,8 @@ VariableName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]
 
 
 class WireModel(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    # No NaN or Infinity: JSON has neither, and a reader of the stored value would choke on it.
+    model_config = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
 
 
 class TaskState(StrEnum):
@@ -99,7 +104,7 @@ class DeploySpec(WireModel):
     environment: Label | None = None  # default: the target's first environment
     retain_releases: int = Field(default=3, ge=1, le=100)
     sha256: Sha256 | None = None
-    size: int | None = Field(default=None, ge=0)
+    size: int | None = Field(default=None, ge=0, le=MAX_SIZE)
     format: PackageFormat | None = None
 
 
@@ -116,7 +121,7 @@ class SendFileSpec(WireModel):
     on the target, inside one of the agent's file roots."""
 
     sha256: Sha256
-    size: int = Field(ge=0)
+    size: int = Field(ge=0, le=MAX_SIZE)
     destination: str = Field(min_length=1, max_length=4096)
     overwrite: bool = False
 
@@ -237,11 +242,11 @@ class Event(WireModel):
     millions of lines costs thousands of events, not millions; an idle stream sends each line.
     """
 
-    seq: int = Field(ge=1)
+    seq: int = Field(ge=1, le=MAX_SEQ)
     stream: Stream
     text: str = Field(max_length=MAX_EVENT_CHARS)
     ts: float
-    lines: int = Field(default=1, ge=1)
+    lines: int = Field(default=1, ge=1, le=MAX_EVENT_CHARS + 1)
 
     @model_validator(mode="after")
     def _lines_match_text(self) -> Event:
@@ -273,8 +278,8 @@ class EventsResponse(WireModel):
 
 class ResultRequest(WireModel):
     state: FinalState
-    exit_code: int | None = None
-    last_seq: int = Field(ge=0)
+    exit_code: ExitCode | None = None
+    last_seq: int = Field(ge=0, le=MAX_SEQ)
     reason: str = Field(default="", max_length=4096)
 
 

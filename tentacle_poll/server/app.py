@@ -20,7 +20,6 @@ from tentacle_poll.server.admin import add_admin_routes, require_api_key
 from tentacle_poll.server.comms import add_comms_routes
 from tentacle_poll.server.deployments import add_deployment_routes
 from tentacle_poll.server.dispatch import Dispatcher
-from tentacle_poll.server.handshakes import MutualTlsSite
 from tentacle_poll.server.identity import ServerHome
 from tentacle_poll.server.memory import shrink_tls_read_buffers
 from tentacle_poll.server.packages import (
@@ -28,8 +27,9 @@ from tentacle_poll.server.packages import (
     add_package_admin_routes,
     add_package_comms_routes,
 )
-from tentacle_poll.server.problems import problem_middleware
+from tentacle_poll.server.problems import PROTOCOL_REQUIRED, problem_middleware
 from tentacle_poll.server.rotation import add_rotation_routes
+from tentacle_poll.server.sites import MutualTlsSite, PlainSite
 from tentacle_poll.server.state import STATE, ServerState
 from tentacle_poll.server.sweeper import (
     sweep_forever,
@@ -49,6 +49,7 @@ class Server:
         self.comms_port = 0
         self.admin_port = 0
         self._runners: list[web.AppRunner] = []
+        self.applications: dict[str, web.Application] = {}  # "comms", "admin": their routes
         self._sweeper: asyncio.Task[None] | None = None
         self._state: ServerState | None = None
 
@@ -109,6 +110,7 @@ class Server:
             middlewares=[problem_middleware], client_max_size=self.settings.max_body_bytes
         )
         app[STATE] = self.state
+        app[PROTOCOL_REQUIRED] = True
         add_comms_routes(app)
         add_package_comms_routes(app)
         return app
@@ -149,10 +151,11 @@ class Server:
         )
         await runner.setup()
         self._runners.append(runner)
+        self.applications[which] = app
         site: web.BaseSite = (
             MutualTlsSite(runner, sock, trust.context, self.state.refusals)
             if trust
-            else web.SockSite(runner, sock)
+            else PlainSite(runner, sock)
         )
         await site.start()
         return int(runner.addresses[-1][1])

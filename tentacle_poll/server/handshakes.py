@@ -10,60 +10,15 @@ is handed to aiohttp's request handler exactly as its own TLS server would hand 
 from __future__ import annotations
 
 import asyncio
-import socket
 import ssl
 from collections.abc import Callable
-
-from aiohttp import web
 
 from tentacle_poll.server.refusals import RefusalLog, peer_of
 
 HANDSHAKE_SECONDS = 30.0  # generous: during a reconnect storm a handshake waits its turn
 
 
-class MutualTlsSite(web.BaseSite):
-    """Like aiohttp's ``SockSite`` with an SSL context, plus what ``_Handshake`` adds."""
-
-    __slots__ = ("_context", "_handshakes", "_refusals", "_sock")
-
-    def __init__(
-        self,
-        runner: web.BaseRunner,
-        sock: socket.socket,
-        context: ssl.SSLContext,
-        refusals: RefusalLog,
-    ) -> None:
-        super().__init__(runner)
-        self._sock = sock
-        self._context = context
-        self._refusals = refusals
-        self._handshakes: set[asyncio.Task[None]] = set()
-
-    @property
-    def name(self) -> str:
-        host, port = self._sock.getsockname()[:2]
-        return f"https://{host}:{port}"
-
-    async def start(self) -> None:
-        await super().start()
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._accept, sock=self._sock)
-
-    async def stop(self) -> None:
-        for handshake in list(self._handshakes):
-            handshake.cancel()
-        await super().stop()
-
-    def _accept(self) -> asyncio.Protocol:
-        assert self._runner.server is not None
-        return _Handshake(self._runner.server, self._context, self._refusals, self._track)
-
-    def _track(self, handshake: asyncio.Task[None]) -> None:
-        self._handshakes.add(handshake)
-        handshake.add_done_callback(self._handshakes.discard)
-
-
-class _Handshake(asyncio.Protocol):
+class Handshake(asyncio.Protocol):
     """A new connection's protocol until its handshake is done; then aiohttp's handler takes
     over. It also holds the plaintext that arrived with the handshake's last flight (a TLS 1.3
     client sends its request right behind it) until the handler is in place."""

@@ -21,7 +21,7 @@ from tentacle_poll.exceptions import StoreError
 from tentacle_poll.protocol import routes
 from tentacle_poll.protocol.models import FileView, PackageView
 from tentacle_poll.server.comms import authorised_agent, own_task
-from tentacle_poll.server.problems import ProblemError
+from tentacle_poll.server.problems import ProblemError, refuse_oversized
 from tentacle_poll.server.state import STATE, ServerState, json_response
 
 CHUNK = 256 * 1024
@@ -126,6 +126,7 @@ async def _receive(request: web.Request, state: ServerState) -> tuple[Path, str,
     folder.mkdir(parents=True, exist_ok=True)
     temporary = folder / f".upload-{os.getpid()}-{id(request)}"
     digest, size, limit = hashlib.sha256(), 0, state.settings.max_package_bytes
+    refuse_oversized(request, limit)
     try:
         with open(temporary, "wb") as handle:
             async for chunk in request.content.iter_chunked(CHUNK):

@@ -6,12 +6,15 @@ A client mistake is a 4xx with a JSON problem body; a 500 only ever means a bug 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 from loguru import logger
 
 from tentacle_poll.exceptions import ProtocolError
-from tentacle_poll.protocol.models import Problem
+from tentacle_poll.protocol.models import PROTOCOL_VERSION, Problem
 from tentacle_poll.protocol.routes import PROBLEM_CONTENT_TYPE, PROTOCOL_HEADER
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -38,7 +41,8 @@ def problem_response(problem: Problem, headers: dict[str, str] | None = None) ->
 @web.middleware
 async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
-        _check_protocol_version(request)
+        if request.match_info.http_exception is None:  # an unknown route is a 404 first
+            _check_protocol_version(request, required=request.app.get(PROTOCOL_REQUIRED, False))
         return await handler(request)
     except ProblemError as exc:
         return problem_response(exc.problem, exc.headers)
@@ -55,11 +59,65 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         return problem_response(Problem(title="internal error", status=500, detail=detail))
 
 
-def _check_protocol_version(request: web.Request) -> None:
+# Set on the comms application: every request there must name the protocol version.
+PROTOCOL_REQUIRED = web.AppKey("protocol_required", bool)
+
+
+def _check_protocol_version(request: web.Request, required: bool) -> None:
     version = request.headers.get(PROTOCOL_HEADER)
-    if version is not None and version != "1":
+    if version is None and not required:
+        return
+    if version != PROTOCOL_VERSION:
+        given = (
+            f"not {version[:20]!r}"
+            if version is not None
+            else f"and needs the {PROTOCOL_HEADER} header"
+        )
         raise ProblemError(
-            400, "unsupported protocol version", f"this server speaks version 1, not {version}"
+            400,
+            "unsupported protocol version",
+            f"this server speaks protocol version {PROTOCOL_VERSION}, {given}",
+        )
+
+
+class ProblemRequestHandler(RequestHandler):
+    """aiohttp's connection handler, answering the errors its HTTP parser finds (a URL or header
+    line over the limit, a malformed request line) with a JSON problem, not text and a logged
+    traceback: those are a client's mistakes."""
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status >= 500:
+            return super().handle_error(request, status, exc, message)
+        phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else ""
+        detail = (message or str(exc or "") or phrase).strip()
+        logger.debug("refused a malformed request from {}: {} {}", request.remote, status, detail)
+        response = problem_response(
+            Problem(title=phrase.lower() or "bad request", status=status, detail=detail)
+        )
+        response.force_close()
+        return response
+
+
+def answering_problems(handler: RequestHandler) -> RequestHandler:
+    """A new connection's aiohttp handler, made to answer parse errors as problems."""
+    handler.__class__ = ProblemRequestHandler  # same slots, one method more: a safe swap
+    return handler
+
+
+def refuse_oversized(request: web.Request, limit: int) -> None:
+    """413 at once for a body declared larger than ``limit``, before a byte of it is read."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise ProblemError(
+            413, "body too large", f"{declared} bytes declared; this server accepts up to {limit}"
         )
 
 

@@ -16,7 +16,7 @@ from tentacle_poll.protocol.codec import decode, encode
 from tentacle_poll.protocol.models import TargetView, TaskView
 from tentacle_poll.server.dispatch import Dispatcher
 from tentacle_poll.server.identity import ServerHome
-from tentacle_poll.server.problems import ProblemError
+from tentacle_poll.server.problems import ProblemError, refuse_oversized
 from tentacle_poll.server.refusals import RefusalLog
 from tentacle_poll.store import AgentRecord, Store, TaskRecord
 from tentacle_poll.tls import TrustedClientCertificates, certificate_expiry_fast
@@ -138,6 +138,7 @@ def task_view(task: TaskRecord) -> TaskView:
 
 
 async def read_model(request: web.Request, model_type: type[M]) -> M:
+    refuse_oversized(request, request.app[STATE].settings.max_body_bytes)
     return decode(model_type, await request.read())
 
 
