@@ -27,7 +27,11 @@ def add_commands(commands: Any, add_common: Any) -> None:
     proxy.add_argument("--host")
     proxy.add_argument("--port", type=int)
     proxy.add_argument("--username")
-    proxy.add_argument("--password", help=f"better: ${ENV_PREFIX}PROXY_PASSWORD")
+    proxy.add_argument(
+        "--password",
+        help=f"stored in agent.toml (0600); better: ${ENV_PREFIX}PROXY_PASSWORD in the agent's "
+        "environment, read at run time and never stored",
+    )
     proxy.set_defaults(command=configure_proxy)
     nodes = commands.add_parser("poll-server", help="the server nodes this agent polls")
     sub = nodes.add_subparsers(title="poll-server commands", metavar="COMMAND", required=True)
@@ -57,7 +61,7 @@ def add_commands(commands: Any, add_common: Any) -> None:
 
 async def configure_proxy(args: argparse.Namespace) -> int:
     home = agent_home(args)
-    password = args.password or os.environ.get(f"{ENV_PREFIX}PROXY_PASSWORD")
+    password = args.password  # the environment's is read at run time, never stored
     values = {
         "mode": args.mode,
         "host": args.host,
@@ -71,6 +75,8 @@ async def configure_proxy(args: argparse.Namespace) -> int:
         raise ConfigurationError(f"proxy settings: {describe_validation_error(exc)}") from None
     set_proxy(home, proxy)
     print(f"proxy: {_describe_proxy(proxy)}")
+    if os.environ.get(f"{ENV_PREFIX}PROXY_PASSWORD") and not args.password:
+        print(f"password: from ${ENV_PREFIX}PROXY_PASSWORD at run time (not stored)")
     return 0
 
 

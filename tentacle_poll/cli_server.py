@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import os
 import resource
 import signal
 import time
@@ -53,6 +54,12 @@ def add_commands(commands: Any, add_common: Any, add_admin: Any) -> None:
         parser.add_argument(
             "--server-home", help="server home folder (default ~/.tentacle_poll_server)"
         )
+    master = sub.add_parser("master-key", help="the key that seals sensitive values at rest")
+    master_sub = master.add_subparsers(metavar="COMMAND", required=True)
+    rotate_key = master_sub.add_parser("rotate", help="make a new key and re-seal queued values")
+    rotate_key.set_defaults(command=rotate_master_key)
+    add_common(rotate_key)
+    rotate_key.add_argument("--server-home", help="server home folder")
     rotate = sub.add_parser("rotate-certificate", help="rotate the server certificate (admin API)")
     rotate.add_argument("action", choices=["show", "prepare", "activate", "cancel"])
     rotate.add_argument(
@@ -88,6 +95,7 @@ def _server_home(args: argparse.Namespace) -> ServerHome:
 
 
 def server_home(args: argparse.Namespace) -> Path:
+    os.umask(0o077)  # everything a server command writes in its home is private to its user
     return Path(args.server_home).expanduser() if args.server_home else default_server_home()
 
 
@@ -144,6 +152,25 @@ async def create_api_key(args: argparse.Namespace) -> int:
     finally:
         await store.close()
     print(key)
+    return 0
+
+
+async def rotate_master_key(args: argparse.Namespace) -> int:
+    from tentacle_poll.server.vault import KEY_FILE, Vault, add_key
+
+    home = _server_home(args)
+    home.make_private()
+    key_id = add_key(home.folder / KEY_FILE)
+    vault = Vault.open(home.folder)
+    store = home.open_store()
+    try:
+        specs = await store.unfinished_specs()
+        for task_id, spec_json in specs:
+            await store.replace_spec(task_id, vault.reseal_spec(spec_json))
+    finally:
+        await store.close()
+    print(f"master key {key_id} is now current; {len(specs)} unfinished tasks re-sealed with it")
+    print(f"back up {home.folder / KEY_FILE} again: it holds the new key")
     return 0
 
 

@@ -53,8 +53,13 @@ async def wait_until_listening(port: int, process: asyncio.subprocess.Process) -
 
 @contextlib.asynccontextmanager
 async def run_proxy(command: list[str], port: int, log: Path) -> AsyncIterator[RunningProxy]:
+    # Run in the proxy's own folder, which its user (nobody) can enter: haproxy refuses to start
+    # when it cannot get back to its working folder (a clone in a 0700 folder, as /root is).
     process = await asyncio.create_subprocess_exec(
-        *command, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+        *command,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+        cwd=log.parent,
     )
     try:
         await wait_until_listening(port, process)

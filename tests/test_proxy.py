@@ -3,12 +3,13 @@ haproxy routing by SNI on one shared port. Mutual TLS runs end to end through ea
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
 from tentacle_poll.agent.home import AgentHome
-from tentacle_poll.agent.proxy import bypassed, system_proxy
+from tentacle_poll.agent.proxy import PROXY_PASSWORD_VARIABLE, bypassed, system_proxy
 from tentacle_poll.agent.transport import CommsClient, client_for
 from tentacle_poll.config import (
     AgentSettings,
@@ -163,3 +164,36 @@ async def test_sni_router_on_one_port_reaches_the_server_only_by_its_name(
         finally:
             await client.close()
         assert bytes(decoy.received) == b""
+
+
+async def test_the_proxy_password_can_come_from_the_environment_alone(
+    server: Server,
+    api_key: str,
+    admin: AdminClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    password = "from-the-env-0nly"
+    monkeypatch.setenv(PROXY_PASSWORD_VARIABLE, password)
+    async with tinyproxy(
+        tmp_path / "tinyproxy", ("deployer", password), [server.comms_port]
+    ) as proxy:
+        settings = explicit(proxy.port, ("deployer", "")).model_copy(update={"password": None})
+        home = await registered_agent(server, api_key, tmp_path / "web1", settings)
+        agent = RunningAgent(home)
+        final, _ = await run_and_follow(admin, script_task("web1", "echo env password"))
+        await agent.stop()
+    assert final.state == TaskState.SUCCEEDED
+    assert password not in home.config_file.read_text()  # used, never stored
+
+
+async def test_helper_processes_start_from_a_folder_only_root_can_enter(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A clone in a 0700 folder (as /root is): haproxy, run as nobody, must still start."""
+    private = tmp_path / "private-clone"
+    private.mkdir(mode=0o700)
+    monkeypatch.chdir(private)
+    async with sni_router(tmp_path / "haproxy", {"deploy.example": server.comms_port}) as router:
+        _, writer = await asyncio.open_connection("127.0.0.1", router.port)
+        writer.close()

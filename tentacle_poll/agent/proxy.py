@@ -15,9 +15,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
-from tentacle_poll.config import ProxySettings
+from tentacle_poll.config import ENV_PREFIX, ProxySettings
 from tentacle_poll.exceptions import ConfigurationError
 from tentacle_poll.logs import hide_secret
+
+PROXY_PASSWORD_VARIABLE = f"{ENV_PREFIX}PROXY_PASSWORD"
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,9 @@ def proxy_for(
 ) -> ProxyRoute | None:
     if settings.mode == "explicit":
         assert settings.host is not None and settings.port is not None
-        password = settings.password.get_secret_value() if settings.password else None
+        stored = settings.password.get_secret_value() if settings.password else None
+        # The environment wins, and is never written anywhere: a password can stay off disk.
+        password = environ.get(PROXY_PASSWORD_VARIABLE) or stored
         return _route(settings.host, settings.port, settings.username, password)
     if settings.mode == "system":
         return system_proxy(target_url, environ)

@@ -79,7 +79,8 @@ async def submit_task(request: web.Request) -> web.Response:
     spec = await resolved_spec(
         state, TaskSpec.model_validate(body.model_dump(exclude={"target"})), agent
     )
-    task = await state.store.create_task(agent.id, spec.model_dump_json(), now())
+    sealed = state.vault.seal_spec(spec.model_dump(mode="json"))
+    task = await state.store.create_task(agent.id, sealed, now())
     state.dispatcher.work_for(agent.id)
     logger.info("queued task {} for {}", task.id, agent.name)
     return json_response(task_view(task), status=201)

@@ -36,6 +36,7 @@ from tentacle_poll.server.sweeper import (
     trusted_certificates,
     warn_expiring_certificates,
 )
+from tentacle_poll.server.vault import Vault
 from tentacle_poll.tls import TrustedClientCertificates
 
 SHUTDOWN_TIMEOUT = 5.0
@@ -70,7 +71,10 @@ class Server:
         identity_folder, thumbprint = self.home.ensure_identity()
         store = self.home.open_store()
         trust = TrustedClientCertificates(identity_folder, await trusted_certificates(store))
-        self._state = ServerState(self.settings, store, Dispatcher(), trust, thumbprint, self.home)
+        vault = Vault.open(self.home.folder)
+        self._state = ServerState(
+            self.settings, store, Dispatcher(), trust, thumbprint, self.home, vault
+        )
         self._state.next_thumbprint = self.home.next_thumbprint()
         self.comms_port = await self._listen(
             self._comms_app(), self.settings.comms_host, self.settings.comms_port, trust, "comms"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import ssl
 
@@ -34,6 +33,7 @@ from tentacle_poll.server.dispatch import wait_for_bell
 from tentacle_poll.server.problems import ProblemError
 from tentacle_poll.server.refusals import peer_of
 from tentacle_poll.server.state import STATE, ServerState, json_response, now, read_model, task_view
+from tentacle_poll.server.vault import SealedValueError
 from tentacle_poll.store import AgentRecord, NewAgent, TaskRecord
 from tentacle_poll.tls import thumbprint_of_der
 
@@ -193,7 +193,7 @@ async def _hold_until_work(
         slot_freed = not body.free_slots and results_now != results_before
         if leased or cancels or slot_freed or remaining <= 0:
             return PollResponse(
-                envelopes=_envelopes(leased),
+                envelopes=await _envelopes(state, leased),
                 cancels=cancels,
                 hold_seconds=state.settings.hold_seconds,
                 server_thumbprints=state.server_thumbprints(),
@@ -217,8 +217,19 @@ async def _work_for(
     return leased, cancels
 
 
-def _envelopes(tasks: list[TaskRecord]) -> list[Envelope]:
-    return [Envelope(task_id=t.id, spec=json.loads(t.spec_json)) for t in tasks]
+async def _envelopes(state: ServerState, tasks: list[TaskRecord]) -> list[Envelope]:
+    """The leased tasks as the agent gets them: the only place sensitive values are opened. A
+    task whose values cannot be opened fails here, with the reason, and is not sent."""
+    envelopes = []
+    for task in tasks:
+        try:
+            envelopes.append(Envelope(task_id=task.id, spec=state.vault.open_spec(task.spec_json)))
+        except SealedValueError as exc:
+            failed = ResultRequest(state="failed", last_seq=0, reason=f"not sent: {exc}")
+            await state.store.finish_task(task.id, failed, now())
+            state.dispatcher.tasks.ring(task.id)
+            logger.error("task {} on {} failed: {}", task.id, task.target, exc)
+    return envelopes
 
 
 def _server_stopping() -> ProblemError:

@@ -55,7 +55,8 @@ async def create_deployment(request: web.Request) -> web.Response:
         description, fan_out.stop_on_first_failure, now()
     )
     for agent, spec in zip(targets, specs, strict=True):
-        await state.store.create_task(agent.id, spec.model_dump_json(), now(), deployment_id)
+        sealed = state.vault.seal_spec(spec.model_dump(mode="json"))
+        await state.store.create_task(agent.id, sealed, now(), deployment_id)
         state.dispatcher.work_for(agent.id)
     logger.info("deployment {}: {} on {} targets", deployment_id, description, len(targets))
     return json_response(await deployment_view(state, deployment_id), status=201)

@@ -1,8 +1,15 @@
-"""The server's home folder: its identity (key + certificate) and its database."""
+"""The server's home folder: its identity (key + certificate), master key and database.
+
+Everything in it is private to the server's user: folders 0700, files 0600 (the process runs
+with umask 077; SQLite gives its -wal and -shm files the database file's mode). A home made by
+an earlier version, readable by others, is made private the first time it is opened.
+"""
 
 from __future__ import annotations
 
+import os
 import shutil
+import stat
 from pathlib import Path
 
 from loguru import logger
@@ -27,8 +34,8 @@ class ServerHome:
 
     def ensure_identity(self) -> tuple[Path, str]:
         """(identity folder, thumbprint); the first call makes the key and certificate."""
+        self.make_private()
         if not (self.identity_folder / CERT_FILE).exists():
-            self.folder.mkdir(parents=True, exist_ok=True)
             save_identity(self.identity_folder, generate_identity("tentacle-poll-server"))
             logger.info("created the server certificate in {}", self.identity_folder)
         return self.identity_folder, load_identity(self.identity_folder).thumbprint
@@ -57,5 +64,15 @@ class ServerHome:
         return load_identity(self.identity_folder).thumbprint
 
     def open_store(self) -> Store:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        return SqliteStore(self.folder / DATABASE_FILE)
+        self.make_private()
+        database = self.folder / DATABASE_FILE
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT, 0o600))  # before SQLite makes it
+        return SqliteStore(database)
+
+    def make_private(self) -> None:
+        """The home exists, 0700; an older one open to others is made private throughout."""
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if stat.S_IMODE(self.folder.stat().st_mode) & 0o077:
+            for path in [self.folder, *self.folder.rglob("*")]:
+                if not path.is_symlink():
+                    path.chmod(0o700 if path.is_dir() else 0o600)

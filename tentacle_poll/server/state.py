@@ -18,6 +18,7 @@ from tentacle_poll.server.dispatch import Dispatcher
 from tentacle_poll.server.identity import ServerHome
 from tentacle_poll.server.problems import ProblemError, refuse_oversized
 from tentacle_poll.server.refusals import RefusalLog
+from tentacle_poll.server.vault import Vault
 from tentacle_poll.store import AgentRecord, Store, TaskRecord
 from tentacle_poll.tls import TrustedClientCertificates, certificate_expiry_fast
 
@@ -32,6 +33,7 @@ class ServerState:
     trust: TrustedClientCertificates
     thumbprint: str
     home: ServerHome
+    vault: Vault
     next_thumbprint: str | None = None
     refusals: RefusalLog = field(default_factory=RefusalLog)
     # Hot-path caches (every held poll would otherwise read and write the store): agents by

@@ -8,6 +8,8 @@ PRAGMA journal_mode = WAL;
 PRAGMA synchronous = NORMAL;
 PRAGMA foreign_keys = ON;
 PRAGMA busy_timeout = 5000;
+-- Overwritten and deleted content is zeroed, not left in free pages (erased secrets, tasks).
+PRAGMA secure_delete = ON;
 
 CREATE TABLE IF NOT EXISTS api_keys (
     key_hash TEXT PRIMARY KEY,

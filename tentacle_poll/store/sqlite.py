@@ -25,6 +25,7 @@ from tentacle_poll.store.base import AgentRecord, NewAgent, TaskRecord
 from tentacle_poll.store.deployments import SqliteDeployments
 from tentacle_poll.store.output import BLOCK_COLUMNS, OutputLog
 from tentacle_poll.store.packages import SqlitePackages
+from tentacle_poll.store.redaction import without_sensitive_values
 from tentacle_poll.store.rows import (
     AGENT_COLUMNS,
     ROTATION_COLUMNS,
@@ -292,6 +293,13 @@ class SqliteStore(SqlitePackages, SqliteDeployments):
 
     def _expire_leases(self, agent_id: str, now: float) -> None:
         """A lease nobody accepted in time goes back to the queue (or ends, if cancelled)."""
+        ending = self._db.execute(
+            "SELECT id FROM tasks WHERE agent_id = ? AND state = 'leased' AND leased_until < ? "
+            "AND cancel_requested = 1",
+            (agent_id, now),
+        ).fetchall()
+        for (task_id,) in ending:
+            self._erase_sensitive(task_id)
         self._db.execute(
             "UPDATE tasks SET state = CASE cancel_requested WHEN 1 THEN 'cancelled' "
             "ELSE 'queued' END, leased_until = NULL, "
@@ -376,6 +384,7 @@ class SqliteStore(SqlitePackages, SqliteDeployments):
                     "leased_until = NULL WHERE id = ?",
                     (result.state, result.exit_code, result.reason, now, task_id),
                 )
+                self._erase_sensitive(task_id)
             return self._task(task_id)
 
     async def expire_leases(self, now: float) -> list[str]:
@@ -388,6 +397,16 @@ class SqliteStore(SqlitePackages, SqliteDeployments):
             for (agent_id,) in agents:
                 self._expire_leases(agent_id, now)
             return [agent_id for (agent_id,) in agents]
+
+    async def unfinished_specs(self) -> list[tuple[str, str]]:
+        """(task id, spec) of every task not yet ended: the ones holding sealed values."""
+        rows = self._db.execute(
+            "SELECT id, spec_json FROM tasks WHERE state IN ('queued', 'leased', 'running')"
+        )
+        return [(str(task_id), str(spec)) for task_id, spec in rows.fetchall()]
+
+    async def replace_spec(self, task_id: str, spec_json: str) -> None:
+        self._db.execute("UPDATE tasks SET spec_json = ? WHERE id = ?", (spec_json, task_id))
 
     async def silent_agents(self, seen_before: float) -> list[str]:
         """Agents with running tasks that have not been seen since ``seen_before``."""
@@ -417,6 +436,15 @@ class SqliteStore(SqlitePackages, SqliteDeployments):
             "WHERE id = ?",
             (state.value, reason, now, task_id),
         )
+        self._erase_sensitive(task_id)
+
+    def _erase_sensitive(self, task_id: str) -> None:
+        """An ended task keeps no sensitive value: it will never be sent again."""
+        row = self._db.execute("SELECT spec_json FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        if row is not None:
+            erased = without_sensitive_values(row[0])
+            if erased != row[0]:
+                self._db.execute("UPDATE tasks SET spec_json = ? WHERE id = ?", (erased, task_id))
 
     def _last_seq(self, task_id: str) -> int | None:
         row = self._db.execute("SELECT last_seq FROM tasks WHERE id = ?", (task_id,)).fetchone()

@@ -6,6 +6,8 @@ import asyncio
 import codecs
 from collections.abc import Callable
 
+from tentacle_poll.workers.masking import SecretMasker
+
 CHUNK_BYTES = 64 * 1024
 
 
@@ -15,11 +17,20 @@ class LineSplitter:
     A busy pipe thus yields a block of lines per read (cheap at millions of lines), an idle one
     a line at a time. Lines longer than ``max_chars`` are cut in pieces; a trailing carriage
     return is dropped.
+
+    ``masker`` hides secrets before any cut, so that no boundary the splitter makes (a read
+    chunk, a long line's pieces) can split a secret in two unmasked halves: complete lines are
+    masked whole, and a line still being written is cut only where every secret that could
+    cross the cut is already complete in the buffer (``masker.longest`` characters past it).
     """
 
-    def __init__(self, emit: Callable[[str], None], max_chars: int) -> None:
+    def __init__(
+        self, emit: Callable[[str], None], max_chars: int, masker: SecretMasker | None = None
+    ) -> None:
         self._emit = emit
         self._max_chars = max_chars
+        self._masker = masker or SecretMasker(())
+        self._holdback = max(self._masker.longest - 1, 0)
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._partial = ""
 
@@ -28,7 +39,12 @@ class LineSplitter:
         complete, newline, self._partial = text.rpartition("\n")
         if newline:
             self._emit_block(complete)
-        while len(self._partial) >= self._max_chars:
+        if len(self._partial) >= self._max_chars + self._holdback:
+            self._cut_unfinished_line()
+
+    def _cut_unfinished_line(self) -> None:
+        self._partial = self._masker.mask(self._partial)
+        while len(self._partial) >= self._max_chars + self._holdback:
             self._emit(self._partial[: self._max_chars])
             self._partial = self._partial[self._max_chars :]
 
@@ -41,6 +57,7 @@ class LineSplitter:
     def _emit_block(self, block: str) -> None:
         if "\r" in block:
             block = (block + "\n").replace("\r\n", "\n")[:-1]
+        block = self._masker.mask(block)
         if len(block) > self._max_chars:
             block = self._cut_long_lines(block)
         self._emit(block)

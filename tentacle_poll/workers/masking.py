@@ -20,8 +20,11 @@ class SecretMasker:
         forms: set[str] = set()
         for secret in secrets:
             forms.update(_encoded_forms(secret))
+            if "\n" in secret:  # a multi-line secret (a key, say) printed line by line
+                forms.update(line for line in secret.splitlines() if len(line.strip()) >= 8)
         # Longest first, so a secret that contains another is masked whole.
         self._forms = sorted((f for f in forms if f), key=len, reverse=True)
+        self.longest = len(self._forms[0]) if self._forms else 0
 
     def mask(self, text: str) -> str:
         for form in self._forms:

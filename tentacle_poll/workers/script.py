@@ -152,14 +152,17 @@ class ScriptWorker:
         return Outcome("failed", returncode, f"the script exited with code {returncode}")
 
     def _splitter(self, stream: Stream) -> LineSplitter:
-        return LineSplitter(lambda line: self._emit(stream, line), MAX_LINE_CHARS)
+        return LineSplitter(lambda line: self._emit(stream, line), MAX_LINE_CHARS, self._masker)
 
     def _emit(self, stream: Stream, text: str) -> None:
-        """``text`` is one line or a block of lines; past the output cap only whole lines that
-        still fit are kept, then one system line says the rest is discarded."""
+        """``text`` is one line or a block of lines, masked already by the splitter (so the
+        cap below cuts masked text); past the output cap only whole lines that still fit are
+        kept, then one system line says the rest is discarded."""
+        if stream == "system":
+            text = self._masker.mask(text)
         fitting = text if stream == "system" else self._part_within_output_cap(text)
         if fitting is not None:
-            self._sink(stream, self._masker.mask(fitting))
+            self._sink(stream, fitting)
         if fitting != text and not self._cap_announced:
             self._cap_announced = True
             self._sink(
