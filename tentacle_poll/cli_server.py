@@ -8,16 +8,15 @@ import datetime as dt
 import os
 import resource
 import signal
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
+from tentacle_poll.cli_access import add_access_commands
 from tentacle_poll.cli_tasks import admin_client
 from tentacle_poll.config import SERVER_FILE, ServerSettings, default_server_home, load_settings
 from tentacle_poll.logs import setup_logging
-from tentacle_poll.protocol.tokens import make_token
 
 if TYPE_CHECKING:
     from tentacle_poll.server.identity import ServerHome
@@ -37,19 +36,8 @@ def add_commands(commands: Any, add_common: Any, add_admin: Any) -> None:
     run.set_defaults(command=run_server)
     thumb = sub.add_parser("show-thumbprint", help="print the server's certificate thumbprint")
     thumb.set_defaults(command=show_thumbprint)
-    key = sub.add_parser("api-key", help="API keys").add_subparsers(
-        metavar="COMMAND", required=True
-    )
-    create_key = key.add_parser("create", help="create an API key and print it once")
-    create_key.add_argument("--name", required=True, help="who or what the key is for")
-    create_key.set_defaults(command=create_api_key)
-    token = sub.add_parser("token", help="registration tokens").add_subparsers(
-        metavar="COMMAND", required=True
-    )
-    create_token = token.add_parser("create", help="create a one-time registration token")
-    create_token.add_argument("--ttl-hours", type=float, default=24.0)
-    create_token.set_defaults(command=create_registration_token)
-    for parser in (run, thumb, create_key, create_token):
+    add_access_commands(sub, add_common, add_admin)
+    for parser in (run, thumb):
         add_common(parser)
         parser.add_argument(
             "--server-home", help="server home folder (default ~/.tentacle_poll_server)"
@@ -145,16 +133,6 @@ async def show_thumbprint(args: argparse.Namespace) -> int:
     return 0
 
 
-async def create_api_key(args: argparse.Namespace) -> int:
-    store = _server_home(args).open_store()
-    try:
-        key = await store.create_api_key(args.name)
-    finally:
-        await store.close()
-    print(key)
-    return 0
-
-
 async def rotate_master_key(args: argparse.Namespace) -> int:
     from tentacle_poll.server.vault import KEY_FILE, Vault, add_key
 
@@ -184,16 +162,4 @@ async def rotate_server_certificate(args: argparse.Namespace) -> int:
     print(f"current: {view.thumbprint} (expires {expires:%Y-%m-%d})")
     if view.next_thumbprint:
         print(f"next:    {view.next_thumbprint} (announced to agents; activate when all trust it)")
-    return 0
-
-
-async def create_registration_token(args: argparse.Namespace) -> int:
-    home = _server_home(args)
-    _, thumbprint = home.ensure_identity()
-    store = home.open_store()
-    try:
-        secret = await store.create_registration_token(time.time() + args.ttl_hours * 3600)
-    finally:
-        await store.close()
-    print(make_token(thumbprint, secret))
     return 0

@@ -252,7 +252,8 @@ def print_task(task: TaskView) -> None:
     code = "" if task.exit_code is None else f", exit code {task.exit_code}"
     reason = f": {task.reason}" if task.reason else ""
     extra = " (cancel requested)" if task.cancel_requested else ""
-    print(f"task {task.id} on {task.target}: {task.state}{code}{reason}{extra}")
+    by = f" [submitted with key {task.submitted_by}]" if task.submitted_by else ""
+    print(f"task {task.id} on {task.target}: {task.state}{code}{reason}{extra}{by}")
 
 
 def _report(task: TaskView) -> int:

@@ -311,6 +311,7 @@ class TaskView(WireModel):
     started_at: float | None
     finished_at: float | None
     last_seq: int
+    submitted_by: str = ""
 
 
 class TargetView(WireModel):
@@ -388,3 +389,49 @@ class EventsPage(WireModel):
 class TokenCreated(WireModel):
     token: str
     expires_at: float
+    id: str = ""
+
+
+class TokenView(WireModel):
+    id: str
+    created_at: float
+    expires_at: float
+    created_by: str
+
+
+Scope = Literal["admin", "deploy", "read"]
+
+
+class ApiKeyCreate(WireModel):
+    """``environments`` limits a deploy key to targets in them (empty: any environment)."""
+
+    name: Name
+    scope: Scope = "admin"
+    environments: list[Label] = Field(default=[], max_length=100)
+
+    @model_validator(mode="after")
+    def _only_deploy_keys_have_environments(self) -> ApiKeyCreate:
+        if self.environments and self.scope != "deploy":
+            raise ValueError("only a deploy key is limited to environments")
+        return self
+
+
+class ApiKeyView(WireModel):
+    name: str
+    scope: Scope
+    environments: list[str]
+    created_at: float
+    last_used: float | None
+    created_by: str
+
+
+class ApiKeyCreated(ApiKeyView):
+    key: str
+
+
+class AuditEntryView(WireModel):
+    at: float
+    key: str
+    action: str
+    subject: str
+    detail: str

@@ -7,14 +7,27 @@ import asyncio
 from aiohttp import web
 from loguru import logger
 
+from tentacle_poll.exceptions import StoreError
 from tentacle_poll.logs import hide_secret
 from tentacle_poll.protocol import routes
-from tentacle_poll.protocol.models import EventsPage, SubmitTask, TaskSpec, TokenCreated
+from tentacle_poll.protocol.models import (
+    ApiKeyCreate,
+    ApiKeyCreated,
+    ApiKeyView,
+    AuditEntryView,
+    EventsPage,
+    SubmitTask,
+    TaskSpec,
+    TokenCreated,
+    TokenView,
+)
 from tentacle_poll.protocol.tokens import make_token
+from tentacle_poll.server.access import audit, caller, require_environment, require_target
 from tentacle_poll.server.dispatch import wait_for_bell
-from tentacle_poll.server.problems import Handler, ProblemError
+from tentacle_poll.server.problems import ProblemError
 from tentacle_poll.server.state import STATE, ServerState, json_response, now, read_model, task_view
-from tentacle_poll.store import AgentRecord
+from tentacle_poll.store import AgentRecord, ApiKeyRecord
+from tentacle_poll.store.credentials import token_id_of
 
 MAX_FOLLOW_WAIT = 60.0
 DEFAULT_TOKEN_TTL = 24 * 3600.0
@@ -30,21 +43,12 @@ def add_admin_routes(app: web.Application) -> None:
     app.router.add_get(routes.ADMIN_TASK_EVENTS, task_events)
     app.router.add_post(routes.ADMIN_TASK_CANCEL, cancel_task)
     app.router.add_post(routes.ADMIN_TOKENS, create_token)
-
-
-@web.middleware
-async def require_api_key(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path != routes.ADMIN_HEALTH:
-        key = request.headers.get(routes.API_KEY_HEADER, "")
-        hide_secret(key)
-        if not key or not await request.app[STATE].store.api_key_valid(key):
-            raise ProblemError(
-                401,
-                "API key required",
-                f"send a valid key in the {routes.API_KEY_HEADER} header; "
-                "create one with `tentacle-poll server api-key create`",
-            )
-    return await handler(request)
+    app.router.add_get(routes.ADMIN_TOKENS, list_tokens)
+    app.router.add_delete(routes.ADMIN_TOKEN, revoke_token)
+    app.router.add_get(routes.ADMIN_KEYS, list_keys)
+    app.router.add_post(routes.ADMIN_KEYS, create_key)
+    app.router.add_delete(routes.ADMIN_KEY, revoke_key)
+    app.router.add_get(routes.ADMIN_AUDIT, list_audit)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -65,6 +69,7 @@ async def delete_target(request: web.Request) -> web.Response:
         raise ProblemError(404, "no such target", f"no target named {request.match_info['name']}")
     state.forget_agents()  # first: routes refuse it from now on, before the trust rebuild
     await state.trust.remove(agent.certificate_pem.encode())
+    await audit(request, "target deleted", agent.name, agent.thumbprint)
     logger.info("removed target {}; its certificate is no longer trusted", agent.name)
     return json_response(state.target_view(agent))
 
@@ -76,13 +81,19 @@ async def submit_task(request: web.Request) -> web.Response:
     if agent is None:
         detail = f"no target named {body.target}; list them with `tentacle-poll targets`"
         raise ProblemError(404, "no such target", detail)
+    require_target(request, agent)
     spec = await resolved_spec(
         state, TaskSpec.model_validate(body.model_dump(exclude={"target"})), agent
     )
+    payload = spec.deploy or spec.rollback
+    if payload is not None and payload.environment is not None:
+        require_environment(request, payload.environment)
     sealed = state.vault.seal_spec(spec.model_dump(mode="json"))
-    task = await state.store.create_task(agent.id, sealed, now())
+    who = caller(request).name
+    task = await state.store.create_task(agent.id, sealed, now(), submitted_by=who)
     state.dispatcher.work_for(agent.id)
-    logger.info("queued task {} for {}", task.id, agent.name)
+    await audit(request, "task submitted", task.id, f"{spec.kind} on {agent.name}")
+    logger.info("queued task {} for {} (key {})", task.id, agent.name, who)
     return json_response(task_view(task), status=201)
 
 
@@ -142,8 +153,12 @@ async def task_events(request: web.Request) -> web.Response:
 async def cancel_task(request: web.Request) -> web.Response:
     state = request.app[STATE]
     task = await state.task_or_404(request.match_info["task_id"])
+    agent = await state.store.agent_by_name(task.target)
+    if agent is not None:
+        require_target(request, agent)
     updated = await state.store.request_cancel(task.id, now())
     assert updated is not None
+    await audit(request, "task cancelled", task.id, task.target)
     state.dispatcher.work_for(task.agent_id)
     state.dispatcher.tasks.ring(task.id)
     logger.info("cancel requested for task {} ({})", task.id, updated.state)
@@ -153,10 +168,81 @@ async def cancel_task(request: web.Request) -> web.Response:
 async def create_token(request: web.Request) -> web.Response:
     state = request.app[STATE]
     ttl = _float_query(request, "ttl", DEFAULT_TOKEN_TTL, 60.0, 30 * 24 * 3600.0)
-    secret = await state.store.create_registration_token(now() + ttl)
+    secret = await state.store.create_registration_token(now() + ttl, now(), caller(request).name)
     token = make_token(state.thumbprint, secret)
     hide_secret(token)
-    return json_response(TokenCreated(token=token, expires_at=now() + ttl), status=201)
+    token_id = token_id_of(secret)
+    await audit(request, "token created", token_id, f"expires in {ttl:g} s")
+    return json_response(TokenCreated(token=token, expires_at=now() + ttl, id=token_id), 201)
+
+
+async def list_tokens(request: web.Request) -> web.Response:
+    tokens = await request.app[STATE].store.list_registration_tokens(now())
+    views = [TokenView(id=t.id, created_at=t.created_at, expires_at=t.expires_at,
+                       created_by=t.created_by) for t in tokens]  # fmt: skip
+    return web.json_response([v.model_dump(mode="json") for v in views])
+
+
+async def revoke_token(request: web.Request) -> web.Response:
+    token_id = request.match_info["token_id"]
+    if not await request.app[STATE].store.revoke_registration_token(token_id):
+        raise ProblemError(404, "no such token", f"no unused token {token_id}")
+    await audit(request, "token revoked", token_id)
+    return web.json_response({"revoked": token_id})
+
+
+async def list_keys(request: web.Request) -> web.Response:
+    keys = await request.app[STATE].store.list_api_keys()
+    return web.json_response([key_view(k).model_dump(mode="json") for k in keys])
+
+
+async def create_key(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    body = await read_model(request, ApiKeyCreate)
+    try:
+        secret = await state.store.create_api_key(
+            body.name, body.scope, list(body.environments), caller(request).name
+        )
+    except StoreError as exc:
+        raise ProblemError(409, "key name taken", str(exc)) from exc
+    hide_secret(secret)
+    await audit(request, "key created", body.name, _scope_text(body.scope, body.environments))
+    created = await state.store.api_key(secret, now())
+    assert created is not None
+    view = ApiKeyCreated(**key_view(created).model_dump(), key=secret)
+    return json_response(view, status=201)
+
+
+async def revoke_key(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    if not await request.app[STATE].store.revoke_api_key(name):
+        raise ProblemError(404, "no such key", f"no API key named {name}")
+    await audit(request, "key revoked", name)
+    return web.json_response({"revoked": name})
+
+
+async def list_audit(request: web.Request) -> web.Response:
+    since = _float_query(request, "since", 0.0, 0.0, 2**40)
+    limit = _int_query(request, "limit", 1000, 1, 100_000)
+    entries = await request.app[STATE].store.audit(since, request.query.get("key"), limit)
+    views = [AuditEntryView(at=e.at, key=e.key, action=e.action, subject=e.subject,
+                            detail=e.detail) for e in entries]  # fmt: skip
+    return web.json_response([v.model_dump(mode="json") for v in views])
+
+
+def key_view(key: ApiKeyRecord) -> ApiKeyView:
+    return ApiKeyView(
+        name=key.name,
+        scope=key.scope,
+        environments=key.environments,
+        created_at=key.created_at,
+        last_used=key.last_used,
+        created_by=key.created_by,
+    )
+
+
+def _scope_text(scope: str, environments: list[str]) -> str:
+    return f"{scope} in {', '.join(environments)}" if environments else scope
 
 
 def _int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:

@@ -13,6 +13,10 @@ from tentacle_poll.exceptions import ProtocolError, RequestRejected, ServerUnava
 from tentacle_poll.protocol import routes
 from tentacle_poll.protocol.codec import decode
 from tentacle_poll.protocol.models import (
+    ApiKeyCreate,
+    ApiKeyCreated,
+    ApiKeyView,
+    AuditEntryView,
     DeploymentView,
     Event,
     EventsPage,
@@ -26,6 +30,7 @@ from tentacle_poll.protocol.models import (
     TargetView,
     TaskView,
     TokenCreated,
+    TokenView,
 )
 
 M = TypeVar("M")
@@ -78,6 +83,28 @@ class AdminClient:
     async def create_token(self, ttl_seconds: float) -> TokenCreated:
         return await self._call(
             "POST", routes.ADMIN_TOKENS, TypeAdapter(TokenCreated), query={"ttl": str(ttl_seconds)}
+        )
+
+    async def keys(self) -> list[ApiKeyView]:
+        return await self._call("GET", routes.ADMIN_KEYS, TypeAdapter(list[ApiKeyView]))
+
+    async def create_key(self, key: ApiKeyCreate) -> ApiKeyCreated:
+        return await self._call("POST", routes.ADMIN_KEYS, TypeAdapter(ApiKeyCreated), body=key)
+
+    async def revoke_key(self, name: str) -> None:
+        await self._call("DELETE", routes.ADMIN_KEY.format(name=name), TypeAdapter(dict))
+
+    async def tokens(self) -> list[TokenView]:
+        return await self._call("GET", routes.ADMIN_TOKENS, TypeAdapter(list[TokenView]))
+
+    async def revoke_token(self, token_id: str) -> None:
+        path = routes.ADMIN_TOKEN.format(token_id=token_id)
+        await self._call("DELETE", path, TypeAdapter(dict))
+
+    async def audit(self, since: float, key: str | None, limit: int) -> list[AuditEntryView]:
+        query = {"since": str(since), "limit": str(limit), **({"key": key} if key else {})}
+        return await self._call(
+            "GET", routes.ADMIN_AUDIT, TypeAdapter(list[AuditEntryView]), query=query
         )
 
     async def server_certificate(self) -> ServerCertificateView:

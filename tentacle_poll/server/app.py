@@ -16,7 +16,8 @@ from loguru import logger
 from tentacle_poll.config import ServerSettings
 from tentacle_poll.exceptions import ConfigurationError
 from tentacle_poll.keepalive import listening_socket
-from tentacle_poll.server.admin import add_admin_routes, require_api_key
+from tentacle_poll.server.access import require_api_key
+from tentacle_poll.server.admin import add_admin_routes
 from tentacle_poll.server.comms import add_comms_routes
 from tentacle_poll.server.deployments import add_deployment_routes
 from tentacle_poll.server.dispatch import Dispatcher

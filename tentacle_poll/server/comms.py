@@ -28,13 +28,14 @@ from tentacle_poll.protocol.models import (
     ResultRequest,
 )
 from tentacle_poll.protocol.tokens import token_secret
+from tentacle_poll.server.access import record
 from tentacle_poll.server.deployments import stop_rest_if_failed
 from tentacle_poll.server.dispatch import wait_for_bell
 from tentacle_poll.server.problems import ProblemError
 from tentacle_poll.server.refusals import peer_of
 from tentacle_poll.server.state import STATE, ServerState, json_response, now, read_model, task_view
 from tentacle_poll.server.vault import SealedValueError
-from tentacle_poll.store import AgentRecord, NewAgent, TaskRecord
+from tentacle_poll.store import AgentRecord, ApiKeyRecord, NewAgent, TaskRecord
 from tentacle_poll.tls import thumbprint_of_der
 
 
@@ -49,8 +50,12 @@ def add_comms_routes(app: web.Application) -> None:
 
 async def register(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    await _check_registration_credential(request, state)
+    who, key = await _registration_credential(request, state)
     body = await read_model(request, RegisterRequest)
+    outside = set(body.environments) - set(key.environments) if key and key.environments else set()
+    if key is not None and outside:
+        detail = f"the key {key.name} may register targets in {', '.join(key.environments)} only"
+        raise ProblemError(403, "environment not allowed", detail)
     thumbprint = _thumbprint_of_submitted(body.certificate_pem)
     new = NewAgent(
         name=body.name,
@@ -68,7 +73,8 @@ async def register(request: web.Request) -> web.Response:
         raise ProblemError(409, "name or certificate already registered", str(exc)) from exc
     state.trust.add(body.certificate_pem.encode())
     state.forget_agents()
-    logger.info("registered target {} ({})", agent.name, agent.thumbprint)
+    await record(state, who, "target registered", agent.name, agent.thumbprint)
+    logger.info("registered target {} ({}) with {}", agent.name, agent.thumbprint, who)
     answer = RegisterResponse(
         agent_id=agent.id,
         name=agent.name,
@@ -105,6 +111,7 @@ async def rotate_certificate(request: web.Request) -> web.Response:
         raise ProblemError(409, "certificate already registered", str(exc)) from exc
     state.trust.add(body.certificate_pem.encode())
     state.forget_agents()
+    await record(state, f"target {agent.name}", "certificate rotated", agent.name, thumbprint)
     logger.info("target {} rotated its certificate to {}", agent.name, thumbprint)
     answer = CertificateResponse(
         thumbprint=thumbprint,
@@ -251,15 +258,22 @@ async def own_task(request: web.Request) -> TaskRecord:
     return task
 
 
-async def _check_registration_credential(request: web.Request, state: ServerState) -> None:
+async def _registration_credential(
+    request: web.Request, state: ServerState
+) -> tuple[str, ApiKeyRecord | None]:
+    """(who registers, their key) for a valid API key (deploy or admin scope) or token."""
     api_key = request.headers.get(routes.API_KEY_HEADER)
     token = request.headers.get(routes.REGISTRATION_TOKEN_HEADER)
     hide_secret(api_key)
     hide_secret(token)
-    if api_key and await state.store.api_key_valid(api_key):
-        return
-    if token and await state.store.consume_registration_token(token_secret(token), now()):
-        return
+    key = await state.store.api_key(api_key, now()) if api_key else None
+    if key is not None and key.scope != "read":
+        return key.name, key
+    token_id = (
+        await state.store.consume_registration_token(token_secret(token), now()) if token else None
+    )
+    if token_id is not None:
+        return f"token {token_id}", None
     what = "an API key" if api_key else "a registration token" if token else "no credential"
     state.refusals.refused(
         "register:credential",

@@ -16,6 +16,7 @@ from tentacle_poll.protocol.models import (
     TaskSpec,
     TaskState,
 )
+from tentacle_poll.server.access import audit, caller, require_environment
 from tentacle_poll.server.admin import resolved_spec
 from tentacle_poll.server.problems import ProblemError
 from tentacle_poll.server.state import STATE, ServerState, json_response, now, read_model
@@ -47,6 +48,7 @@ async def create_deployment(request: web.Request) -> web.Response:
         roles = f" with any of the roles {', '.join(fan_out.roles)}" if fan_out.roles else ""
         detail = f"no target in {fan_out.environment}{roles}"
         raise ProblemError(404, "no matching targets", detail)
+    require_environment(request, fan_out.environment)
     task = _in_environment(fan_out)
     specs = [await resolved_spec(state, task, agent) for agent in targets]  # all or none
     roles = ", ".join(fan_out.roles) or "all roles"
@@ -54,10 +56,14 @@ async def create_deployment(request: web.Request) -> web.Response:
     deployment_id = await state.store.create_deployment(
         description, fan_out.stop_on_first_failure, now()
     )
+    who = caller(request).name
     for agent, spec in zip(targets, specs, strict=True):
         sealed = state.vault.seal_spec(spec.model_dump(mode="json"))
-        await state.store.create_task(agent.id, sealed, now(), deployment_id)
+        await state.store.create_task(agent.id, sealed, now(), deployment_id, who)
         state.dispatcher.work_for(agent.id)
+    await audit(
+        request, "deployment created", deployment_id, f"{description}, {len(targets)} targets"
+    )
     logger.info("deployment {}: {} on {} targets", deployment_id, description, len(targets))
     return json_response(await deployment_view(state, deployment_id), status=201)
 

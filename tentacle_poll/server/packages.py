@@ -20,6 +20,7 @@ from loguru import logger
 from tentacle_poll.exceptions import StoreError
 from tentacle_poll.protocol import routes
 from tentacle_poll.protocol.models import FileView, PackageView
+from tentacle_poll.server.access import audit
 from tentacle_poll.server.comms import authorised_agent, own_task
 from tentacle_poll.server.problems import ProblemError, refuse_oversized
 from tentacle_poll.server.state import STATE, ServerState, json_response
@@ -50,6 +51,7 @@ async def upload_file(request: web.Request) -> web.Response:
     state = request.app[STATE]
     temporary, sha256, size = await _receive(request, state)
     _keep_blob(temporary, state.blob(sha256))
+    await audit(request, "file uploaded", sha256, f"{size} bytes")
     return json_response(FileView(sha256=sha256, size=size), status=201)
 
 
@@ -91,6 +93,7 @@ async def upload_package(request: web.Request) -> web.Response:
         temporary.unlink(missing_ok=True)
         raise
     _keep_blob(temporary, state.blob(sha256))
+    await audit(request, "package uploaded", f"{package_id} {version}", sha256)
     logger.info("package {} {} stored ({} bytes, sha256 {})", package_id, version, size, sha256)
     return json_response(stored, status=201)
 
@@ -103,6 +106,7 @@ async def delete_package(request: web.Request) -> web.Response:
         raise ProblemError(404, "no such package", f"no package {package_id} {version}")
     if await state.store.package_uses(deleted.sha256) == 0:
         state.blob(deleted.sha256).unlink(missing_ok=True)
+    await audit(request, "package deleted", f"{package_id} {version}", deleted.sha256)
     return json_response(deleted)
 
 

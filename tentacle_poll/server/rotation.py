@@ -13,6 +13,7 @@ from loguru import logger
 
 from tentacle_poll.protocol import routes
 from tentacle_poll.protocol.models import ServerCertificateAction, ServerCertificateView
+from tentacle_poll.server.access import audit
 from tentacle_poll.server.problems import ProblemError
 from tentacle_poll.server.state import STATE, ServerState, json_response, read_model
 from tentacle_poll.tls import certificate_expiry_fast, load_identity
@@ -40,6 +41,7 @@ async def change_certificate(request: web.Request) -> web.Response:
         state.next_thumbprint = None
     else:
         await _activate(state, body.force)
+    await audit(request, f"server certificate {body.action}", state.thumbprint)
     return json_response(certificate_view(state))
 
 

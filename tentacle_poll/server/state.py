@@ -136,6 +136,7 @@ def task_view(task: TaskRecord) -> TaskView:
         started_at=task.started_at,
         finished_at=task.finished_at,
         last_seq=task.last_seq,
+        submitted_by=task.submitted_by,
     )
 
 

@@ -1,6 +1,16 @@
 """Persistence behind one small interface (`Store`); SQLite is the embedded default."""
 
 from tentacle_poll.store.base import AgentRecord, NewAgent, Store, TaskRecord
+from tentacle_poll.store.credentials import ApiKeyRecord, AuditEntry, TokenRecord
 from tentacle_poll.store.sqlite import SqliteStore
 
-__all__ = ["AgentRecord", "NewAgent", "SqliteStore", "Store", "TaskRecord"]
+__all__ = [
+    "AgentRecord",
+    "ApiKeyRecord",
+    "AuditEntry",
+    "NewAgent",
+    "SqliteStore",
+    "Store",
+    "TaskRecord",
+    "TokenRecord",
+]

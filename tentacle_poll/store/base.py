@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from tentacle_poll.protocol.models import Event, PackageView, ResultRequest, TaskState
+from tentacle_poll.store.credentials import ApiKeyRecord, AuditEntry, TokenRecord
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class TaskRecord:
     finished_at: float | None
     last_seq: int
     deployment_id: str | None = None
+    submitted_by: str = ""
 
 
 class Store(Protocol):
@@ -54,11 +56,26 @@ class Store(Protocol):
 
     async def close(self) -> None: ...
 
-    # credentials
-    async def create_api_key(self, name: str) -> str: ...
-    async def api_key_valid(self, key: str) -> bool: ...
-    async def create_registration_token(self, expires_at: float) -> str: ...
-    async def consume_registration_token(self, secret: str, now: float) -> bool: ...
+    # credentials and the audit trail
+    async def create_api_key(
+        self,
+        name: str,
+        scope: str = "admin",
+        environments: list[str] | None = None,
+        created_by: str = "",
+        now: float | None = None,
+    ) -> str: ...
+    async def api_key(self, key: str, now: float) -> ApiKeyRecord | None: ...
+    async def list_api_keys(self) -> list[ApiKeyRecord]: ...
+    async def revoke_api_key(self, name: str) -> bool: ...
+    async def create_registration_token(
+        self, expires_at: float, now: float = 0.0, created_by: str = ""
+    ) -> str: ...
+    async def consume_registration_token(self, secret: str, now: float) -> str | None: ...
+    async def list_registration_tokens(self, now: float) -> list[TokenRecord]: ...
+    async def revoke_registration_token(self, token_id: str) -> bool: ...
+    async def record(self, entry: AuditEntry) -> None: ...
+    async def audit(self, since: float, key: str | None, limit: int) -> list[AuditEntry]: ...
 
     # agents
     async def save_agent(self, agent: NewAgent, replace: bool, now: float) -> AgentRecord: ...
@@ -86,7 +103,12 @@ class Store(Protocol):
 
     # tasks
     async def create_task(
-        self, agent_id: str, spec_json: str, now: float, deployment_id: str | None = None
+        self,
+        agent_id: str,
+        spec_json: str,
+        now: float,
+        deployment_id: str | None = None,
+        submitted_by: str = "",
     ) -> TaskRecord: ...
     async def create_deployment(
         self, description: str, stop_on_failure: bool, now: float

@@ -9,7 +9,8 @@ from tentacle_poll.store.base import AgentRecord, TaskRecord
 
 TASK_COLUMNS = (
     "t.id, t.agent_id, a.name, t.spec_json, t.state, t.exit_code, t.reason, t.cancel_requested, "
-    "t.created_at, t.leased_until, t.started_at, t.finished_at, t.last_seq, t.deployment_id"
+    "t.created_at, t.leased_until, t.started_at, t.finished_at, t.last_seq, t.deployment_id, "
+    "t.submitted_by"
 )
 AGENT_COLUMNS = (
     "name, thumbprint, certificate_pem, environments, roles, tenants, tenant_tags, agent_version, "
@@ -74,6 +75,7 @@ def task_from_row(row: tuple[object, ...]) -> TaskRecord:
         finished,
         last_seq,
         deployment_id,
+        submitted_by,
     ) = row
     return TaskRecord(
         id=str(task_id),
@@ -90,6 +92,7 @@ def task_from_row(row: tuple[object, ...]) -> TaskRecord:
         finished_at=opt_float(finished),
         last_seq=int(str(last_seq)),
         deployment_id=str(deployment_id) if deployment_id else None,
+        submitted_by=str(submitted_by),
     )
 
 

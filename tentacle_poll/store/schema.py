@@ -22,6 +22,16 @@ CREATE TABLE IF NOT EXISTS registration_tokens (
     expires_at REAL NOT NULL
 );
 
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY,
+    at REAL NOT NULL,
+    key TEXT NOT NULL,
+    action TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS audit_by_time ON audit (at);
+
 CREATE TABLE IF NOT EXISTS agents (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
@@ -76,6 +86,27 @@ CREATE TABLE IF NOT EXISTS packages (
 );
 CREATE INDEX IF NOT EXISTS packages_by_sha ON packages (sha256);
 """
+
+# Columns added after a table's first version: (table, column, definition). Opening an older
+# database adds them (SQLite has no ADD COLUMN IF NOT EXISTS).
+ADDED_COLUMNS = [
+    ("api_keys", "scope", "TEXT NOT NULL DEFAULT 'admin'"),
+    ("api_keys", "environments", "TEXT NOT NULL DEFAULT '[]'"),
+    ("api_keys", "last_used", "REAL"),
+    ("api_keys", "created_by", "TEXT NOT NULL DEFAULT ''"),
+    ("registration_tokens", "id", "TEXT NOT NULL DEFAULT ''"),
+    ("registration_tokens", "created_at", "REAL NOT NULL DEFAULT 0"),
+    ("registration_tokens", "created_by", "TEXT NOT NULL DEFAULT ''"),
+    ("tasks", "submitted_by", "TEXT NOT NULL DEFAULT ''"),
+]
+
+
+def add_missing_columns(db: sqlite3.Connection) -> None:
+    for table, column, definition in ADDED_COLUMNS:
+        present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        if column not in present:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+
 
 # The index of task output (store/output.py keeps the text in files): a database of its own,
 # written on a thread of its own, so that its writes never wait for the queue's.

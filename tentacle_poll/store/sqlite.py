@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import itertools
 import json
 import secrets
 import sqlite3
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +20,7 @@ from pathlib import Path
 from tentacle_poll.exceptions import StoreError
 from tentacle_poll.protocol.models import Event, ResultRequest, TaskState
 from tentacle_poll.store.base import AgentRecord, NewAgent, TaskRecord
+from tentacle_poll.store.credentials import SqliteCredentials
 from tentacle_poll.store.deployments import SqliteDeployments
 from tentacle_poll.store.output import BLOCK_COLUMNS, OutputLog
 from tentacle_poll.store.packages import SqlitePackages
@@ -36,6 +35,7 @@ from tentacle_poll.store.rows import (
 from tentacle_poll.store.schema import (
     OLDER_OUTPUT_TABLES,
     SCHEMA,
+    add_missing_columns,
     attach_output,
     older_output_tables,
     output_paths,
@@ -45,10 +45,6 @@ ACTIVE = ("leased", "running")
 MAX_SEQ = 2**63 - 1
 TOUCH_BATCH = 250
 MOVE_BATCH = 256  # lines of an older store moved to the output files per write
-
-
-def _hash(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def _event_of_older_row(row: tuple[str, int, str, str, float, int]) -> Event:
@@ -61,11 +57,12 @@ def _chunks(events: Iterator[Event], size: int) -> Iterator[list[Event]]:
         yield chunk
 
 
-class SqliteStore(SqlitePackages, SqliteDeployments):
+class SqliteStore(SqliteCredentials, SqlitePackages, SqliteDeployments):
     def __init__(self, path: Path) -> None:
         try:
             self._db = sqlite3.connect(path, isolation_level=None)
             self._db.executescript(SCHEMA)
+            add_missing_columns(self._db)
             attach_output(self._db, path)
             self._output = OutputLog(*output_paths(path))
             self._move_older_output()
@@ -84,35 +81,6 @@ class SqliteStore(SqlitePackages, SqliteDeployments):
     async def close(self) -> None:
         self._output.close()
         self._db.close()
-
-    # --- credentials ---------------------------------------------------------------------
-
-    async def create_api_key(self, name: str) -> str:
-        key = "API-" + secrets.token_hex(16).upper()
-        self._db.execute(
-            "INSERT INTO api_keys (key_hash, name, created_at) VALUES (?, ?, ?)",
-            (_hash(key), name, time.time()),
-        )
-        return key
-
-    async def api_key_valid(self, key: str) -> bool:
-        row = self._db.execute("SELECT 1 FROM api_keys WHERE key_hash = ?", (_hash(key),))
-        return row.fetchone() is not None
-
-    async def create_registration_token(self, expires_at: float) -> str:
-        secret = secrets.token_urlsafe(24)
-        self._db.execute(
-            "INSERT INTO registration_tokens (token_hash, expires_at) VALUES (?, ?)",
-            (_hash(secret), expires_at),
-        )
-        return secret
-
-    async def consume_registration_token(self, secret: str, now: float) -> bool:
-        cursor = self._db.execute(
-            "DELETE FROM registration_tokens WHERE token_hash = ? AND expires_at > ?",
-            (_hash(secret), now),
-        )
-        return cursor.rowcount == 1
 
     # --- agents --------------------------------------------------------------------------
 
@@ -244,13 +212,26 @@ class SqliteStore(SqlitePackages, SqliteDeployments):
     # --- tasks ---------------------------------------------------------------------------
 
     async def create_task(
-        self, agent_id: str, spec_json: str, now: float, deployment_id: str | None = None
+        self,
+        agent_id: str,
+        spec_json: str,
+        now: float,
+        deployment_id: str | None = None,
+        submitted_by: str = "",
     ) -> TaskRecord:
         task_id = f"{int(now * 1000):x}-{secrets.token_hex(4)}"
         self._db.execute(
-            "INSERT INTO tasks (id, agent_id, spec_json, state, created_at, deployment_id) "
-            "VALUES (?,?,?,?,?,?)",
-            (task_id, agent_id, spec_json, TaskState.QUEUED.value, now, deployment_id),
+            "INSERT INTO tasks (id, agent_id, spec_json, state, created_at, deployment_id, "
+            "submitted_by) VALUES (?,?,?,?,?,?,?)",
+            (
+                task_id,
+                agent_id,
+                spec_json,
+                TaskState.QUEUED.value,
+                now,
+                deployment_id,
+                submitted_by,
+            ),
         )
         return self._task(task_id)
 

@@ -1,0 +1,112 @@
+"""Who may do what on the admin API: scoped API keys, environment limits, and the audit trail.
+
+read    GET everything but the audit trail, tokens, keys and fetched files' bytes
+deploy  read, and run tasks, deployments, cancels, uploads (limited to environments when
+        the key names some)
+admin   everything: targets, keys, tokens, the server certificate, the audit trail
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from tentacle_poll.logs import hide_secret
+from tentacle_poll.protocol import routes
+from tentacle_poll.server.problems import Handler, ProblemError
+from tentacle_poll.server.refusals import peer_of
+from tentacle_poll.server.state import STATE, ServerState, now
+from tentacle_poll.store import AgentRecord, ApiKeyRecord, AuditEntry
+
+RANK = {"read": 0, "deploy": 1, "admin": 2}
+ADMIN_ONLY = {
+    ("DELETE", routes.ADMIN_TARGET),
+    ("GET", routes.ADMIN_TOKENS),
+    ("POST", routes.ADMIN_TOKENS),
+    ("DELETE", routes.ADMIN_TOKEN),
+    ("POST", routes.ADMIN_SERVER_CERTIFICATE),
+    ("GET", routes.ADMIN_KEYS),
+    ("POST", routes.ADMIN_KEYS),
+    ("DELETE", routes.ADMIN_KEY),
+    ("GET", routes.ADMIN_AUDIT),
+    ("DELETE", routes.ADMIN_PACKAGE),
+}
+DEPLOY_READS = {("GET", routes.ADMIN_FILE)}  # bytes fetched from targets: not for read keys
+CALLER = web.RequestKey("caller", ApiKeyRecord)
+UNAUTHENTICATED = {routes.ADMIN_HEALTH}
+
+
+def needed_scope(method: str, route: str) -> str:
+    if (method, route) in ADMIN_ONLY:
+        return "admin"
+    if method in ("GET", "HEAD") and (method, route) not in DEPLOY_READS:
+        return "read"
+    return "deploy"
+
+
+@web.middleware
+async def require_api_key(request: web.Request, handler: Handler) -> web.StreamResponse:
+    route = request.match_info.route.resource
+    template = route.canonical if route is not None else request.path
+    if template not in UNAUTHENTICATED and request.match_info.http_exception is None:
+        key = await _caller(request)
+        scope = needed_scope(request.method, template)
+        if RANK[key.scope] < RANK[scope]:
+            raise ProblemError(
+                403,
+                "key not allowed",
+                f"the key {key.name} has the {key.scope} scope; {request.method} {template} "
+                f"needs {scope}",
+            )
+        request[CALLER] = key
+    return await handler(request)
+
+
+async def _caller(request: web.Request) -> ApiKeyRecord:
+    state = request.app[STATE]
+    secret = request.headers.get(routes.API_KEY_HEADER, "")
+    hide_secret(secret)
+    key = await state.store.api_key(secret, now()) if secret else None
+    if key is None:
+        state.refusals.refused(
+            "admin:key",
+            f"admin API: refused {request.method} {request.path} from "
+            f"{peer_of(request.transport)}: {'an unknown or revoked' if secret else 'no'} API key",
+        )
+        raise ProblemError(
+            401,
+            "API key required",
+            f"send a valid key in the {routes.API_KEY_HEADER} header; "
+            "create one with `tentacle-poll server api-key create`",
+        )
+    return key
+
+
+def caller(request: web.Request) -> ApiKeyRecord:
+    return request[CALLER]
+
+
+def require_environment(request: web.Request, environment: str) -> None:
+    """403 unless the caller's key may act in ``environment``."""
+    key = caller(request)
+    if key.environments and environment not in key.environments:
+        raise ProblemError(
+            403,
+            "environment not allowed",
+            f"the key {key.name} may deploy to {', '.join(key.environments)} only, "
+            f"not to {environment}",
+        )
+
+
+def require_target(request: web.Request, agent: AgentRecord) -> None:
+    """403 unless the caller's key may act on a target in any of its environments."""
+    key = caller(request)
+    if key.environments and not set(key.environments) & set(agent.environments):
+        require_environment(request, agent.environments[0])
+
+
+async def audit(request: web.Request, action: str, subject: str, detail: str = "") -> None:
+    await record(request.app[STATE], caller(request).name, action, subject, detail)
+
+
+async def record(state: ServerState, who: str, action: str, subject: str, detail: str = "") -> None:
+    await state.store.record(AuditEntry(now(), who, action, subject, detail))
