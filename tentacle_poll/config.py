@@ -4,16 +4,17 @@ variables prefixed ``TENTACLE_POLL_``, then command-line flags on top (highest w
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
-    StringConstraints,
     ValidationError,
     model_validator,
 )
@@ -26,6 +27,7 @@ from pydantic_settings import (
 
 from tentacle_poll.exceptions import ConfigurationError
 from tentacle_poll.protocol.codec import describe_validation_error
+from tentacle_poll.tls.certs import normalised_thumbprint
 
 ENV_PREFIX = "TENTACLE_POLL_"
 AGENT_FILE = "agent.toml"
@@ -47,7 +49,28 @@ def default_server_home() -> Path:
     ).expanduser()
 
 
-Thumbprint = Annotated[str, StringConstraints(pattern=r"^[0-9A-Fa-f]{64}$", to_upper=True)]
+Thumbprint = Annotated[str, BeforeValidator(normalised_thumbprint)]
+
+
+def comms_url(text: str) -> str:
+    """The address of a server's comms port as agents need it (``https://HOST:PORT``); a
+    ConfigurationError in one line saying what to use instead."""
+    text = text.strip().rstrip("/")
+    scheme, has_scheme, rest = text.partition("://")
+    if not has_scheme:
+        raise ConfigurationError(
+            f"the server address {text!r} needs its scheme: use https://{text} (the comms port, "
+            f"{DEFAULT_COMMS_PORT} by default)"
+        )
+    if scheme.lower() != "https":
+        raise ConfigurationError(
+            f"the comms port speaks TLS only: use https://{rest} instead of {scheme}://{rest}"
+        )
+    if not re.fullmatch(r"[^/\s:]+(:\d{1,5})?|\[[0-9A-Fa-f:.]+\](:\d{1,5})?", rest):
+        raise ConfigurationError(
+            f"{text!r} is not a server address; use https://HOST:PORT (no path)"
+        )
+    return f"https://{rest}"
 
 
 class ServerNode(BaseModel):

@@ -11,6 +11,9 @@ class CuttingRelay:
         self._upstream_port = upstream_port
         self._armed: bool | None = None  # None: pass through; else forward the chunk first?
         self._cut_after: int | None = None  # cut once this many server bytes went through
+        self._cut_each_after: int | None = (
+            None  # cut every connection after this many client chunks
+        )
         self.cuts = 0
         self.port = 0
         self._writers: list[asyncio.StreamWriter] = []
@@ -33,6 +36,11 @@ class CuttingRelay:
         """Cut the connection in the middle of an answer, once ``count`` bytes reached the agent."""
         self._cut_after = count
 
+    def cut_each_connection_after_client_chunks(self, chunks: int) -> None:
+        """Every connection is closed once the client sent ``chunks`` reads' worth (2: a TLS 1.3
+        client's hello, then its certificate and Finished: just past the handshake)."""
+        self._cut_each_after = chunks
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._upstream_port)
         self._writers += [writer, up_writer]
@@ -47,8 +55,13 @@ class CuttingRelay:
     async def _pipe(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, cut: bool
     ) -> None:
+        sent = 0
         with contextlib.suppress(ConnectionError):
             while chunk := await reader.read(65536):
+                if not cut and self._cut_each_after is not None and sent >= self._cut_each_after:
+                    self.cuts += 1
+                    return
+                sent += 1
                 if cut and self._cut_after is not None:
                     self._cut_after -= len(chunk)
                     if self._cut_after <= 0:

@@ -35,6 +35,7 @@ from .conftest import (
 )
 from .processes import CLI, Daemon, start_server_process
 from .proxies import tinyproxy
+from .relay import CuttingRelay
 
 
 async def poll_once(client: CommsClient) -> PollResponse:
@@ -171,7 +172,8 @@ async def test_diagnose_passes_on_a_working_setup_and_names_each_broken_step(
     home = await register_agent(server, api_key, tmp_path / "web1", "web1")
     good = await asyncio.to_thread(diagnose, home.folder)
     assert good.returncode == 0, good.stdout
-    for step in ("name resolution", "TCP", "TLS and server thumbprint", "round trip and clock"):
+    steps = ("name resolution", "TCP", "TLS and server thumbprint", "agent certificate")
+    for step in (*steps, "round trip and clock"):
         assert f"ok   {step}" in good.stdout
     node = home.settings().servers[0]
     cases = [
@@ -191,6 +193,26 @@ async def test_diagnose_passes_on_a_working_setup_and_names_each_broken_step(
     save_nodes(AgentHome(stranger), [node])
     unregistered = await asyncio.to_thread(diagnose, stranger)
     assert "FAIL agent certificate" in unregistered.stdout, unregistered.stdout
+    assert "not registered there (a deleted target?" in unregistered.stdout
+    assert "Traceback" not in unregistered.stderr and "('" not in unregistered.stdout
+
+
+async def test_diagnose_tells_a_deleted_target_from_a_cut_connection(
+    server: Server, api_key: str, admin: AdminClient, tmp_path: Path
+) -> None:
+    home = await register_agent(server, api_key, tmp_path / "web1", "web1")
+    node = home.settings().servers[0]
+    async with CuttingRelay(server.comms_port) as relay:  # a middlebox cutting every connection
+        edit_node(home, url=f"https://127.0.0.1:{relay.port}")
+        relay.cut_each_connection_after_client_chunks(2)  # past the handshake, before an answer
+        cut = await asyncio.to_thread(diagnose, home.folder)
+    assert "FAIL connection: the connection was cut" in cut.stdout, cut.stdout
+    assert "FAIL agent certificate" not in cut.stdout
+    save_nodes(home, [node])
+    await admin.delete_target("web1")
+    deleted = await asyncio.to_thread(diagnose, home.folder)
+    assert "FAIL agent certificate" in deleted.stdout and "deleted target?" in deleted.stdout
+    assert "register again" in deleted.stdout
 
 
 async def test_diagnose_through_a_proxy_that_refuses(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import os
 import socket
 import ssl
 import time
@@ -27,10 +28,11 @@ from tentacle_poll.exceptions import (
 )
 from tentacle_poll.protocol.models import PollRequest, PollResponse
 from tentacle_poll.protocol.routes import POLL
-from tentacle_poll.tls import thumbprint_of_der
+from tentacle_poll.tls import load_identity, thumbprint_of_der
 from tentacle_poll.tls.files import identity_paths
 
 STEP_TIMEOUT = 10.0
+VERDICT_SECONDS = 1.5  # how long a refusal may take to arrive after the handshake
 MAX_SKEW_SECONDS = 60.0
 
 
@@ -53,7 +55,14 @@ async def diagnose(home: AgentHome, settings: AgentSettings, node: ServerNode) -
     steps: list[Step] = []
     checks = _Checks(home, settings, node)
     try:
-        for check in (checks.resolve, checks.connect, checks.handshake, checks.round_trip):
+        steps_in_order = (
+            checks.resolve,
+            checks.connect,
+            checks.handshake,
+            checks.certificate,
+            checks.round_trip,
+        )
+        for check in steps_in_order:
             steps.append(await asyncio.wait_for(check(), STEP_TIMEOUT))
     except StepFailed as failed:
         steps.append(failed.step)
@@ -102,7 +111,8 @@ class _Checks:
                 Step(
                     "TCP",
                     False,
-                    f"cannot connect to {where} at {target[0]}:{target[1]}: {exc.strerror or exc}",
+                    f"cannot connect to {where} at {target[0]}:{target[1]}: "
+                    f"{describe_os_error(exc)}",
                     "is it running, and does the firewall allow this outgoing port?",
                 )
             ) from exc
@@ -136,27 +146,23 @@ class _Checks:
         )
 
     async def handshake(self) -> Step:
-        assert self.writer is not None
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE  # we compare the thumbprint ourselves, below
-        context.load_cert_chain(*identity_paths(self.home.identity_folder))
         name = self.node.server_name or self.host
         try:
-            await self.writer.start_tls(context, server_hostname=name)
+            await self._start_tls(with_certificate=True)
         except (ssl.SSLError, OSError) as exc:
             raise StepFailed(
                 Step(
                     "TLS handshake",
                     False,
-                    f"TLS with {self.node.url} failed: {exc}",
+                    f"TLS with {self.node.url} failed: {describe_os_error(exc)}",
                     "is this the comms port (10943 by default) and not another service?",
                 )
             ) from exc
+        assert self.writer is not None
         der = self.writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
-        self.writer.close()
         actual = thumbprint_of_der(der)
         if actual not in self.node.thumbprints:
+            self.writer.close()  # not one byte more to an impostor
             raise StepFailed(
                 Step(
                     "server thumbprint",
@@ -170,21 +176,56 @@ class _Checks:
             ) from None
         return Step("TLS and server thumbprint", True, f"{actual} matches the pin (SNI: {name})")
 
+    async def certificate(self) -> Step:
+        """The server's verdict on this agent's certificate, read without sending a byte: with
+        TLS 1.3 a refusal comes just after the handshake (an alert, or a plain close: asyncio
+        servers drop the alert); silence means the server waits for a request: accepted."""
+        mine = load_identity(self.home.identity_folder).thumbprint
+        if await self._kept_open():
+            return Step("agent certificate", True, f"{mine} accepted")
+        # Closed: for this certificate, or is every connection cut (a proxy, a firewall)?
+        await self.connect()
+        await self._start_tls(with_certificate=False)
+        if await self._kept_open():
+            raise StepFailed(_not_registered(mine))
+        raise StepFailed(_cut_connection("closed right after the handshake, with a client "
+                                         "certificate or without one"))  # fmt: skip
+
+    async def _kept_open(self) -> bool:
+        assert self.reader is not None and self.writer is not None
+        try:
+            return await asyncio.wait_for(self.reader.read(1), VERDICT_SECONDS) != b""
+        except TimeoutError:
+            return True
+        except (ssl.SSLError, OSError):
+            return False
+        finally:
+            self.writer.close()
+
+    async def _start_tls(self, with_certificate: bool) -> None:
+        assert self.writer is not None
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE  # the thumbprint is compared by the caller
+        if with_certificate:
+            context.load_cert_chain(*identity_paths(self.home.identity_folder))
+        await self.writer.start_tls(context, server_hostname=self.node.server_name or self.host)
+
     async def round_trip(self) -> Step:
         client = client_for(self.node, self.settings, self.home.identity_folder)
         started = time.monotonic()
         try:
             await client.post(POLL, PollRequest(free_slots=0, hold_seconds=0), PollResponse)
+        except RequestRejected as exc:
+            if exc.title != "certificate not registered":
+                raise StepFailed(
+                    Step("protocol round trip", False, str(exc), "see the server's log")
+                ) from exc
+            mine = load_identity(self.home.identity_folder).thumbprint
+            raise StepFailed(_not_registered(mine)) from exc
         except CertificateRejected as exc:
-            raise StepFailed(
-                Step(
-                    "agent certificate",
-                    False,
-                    str(exc),
-                    "register this agent again (`tentacle-poll register`)",
-                )
-            ) from exc
-        except (RequestRejected, ProxyRefused, CommunicationError) as exc:
+            raise StepFailed(_cut_connection(str(exc))) from exc
+        except (ProxyRefused, CommunicationError) as exc:
             raise StepFailed(
                 Step("protocol round trip", False, str(exc), "see the server's log")
             ) from exc
@@ -204,6 +245,38 @@ def _clock_step(date_header: str | None, elapsed_ms: float) -> Step:
     if abs(skew) > MAX_SKEW_SECONDS:
         return Step("clock", False, detail, "set up time synchronisation (NTP) on this machine")
     return Step("round trip and clock", True, detail)
+
+
+def _not_registered(thumbprint: str) -> Step:
+    return Step(
+        "agent certificate",
+        False,
+        f"the server does not accept this agent's certificate {thumbprint}: it is not "
+        "registered there (a deleted target? a certificate rotated out or replaced?)",
+        "compare this thumbprint with the one `tentacle-poll targets` shows for this target: "
+        "if the target was deleted, register again (`tentacle-poll register ...`); if the "
+        "target shows another thumbprint, this home holds an old or copied certificate: "
+        "restore the current one, or register with --replace to make this one current",
+    )
+
+
+def _cut_connection(detail: str) -> Step:
+    return Step(
+        "connection",
+        False,
+        f"the connection was cut before the server answered ({detail})",
+        "a proxy or firewall closing connections, or the server restarting: try again, and "
+        "if it repeats, read the proxy's and the server's logs",
+    )
+
+
+def describe_os_error(exc: BaseException) -> str:
+    """An OS error in words, without the Python tuple some carry ("Connect call failed
+    ('10.0.0.1', 443)")."""
+    number = getattr(exc, "errno", None)
+    if isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError) and number:
+        return os.strerror(number)
+    return str(exc) or type(exc).__name__
 
 
 def _proxy_advice(code: str) -> str:

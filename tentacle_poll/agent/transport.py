@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
@@ -292,7 +293,13 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, aiohttp.ClientConnectorError):
         if isinstance(exc.os_error, ConnectionRefusedError):
             return "connection refused (is it running, and is the port right?)"
-        return exc.os_error.strerror or str(exc.os_error)
+        if isinstance(exc.os_error, ssl.SSLError) and "WRONG_VERSION" in str(exc.os_error):
+            return (
+                "it does not speak TLS: is this the admin port? Agents use the comms port "
+                "(10943 by default)"
+            )
+        number = exc.os_error.errno
+        return os.strerror(number) if number else str(exc.os_error) or "connection failed"
     return str(exc) or type(exc).__name__
 
 

@@ -31,6 +31,25 @@ class Identity:
         return thumbprint_of_pem(self.cert_pem)
 
 
+def normalised_thumbprint(text: str) -> str:
+    """A SHA-256 thumbprint as this project writes it (64 upper-case hex digits), from the ways
+    people paste one: lower case, with colons or spaces (as ``openssl x509 -fingerprint``
+    prints it). Raises ValueError with what to do instead."""
+    digits = text.strip().replace(":", "").replace(" ", "").upper()
+    if len(digits) == 40 and all(c in "0123456789ABCDEF" for c in digits):
+        raise ValueError(
+            "that is a SHA-1 thumbprint (40 hex digits); tentacle-poll pins SHA-256: run "
+            "`tentacle-poll server show-thumbprint` on the server, or `openssl x509 -in cert.pem "
+            "-noout -fingerprint -sha256`"
+        )
+    if len(digits) != 64 or any(c not in "0123456789ABCDEF" for c in digits):
+        raise ValueError(
+            f"{text.strip()[:80]!r} is not a SHA-256 thumbprint (64 hex digits, colons allowed); "
+            "`tentacle-poll server show-thumbprint` prints the server's"
+        )
+    return digits
+
+
 def thumbprint_of_der(der: bytes) -> str:
     return hashlib.sha256(der).hexdigest().upper()
 
