@@ -84,4 +84,3 @@ def test_a_thumbprint_given_to_trust_in_any_case_and_with_colons_is_kept_normali
         "trust", "--home", home, "--server", "https://a:10943", "--add", "ab" * 20, check=False
     )
     assert bad.returncode == 1 and "SHA-1" in bad.stderr and "Traceback" not in bad.stderr
-

@@ -9,6 +9,8 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 from tentacle_poll.server import Server
 from tentacle_poll.server.admin_client import AdminClient
 
@@ -16,20 +18,23 @@ from .conftest import comms_url
 from .processes import Daemon
 
 
-async def _loadgen(server: Server, folder: Path, api_key: str, thumbprint: str) -> Daemon:
+async def _loadgen(
+    server: Server, folder: Path, api_key: str, thumbprint: str, *extra: str
+) -> Daemon:
     return await Daemon.run(
         sys.executable, "-m", "tests.benchmarks.loadgen",
         "--server", comms_url(server), "--server-thumbprint", thumbprint,
         "--certs", str(folder / "certs"), "--count", "5", "--seconds", "2", "--ramp", "0.2",
-        "--report", str(folder / "report.jsonl"), "--register",
+        "--report", str(folder / "report.jsonl"), "--register", *extra,
         env={"TENTACLE_POLL_API_KEY": api_key},
     )  # fmt: skip
 
 
+@pytest.mark.parametrize("subjects", [[], ["--same-subject", "cloned-host"]])
 async def test_registers_its_agents_and_holds_their_polls(
-    server: Server, api_key: str, admin: AdminClient, tmp_path: Path
+    server: Server, api_key: str, admin: AdminClient, tmp_path: Path, subjects: list[str]
 ) -> None:
-    generator = await _loadgen(server, tmp_path, api_key, server.state.thumbprint)
+    generator = await _loadgen(server, tmp_path, api_key, server.state.thumbprint, *subjects)
     await generator.wait_for("registered sim-0 ... sim-4")
     await generator.wait_for("ready")
     assert await generator.process.wait() == 0

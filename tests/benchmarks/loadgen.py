@@ -34,6 +34,7 @@ from tentacle_poll.agent.backoff import BASE_SECONDS, REFUSED_MAX_SECONDS
 from tentacle_poll.protocol.routes import API_KEY_HEADER, PROTOCOL_HEADER, REGISTER
 from tentacle_poll.tls import generate_identity, thumbprint_of_der
 from tentacle_poll.tls.files import _write_private
+from tests.certificates import identity_with_subject
 
 BACKOFF_MAX = 60.0  # the agent's default backoff_max_seconds
 POLL_BODY = json.dumps({"free_slots": 1, "running": [], "agent_version": "loadgen"}).encode()
@@ -156,12 +157,20 @@ async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
 
 
-def make_certificates(folder: Path, first: int, count: int) -> None:
-    """A key and certificate for each simulated agent, made once: later runs reuse them."""
+def make_certificates(
+    folder: Path, first: int, count: int, same_subject: str | None = None
+) -> None:
+    """A key and certificate for each simulated agent, made once: later runs reuse them.
+    ``same_subject``: every certificate's subject is ``CN=<it>`` alone, as on a fleet of
+    cloned hosts or agents made by earlier versions (the server must still tell them apart)."""
     folder.mkdir(parents=True, exist_ok=True)
     for index in range(first, first + count):
         if not (folder / f"cert-{index}.pem").exists():
-            identity = generate_identity(f"sim-{index}")
+            identity = (
+                identity_with_subject(same_subject, ca=index % 2 == 0)
+                if same_subject
+                else generate_identity(f"sim-{index}")
+            )
             _write_private(folder / f"key-{index}.pem", identity.key_pem)
             (folder / f"cert-{index}.pem").write_bytes(identity.cert_pem)
 
@@ -198,7 +207,7 @@ async def main(args: argparse.Namespace) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     if args.register:
-        make_certificates(args.certs, args.first, args.count)
+        make_certificates(args.certs, args.first, args.count, args.same_subject)
     agents = [
         SimulatedAgent(
             i, url.hostname or "", url.port or 10943, agent_context(args.certs, i), args.pinned
@@ -247,6 +256,12 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--report", type=Path, default=Path("loadgen-report.jsonl"))
     parser.add_argument(
         "--server-thumbprint", dest="pinned", help="pin the server (required with --register)"
+    )
+    parser.add_argument(
+        "--same-subject",
+        metavar="NAME",
+        help="with --register: new certificates all have the subject CN=NAME (half as CAs, as "
+        "earlier versions made them)",
     )
     parser.add_argument(
         "--register",
