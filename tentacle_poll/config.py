@@ -52,6 +52,15 @@ def default_server_home() -> Path:
 Thumbprint = Annotated[str, BeforeValidator(normalised_thumbprint)]
 
 
+def given_thumbprint(text: str, what: str) -> str:
+    """A thumbprint typed on the command line, normalised, or a ConfigurationError naming
+    ``what`` (the flag) and what to do."""
+    try:
+        return normalised_thumbprint(text)
+    except ValueError as exc:
+        raise ConfigurationError(f"{what}: {exc}") from None
+
+
 def comms_url(text: str) -> str:
     """The address of a server's comms port as agents need it (``https://HOST:PORT``); a
     ConfigurationError in one line saying what to use instead."""

@@ -7,9 +7,14 @@ while the daemon runs never loses the daemon's own updates (and the reverse).
 from __future__ import annotations
 
 from tentacle_poll.agent.home import AgentHome
-from tentacle_poll.config import ProxySettings, ServerNode, toml_data, update_config_file
+from tentacle_poll.config import (
+    ProxySettings,
+    ServerNode,
+    given_thumbprint,
+    toml_data,
+    update_config_file,
+)
 from tentacle_poll.exceptions import ConfigurationError
-from tentacle_poll.tls.certs import normalised_thumbprint
 
 
 def save_nodes(home: AgentHome, nodes: list[ServerNode]) -> None:
@@ -48,18 +53,11 @@ def learn_server_thumbprints(home: AgentHome, url: str, thumbprints: list[str]) 
     )
 
 
-def _thumbprint(text: str) -> str:
-    try:
-        return normalised_thumbprint(text)
-    except ValueError as exc:
-        raise ConfigurationError(str(exc)) from None
-
-
 def set_trust(home: AgentHome, url: str, add: list[str], remove: list[str]) -> ServerNode:
     node = find_node(home, url)
-    removed = {_thumbprint(r) for r in remove}
+    removed = {given_thumbprint(r, "--remove") for r in remove}
     trusted = [t for t in node.thumbprints if t not in removed]
-    trusted += [t for t in map(_thumbprint, add) if t not in trusted]
+    trusted += [t for t in (given_thumbprint(a, "--add") for a in add) if t not in trusted]
     if not trusted:
         raise ConfigurationError("a server must keep at least one trusted thumbprint")
     updated = ServerNode.model_validate(

@@ -16,14 +16,13 @@ from tentacle_poll.agent.home import AgentHome
 from tentacle_poll.agent.nodes import add_node
 from tentacle_poll.agent.proxy import ProxyRoute, proxy_for
 from tentacle_poll.agent.transport import CommsClient
-from tentacle_poll.config import ServerNode, comms_url, update_config_file
+from tentacle_poll.config import ServerNode, comms_url, given_thumbprint, update_config_file
 from tentacle_poll.exceptions import ConfigurationError, ServerIdentityMismatch, ServerUnavailable
 from tentacle_poll.logs import hide_secret
 from tentacle_poll.protocol.models import RegisterRequest, RegisterResponse
 from tentacle_poll.protocol.routes import API_KEY_HEADER, REGISTER, REGISTRATION_TOKEN_HEADER
 from tentacle_poll.protocol.tokens import parse_token
 from tentacle_poll.tls import load_identity
-from tentacle_poll.tls.certs import normalised_thumbprint
 
 UNPINNABLE = "0" * 64  # no certificate has this thumbprint
 
@@ -87,7 +86,8 @@ def _credential_header(details: Registration) -> dict[str, str]:
 
 
 async def _server_thumbprint(details: Registration, proxy: ProxyRoute | None) -> str:
-    given = _thumbprint(details.server_thumbprint) if details.server_thumbprint else None
+    given = details.server_thumbprint
+    given = given_thumbprint(given, "--server-thumbprint") if given else None
     if details.token:
         carried, _ = parse_token(details.token)
         if given and given != carried:
@@ -109,13 +109,6 @@ async def _server_thumbprint(details: Registration, proxy: ProxyRoute | None) ->
         "pass --server-thumbprint (from `tentacle-poll server show-thumbprint`), use a "
         "registration token, or --trust-on-first-use if you accept the risk"
     )
-
-
-def _thumbprint(text: str) -> str:
-    try:
-        return normalised_thumbprint(text)
-    except ValueError as exc:
-        raise ConfigurationError(f"--server-thumbprint: {exc}") from None
 
 
 async def fetch_server_thumbprint(
