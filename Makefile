@@ -26,7 +26,7 @@ run: $(STAMP)
 test: $(STAMP) system-deps
 	$(BIN)/pytest
 
-## fuzz: the property-based wire tests with a long profile (20,000 examples; about 10 minutes)
+## fuzz: the property-based wire tests with a long profile (20,000 generated requests; about 4 minutes)
 fuzz: $(STAMP)
 	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest tests/test_wire_fuzz.py
 

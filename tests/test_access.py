@@ -10,8 +10,16 @@ from pathlib import Path
 import pytest
 
 from tentacle_poll.agent.registration import Registration, register
+from tentacle_poll.agent.transport import CommsClient
 from tentacle_poll.exceptions import RequestRejected
-from tentacle_poll.protocol.models import ApiKeyCreate, FanOut, ScriptSpec, TaskSpec
+from tentacle_poll.protocol.models import (
+    ApiKeyCreate,
+    FanOut,
+    RegisterResponse,
+    ScriptSpec,
+    TaskSpec,
+)
+from tentacle_poll.protocol.routes import REGISTER, REGISTRATION_TOKEN_HEADER
 from tentacle_poll.server import Server
 from tentacle_poll.server.admin_client import AdminClient
 from tentacle_poll.store import SqliteStore
@@ -161,3 +169,28 @@ async def test_a_database_of_an_earlier_version_keeps_its_keys_as_admin(tmp_path
     finally:
         await store.close()
     assert found is not None and found.scope == "admin" and found.environments == []
+
+
+async def test_a_read_key_cannot_register_and_a_bad_body_does_not_use_up_a_token(
+    server: Server, admin: AdminClient, tmp_path: Path
+) -> None:
+    home = new_agent_home(tmp_path / "a")
+    reader = await new_key(admin, "reader", "read")
+    details = Registration(
+        comms_url(server), "a", ["Test"], ["web"],
+        server_thumbprint=server.state.thumbprint, api_key=reader,
+    )  # fmt: skip
+    with pytest.raises(RequestRejected, match="read scope; registering needs deploy or admin"):
+        await register(home, details)
+    created = await admin.create_token(3600)
+    client = CommsClient(comms_url(server), [server.state.thumbprint], None)
+    try:
+        with pytest.raises(RequestRejected) as refused:
+            await client.post(REGISTER, b'{"name": "a"}', RegisterResponse,
+                              headers={REGISTRATION_TOKEN_HEADER: created.token})  # fmt: skip
+    finally:
+        await client.close()
+    assert refused.value.status == 400
+    assert [t.id for t in await admin.tokens()] == [created.id]  # still there, still usable
+    token_details = Registration(comms_url(server), "a", ["Test"], ["web"], token=created.token)
+    assert (await register(home, token_details)).name == "a"

@@ -50,8 +50,8 @@ def add_comms_routes(app: web.Application) -> None:
 
 async def register(request: web.Request) -> web.Response:
     state = request.app[STATE]
+    body = await read_model(request, RegisterRequest)  # first: a bad body uses up no token
     who, key = await _registration_credential(request, state)
-    body = await read_model(request, RegisterRequest)
     outside = set(body.environments) - set(key.environments) if key and key.environments else set()
     if key is not None and outside:
         detail = f"the key {key.name} may register targets in {', '.join(key.environments)} only"
@@ -267,7 +267,10 @@ async def _registration_credential(
     hide_secret(api_key)
     hide_secret(token)
     key = await state.store.api_key(api_key, now()) if api_key else None
-    if key is not None and key.scope != "read":
+    if key is not None and key.scope == "read":
+        detail = f"the key {key.name} has the read scope; registering needs deploy or admin"
+        raise ProblemError(403, "key not allowed", detail)
+    if key is not None:
         return key.name, key
     token_id = (
         await state.store.consume_registration_token(token_secret(token), now()) if token else None

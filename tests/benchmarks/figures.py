@@ -529,6 +529,8 @@ async def _curl_seconds(bench: Bench, identity: Path, sha256: str) -> float:
         str(identity / "cert.pem"),
         "--key",
         str(identity / "key.pem"),
+        "-H",
+        "X-Tentacle-Protocol: 1",
         "-o",
         "/dev/null",
         "-w",
