@@ -81,13 +81,13 @@ async def access(args: argparse.Namespace) -> AsyncIterator[Access]:
             yield client
         return
     from tentacle_poll.cli_server import _server_home
-    from tentacle_poll.server.local_access import LocalAccess
+    from tentacle_poll.server.credentials import Credentials
 
     home = _server_home(args)
     _, thumbprint = home.ensure_identity()
     store = home.open_store()
     try:
-        yield LocalAccess(store, thumbprint)
+        yield Credentials(store, thumbprint)
     finally:
         await store.close()
 

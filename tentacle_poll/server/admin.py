@@ -3,31 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 from aiohttp import web
 from loguru import logger
+from pydantic import BaseModel
 
-from tentacle_poll.exceptions import StoreError
-from tentacle_poll.logs import hide_secret
 from tentacle_poll.protocol import routes
 from tentacle_poll.protocol.models import (
     ApiKeyCreate,
-    ApiKeyCreated,
-    ApiKeyView,
-    AuditEntryView,
     EventsPage,
     SubmitTask,
     TaskSpec,
-    TokenCreated,
-    TokenView,
 )
-from tentacle_poll.protocol.tokens import make_token
 from tentacle_poll.server.access import audit, caller, require_environment, require_target
+from tentacle_poll.server.credentials import Credentials
 from tentacle_poll.server.dispatch import wait_for_bell
 from tentacle_poll.server.problems import ProblemError
 from tentacle_poll.server.state import STATE, ServerState, json_response, now, read_model, task_view
-from tentacle_poll.store import AgentRecord, ApiKeyRecord
-from tentacle_poll.store.credentials import token_id_of
+from tentacle_poll.store import AgentRecord
 
 MAX_FOLLOW_WAIT = 60.0
 DEFAULT_TOKEN_TTL = 24 * 3600.0
@@ -165,84 +159,47 @@ async def cancel_task(request: web.Request) -> web.Response:
     return json_response(task_view(updated))
 
 
-async def create_token(request: web.Request) -> web.Response:
+def credentials(request: web.Request) -> Credentials:
     state = request.app[STATE]
+    return Credentials(state.store, state.thumbprint, caller(request).name)
+
+
+async def create_token(request: web.Request) -> web.Response:
     ttl = _float_query(request, "ttl", DEFAULT_TOKEN_TTL, 60.0, 30 * 24 * 3600.0)
-    secret = await state.store.create_registration_token(now() + ttl, now(), caller(request).name)
-    token = make_token(state.thumbprint, secret)
-    hide_secret(token)
-    token_id = token_id_of(secret)
-    await audit(request, "token created", token_id, f"expires in {ttl:g} s")
-    return json_response(TokenCreated(token=token, expires_at=now() + ttl, id=token_id), 201)
+    return json_response(await credentials(request).create_token(ttl), status=201)
 
 
 async def list_tokens(request: web.Request) -> web.Response:
-    tokens = await request.app[STATE].store.list_registration_tokens(now())
-    views = [TokenView(id=t.id, created_at=t.created_at, expires_at=t.expires_at,
-                       created_by=t.created_by) for t in tokens]  # fmt: skip
-    return web.json_response([v.model_dump(mode="json") for v in views])
+    return _json_list(await credentials(request).tokens())
 
 
 async def revoke_token(request: web.Request) -> web.Response:
-    token_id = request.match_info["token_id"]
-    if not await request.app[STATE].store.revoke_registration_token(token_id):
-        raise ProblemError(404, "no such token", f"no unused token {token_id}")
-    await audit(request, "token revoked", token_id)
-    return web.json_response({"revoked": token_id})
+    await credentials(request).revoke_token(request.match_info["token_id"])
+    return web.json_response({"revoked": request.match_info["token_id"]})
 
 
 async def list_keys(request: web.Request) -> web.Response:
-    keys = await request.app[STATE].store.list_api_keys()
-    return web.json_response([key_view(k).model_dump(mode="json") for k in keys])
+    return _json_list(await credentials(request).keys())
 
 
 async def create_key(request: web.Request) -> web.Response:
-    state = request.app[STATE]
     body = await read_model(request, ApiKeyCreate)
-    try:
-        secret = await state.store.create_api_key(
-            body.name, body.scope, list(body.environments), caller(request).name
-        )
-    except StoreError as exc:
-        raise ProblemError(409, "key name taken", str(exc)) from exc
-    hide_secret(secret)
-    await audit(request, "key created", body.name, _scope_text(body.scope, body.environments))
-    created = await state.store.api_key(secret, now())
-    assert created is not None
-    view = ApiKeyCreated(**key_view(created).model_dump(), key=secret)
-    return json_response(view, status=201)
+    return json_response(await credentials(request).create_key(body), status=201)
 
 
 async def revoke_key(request: web.Request) -> web.Response:
-    name = request.match_info["name"]
-    if not await request.app[STATE].store.revoke_api_key(name):
-        raise ProblemError(404, "no such key", f"no API key named {name}")
-    await audit(request, "key revoked", name)
-    return web.json_response({"revoked": name})
+    await credentials(request).revoke_key(request.match_info["name"])
+    return web.json_response({"revoked": request.match_info["name"]})
 
 
 async def list_audit(request: web.Request) -> web.Response:
     since = _float_query(request, "since", 0.0, 0.0, 2**40)
     limit = _int_query(request, "limit", 1000, 1, 100_000)
-    entries = await request.app[STATE].store.audit(since, request.query.get("key"), limit)
-    views = [AuditEntryView(at=e.at, key=e.key, action=e.action, subject=e.subject,
-                            detail=e.detail) for e in entries]  # fmt: skip
-    return web.json_response([v.model_dump(mode="json") for v in views])
+    return _json_list(await credentials(request).audit(since, request.query.get("key"), limit))
 
 
-def key_view(key: ApiKeyRecord) -> ApiKeyView:
-    return ApiKeyView(
-        name=key.name,
-        scope=key.scope,
-        environments=key.environments,
-        created_at=key.created_at,
-        last_used=key.last_used,
-        created_by=key.created_by,
-    )
-
-
-def _scope_text(scope: str, environments: list[str]) -> str:
-    return f"{scope} in {', '.join(environments)}" if environments else scope
+def _json_list(models: Sequence[BaseModel]) -> web.Response:
+    return web.json_response([m.model_dump(mode="json") for m in models])
 
 
 def _int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:

@@ -13,7 +13,7 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from loguru import logger
 
-from tentacle_poll.exceptions import ProtocolError
+from tentacle_poll.exceptions import ProtocolError, RequestRejected
 from tentacle_poll.protocol.models import PROTOCOL_VERSION, Problem
 from tentacle_poll.protocol.routes import PROBLEM_CONTENT_TYPE, PROTOCOL_HEADER
 
@@ -48,6 +48,8 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         return problem_response(exc.problem, exc.headers)
     except ProtocolError as exc:
         return problem_response(Problem(title="malformed request", status=400, detail=str(exc)))
+    except RequestRejected as exc:  # raised by operations shared with the command line
+        return problem_response(Problem(title=exc.title, status=exc.status, detail=exc.detail))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
