@@ -191,3 +191,17 @@ async def refused(server: Server, identity_folder: Path) -> bool:
     finally:
         await client.close()
     return False
+
+
+async def test_a_tcp_health_check_on_the_comms_port_logs_no_warning(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    for _ in range(3):
+        _, writer = await asyncio.open_connection("127.0.0.1", server.comms_port)
+        writer.close()
+        await writer.wait_closed()
+    async with asyncio.timeout(5):  # the server notices the close and counts it
+        while server.state.refusals.counts.get("handshake:closed", 0) < 3:
+            await asyncio.sleep(0.01)
+    warnings = [r for r in caplog.records if r.levelname == "WARNING" and "handshake" in r.message]
+    assert warnings == []

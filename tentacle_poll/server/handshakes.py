@@ -65,9 +65,10 @@ class Handshake(asyncio.Protocol):
             )
         except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
             kind, reason = describe_handshake_failure(exc)
-            self._refusals.refused(
-                kind, f"comms port: refused a TLS handshake from {peer}: {reason}"
-            )
+            # A connection closed before it said anything is a TCP health check or a scan.
+            level = "DEBUG" if kind == "handshake:closed" else "WARNING"
+            message = f"comms port: refused a TLS handshake from {peer}: {reason}"
+            self._refusals.refused(kind, message, level)
             transport.abort()
             return
         if tls is None or self._lost:

@@ -26,7 +26,7 @@ class RefusalLog:
     _kinds: dict[str, _Kind] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)  # every refusal, by kind (for metrics)
 
-    def refused(self, kind: str, message: str) -> None:
+    def refused(self, kind: str, message: str, level: str = "WARNING") -> None:
         """``kind`` groups refusals for rate limiting; ``message`` says who and why."""
         self.counts[kind] = self.counts.get(kind, 0) + 1
         now = time.monotonic()
@@ -38,7 +38,7 @@ class RefusalLog:
         if seen is not None and seen.folded:
             folded = f" ({seen.folded} more like it in the last {self.window:g} s)"
         self._kinds[kind] = _Kind(last_logged=now)
-        logger.warning("{}{}", message, folded)
+        logger.log(level, "{}{}", message, folded)
 
 
 def peer_of(transport: object) -> str:
