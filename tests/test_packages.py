@@ -12,6 +12,16 @@ import pytest
 from tentacle_poll.agent.packages import PackageCache
 from tentacle_poll.agent.transport import CommsClient
 from tentacle_poll.exceptions import CommunicationError, RequestRejected, TaskExecutionError
+from tentacle_poll.protocol.models import (
+    AcceptResponse,
+    DeploySpec,
+    PollRequest,
+    PollResponse,
+    ResultRequest,
+    SubmitTask,
+    TaskView,
+)
+from tentacle_poll.protocol.routes import PACKAGE_BLOB, POLL, TASK_ACCEPT, TASK_RESULT, task_path
 from tentacle_poll.server import Server
 from tentacle_poll.server.admin_client import AdminClient
 
@@ -74,6 +84,50 @@ async def agent_client(server: Server, api_key: str, tmp_path: Path):  # type: i
     await client.close()
 
 
+async def lease_deploy(
+    admin: AdminClient, client: CommsClient, package_id: str, version: str
+) -> TaskView:
+    """A deploy of the package, leased to the agent: what lets it download the bytes."""
+    deploy = DeploySpec(package_id=package_id, version=version)
+    task = await admin.submit(SubmitTask(target="web1", kind="deploy", deploy=deploy))
+    answer = await client.post(POLL, PollRequest(free_slots=1, hold_seconds=0), PollResponse)
+    assert [e.task_id for e in answer.envelopes] == [task.id]
+    return task
+
+
+async def test_an_agent_gets_only_the_bytes_a_task_it_holds_names(
+    server: Server,
+    admin: AdminClient,
+    agent_client,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    client, _ = agent_client
+    package = make_zip(tmp_path, "p.zip", {"a.txt": b"secret config"})
+    stored = await admin.upload_package("p", "1", package, "zip")
+    fetched_from_elsewhere = tmp_path / "fetched.txt"
+    fetched_from_elsewhere.write_bytes(b"what another target sent up")
+    other = await admin.upload_file(fetched_from_elsewhere)
+    unknown = "0" * 64
+
+    async def status(sha256: str) -> int:
+        with open(tmp_path / "out", "wb") as out:
+            try:
+                await client.download(PACKAGE_BLOB.format(sha256=sha256), out, 0)
+            except RequestRejected as refused:
+                return refused.status
+        return 200
+
+    assert [await status(s) for s in (stored.sha256, other.sha256, unknown)] == [404, 404, 404]
+    task = await lease_deploy(admin, client, "p", "1")
+    assert await status(stored.sha256) == 200  # leased to it
+    await client.post(task_path(TASK_ACCEPT, task.id), b"{}", AcceptResponse)
+    assert await status(stored.sha256) == 200  # running
+    assert await status(other.sha256) == 404  # still not what its task names
+    result = ResultRequest(state="succeeded", exit_code=0, last_seq=0)
+    await client.post(task_path(TASK_RESULT, task.id), result, TaskView)
+    assert await status(stored.sha256) == 404  # ended: no longer
+
+
 async def test_agent_downloads_verifies_and_caches(
     admin: AdminClient,
     agent_client,
@@ -82,6 +136,7 @@ async def test_agent_downloads_verifies_and_caches(
     client, home = agent_client
     package = make_zip(tmp_path, "big.zip", {"blob.bin": os.urandom(3 * 1024 * 1024)})
     stored = await admin.upload_package("big", "1", package, "zip")
+    await lease_deploy(admin, client, "big", "1")
     cache = PackageCache(home.folder / "packages")
     path = await cache.fetch(client, stored.sha256, stored.size)
     assert path.read_bytes() == package.read_bytes()
@@ -96,9 +151,10 @@ async def test_a_cut_download_resumes_where_it_stopped(
     agent_client,
     tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
-    _, home = agent_client
+    client, home = agent_client
     package = make_zip(tmp_path, "big.zip", {"blob.bin": os.urandom(4 * 1024 * 1024)})
     stored = await admin.upload_package("big", "1", package, "zip")
+    await lease_deploy(admin, client, "big", "1")
     cache = PackageCache(home.folder / "packages")
     async with CuttingRelay(server.comms_port) as relay:
         through = CommsClient(
@@ -127,6 +183,7 @@ async def test_corrupt_download_is_refused_and_deleted(
     client, home = agent_client
     package = make_zip(tmp_path, "p.zip", {"a.txt": b"a" * 100_000})
     stored = await admin.upload_package("p", "1", package, "zip")
+    await lease_deploy(admin, client, "p", "1")
     cache = PackageCache(home.folder / "packages")
     partial = cache.path_of(stored.sha256).with_suffix(".part")
     partial.write_bytes(b"garbage" * 100)  # a corrupted partial download

@@ -27,6 +27,7 @@ from tentacle_poll.server.state import STATE, ServerState, json_response
 
 CHUNK = 256 * 1024
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+SHA256 = re.compile(r"[0-9a-f]{64}")
 MAGIC = {"zip": b"PK\x03\x04", "tar.gz": b"\x1f\x8b"}
 
 
@@ -111,15 +112,21 @@ async def delete_package(request: web.Request) -> web.Response:
 
 
 async def download_package(request: web.Request) -> web.StreamResponse:
-    """The bytes of a stored package; aiohttp's FileResponse answers ``Range`` requests."""
+    """The bytes of a stored package, for an agent that holds a task naming them (its deploy,
+    its file to put in place); aiohttp's FileResponse answers ``Range`` requests. Anything else
+    is 404, not 403: an agent learns nothing about which bytes exist (files fetched from
+    targets are for the admin API alone)."""
     state = request.app[STATE]
-    await authorised_agent(request)
-    return _blob_response(state, request.match_info["sha256"])
+    agent = await authorised_agent(request)
+    sha256 = request.match_info["sha256"]
+    if not SHA256.fullmatch(sha256) or not await state.store.task_needs_blob(agent.id, sha256):
+        raise ProblemError(404, "no such content", f"nothing stored with sha256 {sha256}")
+    return _blob_response(state, sha256)
 
 
 def _blob_response(state: ServerState, sha256: str) -> web.FileResponse:
     path = state.blob(sha256)
-    if not re.fullmatch(r"[0-9a-f]{64}", sha256) or not path.exists():
+    if not SHA256.fullmatch(sha256) or not path.exists():
         raise ProblemError(404, "no such content", f"nothing stored with sha256 {sha256}")
     return web.FileResponse(path, chunk_size=CHUNK)
 

@@ -386,6 +386,17 @@ class SqliteStore(SqliteCredentials, SqlitePackages, SqliteDeployments):
         )
         return [(str(task_id), str(spec)) for task_id, spec in rows.fetchall()]
 
+    async def task_needs_blob(self, agent_id: str, sha256: str) -> bool:
+        """Whether a task delivered to this agent and not yet ended names these bytes (its
+        package, or the file it is to put in place). ``sha256`` is 64 hex digits, checked by
+        the caller, so it cannot carry a LIKE wildcard."""
+        row = self._db.execute(
+            "SELECT 1 FROM tasks WHERE agent_id = ? AND state IN ('leased', 'running') "
+            "AND spec_json LIKE ? LIMIT 1",
+            (agent_id, f'%"sha256":"{sha256}"%'),
+        ).fetchone()
+        return row is not None
+
     async def replace_spec(self, task_id: str, spec_json: str) -> None:
         self._db.execute("UPDATE tasks SET spec_json = ? WHERE id = ?", (spec_json, task_id))
 

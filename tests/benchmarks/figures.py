@@ -19,7 +19,14 @@ from tentacle_poll.agent.packages import PackageCache
 from tentacle_poll.agent.registration import Registration, register
 from tentacle_poll.agent.transport import CommsClient
 from tentacle_poll.config import update_config_file
-from tentacle_poll.protocol.models import ScriptSpec, SubmitTask
+from tentacle_poll.protocol.models import (
+    DeploySpec,
+    PollRequest,
+    PollResponse,
+    ScriptSpec,
+    SubmitTask,
+)
+from tentacle_poll.protocol.routes import POLL
 from tentacle_poll.server.admin_client import AdminClient
 from tentacle_poll.server.identity import ServerHome
 from tentacle_poll.tls import generate_identity, save_identity
@@ -507,6 +514,7 @@ async def package_transfer(bench: Bench, megabytes: int) -> list[Row]:
     for attempt in range(3):
         cache = PackageCache(bench.folder / f"cache-{attempt}")
         client = CommsClient(node.url, node.thumbprints, home.identity_folder)
+        await _lease_a_deploy(bench, client, "downloader", "big")
         started = time.monotonic()
         await cache.fetch(client, stored.sha256, stored.size)
         ours.append(time.monotonic() - started)
@@ -516,6 +524,15 @@ async def package_transfer(bench: Bench, megabytes: int) -> list[Row]:
     return [Row(f"package transfer, {megabytes} MB, hash verified", f"{rate / MB:.0f} MB/s",
                 f"curl {reference / MB:.0f} MB/s", f"{rate / reference:.2f}", ">= 0.70",
                 rate / reference >= 0.70)]  # fmt: skip
+
+
+async def _lease_a_deploy(bench: Bench, client: CommsClient, target: str, package: str) -> None:
+    """A deploy of the package leased (for lease_seconds) to the target: agents get only the
+    bytes a task they hold names, and the transfer figure is about the transfer alone."""
+    async with AdminClient(bench.admin_url, bench.key) as admin:
+        deploy = DeploySpec(package_id=package, version="1")
+        await admin.submit(SubmitTask(target=target, kind="deploy", deploy=deploy))
+    await client.post(POLL, PollRequest(free_slots=1, hold_seconds=0), PollResponse)
 
 
 async def _curl_seconds(bench: Bench, identity: Path, sha256: str) -> float:
