@@ -21,7 +21,7 @@ from loguru import logger
 from tentacle_poll.agent.backoff import retrying
 from tentacle_poll.agent.spool import TaskSpool
 from tentacle_poll.agent.transport import CommsClient
-from tentacle_poll.exceptions import CommunicationError
+from tentacle_poll.exceptions import CommunicationError, RequestRejected
 from tentacle_poll.protocol.codec import encode
 from tentacle_poll.protocol.models import (
     MAX_EVENT_CHARS,
@@ -40,6 +40,7 @@ MAX_BATCH_BYTES = 512 * 1024
 # Posts of one task's output on the way at once; the server stores each batch whole, in any
 # order, and acknowledges lines only up to the first gap.
 MAX_IN_FLIGHT = 2
+REFUSED_FOR_GOOD = {404, 409}  # no such task (deleted), or it ended otherwise
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,14 @@ class TaskReporter:
         try:
             await self._send_all()
             await self._post(TASK_RESULT, result, TaskView)
+        except RequestRejected as exc:
+            if exc.status not in REFUSED_FOR_GOOD:
+                logger.error("task {} stays spooled, not yet reported: {}", self.task_id, exc)
+                return False
+            # The server will never take it (the task was deleted with its target, or ended
+            # otherwise): keeping it would retry it, and log this, at every start.
+            logger.warning("task {}: the server refused its result for good ({}); dropped it",
+                           self.task_id, exc)  # fmt: skip
         except CommunicationError as exc:
             logger.error("task {} stays spooled, not yet reported: {}", self.task_id, exc)
             return False

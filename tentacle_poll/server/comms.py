@@ -34,6 +34,7 @@ from tentacle_poll.server.dispatch import wait_for_bell
 from tentacle_poll.server.problems import ProblemError
 from tentacle_poll.server.refusals import peer_of
 from tentacle_poll.server.state import STATE, ServerState, json_response, now, read_model, task_view
+from tentacle_poll.server.task_rules import check_events, check_result
 from tentacle_poll.server.vault import SealedValueError
 from tentacle_poll.store import AgentRecord, ApiKeyRecord, NewAgent, TaskRecord
 from tentacle_poll.tls import thumbprint_of_der
@@ -137,6 +138,8 @@ async def events(request: web.Request) -> web.Response:
     state = request.app[STATE]
     task = await own_task(request)
     body = await read_model(request, EventsRequest)
+    if not check_events(task, list(body.events)):
+        return json_response(EventsResponse(acked_seq=task.last_seq))
     acked = await state.store.append_events(task.id, list(body.events))
     state.dispatcher.tasks.ring(task.id)
     return json_response(EventsResponse(acked_seq=acked, cancel=task.cancel_requested))
@@ -146,6 +149,8 @@ async def result(request: web.Request) -> web.Response:
     state = request.app[STATE]
     task = await own_task(request)
     body = await read_model(request, ResultRequest)
+    if not check_result(task, body):
+        return json_response(task_view(task))  # a repeat: acknowledged, nothing changes
     finished = await state.store.finish_task(task.id, body, now())
     state.dispatcher.tasks.ring(task.id)
     state.dispatcher.result_received(task.agent_id)

@@ -23,7 +23,8 @@ from tentacle_poll.protocol.models import FileView, PackageView
 from tentacle_poll.server.access import audit
 from tentacle_poll.server.comms import authorised_agent, own_task
 from tentacle_poll.server.problems import ProblemError, refuse_oversized
-from tentacle_poll.server.state import STATE, ServerState, json_response
+from tentacle_poll.server.state import STATE, ServerState, json_response, task_view
+from tentacle_poll.server.task_rules import check_file
 
 CHUNK = 256 * 1024
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -64,7 +65,8 @@ async def fetch_file(request: web.Request) -> web.StreamResponse:
 async def receive_task_file(request: web.Request) -> web.Response:
     """A fetch_file task's agent sends the file here; its digest is the task's answer."""
     state = request.app[STATE]
-    await own_task(request)
+    task = await own_task(request)
+    check_file(task, task_view(task).kind)
     temporary, sha256, size = await _receive(request, state)
     _keep_blob(temporary, state.blob(sha256))
     return json_response(FileView(sha256=sha256, size=size), status=201)
