@@ -50,8 +50,9 @@ class OutputLog:
         self._db = self._executor.submit(_connect, index).result()
 
     async def append(self, task_id: str, events: list[Event], last_seq: int) -> int:
-        """Stores the events (a repeated one is ignored); returns the highest seq stored with
-        no gap after ``last_seq``, which the caller already knew to be stored."""
+        """Stores the lines of the events not stored yet (each line once, however retries
+        batch them); returns the highest seq stored with no gap after ``last_seq``, which the
+        caller already knew to be stored."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._append, task_id, events, last_seq)
 
@@ -101,12 +102,39 @@ class OutputLog:
             offset = log.tell()
             texts = []
             for event in events:
-                text = event.text.encode(errors=TEXT_ERRORS)
-                if self._index(task_id, event, offset, len(text)):
-                    texts.append(text)
-                    offset += len(text)
+                for piece in self._not_yet_stored(task_id, event):
+                    text = piece.text.encode(errors=TEXT_ERRORS)
+                    if self._index(task_id, piece, offset, len(text)):
+                        texts.append(text)
+                        offset += len(text)
             log.write(b"".join(texts))
             return self._contiguous_end(task_id, last_seq)
+
+    def _not_yet_stored(self, task_id: str, event: Event) -> list[Event]:
+        """The parts of the block whose lines are not stored yet, so that each line is stored
+        once however a retry batches them (overlapping, split, merged, reordered blocks).
+        Stored blocks never overlap, so only the last one starting at or before the block, and
+        those starting inside it, can cover any of its lines: two indexed look-ups."""
+        first, last = event.seq, event.last_seq
+        covering = self._db.execute(
+            "SELECT seq, lines FROM blocks WHERE task_id = ? AND seq <= ? "
+            "ORDER BY seq DESC LIMIT 1",
+            (task_id, first),
+        ).fetchall()
+        covering += self._db.execute(
+            "SELECT seq, lines FROM blocks WHERE task_id = ? AND seq > ? AND seq <= ? ORDER BY seq",
+            (task_id, first, last),
+        ).fetchall()
+        gaps, start = [], first
+        for seq, lines in covering:
+            if seq > start:
+                gaps.append((start, min(seq - 1, last)))
+            start = max(start, seq + lines)
+        if start <= last:
+            gaps.append((start, last))
+        if gaps == [(first, last)]:
+            return [event]  # the usual case: nothing of it stored yet
+        return [_lines_of(event, a, b) for a, b in gaps]
 
     def _index(self, task_id: str, event: Event, offset: int, size: int) -> bool:
         """Adds the block's row; False when it is already stored (a retried batch)."""
@@ -142,6 +170,14 @@ class OutputLog:
         if not TASK_ID.fullmatch(task_id):
             raise StoreError(f"not a task id: {task_id!r}")
         return self.folder / f"{task_id}.log"
+
+
+def _lines_of(event: Event, first: int, last: int) -> Event:
+    """Lines ``first`` to ``last`` (sequence numbers) of a block, as a block of their own."""
+    texts = event.text.split("\n")[first - event.seq : last - event.seq + 1]
+    return Event.model_construct(
+        seq=first, stream=event.stream, text="\n".join(texts), ts=event.ts, lines=len(texts)
+    )
 
 
 def _connect(path: Path) -> sqlite3.Connection:
