@@ -18,6 +18,7 @@ from tentacle_poll.protocol.models import PollRequest, PollResponse, TaskState
 from tentacle_poll.protocol.routes import POLL
 from tentacle_poll.server import Server
 from tentacle_poll.server.admin_client import AdminClient
+from tentacle_poll.server.sweeper import end_overlaps
 from tentacle_poll.tls import Identity, generate_identity, load_identity, save_identity
 
 from .certificates import identity_with_subject
@@ -166,21 +167,12 @@ async def test_rotation_keeps_both_certificates_through_the_overlap_and_misses_n
         assert final.state == "succeeded"
         long_final = await admin.follow(long.id, lambda _: None)
         assert long_final.state == "succeeded"
-        await end_overlaps(server)
+        await end_overlaps(server.state, time.time() + 10**9)  # as the sweeper does, now
         assert await refused(server, home.folder / "identity.previous")
         final, _ = await run_and_follow(admin, script_task("web1", "echo overlap over"))
         assert final.state == "succeeded"
     finally:
         await agent.stop(levels=3)
-
-
-async def end_overlaps(server: Server) -> None:
-    """What the sweeper does once the overlap is over, done now."""
-    state = server.state
-    expired = await state.store.expire_previous_certificates(time.time() + 10**9)
-    assert expired
-    state.forget_agents()
-    await state.trust.remove(*(pem.encode() for pem in expired))
 
 
 async def refused(server: Server, identity_folder: Path) -> bool:

@@ -158,7 +158,7 @@ class Server:
         self._runners.append(runner)
         self.applications[which] = app
         site: web.BaseSite = (
-            MutualTlsSite(runner, sock, trust.context, self.state.refusals)
+            MutualTlsSite(runner, sock, trust.context, self.state.refusals, self.state.connections)
             if trust
             else PlainSite(runner, sock)
         )

@@ -58,6 +58,7 @@ async def register(request: web.Request) -> web.Response:
         detail = f"the key {key.name} may register targets in {', '.join(key.environments)} only"
         raise ProblemError(403, "environment not allowed", detail)
     thumbprint = _thumbprint_of_submitted(body.certificate_pem)
+    replaced = await state.store.agent_by_name(body.name)
     new = NewAgent(
         name=body.name,
         thumbprint=thumbprint,
@@ -73,6 +74,10 @@ async def register(request: web.Request) -> web.Response:
     except StoreError as exc:
         raise ProblemError(409, "name or certificate already registered", str(exc)) from exc
     state.trust.add(body.certificate_pem.encode())
+    if replaced is not None and replaced.thumbprint != thumbprint:
+        # --replace: the old certificate is cut off now, before a task can be leased to it.
+        state.cut_off(replaced.thumbprint, replaced.previous_thumbprint)
+        await state.trust.remove(replaced.certificate_pem.encode())
     state.forget_agents()
     await record(state, who, "target registered", agent.name, agent.thumbprint)
     logger.info("registered target {} ({}) with {}", agent.name, agent.thumbprint, who)
@@ -160,14 +165,27 @@ async def result(request: web.Request) -> web.Response:
     return json_response(task_view(finished))
 
 
-async def authorised_agent(request: web.Request) -> AgentRecord:
-    """The registered agent behind this connection's client certificate, or 403."""
+def peer_thumbprint(request: web.Request) -> str | None:
+    """The thumbprint of this connection's client certificate, if it sent one."""
     ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
     der = (
         ssl_object.getpeercert(binary_form=True) if isinstance(ssl_object, ssl.SSLObject) else None
     )
+    return thumbprint_of_der(der) if der else None
+
+
+def _certificate_withdrawn() -> ProblemError:
+    return ProblemError(
+        403,
+        "certificate not registered",
+        "this certificate was replaced or its target deleted while the poll was held",
+    )
+
+
+async def authorised_agent(request: web.Request) -> AgentRecord:
+    """The registered agent behind this connection's client certificate, or 403."""
     state = request.app[STATE]
-    thumbprint = thumbprint_of_der(der) if der else None
+    thumbprint = peer_thumbprint(request)
     agent = await state.agent_for(thumbprint, now()) if thumbprint else None
     if agent is None:
         presented = f"certificate {thumbprint}" if thumbprint else "no client certificate"
@@ -192,10 +210,14 @@ async def _hold_until_work(
         hold = min(hold, body.hold_seconds)
     deadline = asyncio.get_running_loop().time() + hold
     results_before = state.dispatcher.results_received(agent.id)
+    thumbprint = peer_thumbprint(request)
+    assert thumbprint is not None  # authorised_agent found the agent by it
     while not state.dispatcher.stopping:
         bell = state.dispatcher.agents.current(agent.id)
         if _client_gone(request):
             raise ProblemError(499, "client went away")
+        if await state.agent_for(thumbprint, now()) is None:  # replaced or deleted meanwhile
+            raise _certificate_withdrawn()
         leased, cancels = await _work_for(state, agent.id, body)
         remaining = deadline - asyncio.get_running_loop().time()
         # A poll with no free slot is answered once a result frees one: the agent then polls

@@ -13,7 +13,9 @@ import asyncio
 import ssl
 from collections.abc import Callable
 
+from tentacle_poll.server.connections import OpenConnections
 from tentacle_poll.server.refusals import RefusalLog, peer_of
+from tentacle_poll.tls import thumbprint_of_der
 
 HANDSHAKE_SECONDS = 30.0  # generous: during a reconnect storm a handshake waits its turn
 
@@ -29,7 +31,9 @@ class Handshake(asyncio.Protocol):
         context: ssl.SSLContext,
         refusals: RefusalLog,
         track: Callable[[asyncio.Task[None]], None],
+        connections: OpenConnections,
     ) -> None:
+        self._connections = connections
         self._handler_factory = handler_factory
         self._context = context
         self._refusals = refusals
@@ -76,6 +80,9 @@ class Handshake(asyncio.Protocol):
         self._hand_over(tls)
 
     def _hand_over(self, tls: asyncio.Transport) -> None:
+        der = tls.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        if der:  # registration comes without a certificate
+            self._connections.add(thumbprint_of_der(der), tls)
         handler = self._handler_factory()
         tls.set_protocol(handler)
         handler.connection_made(tls)

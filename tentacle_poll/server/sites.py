@@ -13,6 +13,7 @@ import ssl
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from tentacle_poll.server.connections import OpenConnections
 from tentacle_poll.server.handshakes import Handshake
 from tentacle_poll.server.problems import answering_problems
 from tentacle_poll.server.refusals import RefusalLog
@@ -45,7 +46,7 @@ class PlainSite(web.BaseSite):
 class MutualTlsSite(PlainSite):
     """HTTPS whose handshakes are ours (``Handshake``): logged when refused, with a deadline."""
 
-    __slots__ = ("_context", "_handshakes", "_refusals")
+    __slots__ = ("_connections", "_context", "_handshakes", "_refusals")
 
     def __init__(
         self,
@@ -53,10 +54,12 @@ class MutualTlsSite(PlainSite):
         sock: socket.socket,
         context: ssl.SSLContext,
         refusals: RefusalLog,
+        connections: OpenConnections,
     ) -> None:
         super().__init__(runner, sock)
         self._context = context
         self._refusals = refusals
+        self._connections = connections
         self._handshakes: set[asyncio.Task[None]] = set()
 
     @property
@@ -74,7 +77,9 @@ class MutualTlsSite(PlainSite):
         await super().stop()
 
     def _accept(self) -> asyncio.Protocol:
-        return Handshake(self._new_handler, self._context, self._refusals, self._track)
+        return Handshake(
+            self._new_handler, self._context, self._refusals, self._track, self._connections
+        )
 
     def _track(self, handshake: asyncio.Task[None]) -> None:
         self._handshakes.add(handshake)

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from tentacle_poll.config import ServerSettings
 from tentacle_poll.protocol.codec import decode, encode
 from tentacle_poll.protocol.models import TargetView, TaskView
+from tentacle_poll.server.connections import OpenConnections
 from tentacle_poll.server.dispatch import Dispatcher
 from tentacle_poll.server.identity import ServerHome
 from tentacle_poll.server.problems import ProblemError, refuse_oversized
@@ -36,6 +37,7 @@ class ServerState:
     vault: Vault
     next_thumbprint: str | None = None
     refusals: RefusalLog = field(default_factory=RefusalLog)
+    connections: OpenConnections = field(default_factory=OpenConnections)
     # Hot-path caches (every held poll would otherwise read and write the store): agents by
     # certificate thumbprint, and last_seen times not yet written (the sweeper writes them).
     _agents: dict[str, AgentRecord] = field(default_factory=dict)
@@ -52,6 +54,11 @@ class ServerState:
     def forget_agents(self) -> None:
         """After any change to registrations or certificates."""
         self._agents.clear()
+
+    def cut_off(self, *thumbprints: str | None) -> None:
+        """Certificates no longer trusted: the lookups forget them, their connections close."""
+        self.forget_agents()
+        self.connections.cut(t for t in thumbprints if t)
 
     async def seen(self, agent: AgentRecord, version: str, trusted: list[str], at: float) -> None:
         """Records that the agent polled: in memory now, in the store at the next flush."""

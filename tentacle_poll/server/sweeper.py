@@ -15,7 +15,12 @@ from loguru import logger
 from tentacle_poll.server.deployments import stop_rest_if_failed
 from tentacle_poll.server.state import ServerState
 from tentacle_poll.store import Store
-from tentacle_poll.tls import certificate_expiry_fast, expiry_warning, load_identity
+from tentacle_poll.tls import (
+    certificate_expiry_fast,
+    expiry_warning,
+    load_identity,
+    thumbprint_of_pem,
+)
 
 
 def sweep_interval(state: ServerState) -> float:
@@ -50,15 +55,20 @@ async def warn_expiring_certificates(state: ServerState) -> None:
         logger.warning(warning)
 
 
+async def end_overlaps(state: ServerState, now: float) -> None:
+    """Rotated-out certificates whose overlap is over stop working: cut off, then untrusted."""
+    expired = await state.store.expire_previous_certificates(now)
+    if expired:
+        state.cut_off(*(thumbprint_of_pem(pem.encode()) for pem in expired))
+        await state.trust.remove(*(pem.encode() for pem in expired))
+
+
 async def sweep_once(state: ServerState) -> None:
     await state.flush_seen()
     now = time.time()
     for agent_id in await state.store.expire_leases(now):
         state.dispatcher.work_for(agent_id)
-    expired = await state.store.expire_previous_certificates(now)
-    if expired:
-        state.forget_agents()
-        await state.trust.remove(*(pem.encode() for pem in expired))
+    await end_overlaps(state, now)
     silent_since = now - state.settings.agent_lost_seconds
     silent = [
         agent_id
