@@ -14,11 +14,16 @@ from tentacle_poll.tls import Identity
 
 
 def identity_with_subject(
-    common_name: str, *, ca: bool, issuer: Identity | None = None
+    common_name: str,
+    *,
+    ca: bool,
+    issuer: Identity | None = None,
+    valid_from: dt.datetime | None = None,
 ) -> Identity:
     """A certificate whose subject is ``CN=common_name`` alone (not unique, as earlier versions
     and hand-made fleets have it); ``ca`` as earlier versions made them (CA:TRUE, path length
-    0); signed by ``issuer``'s key when given, else self-signed."""
+    0); signed by ``issuer``'s key when given, else self-signed; ``valid_from`` as made on a
+    machine whose clock is ahead."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     signer, issuer_name = key, name
@@ -32,7 +37,7 @@ def identity_with_subject(
         .issuer_name(issuer_name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_before(valid_from or now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=365))
         .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True)
         .sign(signer, hashes.SHA256())

@@ -6,6 +6,7 @@ import asyncio
 import json
 import subprocess
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from tentacle_poll.server.admin_client import AdminClient
 from tentacle_poll.server.identity import ServerHome
 from tentacle_poll.tls import load_identity, save_identity
 
+from .certificates import identity_with_subject
 from .conftest import (
     RunningAgent,
     free_port,
@@ -195,6 +197,20 @@ async def test_diagnose_passes_on_a_working_setup_and_names_each_broken_step(
     assert "FAIL agent certificate" in unregistered.stdout, unregistered.stdout
     assert "not registered there (a deleted target?" in unregistered.stdout
     assert "Traceback" not in unregistered.stderr and "('" not in unregistered.stdout
+
+
+async def test_diagnose_names_a_certificate_not_yet_valid_by_the_servers_clock(
+    server: Server, api_key: str, tmp_path: Path
+) -> None:
+    """Made on a machine whose clock is ten minutes ahead (by an earlier version, which made
+    certificates valid from five minutes back): registered, then refused at every handshake."""
+    ahead = datetime.now(UTC) + timedelta(minutes=10)
+    home = AgentHome(tmp_path / "web1")
+    save_identity(home.identity_folder, identity_with_subject("web1", ca=True, valid_from=ahead))
+    await register_agent(server, api_key, home.folder, "web1")
+    result = await asyncio.to_thread(diagnose, home.folder)
+    assert "FAIL agent certificate: this agent's certificate is not valid yet" in result.stdout
+    assert "differs from the server's by" in result.stdout and "NTP" in result.stdout
 
 
 async def test_diagnose_tells_a_deleted_target_from_a_cut_connection(

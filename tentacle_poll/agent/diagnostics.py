@@ -29,6 +29,7 @@ from tentacle_poll.exceptions import (
 from tentacle_poll.protocol.models import PollRequest, PollResponse
 from tentacle_poll.protocol.routes import POLL
 from tentacle_poll.tls import load_identity, thumbprint_of_der
+from tentacle_poll.tls.der import validity_of_der
 from tentacle_poll.tls.files import identity_paths
 
 STEP_TIMEOUT = 10.0
@@ -186,12 +187,13 @@ class _Checks:
         # Closed: for this certificate, or is every connection cut (a proxy, a firewall)?
         await self.connect()
         await self._start_tls(with_certificate=False)
-        if await self._kept_open():
+        if await self._kept_open(close=False):
+            await self._check_validity_by_the_servers_clock()
             raise StepFailed(_not_registered(mine))
         raise StepFailed(_cut_connection("closed right after the handshake, with a client "
                                          "certificate or without one"))  # fmt: skip
 
-    async def _kept_open(self) -> bool:
+    async def _kept_open(self, close: bool = True) -> bool:
         assert self.reader is not None and self.writer is not None
         try:
             return await asyncio.wait_for(self.reader.read(1), VERDICT_SECONDS) != b""
@@ -200,7 +202,48 @@ class _Checks:
         except (ssl.SSLError, OSError):
             return False
         finally:
+            if close:
+                self.writer.close()
+
+    async def _check_validity_by_the_servers_clock(self) -> None:
+        """A certificate the server refuses may be one it holds that is not valid yet by its
+        clock: ask the server its time (the Date of any answer) over the connection that has
+        no certificate, and compare."""
+        assert self.reader is not None and self.writer is not None
+        try:
+            server_time = await asyncio.wait_for(self._server_date(), STEP_TIMEOUT / 2)
+        except (TimeoutError, OSError, ValueError, EOFError, asyncio.LimitOverrunError):
+            return  # no time to compare with: say what is certain
+        finally:
             self.writer.close()
+        der = ssl.PEM_cert_to_DER_cert(load_identity(self.home.identity_folder).cert_pem.decode())
+        not_before, _ = validity_of_der(der)
+        if not_before.timestamp() > server_time:
+            skew = time.time() - server_time
+            raise StepFailed(
+                Step(
+                    "agent certificate",
+                    False,
+                    f"this agent's certificate is not valid yet by the server's clock: valid from "
+                    f"{not_before:%Y-%m-%d %H:%M:%S} UTC; this machine's clock differs from the "
+                    f"server's by {skew:+.0f} s",
+                    "set up time synchronisation (NTP) on both machines; certificates made by "
+                    "`tentacle-poll new-certificate` now are valid from a day back",
+                )
+            )
+
+    async def _server_date(self) -> float:
+        assert self.reader is not None and self.writer is not None
+        self.writer.write(
+            f"POST {POLL} HTTP/1.1\r\nHost: {self.host}\r\nContent-Length: 0\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        for line in head.decode(errors="replace").split("\r\n"):
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "date":
+                return email.utils.parsedate_to_datetime(value.strip()).timestamp()
+        raise ValueError("no Date header")
 
     async def _start_tls(self, with_certificate: bool) -> None:
         assert self.writer is not None

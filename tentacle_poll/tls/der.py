@@ -17,6 +17,11 @@ GENERALIZED_TIME = 0x18
 
 def not_after_of_der(der: bytes) -> dt.datetime:
     """Raises ValueError when ``der`` is not a certificate."""
+    return validity_of_der(der)[1]
+
+
+def validity_of_der(der: bytes) -> tuple[dt.datetime, dt.datetime]:
+    """(notBefore, notAfter); raises ValueError when ``der`` is not a certificate."""
     try:
         tbs = _contents(der, 0, SEQUENCE)[0]
         fields = _children(der, *_contents(der, tbs, SEQUENCE))
@@ -24,8 +29,8 @@ def not_after_of_der(der: bytes) -> dt.datetime:
             fields = fields[1:]
         # serialNumber, signature, issuer, validity
         start, end = _contents(der, fields[3], SEQUENCE)
-        not_after = _children(der, start, end)[1]
-        return _time(der, not_after)
+        not_before, not_after = _children(der, start, end)[:2]
+        return _time(der, not_before), _time(der, not_after)
     except IndexError as exc:
         raise ValueError("not a DER certificate") from exc
 
