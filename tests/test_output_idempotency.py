@@ -11,18 +11,15 @@ from hypothesis import strategies as st
 
 from tentacle_poll.agent.transport import CommsClient
 from tentacle_poll.protocol.models import (
-    AcceptRequest,
-    AcceptResponse,
     Event,
     EventsRequest,
     EventsResponse,
-    PollRequest,
-    PollResponse,
 )
-from tentacle_poll.protocol.routes import POLL, TASK_ACCEPT, TASK_EVENTS, task_path
+from tentacle_poll.protocol.routes import TASK_EVENTS, task_path
 from tentacle_poll.server.admin_client import AdminClient
 
-from .conftest import LONG_RUN, script_task
+from .conftest import LONG_RUN
+from .test_protocol import running_task
 
 LINE = st.text(st.characters(blacklist_characters="\n\r", blacklist_categories=["Cs"]), max_size=12)
 
@@ -62,9 +59,7 @@ async def test_every_line_is_stored_once_whatever_the_batching(
     loop = asyncio.get_running_loop()
 
     async def replay(lines: list[str], posts: list[list[tuple[int, int]]]) -> list[str]:
-        task = await admin.submit(script_task("web1", "true"))
-        await agent_client.post(POLL, PollRequest(free_slots=1, hold_seconds=0), PollResponse)
-        await agent_client.post(task_path(TASK_ACCEPT, task.id), AcceptRequest(), AcceptResponse)
+        task = await running_task(agent_client, admin)
         for blocks in posts:
             body = EventsRequest(events=[as_event(lines, a, b) for a, b in blocks])
             await agent_client.post(task_path(TASK_EVENTS, task.id), body, EventsResponse)
@@ -86,9 +81,7 @@ async def test_the_issues_own_case_seven_to_nine_then_eight_alone(
     agent_client: CommsClient, admin: AdminClient
 ) -> None:
     lines = [str(i) for i in range(1, 10)]
-    task = await admin.submit(script_task("web1", "true"))
-    await agent_client.post(POLL, PollRequest(free_slots=1, hold_seconds=0), PollResponse)
-    await agent_client.post(task_path(TASK_ACCEPT, task.id), AcceptRequest(), AcceptResponse)
+    task = await running_task(agent_client, admin)
     path = task_path(TASK_EVENTS, task.id)
     acks = []
     for blocks in ([(1, 6)], [(7, 9)], [(8, 8)]):

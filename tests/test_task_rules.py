@@ -38,6 +38,7 @@ from tentacle_poll.protocol.routes import (
 from tentacle_poll.server.admin_client import AdminClient
 
 from .conftest import script_task
+from .test_protocol import running_task
 
 SUCCEEDED = ResultRequest(state="succeeded", exit_code=0, last_seq=0)
 
@@ -89,9 +90,7 @@ async def test_a_leased_task_takes_only_a_refusal_before_it_is_accepted(
 async def test_a_result_is_final_a_repeat_is_acknowledged_another_refused(
     agent_client: CommsClient, admin: AdminClient
 ) -> None:
-    task = await admin.submit(script_task("web1", "true"))
-    await lease(agent_client)
-    await accept(agent_client, task.id)
+    task = await running_task(agent_client, admin)
     path = task_path(TASK_RESULT, task.id)
     first = await agent_client.post(path, SUCCEEDED, TaskView)
     assert (await agent_client.post(path, SUCCEEDED, TaskView)) == first  # a lost answer, retried
@@ -109,9 +108,7 @@ async def test_a_result_is_final_a_repeat_is_acknowledged_another_refused(
 async def test_output_after_the_end_only_repeats_what_was_stored(
     agent_client: CommsClient, admin: AdminClient
 ) -> None:
-    task = await admin.submit(script_task("web1", "true"))
-    await lease(agent_client)
-    await accept(agent_client, task.id)
+    task = await running_task(agent_client, admin)
     path = task_path(TASK_EVENTS, task.id)
     await agent_client.post(path, events(1, 2), EventsResponse)
     done = ResultRequest(state="succeeded", exit_code=0, last_seq=2)
