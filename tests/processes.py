@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from tentacle_poll.cli_server import loopback_server_arguments
+from tentacle_poll.cli.server import loopback_server_arguments
 
 CLI = [sys.executable, "-m", "tentacle_poll"]
 

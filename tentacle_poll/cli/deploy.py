@@ -8,9 +8,9 @@ import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tentacle_poll.cli_tasks import (
+from tentacle_poll.cli.context import admin_client
+from tentacle_poll.cli.tasks import (
     EXIT_CODES,
-    admin_client,
     print_event,
     print_task,
     variables_from,

@@ -5,17 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tentacle_poll.config import DEFAULT_ADMIN_PORT, ENV_PREFIX
+from tentacle_poll.cli.context import admin_client
 from tentacle_poll.exceptions import ConfigurationError, RequestRejected
 from tentacle_poll.protocol.models import Event, ScriptSpec, SubmitTask, TaskView, Variable
 
 if TYPE_CHECKING:  # the admin client loads aiohttp: the agent daemon never needs it
-    from tentacle_poll.server.admin_client import AdminClient
+    pass
 
 EXIT_CODES = {"succeeded": 0, "failed": 1, "timed_out": 124, "cancelled": 130, "lost": 1}
 
@@ -135,23 +134,6 @@ def _add_script_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument("--mutex", default="RunningScript", help="the isolation mutex's name")
     run.add_argument("--isolation-timeout", type=float, help="seconds to wait for the mutex")
     run.add_argument("--no-follow", action="store_true", help="print the task id and return")
-
-
-def admin_client(args: argparse.Namespace) -> AdminClient:
-    from tentacle_poll.server.admin_client import AdminClient
-
-    url = (
-        args.admin_url
-        or os.environ.get(f"{ENV_PREFIX}ADMIN_URL")
-        or f"http://127.0.0.1:{DEFAULT_ADMIN_PORT}"
-    )
-    key = args.api_key or os.environ.get(f"{ENV_PREFIX}API_KEY")
-    if not key:
-        raise ConfigurationError(
-            f"an API key is needed: set {ENV_PREFIX}API_KEY or pass --api-key "
-            "(create one with `tentacle-poll server api-key create --name NAME`)"
-        )
-    return AdminClient(url, key)
 
 
 async def list_targets(args: argparse.Namespace) -> int:

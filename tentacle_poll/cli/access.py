@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
-from tentacle_poll.cli_tasks import admin_client
+from tentacle_poll.cli.context import admin_client, open_server_home
 from tentacle_poll.config import ENV_PREFIX
 from tentacle_poll.exceptions import ConfigurationError
 from tentacle_poll.protocol.models import (
@@ -80,10 +80,9 @@ async def access(args: argparse.Namespace) -> AsyncIterator[Access]:
         async with admin_client(args) as client:
             yield client
         return
-    from tentacle_poll.cli_server import _server_home
     from tentacle_poll.server.credentials import Credentials
 
-    home = _server_home(args)
+    home = open_server_home(args)
     _, thumbprint = home.ensure_identity()
     store = home.open_store()
     try:

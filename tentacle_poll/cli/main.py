@@ -1,6 +1,6 @@
 """The command line: parsing, logging set-up, and turning errors into messages and exit codes.
 
-Commands live in ``cli_agent``, ``cli_server`` and ``cli_tasks``; each is a thin call into the
+Commands live in the other modules of this package; each is a thin call into the
 agent, the server or the admin client. Only this module prints errors and exits.
 """
 
@@ -14,7 +14,8 @@ from typing import Any
 
 from loguru import logger
 
-from tentacle_poll import __version__, cli_agent, cli_config, cli_deploy, cli_server, cli_tasks
+from tentacle_poll import __version__
+from tentacle_poll.cli import agent, agent_config, deploy, server, tasks
 from tentacle_poll.config import DEFAULT_ADMIN_PORT, ENV_PREFIX
 from tentacle_poll.exceptions import TentaclePollError
 from tentacle_poll.logs import mask_secrets, setup_logging
@@ -28,7 +29,7 @@ Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level or "INFO", args.log_format or "text")
-    command: Command = getattr(args, "command", cli_agent.run_agent)
+    command: Command = getattr(args, "command", agent.run_agent)
     try:
         return asyncio.run(command(args))
     except TentaclePollError as exc:
@@ -49,11 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(parser)
     parser.set_defaults(home=None, log_format=None, log_level=None)
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
-    cli_agent.add_commands(commands, _add_common)
-    cli_config.add_commands(commands, _add_common)
-    cli_server.add_commands(commands, _add_common, _add_admin)
-    cli_tasks.add_commands(commands, _add_common, _add_admin)
-    cli_deploy.add_commands(commands, _add_common, _add_admin)
+    agent.add_commands(commands, _add_common)
+    agent_config.add_commands(commands, _add_common)
+    server.add_commands(commands, _add_common, _add_admin)
+    tasks.add_commands(commands, _add_common, _add_admin)
+    deploy.add_commands(commands, _add_common, _add_admin)
     return parser
 
 

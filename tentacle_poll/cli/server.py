@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import os
 import resource
 import signal
 from pathlib import Path
@@ -13,13 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
-from tentacle_poll.cli_access import add_access_commands
-from tentacle_poll.cli_tasks import admin_client
-from tentacle_poll.config import SERVER_FILE, ServerSettings, default_server_home, load_settings
+from tentacle_poll.cli.access import add_access_commands
+from tentacle_poll.cli.context import admin_client, open_server_home, server_home
+from tentacle_poll.config import SERVER_FILE, ServerSettings, load_settings
 from tentacle_poll.logs import setup_logging
 
 if TYPE_CHECKING:
-    from tentacle_poll.server.identity import ServerHome
+    pass
 
 DAY = 24 * 3600.0
 
@@ -75,18 +74,6 @@ def loopback_server_arguments(home: Path, comms_port: int, admin_port: int) -> l
     ]
 
 
-def _server_home(args: argparse.Namespace) -> ServerHome:
-    # Imported here: the store and its sqlite3 stay out of the agent daemon's memory.
-    from tentacle_poll.server.identity import ServerHome
-
-    return ServerHome(server_home(args))
-
-
-def server_home(args: argparse.Namespace) -> Path:
-    os.umask(0o077)  # everything a server command writes in its home is private to its user
-    return Path(args.server_home).expanduser() if args.server_home else default_server_home()
-
-
 async def run_server(args: argparse.Namespace) -> int:
     home = server_home(args)
     settings = load_settings(
@@ -128,7 +115,7 @@ def _stopper(stop: asyncio.Event, signum: int) -> Any:
 
 
 async def show_thumbprint(args: argparse.Namespace) -> int:
-    _, thumbprint = _server_home(args).ensure_identity()
+    _, thumbprint = open_server_home(args).ensure_identity()
     print(thumbprint)
     return 0
 
@@ -136,7 +123,7 @@ async def show_thumbprint(args: argparse.Namespace) -> int:
 async def rotate_master_key(args: argparse.Namespace) -> int:
     from tentacle_poll.server.vault import KEY_FILE, Vault, add_key
 
-    home = _server_home(args)
+    home = open_server_home(args)
     home.make_private()
     key_id = add_key(home.folder / KEY_FILE)
     vault = Vault.open(home.folder)

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from tentacle_poll.agent.nodes import add_node, find_node, remove_node, set_proxy, set_trust
 from tentacle_poll.agent.rotation import rotate_certificate
-from tentacle_poll.cli_agent import agent_home
+from tentacle_poll.cli.agent import agent_home
 from tentacle_poll.config import ENV_PREFIX, ProxySettings, ServerNode
 from tentacle_poll.exceptions import ConfigurationError
 from tentacle_poll.protocol.codec import describe_validation_error

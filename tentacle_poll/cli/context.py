@@ -1,0 +1,45 @@
+"""Where commands find what they act on: the admin API (its client, from flags or the
+environment) and the server home. Shared by the command modules, so none imports another."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tentacle_poll.config import DEFAULT_ADMIN_PORT, ENV_PREFIX, default_server_home
+from tentacle_poll.exceptions import ConfigurationError
+
+if TYPE_CHECKING:  # both load aiohttp or sqlite3: the agent daemon never needs them
+    from tentacle_poll.server.admin_client import AdminClient
+    from tentacle_poll.server.identity import ServerHome
+
+
+def admin_client(args: argparse.Namespace) -> AdminClient:
+    from tentacle_poll.server.admin_client import AdminClient
+
+    url = (
+        args.admin_url
+        or os.environ.get(f"{ENV_PREFIX}ADMIN_URL")
+        or f"http://127.0.0.1:{DEFAULT_ADMIN_PORT}"
+    )
+    key = args.api_key or os.environ.get(f"{ENV_PREFIX}API_KEY")
+    if not key:
+        raise ConfigurationError(
+            f"an API key is needed: set {ENV_PREFIX}API_KEY or pass --api-key "
+            "(create one with `tentacle-poll server api-key create --name NAME`)"
+        )
+    return AdminClient(url, key)
+
+
+def open_server_home(args: argparse.Namespace) -> ServerHome:
+    # Imported here: the store and its sqlite3 stay out of the agent daemon's memory.
+    from tentacle_poll.server.identity import ServerHome
+
+    return ServerHome(server_home(args))
+
+
+def server_home(args: argparse.Namespace) -> Path:
+    os.umask(0o077)  # everything a server command writes in its home is private to its user
+    return Path(args.server_home).expanduser() if args.server_home else default_server_home()
