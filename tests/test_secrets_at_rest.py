@@ -166,3 +166,21 @@ async def test_the_server_home_is_private_to_the_server_user(tmp_path: Path) -> 
         if mode != (0o700 if (server_home / name).is_dir() else 0o600)
     }
     assert wrong == {}
+
+
+@pytest.mark.parametrize("damage", [b"", b"not a key file at all", b"ab12 c2hvcnQ=\n"])
+def test_a_damaged_master_key_file_stops_the_server_with_one_line_saying_what_to_do(
+    tmp_path: Path, damage: bytes
+) -> None:
+    home = tmp_path / "server"
+    home.mkdir(mode=0o700)
+    (home / KEY_FILE).write_bytes(damage)
+    ports = free_port(), free_port()
+    result = cli(
+        "server", "run", "--server-home", str(home), "--comms-host", "127.0.0.1",
+        "--comms-port", str(ports[0]), "--admin-port", str(ports[1]), check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert f"error: {home / KEY_FILE}" in result.stderr and "restore it" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert (home / KEY_FILE).read_bytes() == damage  # never replaced: its keys may be needed

@@ -12,10 +12,11 @@ from aiohttp import web
 
 from tentacle_poll.logs import hide_secret
 from tentacle_poll.protocol import routes
+from tentacle_poll.server.credentials import Credentials
 from tentacle_poll.server.problems import Handler, ProblemError
 from tentacle_poll.server.refusals import peer_of
 from tentacle_poll.server.state import STATE, ServerState, now
-from tentacle_poll.store import AgentRecord, ApiKeyRecord, AuditEntry
+from tentacle_poll.store import AgentRecord, ApiKeyRecord
 
 RANK = {"read": 0, "deploy": 1, "admin": 2}
 ADMIN_ONLY = {
@@ -101,12 +102,24 @@ def require_target(request: web.Request, agent: AgentRecord) -> None:
     """403 unless the caller's key may act on a target in any of its environments."""
     key = caller(request)
     if key.environments and not set(key.environments) & set(agent.environments):
-        require_environment(request, agent.environments[0])
+        raise ProblemError(
+            403,
+            "environment not allowed",
+            f"the key {key.name} may deploy to {', '.join(key.environments)} only, not to "
+            f"{', '.join(agent.environments)} (target {agent.name})",
+        )
+
+
+def credentials(request: web.Request) -> Credentials:
+    """Keys, tokens and the audit trail, acting as the caller's key."""
+    state = request.app[STATE]
+    return Credentials(state.store, state.thumbprint, caller(request).name)
 
 
 async def audit(request: web.Request, action: str, subject: str, detail: str = "") -> None:
-    await record(request.app[STATE], caller(request).name, action, subject, detail)
+    await credentials(request).record(action, subject, detail)
 
 
 async def record(state: ServerState, who: str, action: str, subject: str, detail: str = "") -> None:
-    await state.store.record(AuditEntry(now(), who, action, subject, detail))
+    """An audit entry for a change made outside the admin API (a registration, a rotation)."""
+    await Credentials(state.store, state.thumbprint, who).record(action, subject, detail)

@@ -16,8 +16,13 @@ from tentacle_poll.protocol.models import (
     SubmitTask,
     TaskSpec,
 )
-from tentacle_poll.server.access import audit, caller, require_environment, require_target
-from tentacle_poll.server.credentials import Credentials
+from tentacle_poll.server.access import (
+    audit,
+    caller,
+    credentials,
+    require_environment,
+    require_target,
+)
 from tentacle_poll.server.dispatch import wait_for_bell
 from tentacle_poll.server.problems import ProblemError
 from tentacle_poll.server.state import STATE, ServerState, json_response, now, read_model, task_view
@@ -158,11 +163,6 @@ async def cancel_task(request: web.Request) -> web.Response:
     state.dispatcher.tasks.ring(task.id)
     logger.info("cancel requested for task {} ({})", task.id, updated.state)
     return json_response(task_view(updated))
-
-
-def credentials(request: web.Request) -> Credentials:
-    state = request.app[STATE]
-    return Credentials(state.store, state.thumbprint, caller(request).name)
 
 
 async def create_token(request: web.Request) -> web.Response:

@@ -27,6 +27,10 @@ from tentacle_poll.exceptions import ConfigurationError, StoreError
 PREFIX = "tp-sealed:v1:"
 KEY_FILE = "master.key"
 NONCE_BYTES = 12
+RESTORE = (
+    "restore it from a backup: without it the sensitive values of queued tasks cannot be "
+    "opened (docs/security.md, 'The master key')"
+)
 
 
 class SealedValueError(StoreError):
@@ -111,9 +115,9 @@ def read_keys(path: Path) -> tuple[dict[str, bytes], str]:
         for key_id, encoded in zip(lines[::2], lines[1::2], strict=True):
             keys[key_id] = base64.b64decode(encoded)
     except (OSError, ValueError) as exc:
-        raise ConfigurationError(f"cannot read the master key file {path}: {exc}") from exc
+        raise ConfigurationError(f"{path} cannot be read ({exc}); {RESTORE}") from exc
     if not keys or any(len(key) != 32 for key in keys.values()):
-        raise ConfigurationError(f"{path} holds no valid master key; restore it from a backup")
+        raise ConfigurationError(f"{path} holds no valid master key; {RESTORE}")
     return keys, list(keys)[-1]
 
 
