@@ -173,6 +173,12 @@ class ServerSettings(_Settings):
     certificate_overlap_seconds: float = Field(default=24 * 3600.0, gt=0)
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024)
     max_package_bytes: int = Field(default=4 * 1024**3, ge=1024)
+    # Connections without a client certificate (registration, diagnose's probe): each has this
+    # long from its handshake to send its one request and read the answer, and so many may be
+    # open from one address and in all (docs/security.md, "Connection limits").
+    stranger_seconds: float = Field(default=10.0, gt=0, le=300)
+    strangers_per_address: int = Field(default=16, ge=1)
+    strangers_total: int = Field(default=256, ge=1)
 
 
 S = TypeVar("S", bound=_Settings)

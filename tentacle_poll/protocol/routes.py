@@ -19,6 +19,7 @@ TASK_FILE = "/v1/tasks/{task_id}/file"
 
 # admin API (HTTP on loopback by default, API key header)
 ADMIN_HEALTH = "/api/health"
+ADMIN_READY = "/readyz"  # 200 when ready to serve, 503 with the reasons otherwise
 ADMIN_TARGETS = "/api/targets"
 ADMIN_TARGET = "/api/targets/{name}"
 ADMIN_TASKS = "/api/tasks"

@@ -33,7 +33,7 @@ ADMIN_ONLY = {
 }
 DEPLOY_READS = {("GET", routes.ADMIN_FILE)}  # bytes fetched from targets: not for read keys
 CALLER = web.RequestKey("caller", ApiKeyRecord)
-UNAUTHENTICATED = {routes.ADMIN_HEALTH}
+UNAUTHENTICATED = {routes.ADMIN_HEALTH, routes.ADMIN_READY}
 
 
 def needed_scope(method: str, route: str) -> str:

@@ -34,6 +34,7 @@ DEFAULT_TOKEN_TTL = 24 * 3600.0
 
 def add_admin_routes(app: web.Application) -> None:
     app.router.add_get(routes.ADMIN_HEALTH, health)
+    app.router.add_get(routes.ADMIN_READY, ready)
     app.router.add_get(routes.ADMIN_TARGETS, list_targets)
     app.router.add_delete(routes.ADMIN_TARGET, delete_target)
     app.router.add_get(routes.ADMIN_TASKS, list_tasks)
@@ -52,7 +53,19 @@ def add_admin_routes(app: web.Application) -> None:
 
 async def health(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    return web.json_response({"status": "ok", "server_thumbprint": state.thumbprint})
+    problems = state.shortage.problems()
+    status = "degraded" if problems else "ok"
+    return web.json_response(
+        {"status": status, "server_thumbprint": state.thumbprint, "problems": problems}
+    )
+
+
+async def ready(request: web.Request) -> web.Response:
+    """For load balancers and service managers: 503 while the server cannot take connections."""
+    problems = request.app[STATE].shortage.problems()
+    if problems:
+        raise ProblemError(503, "not ready", "; ".join(problems))
+    return web.json_response({"status": "ready"})
 
 
 async def list_targets(request: web.Request) -> web.Response:

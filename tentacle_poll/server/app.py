@@ -21,6 +21,7 @@ from tentacle_poll.server.admin import add_admin_routes
 from tentacle_poll.server.comms import add_comms_routes
 from tentacle_poll.server.deployments import add_deployment_routes
 from tentacle_poll.server.dispatch import Dispatcher
+from tentacle_poll.server.handshakes import Gate
 from tentacle_poll.server.identity import ServerHome
 from tentacle_poll.server.memory import shrink_tls_read_buffers
 from tentacle_poll.server.packages import (
@@ -28,7 +29,7 @@ from tentacle_poll.server.packages import (
     add_package_admin_routes,
     add_package_comms_routes,
 )
-from tentacle_poll.server.problems import PROTOCOL_REQUIRED, problem_middleware
+from tentacle_poll.server.problems import PROTOCOL_REQUIRED, SHORTAGE, problem_middleware
 from tentacle_poll.server.rotation import add_rotation_routes
 from tentacle_poll.server.sites import MutualTlsSite, PlainSite
 from tentacle_poll.server.state import STATE, ServerState
@@ -110,11 +111,16 @@ class Server:
             await self._state.store.close()
         logger.info("server stopped")
 
+    def _gate(self, trust: TrustedClientCertificates) -> Gate:
+        state = self.state
+        return Gate(trust.context, state.refusals, state.connections, state.strangers)
+
     def _comms_app(self) -> web.Application:
         app = web.Application(
             middlewares=[problem_middleware], client_max_size=self.settings.max_body_bytes
         )
         app[STATE] = self.state
+        app[SHORTAGE] = self.state.shortage
         app[PROTOCOL_REQUIRED] = True
         add_comms_routes(app)
         add_package_comms_routes(app)
@@ -126,6 +132,7 @@ class Server:
             client_max_size=self.settings.max_body_bytes,
         )
         app[STATE] = self.state
+        app[SHORTAGE] = self.state.shortage
         add_admin_routes(app)
         add_rotation_routes(app)
         add_package_admin_routes(app)
@@ -157,10 +164,11 @@ class Server:
         await runner.setup()
         self._runners.append(runner)
         self.applications[which] = app
+        state = self.state
         site: web.BaseSite = (
-            MutualTlsSite(runner, sock, trust.context, self.state.refusals, self.state.connections)
+            MutualTlsSite(runner, sock, state.shortage, self._gate(trust))
             if trust
-            else PlainSite(runner, sock)
+            else PlainSite(runner, sock, state.shortage)
         )
         await site.start()
         return int(runner.addresses[-1][1])

@@ -30,7 +30,7 @@ from tentacle_poll.protocol.models import (
 from tentacle_poll.protocol.tokens import token_secret
 from tentacle_poll.server.access import record
 from tentacle_poll.server.deployments import stop_rest_if_failed
-from tentacle_poll.server.dispatch import wait_for_bell
+from tentacle_poll.server.dispatch import HeldPoll, wait_for_bell
 from tentacle_poll.server.problems import ProblemError
 from tentacle_poll.server.refusals import peer_of
 from tentacle_poll.server.state import STATE, ServerState, json_response, now, read_model, task_view
@@ -47,6 +47,14 @@ def add_comms_routes(app: web.Application) -> None:
     app.router.add_post(routes.TASK_EVENTS, events)
     app.router.add_post(routes.TASK_RESULT, result)
     app.router.add_post(routes.CERTIFICATE, rotate_certificate)
+    app.on_response_prepare.append(_one_request_per_stranger)
+
+
+async def _one_request_per_stranger(request: web.Request, response: web.StreamResponse) -> None:
+    """A connection without a client certificate is closed after its answer (strangers.py)."""
+    if not _peer_certificate(request):
+        response.force_close()
+        response.headers["Connection"] = "close"  # the headers were made before this hook
 
 
 async def register(request: web.Request) -> web.Response:
@@ -95,8 +103,8 @@ async def poll(request: web.Request) -> web.Response:
     agent = await authorised_agent(request)
     body = await read_model(request, PollRequest)
     await state.seen(agent, body.agent_version, list(body.trusted_server_thumbprints), now())
-    with state.dispatcher.polling(agent.id):
-        answer = await _hold_until_work(request, state, agent, body)
+    with state.dispatcher.polling(agent.id, body.free_slots + len(body.running)) as held:
+        answer = await _hold_until_work(request, state, agent, body, held)
     return json_response(answer)
 
 
@@ -167,11 +175,15 @@ async def result(request: web.Request) -> web.Response:
 
 def peer_thumbprint(request: web.Request) -> str | None:
     """The thumbprint of this connection's client certificate, if it sent one."""
+    der = _peer_certificate(request)
+    return thumbprint_of_der(der) if der else None
+
+
+def _peer_certificate(request: web.Request) -> bytes | None:
     ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
-    der = (
+    return (
         ssl_object.getpeercert(binary_form=True) if isinstance(ssl_object, ssl.SSLObject) else None
     )
-    return thumbprint_of_der(der) if der else None
 
 
 def _certificate_withdrawn() -> ProblemError:
@@ -203,7 +215,7 @@ async def authorised_agent(request: web.Request) -> AgentRecord:
 
 
 async def _hold_until_work(
-    request: web.Request, state: ServerState, agent: AgentRecord, body: PollRequest
+    request: web.Request, state: ServerState, agent: AgentRecord, body: PollRequest, held: HeldPoll
 ) -> PollResponse:
     hold = state.settings.hold_seconds
     if body.hold_seconds is not None:
@@ -218,6 +230,8 @@ async def _hold_until_work(
             raise ProblemError(499, "client went away")
         if await state.agent_for(thumbprint, now()) is None:  # replaced or deleted meanwhile
             raise _certificate_withdrawn()
+        if held.superseded:  # newer polls of this agent: answered empty, nothing leased
+            return _answer(state, [], [])
         leased, cancels = await _work_for(state, agent.id, body)
         remaining = deadline - asyncio.get_running_loop().time()
         # A poll with no free slot is answered once a result frees one: the agent then polls
@@ -226,14 +240,18 @@ async def _hold_until_work(
         results_now = state.dispatcher.results_received(agent.id)
         slot_freed = not body.free_slots and results_now != results_before
         if leased or cancels or slot_freed or remaining <= 0:
-            return PollResponse(
-                envelopes=await _envelopes(state, leased),
-                cancels=cancels,
-                hold_seconds=state.settings.hold_seconds,
-                server_thumbprints=state.server_thumbprints(),
-            )
+            return _answer(state, await _envelopes(state, leased), cancels)
         await wait_for_bell(bell, remaining)
     raise _server_stopping()
+
+
+def _answer(state: ServerState, envelopes: list[Envelope], cancels: list[str]) -> PollResponse:
+    return PollResponse(
+        envelopes=envelopes,
+        cancels=cancels,
+        hold_seconds=state.settings.hold_seconds,
+        server_thumbprints=state.server_thumbprints(),
+    )
 
 
 async def _work_for(

@@ -42,6 +42,21 @@ async def wait_for_bell(bell: asyncio.Event, timeout: float) -> bool:
     return False
 
 
+# Polls one agent may hold at once beyond its slots. One is normal; a restarted agent's old
+# poll may linger until its dead connection is noticed; more than this is a misbehaving client.
+POLL_MARGIN = 2
+
+
+class HeldPoll:
+    """One held poll; set ``superseded`` when newer polls of its agent push it over the cap:
+    it is answered at once, empty."""
+
+    __slots__ = ("superseded",)
+
+    def __init__(self) -> None:
+        self.superseded = False
+
+
 class Dispatcher:
     """Who is polling right now, and the bells for agents and for task followers."""
 
@@ -50,24 +65,37 @@ class Dispatcher:
         self.tasks = Bells()
         self.polls = Bells()  # rung when an agent's poll starts: lets callers await a connection
         self.stopping = False
-        self._polling: Counter[str] = Counter()
+        self._held: dict[str, list[HeldPoll]] = {}  # per agent, oldest first
         self._without_work: set[str] = set()
         self._last_poll_end: dict[str, float] = {}
         self._results: Counter[str] = Counter()  # per agent: results received, i.e. slots freed
 
     @contextlib.contextmanager
-    def polling(self, agent_id: str) -> Iterator[None]:
-        self._polling[agent_id] += 1
+    def polling(self, agent_id: str, slots: int) -> Iterator[HeldPoll]:
+        """Counts the poll while it is held; beyond ``slots`` + POLL_MARGIN polls of one agent,
+        the oldest are superseded (the newest is the one a live agent is waiting on)."""
+        held = self._held.setdefault(agent_id, [])
+        poll = HeldPoll()
+        held.append(poll)
+        self._supersede_beyond(agent_id, held, slots + POLL_MARGIN)
         self.polls.ring(agent_id)
         answered = False
         try:
-            yield
+            yield poll
             answered = True
         finally:
-            self._polling[agent_id] -= 1
+            held.remove(poll)
+            if not held:
+                del self._held[agent_id]
             # A poll that ended because the agent went away leaves it disconnected at once;
             # one that was answered leaves it connected for the moment it takes to poll again.
             self._last_poll_end[agent_id] = time.time() if answered else 0.0
+
+    def _supersede_beyond(self, agent_id: str, held: list[HeldPoll], cap: int) -> None:
+        if len(held) > cap:
+            for poll in held[: len(held) - cap]:
+                poll.superseded = True
+            self.agents.ring(agent_id)
 
     def has_no_work(self, agent_id: str) -> bool:
         return agent_id in self._without_work
@@ -89,11 +117,14 @@ class Dispatcher:
         return self._results[agent_id]
 
     def is_polling(self, agent_id: str) -> bool:
-        return self._polling[agent_id] > 0
+        return agent_id in self._held
+
+    def polls_held(self, agent_id: str) -> int:
+        return len(self._held.get(agent_id, ()))
 
     def is_connected(self, agent_id: str, grace_seconds: float = 5.0) -> bool:
         """Polling now, or between two polls (an agent re-polls within milliseconds)."""
-        if self._polling[agent_id] > 0:
+        if self.is_polling(agent_id):
             return True
         return time.time() - self._last_poll_end.get(agent_id, 0.0) < grace_seconds
 

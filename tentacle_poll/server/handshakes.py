@@ -12,12 +12,24 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from tentacle_poll.server.connections import OpenConnections
-from tentacle_poll.server.refusals import RefusalLog, peer_of
+from tentacle_poll.server.refusals import RefusalLog, host_of, peer_of
+from tentacle_poll.server.strangers import Strangers
 from tentacle_poll.tls import thumbprint_of_der
 
 HANDSHAKE_SECONDS = 30.0  # generous: during a reconnect storm a handshake waits its turn
+
+
+@dataclass
+class Gate:
+    """What the comms port checks a new connection against, and where it records it."""
+
+    context: ssl.SSLContext
+    refusals: RefusalLog
+    connections: OpenConnections  # by client certificate, to cut them when it is withdrawn
+    strangers: Strangers  # connections without a certificate: limited
 
 
 class Handshake(asyncio.Protocol):
@@ -28,15 +40,11 @@ class Handshake(asyncio.Protocol):
     def __init__(
         self,
         handler_factory: Callable[[], asyncio.Protocol],
-        context: ssl.SSLContext,
-        refusals: RefusalLog,
+        gate: Gate,
         track: Callable[[asyncio.Task[None]], None],
-        connections: OpenConnections,
     ) -> None:
-        self._connections = connections
         self._handler_factory = handler_factory
-        self._context = context
-        self._refusals = refusals
+        self._gate = gate
         self._track = track
         self._early: list[bytes] = []
         self._eof = False
@@ -63,7 +71,7 @@ class Handshake(asyncio.Protocol):
             tls = await asyncio.get_running_loop().start_tls(
                 transport,
                 self,
-                self._context,
+                self._gate.context,
                 server_side=True,
                 ssl_handshake_timeout=HANDSHAKE_SECONDS,
             )
@@ -72,7 +80,7 @@ class Handshake(asyncio.Protocol):
             # A connection closed before it said anything is a TCP health check or a scan.
             level = "DEBUG" if kind == "handshake:closed" else "WARNING"
             message = f"comms port: refused a TLS handshake from {peer}: {reason}"
-            self._refusals.refused(kind, message, level)
+            self._gate.refusals.refused(kind, message, level)
             transport.abort()
             return
         if tls is None or self._lost:
@@ -81,8 +89,10 @@ class Handshake(asyncio.Protocol):
 
     def _hand_over(self, tls: asyncio.Transport) -> None:
         der = tls.get_extra_info("ssl_object").getpeercert(binary_form=True)
-        if der:  # registration comes without a certificate
-            self._connections.add(thumbprint_of_der(der), tls)
+        if der:
+            self._gate.connections.add(thumbprint_of_der(der), tls)
+        elif not self._gate.strangers.admit(tls, host_of(tls)):  # registration, or a stranger
+            return
         handler = self._handler_factory()
         tls.set_protocol(handler)
         handler.connection_made(tls)

@@ -16,6 +16,7 @@ from loguru import logger
 from tentacle_poll.exceptions import ProtocolError, RequestRejected
 from tentacle_poll.protocol.models import PROTOCOL_VERSION, Problem
 from tentacle_poll.protocol.routes import PROBLEM_CONTENT_TYPE, PROTOCOL_HEADER
+from tentacle_poll.server.shortage import OUT_OF_RESOURCES, Shortage
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -55,14 +56,28 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
             raise
         title = exc.reason or "request refused"
         return problem_response(Problem(title=title, status=exc.status, detail=_detail(exc)))
+    except OSError as exc:
+        if exc.errno not in OUT_OF_RESOURCES:
+            return _bug(request)
+        request.app[SHORTAGE].hit(f"answer {request.method} {request.path}", exc)
+        detail = f"the server is short of resources ({exc.strerror}); retry shortly"
+        headers = {"Retry-After": str(RETRY_SHORTAGE_SECONDS)}
+        return problem_response(Problem(title="server busy", status=503, detail=detail), headers)
     except Exception:
-        logger.exception("unexpected error answering {} {}", request.method, request.path)
-        detail = "the server hit a bug; its log has the details"
-        return problem_response(Problem(title="internal error", status=500, detail=detail))
+        return _bug(request)
+
+
+def _bug(request: web.Request) -> web.Response:
+    logger.exception("unexpected error answering {} {}", request.method, request.path)
+    detail = "the server hit a bug; its log has the details"
+    return problem_response(Problem(title="internal error", status=500, detail=detail))
 
 
 # Set on the comms application: every request there must name the protocol version.
 PROTOCOL_REQUIRED = web.AppKey("protocol_required", bool)
+# Set on both: where a request that failed for want of descriptors is reported.
+SHORTAGE = web.AppKey("shortage", Shortage)
+RETRY_SHORTAGE_SECONDS = 2
 
 
 def _check_protocol_version(request: web.Request, required: bool) -> None:

@@ -49,3 +49,8 @@ def peer_of(transport: object) -> str:
         host = f"[{peer[0]}]" if ":" in str(peer[0]) else str(peer[0])
         return f"{host}:{peer[1]}"
     return "an unknown address"
+
+
+def host_of(transport: object) -> str:
+    """The peer's address without its port: what limits per address count by."""
+    return peer_of(transport).rpartition(":")[0].strip("[]") or "unknown"

@@ -1,32 +1,34 @@
 """The listeners' sites: aiohttp's ``SockSite``, with connection handlers of our own making.
 
-Both answer the errors aiohttp's HTTP parser finds as JSON problems (``answering_problems``);
-the comms site also does its own TLS handshakes (``handshakes.py``).
+Both accept in a loop of ours (``accepting.py``: out of descriptors is survived) and answer the
+errors aiohttp's HTTP parser finds as JSON problems (``answering_problems``); the comms site
+also does its own TLS handshakes and limits (``handshakes.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
-import ssl
+from collections.abc import Callable
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from tentacle_poll.server.connections import OpenConnections
-from tentacle_poll.server.handshakes import Handshake
+from tentacle_poll.server.accepting import AcceptLoop
+from tentacle_poll.server.handshakes import Gate, Handshake
 from tentacle_poll.server.problems import answering_problems
-from tentacle_poll.server.refusals import RefusalLog
+from tentacle_poll.server.shortage import Shortage
 
 
 class PlainSite(web.BaseSite):
     """HTTP on an already bound socket (the admin API)."""
 
-    __slots__ = ("_sock",)
+    __slots__ = ("_shortage", "_sock")
 
-    def __init__(self, runner: web.BaseRunner, sock: socket.socket) -> None:
+    def __init__(self, runner: web.BaseRunner, sock: socket.socket, shortage: Shortage) -> None:
         super().__init__(runner)
         self._sock = sock
+        self._shortage = shortage
 
     @property
     def name(self) -> str:
@@ -35,8 +37,12 @@ class PlainSite(web.BaseSite):
 
     async def start(self) -> None:
         await super().start()
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._new_handler, sock=self._sock)
+        self._accept_with(self._new_handler)
+
+    def _accept_with(self, protocol_factory: Callable[[], asyncio.BaseProtocol]) -> None:
+        loop = AcceptLoop(self._sock, protocol_factory, self._shortage, self.name)
+        loop.start()
+        self._server = loop  # type: ignore[assignment]  # all aiohttp uses of a server
 
     def _new_handler(self) -> RequestHandler:
         assert self._runner.server is not None
@@ -46,20 +52,13 @@ class PlainSite(web.BaseSite):
 class MutualTlsSite(PlainSite):
     """HTTPS whose handshakes are ours (``Handshake``): logged when refused, with a deadline."""
 
-    __slots__ = ("_connections", "_context", "_handshakes", "_refusals")
+    __slots__ = ("_gate", "_handshakes")
 
     def __init__(
-        self,
-        runner: web.BaseRunner,
-        sock: socket.socket,
-        context: ssl.SSLContext,
-        refusals: RefusalLog,
-        connections: OpenConnections,
+        self, runner: web.BaseRunner, sock: socket.socket, shortage: Shortage, gate: Gate
     ) -> None:
-        super().__init__(runner, sock)
-        self._context = context
-        self._refusals = refusals
-        self._connections = connections
+        super().__init__(runner, sock, shortage)
+        self._gate = gate
         self._handshakes: set[asyncio.Task[None]] = set()
 
     @property
@@ -68,8 +67,7 @@ class MutualTlsSite(PlainSite):
 
     async def start(self) -> None:
         await web.BaseSite.start(self)
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._accept, sock=self._sock)
+        self._accept_with(self._accept)
 
     async def stop(self) -> None:
         for handshake in list(self._handshakes):
@@ -77,9 +75,7 @@ class MutualTlsSite(PlainSite):
         await super().stop()
 
     def _accept(self) -> asyncio.Protocol:
-        return Handshake(
-            self._new_handler, self._context, self._refusals, self._track, self._connections
-        )
+        return Handshake(self._new_handler, self._gate, self._track)
 
     def _track(self, handshake: asyncio.Task[None]) -> None:
         self._handshakes.add(handshake)

@@ -19,6 +19,8 @@ from tentacle_poll.server.dispatch import Dispatcher
 from tentacle_poll.server.identity import ServerHome
 from tentacle_poll.server.problems import ProblemError, refuse_oversized
 from tentacle_poll.server.refusals import RefusalLog
+from tentacle_poll.server.shortage import Shortage
+from tentacle_poll.server.strangers import Strangers
 from tentacle_poll.server.vault import Vault
 from tentacle_poll.store import AgentRecord, Store, TaskRecord
 from tentacle_poll.tls import TrustedClientCertificates, certificate_expiry_fast
@@ -38,10 +40,16 @@ class ServerState:
     next_thumbprint: str | None = None
     refusals: RefusalLog = field(default_factory=RefusalLog)
     connections: OpenConnections = field(default_factory=OpenConnections)
+    strangers: Strangers = field(init=False)  # connections without a certificate
+    shortage: Shortage = field(init=False)  # out of descriptors to accept connections
     # Hot-path caches (every held poll would otherwise read and write the store): agents by
     # certificate thumbprint, and last_seen times not yet written (the sweeper writes them).
     _agents: dict[str, AgentRecord] = field(default_factory=dict)
     _unwritten_seen: dict[str, tuple[float, str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.strangers = Strangers(self.settings, self.refusals)
+        self.shortage = Shortage(self.refusals)
 
     async def agent_for(self, thumbprint: str, at: float) -> AgentRecord | None:
         agent = self._agents.get(thumbprint)
