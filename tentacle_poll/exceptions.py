@@ -7,7 +7,8 @@
     │   └── UnsupportedTaskError    a well-formed envelope of a kind this agent cannot run
     ├── CommunicationError          the other side could not be reached or answered badly
     │   ├── ServerUnavailable       connection refused/reset, timeout, 5xx: retry with backoff
-    │   │   ├── CertificateRejected the server closed the handshake on our client certificate
+    │   │   ├── CertificateRejected the server's TLS alert refused our client certificate
+    │   │   ├── ConnectionCut       reset or closed before the answer (server, proxy, firewall)
     │   │   └── ProxyRefused        the HTTP proxy is unreachable or refused the tunnel
     │   ├── ServerIdentityMismatch  the server's thumbprint is not the pinned one: no byte sent
     │   └── RequestRejected         a 4xx with a problem body: retrying will not help
@@ -16,7 +17,7 @@
     └── StoreError                  persistence failed or was asked something impossible
 
 Foreign exceptions (aiohttp, pydantic, OSError, ssl) are translated at one boundary per part
-with ``raise ... from exc``: ``agent/transport.py`` for the agent's HTTP client,
+with ``raise ... from exc``: ``agent/causes.py`` for the agent's HTTP client,
 ``protocol/codec.py`` for decoding, ``tls/files.py`` for certificate files.
 Library code raises; only ``cli.py`` prints and exits.
 """
@@ -63,7 +64,12 @@ class ServerUnavailable(CommunicationError):
 
 
 class CertificateRejected(ServerUnavailable):
-    """The TLS session ended right after the handshake: the server refused our certificate."""
+    """The server's TLS alert said it does not take our certificate."""
+
+
+class ConnectionCut(ServerUnavailable):
+    """The connection was reset or closed before the answer: by the server (restarting), a
+    proxy or a firewall; nothing says which, so nothing is blamed."""
 
 
 class ProxyRefused(ServerUnavailable):

@@ -9,20 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import os
 import socket
 import ssl
 import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from tentacle_poll.agent.causes import DIAGNOSE, describe_cause
 from tentacle_poll.agent.home import AgentHome
 from tentacle_poll.agent.proxy import ProxyRoute, proxy_for
 from tentacle_poll.agent.transport import client_for
 from tentacle_poll.config import AgentSettings, ServerNode
 from tentacle_poll.exceptions import (
-    CertificateRejected,
     CommunicationError,
+    ConnectionCut,
     ProxyRefused,
     RequestRejected,
 )
@@ -112,8 +112,7 @@ class _Checks:
                 Step(
                     "TCP",
                     False,
-                    f"cannot connect to {where} at {target[0]}:{target[1]}: "
-                    f"{describe_os_error(exc)}",
+                    f"cannot connect to {where} at {target[0]}:{target[1]}: {describe_cause(exc)}",
                     "is it running, and does the firewall allow this outgoing port?",
                 )
             ) from exc
@@ -155,7 +154,7 @@ class _Checks:
                 Step(
                     "TLS handshake",
                     False,
-                    f"TLS with {self.node.url} failed: {describe_os_error(exc)}",
+                    f"TLS with {self.node.url} failed: {describe_cause(exc)}",
                     "is this the comms port (10943 by default) and not another service?",
                 )
             ) from exc
@@ -179,8 +178,8 @@ class _Checks:
 
     async def certificate(self) -> Step:
         """The server's verdict on this agent's certificate, read without sending a byte: with
-        TLS 1.3 a refusal comes just after the handshake (an alert, or a plain close: asyncio
-        servers drop the alert); silence means the server waits for a request: accepted."""
+        TLS 1.3 a refusal comes just after the handshake (an alert; earlier versions of the
+        server just close); silence means the server waits for a request: accepted."""
         mine = load_identity(self.home.identity_folder).thumbprint
         if await self._kept_open():
             return Step("agent certificate", True, f"{mine} accepted")
@@ -266,8 +265,8 @@ class _Checks:
                 ) from exc
             mine = load_identity(self.home.identity_folder).thumbprint
             raise StepFailed(_not_registered(mine)) from exc
-        except CertificateRejected as exc:
-            raise StepFailed(_cut_connection(str(exc))) from exc
+        except ConnectionCut as exc:
+            raise StepFailed(_cut_connection(str(exc).removesuffix(f"; {DIAGNOSE}"))) from exc
         except (ProxyRefused, CommunicationError) as exc:
             raise StepFailed(
                 Step("protocol round trip", False, str(exc), "see the server's log")
@@ -311,15 +310,6 @@ def _cut_connection(detail: str) -> Step:
         "a proxy or firewall closing connections, or the server restarting: try again, and "
         "if it repeats, read the proxy's and the server's logs",
     )
-
-
-def describe_os_error(exc: BaseException) -> str:
-    """An OS error in words, without the Python tuple some carry ("Connect call failed
-    ('10.0.0.1', 443)")."""
-    number = getattr(exc, "errno", None)
-    if isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError) and number:
-        return os.strerror(number)
-    return str(exc) or type(exc).__name__
 
 
 def _proxy_advice(code: str) -> str:

@@ -8,10 +8,6 @@ through an HTTP CONNECT proxy, with an optional TLS server name.
 
 from __future__ import annotations
 
-import asyncio
-import errno
-import os
-import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
@@ -20,34 +16,26 @@ import aiohttp
 from pydantic import BaseModel
 
 from tentacle_poll import __version__
+from tentacle_poll.agent.causes import Route, communication_error
 from tentacle_poll.agent.proxy import ProxyRoute, proxy_for
 from tentacle_poll.config import AgentSettings, ServerNode
 from tentacle_poll.exceptions import (
-    CertificateRejected,
     CommunicationError,
     LeaseLost,
     ProtocolError,
-    ProxyRefused,
     RequestRejected,
-    ServerIdentityMismatch,
     ServerUnavailable,
 )
 from tentacle_poll.keepalive import keepalive_socket
 from tentacle_poll.protocol.codec import decode, encode
 from tentacle_poll.protocol.models import PROTOCOL_VERSION, Problem
 from tentacle_poll.protocol.routes import PROTOCOL_HEADER
-from tentacle_poll.tls import PinnedServerMismatch, pinned_client_context, update_pins
+from tentacle_poll.tls import pinned_client_context, update_pins
 from tentacle_poll.tls.files import identity_paths
 
 M = TypeVar("M", bound=BaseModel)
 READ_MARGIN_SECONDS = 15.0
 DOWNLOAD_CHUNK = 256 * 1024
-PROXY_HINTS = {
-    407: "check the proxy username and password",
-    403: "the proxy does not allow a tunnel to this host and port",
-    502: "the proxy could not reach the server",
-    503: "the proxy could not reach the server",
-}
 
 
 class CommsClient:
@@ -210,39 +198,8 @@ class CommsClient:
         raise error_type(status, problem.title, problem.detail)
 
     def _map_error(self, exc: BaseException) -> CommunicationError:
-        if isinstance(exc, aiohttp.ClientHttpProxyError):
-            hint = PROXY_HINTS.get(exc.status, "see the proxy's log")
-            return ProxyRefused(
-                f"the proxy {self._proxy_name()} refused the tunnel to {self.url}: "
-                f"HTTP {exc.status} {exc.message}; {hint}"
-            )
-        if isinstance(exc, aiohttp.ClientProxyConnectionError):
-            return ProxyRefused(f"cannot reach the proxy {self._proxy_name()}: {_describe(exc)}")
-        mismatch = _find_cause(exc, PinnedServerMismatch)
-        if isinstance(mismatch, PinnedServerMismatch):
-            return ServerIdentityMismatch(
-                f"refusing {self.url}: {mismatch}; check the thumbprint this agent was "
-                "registered with (`tentacle-poll show-config`)",
-                actual_thumbprint=mismatch.actual,
-            )
-        if self._identity_folder is not None and _looks_like_rejected_certificate(exc):
-            return CertificateRejected(
-                f"{self.url} reset the connection after the TLS handshake: the server did not "
-                "accept this agent's certificate; is it registered? (`tentacle-poll register`)"
-            )
-        if self._identity_folder is not None and isinstance(exc, aiohttp.ServerDisconnectedError):
-            # TLS 1.3 may also show a refused client certificate as a plain close.
-            return CertificateRejected(
-                f"{self.url} closed the connection: it is restarting, or it did not accept this "
-                "agent's certificate (is it registered? `tentacle-poll diagnose` tells)"
-            )
-        if isinstance(exc, asyncio.TimeoutError):
-            return ServerUnavailable(f"{self.url} did not answer in time")
-        refused = _find_cause(exc, ConnectionRefusedError) is not None
-        return ServerUnavailable(f"cannot reach {self.url}: {_describe(exc)}", refused=refused)
-
-    def _proxy_name(self) -> str:
-        return self.proxy.url if self.proxy else "(none)"
+        route = Route(self.url, self.proxy, with_certificate=self._identity_folder is not None)
+        return communication_error(exc, route)
 
 
 def client_for(
@@ -267,40 +224,6 @@ def _stamp(folder: Path | None) -> tuple[int, int]:
     except OSError:
         return (0, 0)
     return (status.st_ino, status.st_mtime_ns)
-
-
-def _find_cause(exc: BaseException | None, wanted: type[BaseException]) -> BaseException | None:
-    seen = 0
-    while exc is not None and seen < 10:
-        if isinstance(exc, wanted):
-            return exc
-        exc = getattr(exc, "os_error", None) or exc.__cause__ or exc.__context__
-        seen += 1
-    return None
-
-
-def _looks_like_rejected_certificate(exc: BaseException) -> bool:
-    # With TLS 1.3 the client finishes its handshake before the server checks the client's
-    # certificate: a refusal arrives as an alert or a reset on the first read.
-    ssl_error = _find_cause(exc, ssl.SSLError)
-    if ssl_error is not None and "alert" in str(ssl_error):
-        return True
-    os_error = _find_cause(exc, ConnectionResetError)
-    return os_error is not None and getattr(os_error, "errno", None) == errno.ECONNRESET
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        if isinstance(exc.os_error, ConnectionRefusedError):
-            return "connection refused (is it running, and is the port right?)"
-        if isinstance(exc.os_error, ssl.SSLError) and "WRONG_VERSION" in str(exc.os_error):
-            return (
-                "it does not speak TLS: is this the admin port? Agents use the comms port "
-                "(10943 by default)"
-            )
-        number = exc.os_error.errno
-        return os.strerror(number) if number else str(exc.os_error) or "connection failed"
-    return str(exc) or type(exc).__name__
 
 
 def _problem(status: int, payload: bytes) -> Problem:

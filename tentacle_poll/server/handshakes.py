@@ -10,9 +10,12 @@ is handed to aiohttp's request handler exactly as its own TLS server would hand 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
+from asyncio import sslproto
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from tentacle_poll.server.connections import OpenConnections
 from tentacle_poll.server.refusals import RefusalLog, host_of, peer_of
@@ -68,13 +71,7 @@ class Handshake(asyncio.Protocol):
     async def _upgrade(self, transport: asyncio.Transport) -> None:
         peer = peer_of(transport)
         try:
-            tls = await asyncio.get_running_loop().start_tls(
-                transport,
-                self,
-                self._gate.context,
-                server_side=True,
-                ssl_handshake_timeout=HANDSHAKE_SECONDS,
-            )
+            tls = await start_tls_telling_refusals(transport, self, self._gate.context)
         except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
             kind, reason = describe_handshake_failure(exc)
             # A connection closed before it said anything is a TCP health check or a scan.
@@ -120,3 +117,45 @@ def describe_handshake_failure(exc: BaseException) -> tuple[str, str]:
         "handshake:closed",
         f"the connection closed during the handshake ({exc or type(exc).__name__})",
     )
+
+
+class _AlertingSSLProtocol(sslproto.SSLProtocol):
+    """asyncio's TLS protocol, except that a failed handshake sends OpenSSL's alert before the
+    connection closes (asyncio drops it): the agent then reads "certificate unknown" and can say
+    so, instead of guessing from a reset. Private hooks, checked by ``test_connection_causes``."""
+
+    def _on_handshake_complete(self, handshake_exc: BaseException | None) -> None:
+        if handshake_exc is not None:
+            with contextlib.suppress(Exception):
+                self._process_outgoing()  # type: ignore[attr-defined]  # the alert, then close
+        super()._on_handshake_complete(handshake_exc)
+
+
+async def start_tls_telling_refusals(
+    transport: asyncio.Transport, protocol: asyncio.BaseProtocol, context: ssl.SSLContext
+) -> asyncio.Transport:
+    """``loop.start_tls(server_side=True)`` with ``_AlertingSSLProtocol``: the same steps as
+    asyncio's own (Python 3.11-3.13)."""
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[Any] = loop.create_future()
+    tls = _AlertingSSLProtocol(
+        loop,
+        protocol,
+        context,
+        waiter,
+        server_side=True,
+        ssl_handshake_timeout=HANDSHAKE_SECONDS,  # type: ignore[arg-type]  # a float works
+        call_connection_made=False,
+    )
+    transport.pause_reading()
+    transport.set_protocol(tls)
+    made = loop.call_soon(tls.connection_made, transport)
+    resumed = loop.call_soon(transport.resume_reading)
+    try:
+        await waiter
+    except BaseException:
+        transport.close()
+        made.cancel()
+        resumed.cancel()
+        raise
+    return tls._app_transport
