@@ -155,8 +155,12 @@ class AgentSettings(_Settings):
     applications_root: Path | None = None  # default: <home>/Applications
     # File transfer tasks may only read and write under these folders (default: <home>/files).
     file_roots: list[Path] = []
+    # Package extraction stops at any of these (docs/packages.md, "What extraction refuses").
     max_extract_mb: float = Field(default=2048.0, gt=0)
     max_extract_entries: int = Field(default=100_000, ge=1)
+    max_extract_ratio: float = Field(default=100.0, ge=2)
+    min_free_disk_mb: float = Field(default=512.0, ge=0)
+    package_cache_mb: float = Field(default=2048.0, gt=0)  # least recently used pruned beyond
 
 
 class ServerSettings(_Settings):

@@ -9,6 +9,7 @@ import pytest
 from tentacle_poll.protocol.models import TaskState
 from tentacle_poll.server import Server
 from tentacle_poll.server.admin_client import AdminClient
+from tentacle_poll.store import NewTask
 
 from .conftest import AgentFactory, run_and_follow, script_task
 
@@ -33,7 +34,7 @@ async def test_bad_envelope_fails_its_task_and_the_agent_runs_the_next(
     agent = await server.state.store.agent_by_name("web1")
     assert agent is not None
     # Written straight into the store: the admin API itself refuses such a task.
-    bad = await server.state.store.create_task(agent.id, json.dumps(spec), 0.0)
+    bad = await server.state.store.create_task(NewTask(agent.id, json.dumps(spec)), 0.0)
     server.state.dispatcher.work_for(agent.id)
     final = await admin.follow(bad.id, lambda _: None)
     assert final.state == TaskState.FAILED

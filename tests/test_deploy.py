@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import stat
 import tarfile
@@ -78,6 +79,16 @@ async def test_deploy_switches_current_and_runs_the_scripts_with_variables(
         line.startswith("using the cached") for line in lines
     )
     assert os.readlink(current) == "1.0.0_1"
+    # A rollback to the redeployed release sets the version the deploy set, not "1.0.0_1".
+    rollback = SubmitTask(
+        target="web1", kind="rollback", rollback=RollbackSpec(package_id="web", version="1.0.0"),
+        variables=[Variable(name="DB_PASSWORD", value="x", sensitive=True)],
+    )  # fmt: skip
+    await admin.upload_package("web", "2.0.0", web_app(tmp_path, "2.0.0"), "zip")
+    assert (await run_and_follow(admin, deploy_task("2.0.0")))[0].state == TaskState.SUCCEEDED
+    final, events = await run_and_follow(admin, rollback)
+    assert final.state == TaskState.SUCCEEDED and os.readlink(current) == "1.0.0_1"
+    assert "deploying 1.0.0 to Test with ********" in [e.text for e in events]
 
 
 async def test_failing_deploy_script_leaves_current_on_the_previous_release(
@@ -105,6 +116,8 @@ async def test_rollback_and_retention(
         "2.0.0",
         "3.0.0",
     ]
+    listed = json.loads((folder / ".releases.json").read_text())
+    assert [entry["release"] for entry in listed] == ["2.0.0", "3.0.0"]  # none retention removed
     rollback = SubmitTask(
         target="web1", kind="rollback", rollback=RollbackSpec(package_id="web"),
         variables=[Variable(name="DB_PASSWORD", value="s3cret-db", sensitive=True)],
@@ -193,7 +206,7 @@ HOSTILE = {
         "tar.gz",
         "device or special",
     ),
-    "too big": lambda f: (zip_with(f, [("big", b"0" * 5000, 0o100644)]), "zip", "over the limit"),
+    "too big": lambda f: (zip_with(f, [("big", b"0" * 5000, 0o100644)]), "zip", "expand to 5000"),
     "too many": lambda f: (
         zip_with(f, [(f"f{i}", b"", 0o100644) for i in range(20)]),
         "zip",
@@ -231,4 +244,5 @@ async def test_a_hostile_package_fails_its_deploy_with_the_reason(
     final, _ = await run_and_follow(admin, deploy_task("6.6.6"))
     assert final.state == TaskState.FAILED and "climbs out with '..'" in final.reason
     assert not (app_folder(agent) / "6.6.6").exists()
+    assert not app_folder(agent).exists()  # no empty package folder left either
     assert not (tmp_path.parent / "evil").exists()

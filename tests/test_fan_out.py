@@ -71,6 +71,7 @@ async def test_fan_out_hits_exactly_the_matching_targets(
         "free_slots",
         "certificate_expires",
     } <= set(report)
+    assert report["free_slots"] == agents[0].agent.settings.concurrency  # all idle: all free
     with pytest.raises(RequestRejected) as none:
         await admin.fan_out(FanOut(environment="Staging", roles=["web"], task=script("true")))
     assert none.value.status == 404

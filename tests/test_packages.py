@@ -191,3 +191,16 @@ async def test_corrupt_download_is_refused_and_deleted(
         await cache.fetch(client, stored.sha256, stored.size)
     assert not partial.exists() and not cache.path_of(stored.sha256).exists()
     assert (await cache.fetch(client, stored.sha256, stored.size)).stat().st_size == stored.size
+
+
+def test_the_cache_prunes_the_least_recently_used_but_never_one_in_use(tmp_path: Path) -> None:
+    cache = PackageCache(tmp_path / "packages", max_bytes=2500)
+    for age, name in enumerate(["c" * 64, "b" * 64, "a" * 64]):  # a: the oldest
+        path = cache.path_of(name)
+        path.write_bytes(b"x" * 1000)
+        os.utime(path, (1000.0 - age, 1000.0 - age))
+    (cache.folder / ("d" * 64 + ".part")).write_bytes(b"x" * 5000)  # a download under way
+    with cache.in_use("a" * 64):
+        assert cache.prune() == ["b" * 64]  # the oldest is in use: the next oldest goes
+    assert sorted(p.name[:1] for p in cache.folder.iterdir()) == ["a", "c", "d"]
+    assert cache.prune() == []  # 2,000 bytes of packages: within the cap

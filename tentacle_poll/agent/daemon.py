@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 from loguru import logger
 
@@ -19,7 +20,11 @@ from tentacle_poll.agent.journal import Journal
 from tentacle_poll.agent.nodes import learn_server_thumbprints
 from tentacle_poll.agent.packages import PackageCache
 from tentacle_poll.agent.poll_loop import PollLoop
-from tentacle_poll.agent.recovery import deliver_unreported, fail_interrupted_tasks
+from tentacle_poll.agent.recovery import (
+    deliver_unreported,
+    fail_interrupted_tasks,
+    repair_releases,
+)
 from tentacle_poll.agent.runner import RunnerContext, TaskRunner
 from tentacle_poll.agent.slots import Slots
 from tentacle_poll.agent.spool import Spool
@@ -79,16 +84,23 @@ class Agent:
             journal.close()
         logger.info("agent stopped")
 
+    def _applications_root(self) -> Path:
+        return self.settings.applications_root or self.home.folder / "Applications"
+
     async def _run(self, journal: Journal, spool: Spool, clients: dict[str, CommsClient]) -> None:
         shutil.rmtree(self.home.work_folder, ignore_errors=True)  # left by an agent that died
         fail_interrupted_tasks(journal, spool)
+        repair_releases(self._applications_root())
         backlog = asyncio.create_task(
             deliver_unreported(
                 journal, spool, clients, self.give_up, self.settings.backoff_max_seconds
             )
         )
         shared = _Shared(
-            journal, spool, IsolationMutexes(), PackageCache(self.home.folder / "packages")
+            journal,
+            spool,
+            IsolationMutexes(),
+            PackageCache(self.home.folder / "packages", int(self.settings.package_cache_mb * MB)),
         )
         loops = [self._poll_loop(client, shared) for client in clients.values()]
         self.slots.loops = len(loops)
@@ -110,12 +122,15 @@ class Agent:
             max_output_bytes=int(self.settings.max_output_mb * MB),
             max_envelope_bytes=self.settings.max_envelope_kb * 1024,
             packages=shared.packages,
-            applications_root=self.settings.applications_root or self.home.folder / "Applications",
+            applications_root=self._applications_root(),
             identity_folder=self.home.identity_folder,
             file_roots=self.settings.file_roots or [self.home.folder / "files"],
-            free_slots=lambda: self.slots.free,
+            free_slots=self.slots.not_running,
             extract_limits=Limits(
-                int(self.settings.max_extract_mb * MB), self.settings.max_extract_entries
+                max_bytes=int(self.settings.max_extract_mb * MB),
+                max_entries=self.settings.max_extract_entries,
+                max_ratio=self.settings.max_extract_ratio,
+                min_free_bytes=int(self.settings.min_free_disk_mb * MB),
             ),
             stop_reporting=self.give_up,
         )

@@ -59,6 +59,8 @@ class DeployJob:
         releases = Releases(
             self._context.applications_root, self._spec.environment, self._spec.package_id
         )
+        for repaired in releases.repair():  # what a crashed deploy left
+            self._say(f"repaired {releases.folder}: {repaired}")
         try:
             async with asyncio.timeout(self._context.timeout_seconds):
                 if isinstance(self._spec, DeploySpec):
@@ -70,15 +72,25 @@ class DeployJob:
             )
         except (TaskExecutionError, CommunicationError) as exc:
             return Outcome.failed(str(exc))
+        finally:
+            releases.end()
+            releases.forget_if_empty()
 
     async def _deploy(self, spec: DeploySpec, releases: Releases) -> Outcome:
         assert spec.sha256 is not None and spec.size is not None and spec.format is not None
         cached = self._context.cache.path_of(spec.sha256).exists()
         what = "using the cached" if cached else f"downloading ({spec.size} bytes)"
         self._say(f"{what} package {spec.package_id} {spec.version}, sha256 {spec.sha256}")
-        archive = await self._context.cache.fetch(self._context.client, spec.sha256, spec.size)
-        folder = releases.new_folder(spec.version)
-        count = await asyncio.to_thread(extract, archive, spec.format, folder, self._context.limits)
+        cache = self._context.cache
+        with cache.in_use(spec.sha256):
+            archive = await cache.fetch(self._context.client, spec.sha256, spec.size)
+            for pruned in cache.prune():
+                self._say(f"removed the cached package {pruned} (package_cache_mb)")
+            folder = releases.new_folder(spec.version)
+            releases.begin(folder, new=True)
+            count = await asyncio.to_thread(
+                extract, archive, spec.format, folder, self._context.limits
+            )
         self._say(f"extracted {count} files into {folder}")
         outcome = await self._activate(folder, releases, spec.version)
         if outcome.state != "succeeded":
@@ -91,7 +103,8 @@ class DeployJob:
     async def _rollback(self, spec: RollbackSpec, releases: Releases) -> Outcome:
         folder = releases.find(spec.version) if spec.version else releases.previous()
         self._say(f"rolling back {spec.package_id} to {folder.name}")
-        return await self._activate(folder, releases, folder.name)
+        releases.begin(folder, new=False)
+        return await self._activate(folder, releases, releases.version_of(folder.name))
 
     async def _activate(self, folder: Path, releases: Releases, version: str) -> Outcome:
         """Scripts before the switch, the switch, scripts after it (switching back on failure)."""
@@ -107,7 +120,7 @@ class DeployJob:
                 releases.switch(previous)
                 self._say(f"current switched back to {previous.name}")
             return outcome
-        releases.record(folder)
+        releases.record(folder, version)
         return outcome
 
     async def _run_phases(self, folder: Path, phases: tuple[str, ...], version: str) -> Outcome:

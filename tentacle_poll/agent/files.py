@@ -58,8 +58,10 @@ class FileJob:
 
     async def _send(self, spec: FetchFileSpec) -> Outcome:
         source = confined(spec.path, self._roots)
+        if not source.exists():
+            raise TaskExecutionError(f"{source} does not exist on this target")
         if not source.is_file():
-            raise TaskExecutionError(f"{source} is not a file")
+            raise TaskExecutionError(f"{source} is not a file (a folder? fetch one file at a time)")
         digest = sha256_of(source)
         path = task_path(TASK_FILE, self._task_id)
         stored = await self._client.upload(path, source, FileView)

@@ -35,7 +35,8 @@ class HealthJob:
             "python": sys.version.split()[0],
             "applications_root": str(self._root),
             "free_disk_bytes": shutil.disk_usage(self._root).free,
-            "free_slots": self._free_slots(),
+            # This check's own slot is free again the moment it reports.
+            "free_slots": self._free_slots() + 1,
             "certificate_expires": certificate_expiry(
                 load_identity(self._identity).cert_pem
             ).isoformat(),

@@ -3,13 +3,19 @@
     <home>/packages/<sha256>        a verified package (a second deploy moves no bytes)
     <home>/packages/<sha256>.part   an interrupted download, continued with Range
 
-Bytes stream to disk as they arrive; nothing is used before its SHA-256 matches.
+Bytes stream to disk as they arrive; nothing is used before its SHA-256 matches. The cache is
+kept under ``package_cache_mb``: after each download the least recently used packages go,
+never one a deploy on this agent is using (``in_use``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import shutil
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 from loguru import logger
@@ -22,19 +28,52 @@ HASH_CHUNK = 1024 * 1024
 FREE_SPACE_MARGIN = 64 * 1024 * 1024
 
 
+DEFAULT_MAX_BYTES = 2 * 1024**3
+
+
 class PackageCache:
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.folder = folder
+        self.max_bytes = max_bytes
         folder.mkdir(parents=True, exist_ok=True)
         self.bytes_downloaded = 0  # for tests and diagnostics: what crossed the network
+        self._in_use: Counter[str] = Counter()
 
     def path_of(self, sha256: str) -> Path:
         return self.folder / sha256
+
+    @contextlib.contextmanager
+    def in_use(self, sha256: str) -> Iterator[None]:
+        """While a deploy needs the package: pruning leaves it alone."""
+        self._in_use[sha256] += 1
+        try:
+            yield
+        finally:
+            self._in_use[sha256] -= 1
+
+    def prune(self) -> list[str]:
+        """Deletes the least recently used packages beyond ``max_bytes``; returns their digests."""
+        packages = sorted(
+            (p.stat().st_mtime, p.stat().st_size, p.name)
+            for p in self.folder.iterdir()
+            if p.is_file() and not p.name.endswith(".part")
+        )
+        total = sum(size for _, size, _ in packages)
+        pruned = []
+        for _, size, name in packages:
+            if total <= self.max_bytes:
+                break
+            if self._in_use[name] == 0:
+                self.path_of(name).unlink(missing_ok=True)
+                total -= size
+                pruned.append(name)
+        return pruned
 
     async def fetch(self, client: CommsClient, sha256: str, size: int) -> Path:
         """The verified package, from the cache or downloaded (resuming a partial download)."""
         final = self.path_of(sha256)
         if final.exists():
+            os.utime(final)  # recently used: the last to be pruned
             return final
         partial = final.with_suffix(".part")
         offset = partial.stat().st_size if partial.exists() else 0

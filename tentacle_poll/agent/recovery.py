@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from pathlib import Path
 
 from loguru import logger
 
@@ -20,9 +21,20 @@ from tentacle_poll.agent.spool import Spool
 from tentacle_poll.agent.transport import CommsClient
 from tentacle_poll.protocol.models import Event, ResultRequest
 from tentacle_poll.workers.process_group import group_alive, group_of_record, signal_group
+from tentacle_poll.workers.releases import IN_PROGRESS_FILE, ORDER_FILE, Releases
 
 DIED_RUNNING = "agent restarted while the task ran"
 DIED_BEFORE_START = "agent restarted before the task started; it did not run"
+
+
+def repair_releases(applications_root: Path) -> None:
+    """Undoes what deploys interrupted by the agent's death left in the release folders."""
+    markers = [*applications_root.glob(f"*/*/{IN_PROGRESS_FILE}"),
+               *applications_root.glob(f"*/*/{ORDER_FILE}")]  # fmt: skip
+    for folder in sorted({marker.parent for marker in markers}):
+        releases = Releases(folder.parent.parent, folder.parent.name, folder.name)
+        for repaired in releases.repair():
+            logger.warning("repaired {}: {}", folder, repaired)
 
 
 def fail_interrupted_tasks(journal: Journal, spool: Spool) -> None:

@@ -23,6 +23,10 @@ class Slots:
     def free(self) -> int:
         return max(self.capacity - len(self._running) - sum(self._reserved.values()), 0)
 
+    def not_running(self) -> int:
+        """Slots running no task (``free`` also counts out those a held poll offers)."""
+        return self.capacity - len(self._running)
+
     @property
     def running_ids(self) -> list[str]:
         return list(self._running)

@@ -4,13 +4,16 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tentacle_poll.cli.context import admin_client
+from tentacle_poll.cli.progress import follow_deployment, follow_one
 from tentacle_poll.cli.tasks import (
     EXIT_CODES,
+    add_deadline_arguments,
+    package_name,
+    positive_int,
     print_event,
     print_task,
     variables_from,
@@ -33,12 +36,16 @@ if TYPE_CHECKING:  # the admin client loads aiohttp: only admin commands import 
 
 def add_commands(commands: Any, add_common: Any, add_admin: Any) -> None:
     deploy = commands.add_parser("deploy", help="deploy a package version")
-    deploy.add_argument("--package", required=True)
-    deploy.add_argument("--version", required=True)
-    deploy.add_argument("--retain", type=int, default=3, help="releases to keep on each target")
+    deploy.add_argument("--package", required=True, type=package_name)
+    deploy.add_argument("--version", required=True, type=package_name)
+    deploy.add_argument(
+        "--retain", type=positive_int, default=3, help="releases to keep on each target (1-100)"
+    )
     rollback = commands.add_parser("rollback", help="switch back to an earlier release")
-    rollback.add_argument("--package", required=True)
-    rollback.add_argument("--version", help="default: the release before the current one")
+    rollback.add_argument("--package", required=True, type=package_name)
+    rollback.add_argument(
+        "--version", type=package_name, help="default: the release before the current one"
+    )
     health = commands.add_parser("health", help="check targets: version, OS, disk, certificate")
     _add_file_commands(commands, add_common, add_admin)
     for parser, handler in ((deploy, run_deploy), (rollback, run_rollback), (health, run_health)):
@@ -59,7 +66,12 @@ def _add_targeting(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--secret", action="append", default=[], metavar="NAME=VALUE")
-    parser.add_argument("--timeout", type=float, help="seconds for each target's task")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        help="seconds each target's task may run; also its deadline to start, unless --expires",
+    )
+    add_deadline_arguments(parser)
 
 
 def _add_file_commands(commands: Any, add_common: Any, add_admin: Any) -> None:
@@ -75,6 +87,7 @@ def _add_file_commands(commands: Any, add_common: Any, add_admin: Any) -> None:
     fetch.add_argument("--target", required=True)
     fetch.add_argument("--path", required=True, help="the path on the target")
     fetch.add_argument("--out", required=True, help="where to write it here")
+    fetch.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     fetch.set_defaults(command=fetch_file)
     for parser in (send, fetch):
         add_common(parser)
@@ -82,8 +95,11 @@ def _add_file_commands(commands: Any, add_common: Any, add_admin: Any) -> None:
 
 
 async def send_file(args: argparse.Namespace) -> int:
+    source = Path(args.file)
+    if not source.is_file():
+        raise ConfigurationError(f"no file {source} here to send (give a path to a file)")
     async with admin_client(args) as client:
-        stored = await client.upload_file(Path(args.file))
+        stored = await client.upload_file(source)
         spec = SendFileSpec(sha256=stored.sha256, size=stored.size, destination=args.to,
                             overwrite=args.overwrite)  # fmt: skip
         task = await client.submit(SubmitTask(target=args.target, kind="send_file", send_file=spec))
@@ -93,6 +109,8 @@ async def send_file(args: argparse.Namespace) -> int:
 
 
 async def fetch_file(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    _check_writable(out, args.overwrite)  # before the target does any work
     async with admin_client(args) as client:
         spec = FetchFileSpec(path=args.path)
         task = await client.submit(
@@ -104,9 +122,18 @@ async def fetch_file(args: argparse.Namespace) -> int:
             print_task(final)
             return EXIT_CODES.get(final.state, 1)
         digest = lines[-1].rsplit("sha256 ", 1)[1].rstrip(")")  # FileJob's last line names it
-        size = await client.download_file(digest, Path(args.out))
-    print(f"wrote {args.out} ({size} bytes, sha256 {digest})")
+        size = await client.download_file(digest, out)
+    print(f"wrote {out} ({size} bytes, sha256 {digest})")
     return 0
+
+
+def _check_writable(out: Path, overwrite: bool) -> None:
+    if out.is_dir():
+        raise ConfigurationError(f"--out {out} is a folder; give the file's path")
+    if out.exists() and not overwrite:
+        raise ConfigurationError(f"--out {out} exists; pass --overwrite to replace it")
+    if not out.parent.is_dir():
+        raise ConfigurationError(f"--out {out}: there is no folder {out.parent} here")
 
 
 async def run_deploy(args: argparse.Namespace) -> int:
@@ -128,34 +155,29 @@ async def _run(args: argparse.Namespace, payload: dict[str, object]) -> int:
     task = TaskSpec.model_validate(
         {**payload, "variables": variables, "timeout_seconds": args.timeout}
     )
+    expires = args.expires or args.timeout
     async with admin_client(args) as client:
         if args.target:
-            submitted = await client.submit(
-                SubmitTask.model_validate({**task.model_dump(), "target": args.target})
-            )
-            final = await client.follow(submitted.id, print_event)
-            print_task(final)
-            return EXIT_CODES.get(final.state, 1)
+            submit = {**task.model_dump(), "target": args.target, "expires_seconds": expires}
+            submitted = await client.submit(SubmitTask.model_validate(submit))
+            final = await follow_one(client, submitted, args.wait)
+            if final is not None:
+                print_task(final)
+            return EXIT_CODES.get(final.state, 1) if final is not None else 1
         if not args.environment:
             raise ConfigurationError("give --target NAME, or --environment ENV (with --role ROLE)")
-        return await _fan_out(client, args, task)
+        return await _fan_out(client, args, task, expires)
 
 
-async def _fan_out(client: AdminClient, args: argparse.Namespace, task: TaskSpec) -> int:
+async def _fan_out(
+    client: AdminClient, args: argparse.Namespace, task: TaskSpec, expires: float | None
+) -> int:
     view = await client.fan_out(FanOut(
         environment=args.environment, roles=args.role, tenants=args.tenant,
         tenant_tags=args.tenant_tag, task=task, stop_on_first_failure=args.stop_on_failure,
+        expires_seconds=expires,
     ))  # fmt: skip
     print(f"deployment {view.id}: {view.description}, {len(view.targets)} targets")
     for name in view.offline:
-        print(f"  {name} is offline: its task waits until it connects")
-
-    async def follow(task_id: str, target: str) -> None:
-        final = await client.follow(task_id, lambda event: print(f"  [{target}] {event.text}"))
-        print_task(final)
-
-    await asyncio.gather(*(follow(t.task_id, t.target) for t in view.targets))
-    final = await client.deployment(view.id)
-    counts = ", ".join(f"{n} {state}" for state, n in sorted(final.counts.items()))
-    print(f"deployment {final.id} {final.state}: {counts}")
-    return 0 if final.state == "succeeded" else 1
+        print(f"  {name} is offline: its task waits until it connects or its deadline passes")
+    return await follow_deployment(client, view, args.wait)

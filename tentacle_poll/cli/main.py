@@ -8,21 +8,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from loguru import logger
+from pydantic import ValidationError
 
 from tentacle_poll import __version__
 from tentacle_poll.cli import agent, agent_config, deploy, server, tasks
 from tentacle_poll.config import DEFAULT_ADMIN_PORT, ENV_PREFIX
 from tentacle_poll.exceptions import TentaclePollError
 from tentacle_poll.logs import mask_secrets, setup_logging
+from tentacle_poll.protocol.codec import describe_validation_error
 
 LOG_LEVELS = ["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"]
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
+EXIT_PIPE_CLOSED = 141
 Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
 
@@ -35,10 +39,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TentaclePollError as exc:
         print(f"error: {mask_secrets(str(exc))}", file=sys.stderr)
         return EXIT_ERROR
+    except ValidationError as exc:  # a value the wire models refuse, e.g. from a flag
+        print(f"error: {mask_secrets(describe_validation_error(exc))}", file=sys.stderr)
+        return EXIT_ERROR
+    except BrokenPipeError:
+        return _pipe_closed()
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     finally:
         logger.remove()
+
+
+def _pipe_closed() -> int:
+    """``tentacle-poll task list | head -1``: the reader left; end quietly, as other Unix tools
+    do (their status is 141, death by SIGPIPE), without Python's complaint at exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_PIPE_CLOSED
 
 
 def build_parser() -> argparse.ArgumentParser:

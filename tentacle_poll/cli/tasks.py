@@ -5,18 +5,72 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tentacle_poll.cli.context import admin_client
 from tentacle_poll.exceptions import ConfigurationError, RequestRejected
-from tentacle_poll.protocol.models import Event, ScriptSpec, SubmitTask, TaskView, Variable
+from tentacle_poll.protocol.models import (
+    PACKAGE_NAME_PATTERN,
+    Event,
+    ScriptSpec,
+    SubmitTask,
+    TaskView,
+    Variable,
+)
 
 if TYPE_CHECKING:  # the admin client loads aiohttp: the agent daemon never needs it
     pass
 
-EXIT_CODES = {"succeeded": 0, "failed": 1, "timed_out": 124, "cancelled": 130, "lost": 1}
+EXIT_CODES = {"succeeded": 0, "failed": 1, "timed_out": 124, "cancelled": 130, "lost": 1,
+              "expired": 1}  # fmt: skip
+
+
+def add_deadline_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--expires",
+        type=positive_seconds,
+        help="seconds the task may wait for its target to take it; then it ends expired "
+        "(default: an hour for deploys and rollbacks, 10 minutes for health checks, none else)",
+    )
+    parser.add_argument(
+        "--wait",
+        type=positive_seconds,
+        help="seconds this command waits at most for the outcome (the task goes on after it)",
+    )
+
+
+def package_name(text: str) -> str:
+    """A package id or version as the server accepts it: checked here, never rewritten (an id
+    with "/" or ".." would otherwise be normalised away inside the URL)."""
+    if not re.fullmatch(PACKAGE_NAME_PATTERN, text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a package id or version: use letters, digits, '.', '_' and '-', "
+            "starting with a letter or digit (up to 100)"
+        )
+    return text
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= 30 * 24 * 3600:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 30 days in seconds")
+    return value
 
 
 def add_commands(commands: Any, add_common: Any, add_admin: Any) -> None:
@@ -60,15 +114,15 @@ def _add_package_commands(commands: Any) -> list[argparse.ArgumentParser]:
     sub = package.add_subparsers(title="package commands", metavar="COMMAND", required=True)
     upload = sub.add_parser("upload", help="upload a zip or tar.gz as a package version")
     upload.add_argument("file")
-    upload.add_argument("--id", required=True, dest="package_id")
-    upload.add_argument("--version", required=True)
+    upload.add_argument("--id", required=True, dest="package_id", type=package_name)
+    upload.add_argument("--version", required=True, type=package_name)
     upload.add_argument("--format", choices=["zip", "tar.gz"], help="default: from the file name")
     upload.set_defaults(command=upload_package)
     listing = sub.add_parser("list", help="list packages and versions")
     listing.set_defaults(command=list_packages)
     delete = sub.add_parser("delete", help="delete a package version")
-    delete.add_argument("--id", required=True, dest="package_id")
-    delete.add_argument("--version", required=True)
+    delete.add_argument("--id", required=True, dest="package_id", type=package_name)
+    delete.add_argument("--version", required=True, type=package_name)
     delete.set_defaults(command=delete_package)
     return [upload, listing, delete]
 
@@ -134,6 +188,7 @@ def _add_script_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument("--mutex", default="RunningScript", help="the isolation mutex's name")
     run.add_argument("--isolation-timeout", type=float, help="seconds to wait for the mutex")
     run.add_argument("--no-follow", action="store_true", help="print the task id and return")
+    add_deadline_arguments(run)
 
 
 async def list_targets(args: argparse.Namespace) -> int:
@@ -171,7 +226,7 @@ async def delete_targets(args: argparse.Namespace) -> int:
 
 
 async def run_task(args: argparse.Namespace) -> int:
-    body = Path(args.file).read_text() if args.file else args.script
+    body = read_local_file(Path(args.file)).decode() if args.file else args.script
     spec = SubmitTask(
         target=args.target,
         script=ScriptSpec(
@@ -182,6 +237,7 @@ async def run_task(args: argparse.Namespace) -> int:
         isolation=args.isolation,
         isolation_mutex=args.mutex,
         isolation_timeout_seconds=args.isolation_timeout,
+        expires_seconds=args.expires,
     )
     async with admin_client(args) as client:
         task = await client.submit(spec)
@@ -189,7 +245,10 @@ async def run_task(args: argparse.Namespace) -> int:
             print(task.id)
             return 0
         print(f"task {task.id} queued for {task.target}", file=sys.stderr)
-        return _report(await client.follow(task.id, print_event))
+        from tentacle_poll.cli.progress import follow_one  # it imports this module
+
+        final = await follow_one(client, task, args.wait)
+        return _report(final) if final is not None else 1
 
 
 async def show_task(args: argparse.Namespace) -> int:
@@ -241,6 +300,13 @@ def print_task(task: TaskView) -> None:
 def _report(task: TaskView) -> int:
     print_task(task)
     return EXIT_CODES.get(task.state, 1)
+
+
+def read_local_file(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read {path}: {exc.strerror}") from exc
 
 
 def variables_from(plain: list[str], secret: list[str]) -> list[Variable]:

@@ -27,7 +27,8 @@ Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,
 Label = Annotated[str, StringConstraints(min_length=1, max_length=100, strip_whitespace=True)]
 TaskId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]{1,64}$")]
 PackageFormat = Literal["zip", "tar.gz"]
-PackageName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")]
+PACKAGE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"  # package ids and versions
+PackageName = Annotated[str, StringConstraints(pattern=PACKAGE_NAME_PATTERN)]
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 VariableName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,199}$")]
 
@@ -46,6 +47,7 @@ class TaskState(StrEnum):
     TIMED_OUT = "timed_out"
     CANCELLED = "cancelled"
     LOST = "lost"
+    EXPIRED = "expired"  # its deadline passed before its target accepted it: never delivered
 
     @property
     def is_final(self) -> bool:
@@ -58,6 +60,7 @@ FINAL_STATES = frozenset(
         TaskState.FAILED,
         TaskState.TIMED_OUT,
         TaskState.CANCELLED,
+        TaskState.EXPIRED,
         TaskState.LOST,
     }
 )
@@ -295,8 +298,13 @@ class AcceptResponse(WireModel):
 # --- admin API -----------------------------------------------------------------------------
 
 
+# A queued task's deadline, in seconds from its submission (docs/packages.md, "Deadlines").
+ExpiresSeconds = Annotated[float, Field(gt=0, le=30 * 24 * 3600)]
+
+
 class SubmitTask(TaskSpec):
     target: Name
+    expires_seconds: ExpiresSeconds | None = None
 
 
 class TaskView(WireModel):
@@ -312,6 +320,7 @@ class TaskView(WireModel):
     finished_at: float | None
     last_seq: int
     submitted_by: str = ""
+    expires_at: float | None = None
 
 
 class TargetView(WireModel):
@@ -362,6 +371,7 @@ class FanOut(WireModel):
     tenant_tags: list[Label] = []
     task: TaskSpec
     stop_on_first_failure: bool = False
+    expires_seconds: ExpiresSeconds | None = None
 
 
 class DeploymentTarget(WireModel):

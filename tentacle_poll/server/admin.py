@@ -25,6 +25,7 @@ from tentacle_poll.server.access import (
 )
 from tentacle_poll.server.dispatch import wait_for_bell
 from tentacle_poll.server.problems import ProblemError
+from tentacle_poll.server.queueing import queue_task
 from tentacle_poll.server.state import STATE, ServerState, json_response, now, read_model, task_view
 from tentacle_poll.store import AgentRecord
 
@@ -95,16 +96,13 @@ async def submit_task(request: web.Request) -> web.Response:
         detail = f"no target named {body.target}; list them with `tentacle-poll targets`"
         raise ProblemError(404, "no such target", detail)
     require_target(request, agent)
-    spec = await resolved_spec(
-        state, TaskSpec.model_validate(body.model_dump(exclude={"target"})), agent
-    )
+    asked = TaskSpec.model_validate(body.model_dump(exclude={"target", "expires_seconds"}))
+    spec = await resolved_spec(state, asked, agent)
     payload = spec.deploy or spec.rollback
     if payload is not None and payload.environment is not None:
         require_environment(request, payload.environment)
-    sealed = state.vault.seal_spec(spec.model_dump(mode="json"))
     who = caller(request).name
-    task = await state.store.create_task(agent.id, sealed, now(), submitted_by=who)
-    state.dispatcher.work_for(agent.id)
+    task = await queue_task(state, agent, spec, body.expires_seconds, who)
     await audit(request, "task submitted", task.id, f"{spec.kind} on {agent.name}")
     logger.info("queued task {} for {} (key {})", task.id, agent.name, who)
     return json_response(task_view(task), status=201)

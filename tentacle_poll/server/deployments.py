@@ -19,10 +19,11 @@ from tentacle_poll.protocol.models import (
 from tentacle_poll.server.access import audit, caller, require_environment
 from tentacle_poll.server.admin import resolved_spec
 from tentacle_poll.server.problems import ProblemError
+from tentacle_poll.server.queueing import queue_task
 from tentacle_poll.server.state import STATE, ServerState, json_response, now, read_model
 from tentacle_poll.store import AgentRecord, TaskRecord
 
-FAILED = {TaskState.FAILED, TaskState.TIMED_OUT, TaskState.LOST}
+FAILED = {TaskState.FAILED, TaskState.TIMED_OUT, TaskState.LOST, TaskState.EXPIRED}
 
 
 def add_deployment_routes(app: web.Application) -> None:
@@ -58,9 +59,7 @@ async def create_deployment(request: web.Request) -> web.Response:
     )
     who = caller(request).name
     for agent, spec in zip(targets, specs, strict=True):
-        sealed = state.vault.seal_spec(spec.model_dump(mode="json"))
-        await state.store.create_task(agent.id, sealed, now(), deployment_id, who)
-        state.dispatcher.work_for(agent.id)
+        await queue_task(state, agent, spec, fan_out.expires_seconds, who, deployment_id)
     await audit(
         request, "deployment created", deployment_id, f"{description}, {len(targets)} targets"
     )

@@ -109,9 +109,10 @@ class Dispatcher:
         self.agents.ring(agent_id)
 
     def result_received(self, agent_id: str) -> None:
-        """One of the agent's slots is about to free up: wake its poll if it has none free."""
+        """One of the agent's slots is about to free up: wake its poll if it has none free. A
+        task that ended may also let a queued one of its serial be leased: check the store."""
         self._results[agent_id] += 1
-        self.agents.ring(agent_id)
+        self.work_for(agent_id)
 
     def results_received(self, agent_id: str) -> int:
         return self._results[agent_id]

@@ -152,6 +152,7 @@ def task_view(task: TaskRecord) -> TaskView:
         finished_at=task.finished_at,
         last_seq=task.last_seq,
         submitted_by=task.submitted_by,
+        expires_at=task.expires_at,
     )
 
 

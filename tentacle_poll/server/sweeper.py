@@ -1,4 +1,5 @@
-"""The server's periodic checks: expired leases back to the queue, silent agents' tasks lost.
+"""The server's periodic checks: expired leases back to the queue, queued tasks past their
+deadline expired, silent agents' tasks lost.
 
 A cut connection leaves no trace in a held poll; what shows it is an agent that stops polling.
 An agent polls again within milliseconds of every answer, so one that has not been seen for
@@ -63,12 +64,22 @@ async def end_overlaps(state: ServerState, now: float) -> None:
         await state.trust.remove(*(pem.encode() for pem in expired))
 
 
+async def expire_tasks(state: ServerState, now: float) -> None:
+    """Queued tasks past their deadline end ``expired``: a fan-out over offline targets ends."""
+    for task in await state.store.expire_tasks(now):
+        logger.info("task {} on {} expired: {}", task.id, task.target, task.reason)
+        state.dispatcher.tasks.ring(task.id)
+        state.dispatcher.work_for(task.agent_id)  # a later task of its serial may go now
+        await stop_rest_if_failed(state, task)
+
+
 async def sweep_once(state: ServerState) -> None:
     await state.flush_seen()
     now = time.time()
     for agent_id in await state.store.expire_leases(now):
         state.dispatcher.work_for(agent_id)
     await end_overlaps(state, now)
+    await expire_tasks(state, now)
     silent_since = now - state.settings.agent_lost_seconds
     silent = [
         agent_id
@@ -83,4 +94,5 @@ async def sweep_once(state: ServerState) -> None:
         state.dispatcher.tasks.ring(task_id)
         lost = await state.store.get_task(task_id)
         if lost is not None:
+            state.dispatcher.work_for(lost.agent_id)  # a later task of its serial may go now
             await stop_rest_if_failed(state, lost)

@@ -1,6 +1,6 @@
 """Persistence behind one small interface (`Store`); SQLite is the embedded default."""
 
-from tentacle_poll.store.base import AgentRecord, NewAgent, Store, TaskRecord
+from tentacle_poll.store.base import AgentRecord, NewAgent, NewTask, Store, TaskRecord
 from tentacle_poll.store.credentials import ApiKeyRecord, AuditEntry, TokenRecord
 from tentacle_poll.store.sqlite import SqliteStore
 
@@ -9,6 +9,7 @@ __all__ = [
     "ApiKeyRecord",
     "AuditEntry",
     "NewAgent",
+    "NewTask",
     "SqliteStore",
     "Store",
     "TaskRecord",

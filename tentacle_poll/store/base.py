@@ -33,6 +33,18 @@ class AgentRecord(NewAgent):
 
 
 @dataclass(frozen=True)
+class NewTask:
+    agent_id: str
+    spec_json: str
+    deployment_id: str | None = None
+    submitted_by: str = ""
+    # Tasks of one agent with the same serial run one at a time, in the order submitted (deploys
+    # and rollbacks of one package): a task is not leased while an earlier one is not final.
+    serial: str | None = None
+    expires_at: float | None = None  # not accepted by then: ends "expired", never delivered
+
+
+@dataclass(frozen=True)
 class TaskRecord:
     id: str
     agent_id: str
@@ -49,6 +61,7 @@ class TaskRecord:
     last_seq: int
     deployment_id: str | None = None
     submitted_by: str = ""
+    expires_at: float | None = None
 
 
 class Store(Protocol):
@@ -102,14 +115,11 @@ class Store(Protocol):
     async def get_package(self, package_id: str, version: str) -> PackageView | None: ...
 
     # tasks
-    async def create_task(
-        self,
-        agent_id: str,
-        spec_json: str,
-        now: float,
-        deployment_id: str | None = None,
-        submitted_by: str = "",
-    ) -> TaskRecord: ...
+    async def create_task(self, task: NewTask, now: float) -> TaskRecord: ...
+    async def expire_tasks(self, now: float) -> list[TaskRecord]:
+        """Queued tasks past their deadline end ``expired``; returns them."""
+        ...
+
     async def create_deployment(
         self, description: str, stop_on_failure: bool, now: float
     ) -> str: ...

@@ -10,7 +10,7 @@ from tentacle_poll.store.base import AgentRecord, TaskRecord
 TASK_COLUMNS = (
     "t.id, t.agent_id, a.name, t.spec_json, t.state, t.exit_code, t.reason, t.cancel_requested, "
     "t.created_at, t.leased_until, t.started_at, t.finished_at, t.last_seq, t.deployment_id, "
-    "t.submitted_by"
+    "t.submitted_by, t.expires_at"
 )
 AGENT_COLUMNS = (
     "name, thumbprint, certificate_pem, environments, roles, tenants, tenant_tags, agent_version, "
@@ -76,6 +76,7 @@ def task_from_row(row: tuple[object, ...]) -> TaskRecord:
         last_seq,
         deployment_id,
         submitted_by,
+        expires_at,
     ) = row
     return TaskRecord(
         id=str(task_id),
@@ -93,6 +94,7 @@ def task_from_row(row: tuple[object, ...]) -> TaskRecord:
         last_seq=int(str(last_seq)),
         deployment_id=str(deployment_id) if deployment_id else None,
         submitted_by=str(submitted_by),
+        expires_at=opt_float(expires_at),
     )
 
 

@@ -98,7 +98,13 @@ ADDED_COLUMNS = [
     ("registration_tokens", "created_at", "REAL NOT NULL DEFAULT 0"),
     ("registration_tokens", "created_by", "TEXT NOT NULL DEFAULT ''"),
     ("tasks", "submitted_by", "TEXT NOT NULL DEFAULT ''"),
+    ("tasks", "serial", "TEXT"),
+    ("tasks", "expires_at", "REAL"),
 ]
+
+
+# Indexes on added columns: made once the columns exist.
+ADDED_INDEXES = "CREATE INDEX IF NOT EXISTS tasks_by_deadline ON tasks (state, expires_at);"
 
 
 def add_missing_columns(db: sqlite3.Connection) -> None:
@@ -106,6 +112,7 @@ def add_missing_columns(db: sqlite3.Connection) -> None:
         present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
         if column not in present:
             db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+    db.executescript(ADDED_INDEXES)
 
 
 # The index of task output (store/output.py keeps the text in files): a database of its own,

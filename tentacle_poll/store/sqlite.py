@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tentacle_poll.exceptions import StoreError
 from tentacle_poll.protocol.models import Event, ResultRequest, TaskState
-from tentacle_poll.store.base import AgentRecord, NewAgent, TaskRecord
+from tentacle_poll.store.base import AgentRecord, NewAgent, NewTask, TaskRecord
 from tentacle_poll.store.credentials import SqliteCredentials
 from tentacle_poll.store.deployments import SqliteDeployments
 from tentacle_poll.store.output import BLOCK_COLUMNS, OutputLog
@@ -45,6 +45,18 @@ ACTIVE = ("leased", "running")
 MAX_SEQ = 2**63 - 1
 TOUCH_BATCH = 250
 MOVE_BATCH = 256  # lines of an older store moved to the output files per write
+EXPIRED_REASON = "its target did not take it before its deadline (offline?); never delivered"
+# Queued tasks an agent may lease now, oldest first: not past their deadline, and none with an
+# earlier task of the same serial (deploys of one package) that is not final yet.
+LEASABLE = """
+SELECT id FROM tasks AS t WHERE t.agent_id = ?1 AND t.state = 'queued'
+  AND (t.expires_at IS NULL OR t.expires_at > ?2)
+  AND (t.serial IS NULL OR NOT EXISTS (
+    SELECT 1 FROM tasks AS e WHERE e.agent_id = t.agent_id AND e.serial = t.serial
+      AND e.state IN ('queued', 'leased', 'running')
+      AND (e.created_at < t.created_at OR (e.created_at = t.created_at AND e.id < t.id))))
+ORDER BY t.created_at LIMIT ?3
+"""
 
 
 def _event_of_older_row(row: tuple[str, int, str, str, float, int]) -> Event:
@@ -211,29 +223,31 @@ class SqliteStore(SqliteCredentials, SqlitePackages, SqliteDeployments):
 
     # --- tasks ---------------------------------------------------------------------------
 
-    async def create_task(
-        self,
-        agent_id: str,
-        spec_json: str,
-        now: float,
-        deployment_id: str | None = None,
-        submitted_by: str = "",
-    ) -> TaskRecord:
+    async def create_task(self, task: NewTask, now: float) -> TaskRecord:
         task_id = f"{int(now * 1000):x}-{secrets.token_hex(4)}"
         self._db.execute(
             "INSERT INTO tasks (id, agent_id, spec_json, state, created_at, deployment_id, "
-            "submitted_by) VALUES (?,?,?,?,?,?,?)",
-            (
-                task_id,
-                agent_id,
-                spec_json,
-                TaskState.QUEUED.value,
-                now,
-                deployment_id,
-                submitted_by,
-            ),
-        )
+            "submitted_by, serial, expires_at) VALUES (?,?,?,?,?,?,?,?,?)",
+            (task_id, task.agent_id, task.spec_json, TaskState.QUEUED.value, now,
+             task.deployment_id, task.submitted_by, task.serial, task.expires_at),
+        )  # fmt: skip
         return self._task(task_id)
+
+    async def expire_tasks(self, now: float) -> list[TaskRecord]:
+        with self._transaction():
+            ids = [
+                row[0]
+                for row in self._db.execute(
+                    "SELECT id FROM tasks WHERE state = 'queued' AND expires_at < ?", (now,)
+                )
+            ]
+            for task_id in ids:
+                self._erase_sensitive(task_id)
+            self._db.executemany(
+                "UPDATE tasks SET state = 'expired', finished_at = ?, reason = ? WHERE id = ?",
+                [(now, EXPIRED_REASON, task_id) for task_id in ids],
+            )
+            return [self._task(task_id) for task_id in ids]
 
     async def get_task(self, task_id: str) -> TaskRecord | None:
         row = self._db.execute(
@@ -258,14 +272,7 @@ class SqliteStore(SqliteCredentials, SqlitePackages, SqliteDeployments):
             self._expire_leases(agent_id, now)
             if limit <= 0:
                 return []
-            ids = [
-                row[0]
-                for row in self._db.execute(
-                    "SELECT id FROM tasks WHERE agent_id = ? AND state = 'queued' "
-                    "ORDER BY created_at LIMIT ?",
-                    (agent_id, limit),
-                )
-            ]
+            ids = [row[0] for row in self._db.execute(LEASABLE, (agent_id, now, limit))]
             self._db.executemany(
                 "UPDATE tasks SET state = 'leased', leased_until = ? WHERE id = ?",
                 [(now + lease_seconds, task_id) for task_id in ids],

@@ -1,47 +1,67 @@
-"""Safe extraction of a package archive (zip, tar.gz) into a new release folder.
+"""Extraction of a package archive (zip, tar.gz) into a new release folder.
 
-Every entry is checked before anything is written: absolute paths, ``..`` segments, links that
-point outside the release, device files and FIFOs are refused with the entry's name; so is an
-archive that would expand past ``max_bytes`` or ``max_entries`` (zip bombs), and the byte count
-is enforced again while writing, in case an archive lies about its sizes. Extraction goes to a
-temporary sibling folder renamed into place at the end: a failure leaves nothing half-written.
+The writing goes through ``ReleaseTree`` (nothing outside the release can be created, linked
+or overwritten, whatever the archive holds); this module reads the archives and meters what
+they expand to. Sizes an archive declares are used only to refuse early, never to accept:
+the bytes actually written are counted, and extraction stops at ``max_bytes``, at a
+compression ratio over ``max_ratio`` (per entry, and for the whole archive), and before the
+disk falls under ``min_free_bytes``. Extraction goes to a hidden sibling folder renamed into
+place at the end: a refusal or a failure leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
 import stat
 import tarfile
 import zipfile
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
+from typing import IO
 
 from tentacle_poll.exceptions import TaskExecutionError
+from tentacle_poll.workers.release_tree import (
+    FOLDER_FLAGS,
+    ReleaseTree,
+    UnsafeArchive,
+    entry_parts,
+)
+
+__all__ = ["Limits", "UnsafeArchive", "extract", "partial_folder"]
 
 COPY_CHUNK = 1024 * 1024
-
-
-class UnsafeArchive(TaskExecutionError):
-    """The archive holds an entry that must not be written, or would expand too far."""
+# Below this many bytes written, a ratio proves nothing (a small text file compresses 100:1).
+RATIO_FLOOR_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
 class Limits:
     max_bytes: int = 2 * 1024**3
     max_entries: int = 100_000
+    max_ratio: float = 100.0
+    min_free_bytes: int = 512 * 1024**2
+
+
+def partial_folder(destination: Path) -> Path:
+    """Where ``destination`` is built before it is renamed into place."""
+    return destination.with_name(f".{destination.name}.partial")
 
 
 def extract(archive: Path, package_format: str, destination: Path, limits: Limits) -> int:
     """Extracts into ``destination`` (which must not exist); returns the number of files."""
-    partial = destination.with_name(f".{destination.name}.partial")
+    partial = partial_folder(destination)
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     try:
-        if package_format == "zip":
-            count = _extract_zip(archive, partial, limits)
-        else:
-            count = _extract_tar(archive, partial, limits)
+        root_fd = os.open(partial, FOLDER_FLAGS)
+        try:
+            count = _extract_into(archive, package_format, ReleaseTree(root_fd), limits)
+        finally:
+            os.close(root_fd)
         partial.rename(destination)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
@@ -49,153 +69,157 @@ def extract(archive: Path, package_format: str, destination: Path, limits: Limit
     return count
 
 
-def safe_relative(name: str) -> PurePosixPath:
-    """The entry's path inside the release, or UnsafeArchive."""
-    path = PurePosixPath(name.replace("\\", "/"))
-    if path.is_absolute() or (path.parts and ":" in path.parts[0]):
-        raise UnsafeArchive(f"the archive entry {name!r} has an absolute path; refused")
-    if ".." in path.parts:
-        raise UnsafeArchive(f"the archive entry {name!r} climbs out with '..'; refused")
-    return path
+def _extract_into(archive: Path, package_format: str, tree: ReleaseTree, limits: Limits) -> int:
+    try:
+        if package_format == "zip":
+            _extract_zip(archive, tree, limits)
+        else:
+            _extract_tar(archive, tree, limits)
+        tree.check_links()
+        return tree.file_count
+    finally:
+        tree.close()
 
 
-def _inside(link_from: PurePosixPath, target: str) -> bool:
-    if target.startswith("/"):
-        return False
-    parts: list[str] = []
-    for part in (*link_from.parent.parts, *PurePosixPath(target).parts):
-        if part == "..":
-            if not parts:
-                return False
-            parts.pop()
-        elif part not in ("", "."):
-            parts.append(part)
-    return True
+class Meter:
+    """Counts the bytes written, per entry and in all, against the limits."""
 
+    def __init__(self, limits: Limits, root_fd: int, consumed: Callable[[], int]) -> None:
+        self._limits = limits
+        self._root_fd = root_fd
+        self._consumed = consumed  # compressed bytes of the archive read so far (or in all)
+        self.written = 0
+        self._entry_written = 0
+        self._entry_compressed: int | None = None
+        self.entries = 0
 
-def _check_totals(count: int, total: int, limits: Limits) -> None:
-    if count > limits.max_entries:
-        raise UnsafeArchive(
-            f"the archive has {count} entries, over the limit of {limits.max_entries}"
-        )
-    if total > limits.max_bytes:
-        raise UnsafeArchive(
-            f"the archive would expand to {total} bytes, over the limit of {limits.max_bytes}"
-        )
+    def next_entry(self, compressed: int | None = None) -> None:
+        self.entries += 1
+        if self.entries > self._limits.max_entries:
+            raise UnsafeArchive(f"the archive has over {self._limits.max_entries} entries")
+        self._entry_written, self._entry_compressed = 0, compressed
+
+    def copy(self, source: IO[bytes], fd: int) -> None:
+        while chunk := source.read(COPY_CHUNK):
+            self._count(len(chunk))
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view) :]
+
+    def _count(self, size: int) -> None:
+        self.written += size
+        self._entry_written += size
+        if self.written > self._limits.max_bytes:
+            raise UnsafeArchive(
+                f"the archive expands past {self._limits.max_bytes} bytes (max_extract_mb)"
+            )
+        self._check_ratio(self._entry_written, self._entry_compressed, "an entry")
+        self._check_ratio(self.written, self._consumed(), "the archive")
+        self._check_free_space(size)
+
+    def _check_ratio(self, written: int, compressed: int | None, what: str) -> None:
+        if compressed is None or written < RATIO_FLOOR_BYTES:
+            return
+        if written > self._limits.max_ratio * max(compressed, 1):
+            raise UnsafeArchive(
+                f"{what} expands over {self._limits.max_ratio:g} times its compressed size "
+                "(a zip bomb? max_extract_ratio); refused"
+            )
+
+    def _check_free_space(self, size: int) -> None:
+        disk = os.fstatvfs(self._root_fd)
+        free = disk.f_bavail * disk.f_frsize
+        if free - size < self._limits.min_free_bytes:
+            raise TaskExecutionError(
+                f"extracting would leave under {self._limits.min_free_bytes // 1024**2} MiB free "
+                "on the disk of the applications folder (min_free_disk_mb); free some space"
+            )
 
 
 # --- zip ---------------------------------------------------------------------------------------
 
 
-def _extract_zip(archive: Path, into: Path, limits: Limits) -> int:
+def _extract_zip(archive: Path, tree: ReleaseTree, limits: Limits) -> None:
+    size = archive.stat().st_size
     try:
         with zipfile.ZipFile(archive) as zipped:
             members = zipped.infolist()
-            _check_totals(len(members), sum(m.file_size for m in members), limits)
-            plan = [(m, safe_relative(m.filename), _zip_kind(m)) for m in members]
-            links = {p: zipped.read(m).decode() for m, p, kind in plan if kind == "link"}
-            for path, target in links.items():
-                if not _inside(path, target):
-                    raise UnsafeArchive(f"the link {path} points outside the release ({target})")
-            budget = [limits.max_bytes]
-            for member, path, kind in plan:
-                _write_zip_entry(zipped, member, into / path, kind, links.get(path), budget)
-            return sum(1 for _, _, kind in plan if kind == "file")
-    except zipfile.BadZipFile as exc:
+            _refuse_declared_bomb(members, limits)
+            meter = Meter(limits, tree.root_fd, lambda: size)
+            for member in members:
+                meter.next_entry(member.compress_size)
+                _write_zip_entry(zipped, member, tree, meter)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError) as exc:
         raise UnsafeArchive(f"the package is not a readable zip: {exc}") from exc
 
 
-def _zip_kind(member: zipfile.ZipInfo) -> str:
-    mode = member.external_attr >> 16
-    if member.is_dir():
-        return "dir"
-    if stat.S_ISLNK(mode):
-        return "link"
-    file_type = stat.S_IFMT(mode)
-    if file_type not in (0, stat.S_IFREG):  # 0: written without a type, a plain file
-        raise UnsafeArchive(f"the archive entry {member.filename!r} is a device or special file")
-    return "file"
+def _refuse_declared_bomb(members: list[zipfile.ZipInfo], limits: Limits) -> None:
+    """What the central directory admits to is refused before a byte is written."""
+    if len(members) > limits.max_entries:
+        raise UnsafeArchive(f"the archive has {len(members)} entries, over {limits.max_entries}")
+    declared = sum(m.file_size for m in members)
+    if declared > limits.max_bytes:
+        raise UnsafeArchive(
+            f"the archive would expand to {declared} bytes, over {limits.max_bytes} "
+            "(max_extract_mb)"
+        )
+    for member in members:
+        ratio = member.file_size / max(member.compress_size, 1)
+        if member.file_size >= RATIO_FLOOR_BYTES and ratio > limits.max_ratio:
+            raise UnsafeArchive(
+                f"the entry {member.filename!r} expands {ratio:.0f} times "
+                f"(over {limits.max_ratio:g}: a zip bomb? max_extract_ratio); refused"
+            )
 
 
 def _write_zip_entry(
-    zipped: zipfile.ZipFile, member: zipfile.ZipInfo, target: Path, kind: str,
-    link: str | None, budget: list[int],
-) -> None:  # fmt: skip
-    if kind == "dir":
-        target.mkdir(parents=True, exist_ok=True)
-        return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if kind == "link":
-        assert link is not None
-        os.symlink(link, target)
-        return
-    with zipped.open(member) as source, open(target, "wb") as sink:
-        _copy_within(source, sink, budget)
-    mode = (member.external_attr >> 16) & 0o777
-    if mode:
-        target.chmod(mode)
-
-
-def _copy_within(source, sink, budget: list[int]) -> None:  # type: ignore[no-untyped-def]
-    """Copies, counting against the remaining byte budget (archives can lie about sizes)."""
-    while chunk := source.read(COPY_CHUNK):
-        budget[0] -= len(chunk)
-        if budget[0] < 0:
-            raise UnsafeArchive("the archive expands past its size limit (its sizes lie)")
-        sink.write(chunk)
+    zipped: zipfile.ZipFile, member: zipfile.ZipInfo, tree: ReleaseTree, meter: Meter
+) -> None:
+    parts = entry_parts(member.filename)
+    mode = member.external_attr >> 16
+    if member.is_dir():
+        tree.folder(parts)
+    elif stat.S_ISLNK(mode):
+        with zipped.open(member) as source:
+            tree.symlink(parts, source.read(4096).decode(errors="replace"))
+    elif stat.S_IFMT(mode) in (0, stat.S_IFREG):  # 0: written without a type, a plain file
+        with zipped.open(member) as source:
+            tree.write_file(parts, mode, lambda fd: meter.copy(source, fd))
+    else:
+        raise UnsafeArchive(f"the archive entry {member.filename!r} is a device or special file")
 
 
 # --- tar.gz ------------------------------------------------------------------------------------
 
 
-def _extract_tar(archive: Path, into: Path, limits: Limits) -> int:
-    try:
-        with tarfile.open(archive, "r:gz") as tar:
-            members = tar.getmembers()
-            _check_totals(len(members), sum(m.size for m in members if m.isfile()), limits)
-            for member in members:
-                _check_tar_member(member)
-            budget = [limits.max_bytes]
-            for member in members:
-                _write_tar_entry(tar, member, into, budget)
-            return sum(1 for m in members if m.isfile())
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        if isinstance(exc, UnsafeArchive):
-            raise
-        raise UnsafeArchive(f"the package is not a readable tar.gz: {exc}") from exc
-
-
-def _check_tar_member(member: tarfile.TarInfo) -> None:
-    path = safe_relative(member.name)
-    if member.ischr() or member.isblk() or member.isfifo() or member.isdev():
-        raise UnsafeArchive(f"the archive entry {member.name!r} is a device or special file")
-    if (member.issym() or member.islnk()) and not _link_inside(member, path):
-        raise UnsafeArchive(
-            f"the link {member.name} points outside the release ({member.linkname})"
-        )
-
-
-def _link_inside(member: tarfile.TarInfo, path: PurePosixPath) -> bool:
-    if member.islnk():  # hard links name a path from the archive root
-        return _inside(PurePosixPath("x"), member.linkname)
-    return _inside(path, member.linkname)
+def _extract_tar(archive: Path, tree: ReleaseTree, limits: Limits) -> None:
+    with open(archive, "rb") as raw:
+        meter = Meter(limits, tree.root_fd, raw.tell)
+        try:
+            with tarfile.open(fileobj=raw, mode="r|gz") as tar:  # one pass, in archive order
+                for member in tar:
+                    meter.next_entry()
+                    _write_tar_entry(tar, member, tree, meter)
+        except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
+            raise UnsafeArchive(f"the package is not a readable tar.gz: {exc}") from exc
 
 
 def _write_tar_entry(
-    tar: tarfile.TarFile, member: tarfile.TarInfo, into: Path, budget: list[int]
+    tar: tarfile.TarFile, member: tarfile.TarInfo, tree: ReleaseTree, meter: Meter
 ) -> None:
-    target = into / safe_relative(member.name)
+    parts = entry_parts(member.name)
+    if not parts:
+        return  # "./": the release folder itself
     if member.isdir():
-        target.mkdir(parents=True, exist_ok=True)
-        return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if member.issym():
-        os.symlink(member.linkname, target)
+        tree.folder(parts)
+    elif member.issym():
+        tree.symlink(parts, member.linkname)
     elif member.islnk():
-        os.link(into / safe_relative(member.linkname), target)
-    else:
+        tree.hard_link(parts, entry_parts(member.linkname))
+    elif member.isreg():
         source = tar.extractfile(member)
         assert source is not None
-        with source, open(target, "wb") as sink:
-            _copy_within(source, sink, budget)
-        target.chmod(member.mode & 0o777)
+        with source:
+            tree.write_file(parts, member.mode, lambda fd: meter.copy(source, fd))
+    else:
+        raise UnsafeArchive(f"the archive entry {member.name!r} is a device or special file")
