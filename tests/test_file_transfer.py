@@ -69,3 +69,7 @@ async def test_fetch_a_file_from_the_target_with_its_digest(
         admin, fetch(str(agent.agent.home.identity_folder / "key.pem"))
     )
     assert refused.state == TaskState.FAILED and "outside this agent's file roots" in refused.reason
+    missing, _ = await run_and_follow(admin, fetch(str(root / "gone.log")))
+    assert missing.state == TaskState.FAILED and "does not exist on this target" in missing.reason
+    folder, _ = await run_and_follow(admin, fetch(str(root)))
+    assert folder.state == TaskState.FAILED and "is not a file (a folder?" in folder.reason
