@@ -14,7 +14,8 @@
     │   └── RequestRejected         a 4xx with a problem body: retrying will not help
     │       └── LeaseLost           409 on accept: the task went to someone else
     ├── TaskExecutionError          a worker could not start or supervise a task
-    └── StoreError                  persistence failed or was asked something impossible
+    ├── StoreError                  persistence failed or was asked something impossible
+    └── StorageFull                 the disk under the store is full: retry once space is freed
 
 Foreign exceptions (aiohttp, pydantic, OSError, ssl) are translated at one boundary per part
 with ``raise ... from exc``: ``agent/causes.py`` for the agent's HTTP client,
@@ -104,3 +105,8 @@ class TaskExecutionError(TentaclePollError):
 
 class StoreError(TentaclePollError):
     """The store failed or was asked something impossible."""
+
+
+class StorageFull(TentaclePollError):
+    """A write failed for want of disk space (the database's or the output files'). Not a
+    StoreError: callers that turn a StoreError into a 409 must not see a full disk as one."""

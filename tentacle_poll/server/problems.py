@@ -13,10 +13,10 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from loguru import logger
 
-from tentacle_poll.exceptions import ProtocolError, RequestRejected
+from tentacle_poll.exceptions import ProtocolError, RequestRejected, StorageFull
 from tentacle_poll.protocol.models import PROTOCOL_VERSION, Problem
 from tentacle_poll.protocol.routes import PROBLEM_CONTENT_TYPE, PROTOCOL_HEADER
-from tentacle_poll.server.shortage import OUT_OF_RESOURCES, Shortage
+from tentacle_poll.server.shortage import Shortage, condition_of
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -56,11 +56,12 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
             raise
         title = exc.reason or "request refused"
         return problem_response(Problem(title=title, status=exc.status, detail=_detail(exc)))
-    except OSError as exc:
-        if exc.errno not in OUT_OF_RESOURCES:
+    except (OSError, StorageFull) as exc:
+        if condition_of(exc) is None:
             return _bug(request)
         request.app[SHORTAGE].hit(f"answer {request.method} {request.path}", exc)
-        detail = f"the server is short of resources ({exc.strerror}); retry shortly"
+        reason = getattr(exc, "strerror", None) or str(exc)
+        detail = f"the server is short of resources ({reason}); retry shortly"
         headers = {"Retry-After": str(RETRY_SHORTAGE_SECONDS)}
         return problem_response(Problem(title="server busy", status=503, detail=detail), headers)
     except Exception:

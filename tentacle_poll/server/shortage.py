@@ -1,9 +1,10 @@
-"""Running out of file descriptors (or socket memory): survived, logged sparingly, reported.
+"""Running short of file descriptors or of disk space: survived, logged sparingly, reported.
 
 The accept loops report each failed accept here, and the handlers each request that failed for
-want of a descriptor (it is answered 503: the agent retries, nothing is lost). The log gets one
-line a minute at most; the health endpoints report the shortage while it is recent, so a
-monitor sees it even when nobody reads the log.
+want of a descriptor or of space (it is answered 503 with Retry-After: the agent keeps its spool
+and retries, nothing is lost). The log gets one line per condition a minute at most; the health
+endpoints report a condition while it is recent, so a monitor sees it even when nobody reads
+the log.
 """
 
 from __future__ import annotations
@@ -11,45 +12,81 @@ from __future__ import annotations
 import errno
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from tentacle_poll.exceptions import StorageFull
 from tentacle_poll.server.refusals import RefusalLog
 
 RECENT_SECONDS = 60.0
 OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+OUT_OF_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+@dataclass
+class _Condition:
+    count: int = 0
+    last_at: float = -1e18  # monotonic
+    last_error: str = ""
+
+
+def condition_of(exc: BaseException) -> str | None:
+    """ "descriptors", "disk", or None for an error that is not a shortage."""
+    if isinstance(exc, StorageFull):
+        return "disk"
+    if isinstance(exc, OSError) and exc.errno in OUT_OF_SPACE:
+        return "disk"
+    if isinstance(exc, OSError) and exc.errno in OUT_OF_RESOURCES:
+        return "descriptors"
+    return None
 
 
 @dataclass
 class Shortage:
     refusals: RefusalLog
-    count: int = 0
-    last_at: float = field(default=-1e18)  # monotonic
-    last_error: str = ""
+    _conditions: dict[str, _Condition] = field(default_factory=dict)
 
-    def hit(self, what: str, exc: OSError) -> None:
-        """``what`` could not be done for want of ``exc``: "accept connections on URL", ..."""
-        self.count += 1
-        self.last_at = time.monotonic()
-        self.last_error = exc.strerror or str(exc)
-        self.refusals.refused(
-            "accept:resources",
-            f"cannot {what}: {self.last_error} (open files limit {_descriptor_limit()}); new "
-            "connections wait in the backlog and refused requests are retried until "
-            "descriptors free up; raise the limit (LimitNOFILE= in the service unit, or "
-            "ulimit -n) or find what holds them (ls /proc/<pid>/fd)",
-            "ERROR",
-        )
+    def hit(self, what: str, exc: BaseException) -> None:
+        """``what`` could not be done for want of what ``exc`` says: "accept connections on
+        URL", "answer POST /v1/..."."""
+        kind = condition_of(exc) or "descriptors"
+        condition = self._conditions.setdefault(kind, _Condition())
+        condition.count += 1
+        condition.last_at = time.monotonic()
+        condition.last_error = getattr(exc, "strerror", None) or str(exc)
+        message = f"cannot {what}: {condition.last_error}; {ADVICE[kind]()}"
+        self.refusals.refused(f"shortage:{kind}", message, "ERROR")
 
     def problems(self) -> list[str]:
-        """What health reports: empty unless a shortage happened within the last minute."""
-        ago = time.monotonic() - self.last_at
-        if ago > RECENT_SECONDS:
-            return []
-        return [
-            f"out of resources to serve ({self.last_error}; open files limit "
-            f"{_descriptor_limit()}), last {ago:.0f} s ago, {self.count} times since start"
-        ]
+        """What health reports: the conditions met within the last minute."""
+        found = []
+        for kind, condition in self._conditions.items():
+            ago = time.monotonic() - condition.last_at
+            if ago <= RECENT_SECONDS:
+                found.append(
+                    f"{WHAT[kind]} ({condition.last_error}), last {ago:.0f} s ago, "
+                    f"{condition.count} times since start; {ADVICE[kind]()}"
+                )
+        return found
 
 
-def _descriptor_limit() -> int:
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+WHAT = {"descriptors": "out of file descriptors", "disk": "out of disk space"}
+
+
+def _descriptor_advice() -> str:
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return (
+        f"open files limit {limit}; new connections wait in the backlog and refused requests "
+        "are retried until descriptors free up; raise the limit (LimitNOFILE= in the service "
+        "unit, or ulimit -n) or find what holds them (ls /proc/<pid>/fd)"
+    )
+
+
+def _disk_advice() -> str:
+    return (
+        "writes are refused with 503 and the agents keep their output until space is freed; "
+        "free space on the server home's disk (old packages: `tentacle-poll package delete`)"
+    )
+
+
+ADVICE: dict[str, Callable[[], str]] = {"descriptors": _descriptor_advice, "disk": _disk_advice}

@@ -13,7 +13,9 @@ import time
 
 from loguru import logger
 
+from tentacle_poll.exceptions import StorageFull
 from tentacle_poll.server.deployments import stop_rest_if_failed
+from tentacle_poll.server.shortage import condition_of
 from tentacle_poll.server.state import ServerState
 from tentacle_poll.store import Store
 from tentacle_poll.tls import (
@@ -32,7 +34,12 @@ def sweep_interval(state: ServerState) -> float:
 
 async def sweep_forever(state: ServerState) -> None:
     while not state.dispatcher.stopping:
-        await sweep_once(state)
+        try:
+            await sweep_once(state)
+        except (OSError, StorageFull) as exc:  # a full disk: reported, and the next sweep tries
+            if condition_of(exc) is None:
+                raise
+            state.shortage.hit("sweep (expire leases, record last-seen times)", exc)
         await asyncio.sleep(sweep_interval(state))
 
 

@@ -32,6 +32,7 @@ from loguru import logger
 
 from tentacle_poll.exceptions import StoreError
 from tentacle_poll.protocol.models import Event, Stream
+from tentacle_poll.store.space import SpaceAwareConnection
 
 # (seq, stream, ts, lines, offset, size): an index row, as the reader selects it
 BlockRow = tuple[int, Stream, float, int, int, int]
@@ -181,7 +182,7 @@ def _lines_of(event: Event, first: int, last: int) -> Event:
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(path, isolation_level="IMMEDIATE")
+    db = sqlite3.connect(path, isolation_level="IMMEDIATE", factory=SpaceAwareConnection)
     db.execute("PRAGMA synchronous = NORMAL")
     db.execute("PRAGMA busy_timeout = 5000")
     return db

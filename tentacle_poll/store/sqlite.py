@@ -40,6 +40,7 @@ from tentacle_poll.store.schema import (
     older_output_tables,
     output_paths,
 )
+from tentacle_poll.store.space import SpaceAwareConnection
 
 ACTIVE = ("leased", "running")
 MAX_SEQ = 2**63 - 1
@@ -72,7 +73,7 @@ def _chunks(events: Iterator[Event], size: int) -> Iterator[list[Event]]:
 class SqliteStore(SqliteCredentials, SqlitePackages, SqliteDeployments):
     def __init__(self, path: Path) -> None:
         try:
-            self._db = sqlite3.connect(path, isolation_level=None)
+            self._db = sqlite3.connect(path, isolation_level=None, factory=SpaceAwareConnection)
             self._db.executescript(SCHEMA)
             add_missing_columns(self._db)
             attach_output(self._db, path)

@@ -1,0 +1,85 @@
+"""The server's disk fills up (a real, small tmpfs) while a task streams output: every write that
+fails for space is answered 503 with Retry-After, logged once rather than a traceback per
+request, and reported by /api/health and /readyz; once space is freed every line arrives once."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tentacle_poll.protocol.models import TaskState
+from tentacle_poll.server.admin_client import AdminClient
+
+from .conftest import RunningAgent, register_agent, script_task, start_server, wait_for_line
+
+LINES = 20_000
+
+
+@contextmanager
+def small_tmpfs(folder: Path, size: str) -> Iterator[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(folder)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"mounting a tmpfs is not allowed here ({mounted.stderr.strip()})")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def fill(folder: Path, leave: int) -> Path:
+    """A file taking all the free space of ``folder``'s disk but ``leave`` bytes."""
+    disk = os.statvfs(folder)
+    filler = folder / "filler"
+    with open(filler, "wb") as handle:
+        handle.truncate(0)
+        handle.write(b"\0" * max(disk.f_bavail * disk.f_frsize - leave, 0))
+    return filler
+
+
+async def test_a_full_server_disk_answers_503_says_so_once_and_loses_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, log_seen: Callable[[str], asyncio.Event]
+) -> None:
+    with small_tmpfs(tmp_path / "server", "16m") as home:
+        server = await start_server(home)
+        try:
+            key = await server.state.store.create_api_key("tests")
+            agent = RunningAgent(await register_agent(server, key, tmp_path / "web1", "web1"))
+            gate = tmp_path / "gate"
+            body = f"echo ready\nwhile [ ! -e {gate} ]; do sleep 0.02; done\nseq 1 {LINES}\n"
+            admin_url = f"http://127.0.0.1:{server.admin_port}"
+            async with AdminClient(admin_url, key) as admin, aiohttp.ClientSession() as http:
+                task = await admin.submit(script_task("web1", body))
+                await wait_for_line(admin, task.id, "ready")
+                filler = fill(home, leave=16 * 1024)
+                full = log_seen("writes are refused with 503")  # the shortage log line
+                gate.touch()
+                async with asyncio.timeout(30):
+                    await full.wait()
+                async with http.get(f"{admin_url}/api/health") as response:
+                    health = await response.json()
+                async with http.get(f"{admin_url}/readyz") as response:
+                    ready = response.status
+                filler.unlink()  # space again: the agent's retries go through
+                lines: list[str] = []
+                final = await admin.follow(task.id, lambda event: lines.append(event.text))
+            await agent.stop()
+        finally:
+            await server.shutdown()
+    assert health["status"] == "degraded" and "out of disk space" in str(health["problems"])
+    assert ready == 503
+    assert final.state == TaskState.SUCCEEDED
+    assert lines == ["ready", *(str(i) for i in range(1, LINES + 1))]
+    messages = [record.getMessage() for record in caplog.records]
+    assert not [m for m in messages if "unexpected error" in m or "Traceback" in m]
+    assert len([m for m in messages if m.startswith("cannot answer")]) <= 2  # once a minute
