@@ -44,10 +44,13 @@ async def test_timeout_ends_every_process_of_the_task(
     task = await admin.submit(script_task("web1", tree_script(tmp_path), timeout_seconds=1.0))
     await wait_for_line(admin, task.id, "started")
     pids = read_pids(tmp_path)
-    final = await admin.follow(task.id, lambda _: None)
+    lines: list[str] = []
+    final = await admin.follow(task.id, lambda event: lines.append(event.text))
     assert final.state == TaskState.TIMED_OUT
     assert "timed out after 1 s" in final.reason
     assert [p for p in pids if process_running(p)] == []
+    assert "sending SIGTERM to 5 processes of the task" in lines
+    assert "every process ended within the grace period" in lines
 
 
 async def test_a_script_ignoring_sigterm_is_killed_after_the_grace_period(
@@ -59,10 +62,23 @@ async def test_a_script_ignoring_sigterm_is_killed_after_the_grace_period(
     await wait_for_line(admin, task.id, "started")
     [pid] = read_pids(tmp_path)
     await admin.cancel(task.id)
-    final = await admin.follow(task.id, lambda _: None)
+    lines: list[str] = []
+    final = await admin.follow(task.id, lambda event: lines.append(event.text))
     assert final.state == TaskState.CANCELLED
-    assert final.exit_code == -9
+    assert final.exit_code == 128 + 9  # killed by SIGKILL, as shells report it
     assert not process_running(pid)
+    assert "sending SIGTERM to 2 processes of the task" in lines  # the shell and its sleep
+    assert "sending SIGKILL to 2 processes still running after the 0.5 s grace" in lines
+
+
+async def test_a_script_killed_by_a_signal_is_reported_as_such(
+    start_agent: AgentFactory, admin: AdminClient
+) -> None:
+    await start_agent("web1")
+    task = await admin.submit(script_task("web1", "echo bye; kill -KILL $$"))
+    final = await admin.follow(task.id, lambda _: None)
+    assert final.state == TaskState.FAILED and final.exit_code == 137
+    assert final.reason == "the script was killed by SIGKILL (9): exit code 137"
 
 
 async def test_cancel_of_a_queued_task_never_runs_it(

@@ -7,6 +7,7 @@ import contextlib
 import functools
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 GONE_TIMEOUT = 5.0
@@ -74,17 +75,35 @@ def signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
-async def end_group(pgid: int, exited: asyncio.Future[None], grace_seconds: float) -> None:
-    """SIGTERM the group, give the leader ``grace_seconds`` to exit, then SIGKILL the group.
+async def end_group(
+    pgid: int,
+    exited: asyncio.Future[None],
+    grace_seconds: float,
+    say: Callable[[str], None] | None = None,
+) -> None:
+    """SIGTERM the group, give the leader ``grace_seconds`` to exit, then SIGKILL the group;
+    ``say`` tells what was done, for the task's output.
 
     SIGTERM rather than SIGINT: non-interactive shells start background jobs with SIGINT
     ignored, so only SIGTERM reaches a script's whole tree. Idempotent.
     """
+    report = say or (lambda _: None)
+    report(f"sending SIGTERM to {_count(group_members(pgid))} of the task")
     signal_group(pgid, signal.SIGTERM)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(asyncio.shield(exited), grace_seconds)
+    remaining = group_members(pgid)
+    if remaining:
+        report(f"sending SIGKILL to {_count(remaining)} still running after the "
+               f"{grace_seconds:g} s grace")  # fmt: skip
+    elif grace_seconds:
+        report("every process ended within the grace period")
     signal_group(pgid, signal.SIGKILL)
     await _group_gone(pgid, GONE_TIMEOUT)
+
+
+def _count(pids: list[int]) -> str:
+    return "1 process" if len(pids) == 1 else f"{len(pids)} processes"
 
 
 async def _group_gone(pgid: int, timeout: float) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import shutil
 import signal
@@ -90,7 +91,8 @@ class ScriptWorker:
         try:
             stop_state = await self._wait_for_exit_or_stop(exited)
             if stop_state is not None:
-                await end_group(process.pid, exited, self._job.grace_seconds)
+                say = functools.partial(self._emit, "system")
+                await end_group(process.pid, exited, self._job.grace_seconds, say)
             returncode = await self._collect_exit(process, exited, pumps)
         except BaseException:
             # Cancelled from outside (agent shutting down hard): leave nothing running.
@@ -142,14 +144,15 @@ class ScriptWorker:
         return process.returncode if process.returncode is not None else -1
 
     def _outcome(self, stop_state: str | None, returncode: int) -> Outcome:
+        code, how = exit_code_and_words(returncode)
         if stop_state == "timed_out":
             reason = f"timed out after {self._job.timeout_seconds:g} s"
-            return Outcome("timed_out", returncode, reason)
+            return Outcome("timed_out", code, reason)
         if stop_state == "cancelled":
-            return Outcome("cancelled", returncode, self._cancel_reason)
+            return Outcome("cancelled", code, self._cancel_reason)
         if returncode == 0:
             return Outcome("succeeded", 0)
-        return Outcome("failed", returncode, f"the script exited with code {returncode}")
+        return Outcome("failed", code, f"the script {how}")
 
     def _splitter(self, stream: Stream) -> LineSplitter:
         return LineSplitter(lambda line: self._emit(stream, line), MAX_LINE_CHARS, self._masker)
@@ -225,6 +228,19 @@ def build_command(script: ScriptSpec, path: Path) -> list[str]:
     if shutil.which(launcher[0]) is None:
         raise UnsupportedTaskError(f"{launcher[0]} is not installed on this agent")
     return [*launcher, str(path), *script.arguments]
+
+
+def exit_code_and_words(returncode: int) -> tuple[int, str]:
+    """A process killed by signal N is reported as shells and containers do: exit code 128+N,
+    with the signal's name (asyncio gives -N)."""
+    if returncode >= 0:
+        return returncode, f"exited with code {returncode}"
+    number = -returncode
+    try:
+        name = signal.Signals(number).name
+    except ValueError:
+        name = f"signal {number}"
+    return 128 + number, f"was killed by {name} ({number}): exit code {128 + number}"
 
 
 def _describe(exc: BaseException) -> str:
