@@ -16,6 +16,8 @@ class CuttingRelay:
         )
         self.cuts = 0
         self.port = 0
+        self._refuse_after_cut = False
+        self.refusing = False  # every connection is closed at once, as a dead network would
         self._writers: list[asyncio.StreamWriter] = []
 
     async def __aenter__(self) -> CuttingRelay:
@@ -32,6 +34,14 @@ class CuttingRelay:
     def cut_after_next_answer(self, forward_first: bool) -> None:
         self._armed = forward_first
 
+    def refuse_after_next_answer(self) -> None:
+        """The next answer reaches the agent; then its connection is cut and every connection
+        refused (closed at once) until ``restore``."""
+        self._armed, self._refuse_after_cut = True, True
+
+    def restore(self) -> None:
+        self.refusing = False
+
     def cut_after_bytes(self, count: int) -> None:
         """Cut the connection in the middle of an answer, once ``count`` bytes reached the agent."""
         self._cut_after = count
@@ -42,6 +52,9 @@ class CuttingRelay:
         self._cut_each_after = chunks
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.refusing:
+            writer.close()
+            return
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._upstream_port)
         self._writers += [writer, up_writer]
         upstream = asyncio.create_task(self._pipe(reader, up_writer, cut=False))
@@ -74,6 +87,7 @@ class CuttingRelay:
                     if forward:
                         writer.write(chunk)
                         await writer.drain()
+                    self.refusing, self._refuse_after_cut = self._refuse_after_cut, False
                     return
                 writer.write(chunk)
                 await writer.drain()

@@ -1,6 +1,7 @@
 """The agent's journal: an append-only, fsync'd record of each task's lifecycle on disk.
 
     accepted → started → finished → reported      (or accepted → dropped)
+    accepted → finished → released                 (given back unstarted: may come again)
 
 "accepted" is written before the agent tells the server, "started" just before the script is
 spawned, and "started" again with the script's process group once it runs (so that an agent
@@ -19,8 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-Step = Literal["accepted", "started", "finished", "reported", "dropped"]
-ORDER: dict[str, int] = {"accepted": 0, "started": 1, "finished": 2, "dropped": 3, "reported": 3}
+from tentacle_poll.protocol.models import ResultRequest
+
+# "released": given back to the server unstarted (confirmed); like "dropped", the task may be
+# delivered again and run then, since it never ran here.
+Step = Literal["accepted", "started", "finished", "reported", "dropped", "released"]
+REDELIVERABLE = ("dropped", "released")
+ORDER: dict[str, int] = {"accepted": 0, "started": 1, "finished": 2, "dropped": 3, "reported": 3,
+                         "released": 3}  # fmt: skip
 
 
 @dataclass
@@ -60,9 +67,10 @@ class Journal:
         self.entries[task_id] = entry
 
     def blocks(self, task_id: str) -> bool:
-        """True when the task must not start (again); a dropped lease may be delivered anew."""
+        """True when the task must not start (again); a dropped lease, or a task given back
+        unstarted, may be delivered anew."""
         entry = self.entries.get(task_id)
-        return entry is not None and entry.step != "dropped"
+        return entry is not None and entry.step not in REDELIVERABLE
 
     def in_step(self, *steps: Step) -> list[JournalEntry]:
         return [e for e in self.entries.values() if e.step in steps]
@@ -78,7 +86,13 @@ class Journal:
             except (ValueError, KeyError, TypeError):
                 continue  # a line torn by a crash mid-write
             known = entries.get(entry.task_id)
-            if known is None or ORDER[entry.step] >= ORDER[known.step]:
+            # Steps never go back, except that a task dropped or given back may be delivered
+            # again: its new lifecycle starts over.
+            if (
+                known is None
+                or known.step in REDELIVERABLE
+                or ORDER[entry.step] >= ORDER[known.step]
+            ):
                 entries[entry.task_id] = entry
         return entries
 
@@ -92,3 +106,16 @@ class Journal:
             handle.flush()
             os.fsync(handle.fileno())
         temporary.replace(self._path)
+
+
+def _supersedes(entry: JournalEntry, known: JournalEntry | None) -> bool:
+    """Steps never go back, except that a task dropped or given back may be delivered again:
+    its new lifecycle starts over."""
+    if known is None or known.step in REDELIVERABLE:
+        return True
+    return ORDER[entry.step] >= ORDER[known.step]
+
+
+def delivered_step(result: ResultRequest | None) -> Step:
+    """The step once the server has the result: a task given back unstarted may come again."""
+    return "released" if result is not None and result.requeue else "reported"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from loguru import logger
 
-from tentacle_poll.agent.journal import Journal
+from tentacle_poll.agent.journal import Journal, delivered_step
 from tentacle_poll.agent.reporter import TaskReporter
 from tentacle_poll.agent.spool import Spool
 from tentacle_poll.agent.transport import CommsClient
@@ -38,18 +38,26 @@ def repair_releases(applications_root: Path) -> None:
 
 
 def fail_interrupted_tasks(journal: Journal, spool: Spool) -> None:
-    for entry, reason in [
-        *((e, DIED_RUNNING) for e in journal.in_step("started")),
-        *((e, DIED_BEFORE_START) for e in journal.in_step("accepted")),
-    ]:
+    """Tasks the agent died with: a started one is reported failed with a note in its output;
+    one accepted but never started is given back to the server to queue again."""
+    for entry in journal.in_step("started"):
         task_spool = spool.task(entry.task_id)
         pgid = group_of_record(entry.process_group) or task_spool.process_group()
-        note = reason + _end_orphans(pgid)
+        note = DIED_RUNNING + _end_orphans(pgid)
         note_seq = max((e.last_seq for e in task_spool.events()), default=0) + 1
         task_spool.append(Event(seq=note_seq, stream="system", text=note, ts=time.time()))
-        task_spool.write_result(ResultRequest(state="failed", last_seq=note_seq, reason=reason))
+        task_spool.write_result(
+            ResultRequest(state="failed", last_seq=note_seq, reason=DIED_RUNNING)
+        )
         journal.record(entry.task_id, "finished", entry.server)
-        logger.warning("task {}: {}; reporting it failed", entry.task_id, reason)
+        logger.warning("task {}: {}; reporting it failed", entry.task_id, DIED_RUNNING)
+    for entry in journal.in_step("accepted"):
+        given_back = ResultRequest(state="failed", last_seq=0, reason=DIED_BEFORE_START,
+                                   requeue=True)  # fmt: skip
+        spool.task(entry.task_id).write_result(given_back)
+        journal.record(entry.task_id, "finished", entry.server)
+        logger.warning("task {}: {}; giving it back to the server", entry.task_id,
+                       DIED_BEFORE_START)  # fmt: skip
 
 
 def _end_orphans(pgid: int | None) -> str:
@@ -80,5 +88,6 @@ async def deliver_unreported(
             continue
         reporter = TaskReporter(client, spool.task(entry.task_id), stop, max_backoff)
         if await reporter.deliver():
-            journal.record(entry.task_id, "reported", entry.server)
+            journal.record(entry.task_id, delivered_step(spool.task(entry.task_id).result()),
+                           entry.server)  # fmt: skip
             logger.info("delivered the spooled result of task {}", entry.task_id)

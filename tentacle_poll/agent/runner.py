@@ -21,7 +21,7 @@ from tentacle_poll.agent.deploy import DeployContext, DeployJob
 from tentacle_poll.agent.files import FileJob
 from tentacle_poll.agent.health import HealthJob
 from tentacle_poll.agent.isolation import IsolationMutexes, IsolationTimeout
-from tentacle_poll.agent.journal import Journal, Step
+from tentacle_poll.agent.journal import Journal, Step, delivered_step
 from tentacle_poll.agent.packages import PackageCache
 from tentacle_poll.agent.reporter import TaskReporter
 from tentacle_poll.agent.spool import Spool
@@ -127,7 +127,9 @@ class TaskRunner:
             self._journal("dropped")
             return False
         except CommunicationError as exc:
-            await self._report(Outcome.failed(f"not started: the server did not confirm ({exc})"))
+            reason = f"not started: the server did not confirm the accept ({exc})"
+            logger.warning("task {} {}; giving it back to the server", self.task_id, reason)
+            await self._report(Outcome.failed(reason), requeue=True)
             return False
         return True
 
@@ -199,14 +201,14 @@ class TaskRunner:
         )  # fmt: skip
         return DeployJob(payload, deploy, self._reporter.line)
 
-    async def _report(self, outcome: Outcome) -> None:
-        result = ResultRequest(
-            state=outcome.state, exit_code=outcome.exit_code, last_seq=0, reason=outcome.reason
-        )
+    async def _report(self, outcome: Outcome, requeue: bool = False) -> None:
+        """``requeue``: the task never started here; the server is to queue it again."""
+        result = ResultRequest(state=outcome.state, exit_code=outcome.exit_code, last_seq=0,
+                               reason=outcome.reason, requeue=requeue)  # fmt: skip
         self._reporter.spool_result(result)
         self._journal("finished")
         if await self._reporter.deliver():
-            self._journal("reported")
+            self._journal(delivered_step(result))
 
     def _journal(self, step: Step) -> None:
         self._context.journal.record(self.task_id, step, self._context.client.url)

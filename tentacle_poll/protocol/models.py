@@ -284,6 +284,10 @@ class ResultRequest(WireModel):
     exit_code: ExitCode | None = None
     last_seq: int = Field(ge=0, le=MAX_SEQ)
     reason: str = Field(default="", max_length=4096)
+    # The agent never started the task and gives it back (its accept was never confirmed, or
+    # it died before starting): the server queues it again, or ends it expired past its
+    # deadline. Sent with state "failed" and last_seq 0, which is what older servers record.
+    requeue: bool = False
 
 
 class AcceptRequest(WireModel):

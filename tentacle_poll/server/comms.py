@@ -164,6 +164,8 @@ async def result(request: web.Request) -> web.Response:
     body = await read_model(request, ResultRequest)
     if not check_result(task, body):
         return json_response(task_view(task))  # a repeat: acknowledged, nothing changes
+    if body.requeue:
+        return json_response(task_view(await _requeue(state, task, body.reason)))
     finished = await state.store.finish_task(task.id, body, now())
     state.dispatcher.tasks.ring(task.id)
     state.dispatcher.result_received(task.agent_id)
@@ -171,6 +173,16 @@ async def result(request: web.Request) -> web.Response:
     reason = f": {body.reason}" if body.reason else ""
     logger.info("task {} on {} ended {}{}", task.id, task.target, body.state, reason)
     return json_response(task_view(finished))
+
+
+async def _requeue(state: ServerState, task: TaskRecord, reason: str) -> TaskRecord:
+    """The agent gives the task back unstarted: it waits in the queue again (or expires)."""
+    again = await state.store.requeue_task(task.id, now())
+    state.dispatcher.tasks.ring(task.id)
+    state.dispatcher.result_received(task.agent_id)
+    logger.info("task {} on {} given back unstarted ({}): {}", task.id, task.target, reason,
+                "queued again" if again.state == "queued" else again.state)  # fmt: skip
+    return again
 
 
 def peer_thumbprint(request: web.Request) -> str | None:

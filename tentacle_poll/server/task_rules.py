@@ -3,7 +3,9 @@ checked against it (docs/protocol.md has the table).
 
     queued ──lease──► leased ──accept──► running ──result──► succeeded | failed | timed_out
        ▲                │ └──"failed", no output (turned down)──► failed        | cancelled
-       └──lease expired─┘                   └──silent agent──► lost ──result──► (the real one)
+       ├──lease expired─┘                   └──silent agent──► lost ──result──► (the real one)
+       └──given back unstarted (requeue), from leased or running without output; past its
+          deadline it ends expired instead
 
 An accepted task ("running", or "lost" while the server only guesses) takes events and one
 result. After it ended, a repeat of what was already stored is acknowledged (a retry whose
@@ -37,6 +39,8 @@ def check_result(task: TaskRecord, result: ResultRequest) -> bool:
     A task delivered but never accepted takes one result only: "failed" with no output, the
     agent turning it down before starting (an envelope it cannot read, an accept the server
     never confirmed)."""
+    if result.requeue:
+        return _check_requeue(task, result)
     if task.state in ACCEPTED:
         return True
     if task.state.is_final:
@@ -55,6 +59,18 @@ def check_result(task: TaskRecord, result: ResultRequest) -> bool:
     if result.state == "failed" and result.last_seq == 0:
         return True
     raise _not_accepted(task, "a result other than turning it down")
+
+
+def _check_requeue(task: TaskRecord, result: ResultRequest) -> bool:
+    """A task given back unstarted: from leased or running with no output; a repeat finds it
+    queued again (acknowledged, nothing to do)."""
+    if result.last_seq != 0 or task.last_seq != 0:
+        raise ProblemError(409, "task has output", f"task {task.id} ran: it cannot be given back")
+    if task.state in (TaskState.LEASED, TaskState.RUNNING):
+        return True
+    if task.state in (TaskState.QUEUED, TaskState.EXPIRED):
+        return False
+    raise ProblemError(409, "task ended", f"task {task.id} ended {task.state}")
 
 
 def check_file(task: TaskRecord, kind: str) -> None:

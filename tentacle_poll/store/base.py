@@ -116,6 +116,10 @@ class Store(Protocol):
 
     # tasks
     async def create_task(self, task: NewTask, now: float) -> TaskRecord: ...
+    async def requeue_task(self, task_id: str, now: float) -> TaskRecord:
+        """A task its agent gave back unstarted: queued again, or expired past its deadline."""
+        ...
+
     async def expire_tasks(self, now: float) -> list[TaskRecord]:
         """Queued tasks past their deadline end ``expired``; returns them."""
         ...

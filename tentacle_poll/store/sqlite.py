@@ -234,6 +234,26 @@ class SqliteStore(SqliteCredentials, SqlitePackages, SqliteDeployments):
         )  # fmt: skip
         return self._task(task_id)
 
+    async def requeue_task(self, task_id: str, now: float) -> TaskRecord:
+        with self._transaction():
+            task = self._task(task_id)
+            if task.state not in (TaskState.LEASED, TaskState.RUNNING):
+                return task
+            if task.expires_at is not None and task.expires_at < now:
+                self._erase_sensitive(task_id)
+                self._db.execute(
+                    "UPDATE tasks SET state = 'expired', finished_at = ?, reason = ?, "
+                    "leased_until = NULL, started_at = NULL WHERE id = ?",
+                    (now, EXPIRED_REASON, task_id),
+                )
+            else:
+                self._db.execute(
+                    "UPDATE tasks SET state = 'queued', leased_until = NULL, started_at = NULL "
+                    "WHERE id = ?",
+                    (task_id,),
+                )
+            return self._task(task_id)
+
     async def expire_tasks(self, now: float) -> list[TaskRecord]:
         with self._transaction():
             ids = [
