@@ -134,7 +134,7 @@ def test_admin_command_without_a_server_says_so(tmp_path: Path) -> None:
         "TENTACLE_POLL_ADMIN_URL": f"http://127.0.0.1:{free_port()}",
     }
     result = cli("targets", env=env, check=False)
-    assert result.returncode == 1
+    assert result.returncode == 69  # EX_UNAVAILABLE: not to be mistaken for a failed task
     assert "is the server running?" in result.stderr and "Traceback" not in result.stderr
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,7 +31,9 @@ def admin_client(args: argparse.Namespace) -> AdminClient:
             f"an API key is needed: set {ENV_PREFIX}API_KEY or pass --api-key "
             "(create one with `tentacle-poll server api-key create --name NAME`)"
         )
-    return AdminClient(url, key)
+    client = AdminClient(url, key)
+    client.on_reconnect = lambda text: print(f"note: {text}", file=sys.stderr, flush=True)
+    return client
 
 
 def open_server_home(args: argparse.Namespace) -> ServerHome:

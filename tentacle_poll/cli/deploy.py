@@ -11,6 +11,7 @@ from tentacle_poll.cli.context import admin_client
 from tentacle_poll.cli.progress import follow_deployment, follow_one
 from tentacle_poll.cli.tasks import (
     EXIT_CODES,
+    EXIT_STOPPED_WAITING,
     add_deadline_arguments,
     package_name,
     positive_int,
@@ -163,7 +164,9 @@ async def _run(args: argparse.Namespace, payload: dict[str, object]) -> int:
             final = await follow_one(client, submitted, args.wait)
             if final is not None:
                 print_task(final)
-            return EXIT_CODES.get(final.state, 1) if final is not None else 1
+            if final is None:
+                return EXIT_STOPPED_WAITING
+            return EXIT_CODES.get(final.state, 1)
         if not args.environment:
             raise ConfigurationError("give --target NAME, or --environment ENV (with --role ROLE)")
         return await _fan_out(client, args, task, expires)

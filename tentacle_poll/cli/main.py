@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from tentacle_poll import __version__
 from tentacle_poll.cli import agent, agent_config, deploy, server, tasks
 from tentacle_poll.config import DEFAULT_ADMIN_PORT, ENV_PREFIX
-from tentacle_poll.exceptions import TentaclePollError
+from tentacle_poll.exceptions import ServerUnavailable, TentaclePollError
 from tentacle_poll.logs import mask_secrets, setup_logging
 from tentacle_poll.protocol.codec import describe_validation_error
 
@@ -27,6 +27,7 @@ LOG_LEVELS = ["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"]
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
 EXIT_PIPE_CLOSED = 141
+EXIT_UNREACHABLE = 69  # sysexits' EX_UNAVAILABLE: the server (or admin API) could not be reached
 Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
 
@@ -36,6 +37,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     command: Command = getattr(args, "command", agent.run_agent)
     try:
         return asyncio.run(command(args))
+    except ServerUnavailable as exc:  # not the task's outcome: the server could not be reached
+        print(f"error: {mask_secrets(str(exc))}", file=sys.stderr)
+        return EXIT_UNREACHABLE
     except TentaclePollError as exc:
         print(f"error: {mask_secrets(str(exc))}", file=sys.stderr)
         return EXIT_ERROR

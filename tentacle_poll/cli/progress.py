@@ -8,7 +8,7 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from tentacle_poll.cli.tasks import print_event, print_task
+from tentacle_poll.cli.tasks import EXIT_STOPPED_WAITING, print_event, print_task
 from tentacle_poll.protocol.models import DeploymentTarget, DeploymentView, Event, TaskView
 
 if TYPE_CHECKING:  # the admin client loads aiohttp: only admin commands import it
@@ -20,7 +20,7 @@ NAMES_SHOWN = 10
 
 
 async def follow_deployment(client: AdminClient, view: DeploymentView, wait: float | None) -> int:
-    """Exit code: 0 when every target succeeded, 1 otherwise (also when ``wait`` ran out)."""
+    """Exit code: 0 when every target succeeded, 75 when ``wait`` ran out first, 1 otherwise."""
     turns = asyncio.Semaphore(FOLLOWED_AT_ONCE)
 
     async def follow(target: DeploymentTarget) -> None:
@@ -36,7 +36,9 @@ async def follow_deployment(client: AdminClient, view: DeploymentView, wait: flo
     reporter.cancel()
     final = await client.deployment(view.id)
     print_summary(final, finished, wait)
-    return 0 if finished and final.state == "succeeded" else 1
+    if not finished:
+        return EXIT_STOPPED_WAITING
+    return 0 if final.state == "succeeded" else 1
 
 
 async def follow_one(client: AdminClient, task: TaskView, wait: float | None) -> TaskView | None:

@@ -24,8 +24,11 @@ from tentacle_poll.protocol.models import (
 if TYPE_CHECKING:  # the admin client loads aiohttp: the agent daemon never needs it
     pass
 
+# The command's exit code by the task's final state (docs/getting-started.md has the table;
+# 69: the server could not be reached, 75: --wait ran out, 2: a usage mistake).
 EXIT_CODES = {"succeeded": 0, "failed": 1, "timed_out": 124, "cancelled": 130, "lost": 1,
               "expired": 1}  # fmt: skip
+EXIT_STOPPED_WAITING = 75  # sysexits' EX_TEMPFAIL: --wait ran out; the task goes on
 
 
 def add_deadline_arguments(parser: argparse.ArgumentParser) -> None:
@@ -248,7 +251,7 @@ async def run_task(args: argparse.Namespace) -> int:
         from tentacle_poll.cli.progress import follow_one  # it imports this module
 
         final = await follow_one(client, task, args.wait)
-        return _report(final) if final is not None else 1
+        return _report(final) if final is not None else EXIT_STOPPED_WAITING
 
 
 async def show_task(args: argparse.Namespace) -> int:

@@ -8,6 +8,13 @@ from typing import TypeVar
 
 import aiohttp
 from pydantic import BaseModel, TypeAdapter
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_random_exponential,
+)
 
 from tentacle_poll.exceptions import ProtocolError, RequestRejected, ServerUnavailable
 from tentacle_poll.protocol import routes
@@ -36,6 +43,7 @@ from tentacle_poll.protocol.models import (
 M = TypeVar("M")
 FOLLOW_WAIT_SECONDS = 30
 FOLLOW_PAGE_LINES = 1000
+FOLLOW_RECONNECT_SECONDS = 300.0  # a restart takes seconds; an outage this long is reported
 TARGETS = TypeAdapter(list[TargetView])
 TASKS = TypeAdapter(list[TaskView])
 
@@ -45,6 +53,9 @@ class AdminClient:
         self.url = url.rstrip("/")
         self._headers = {routes.API_KEY_HEADER: api_key}
         self._session: aiohttp.ClientSession | None = None
+        # Following a task: how long to wait for a restarting server, and who hears about it.
+        self.reconnect_seconds = FOLLOW_RECONNECT_SECONDS
+        self.on_reconnect: Callable[[str], None] = lambda _: None
 
     async def __aenter__(self) -> AdminClient:
         self._session = aiohttp.ClientSession(
@@ -192,12 +203,31 @@ class AdminClient:
         the last lines, so no further request is made for an empty page."""
         after = 0
         while True:
-            page = await self.events(task_id, after, FOLLOW_WAIT_SECONDS)
+            page = await self._next_page(task_id, after)
             for event in page.events:
                 on_event(event)
                 after = event.seq
             if page.task.state.is_final and len(page.events) < FOLLOW_PAGE_LINES:
                 return page.task
+
+    async def _next_page(self, task_id: str, after: int) -> EventsPage:
+        """The next page, waiting through a server restart (reconnecting with jittered
+        backoff, for up to ``reconnect_seconds``): the follower resumes after the last line it
+        printed, so none is missed or repeated."""
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(ServerUnavailable),
+            wait=wait_random_exponential(multiplier=0.2, max=5.0),
+            stop=stop_after_delay(self.reconnect_seconds),
+            before_sleep=self._reconnecting,
+            reraise=True,
+        ):
+            with attempt:
+                return await self.events(task_id, after, FOLLOW_WAIT_SECONDS)
+        raise AssertionError("unreachable: tenacity reraises")
+
+    def _reconnecting(self, state: RetryCallState) -> None:
+        if state.attempt_number == 1 and state.outcome is not None:
+            self.on_reconnect(f"{state.outcome.exception()}; reconnecting")
 
     async def _call(
         self,
