@@ -56,6 +56,7 @@ class Agent:
         self.slots = Slots(settings.concurrency)
         self._runners: dict[str, TaskRunner] = {}
         self._stop_level = 0
+        self.clients: dict[str, CommsClient] = {}  # by server URL, while running
 
     def escalate(self) -> int:
         """One step further towards stopping; returns the new level (1, 2, 3...)."""
@@ -72,7 +73,7 @@ class Agent:
     async def _run_locked(self) -> None:
         journal = Journal(self.home.journal_file)
         spool = Spool(self.home.spool_folder, int(self.settings.spool_max_mb * MB))
-        clients = {
+        clients = self.clients = {
             node.url: client_for(node, self.settings, self.home.identity_folder)
             for node in self.settings.servers
         }

@@ -15,6 +15,7 @@ from loguru import logger
 from tentacle_poll.agent.daemon import Agent
 from tentacle_poll.agent.home import AgentHome
 from tentacle_poll.agent.registration import Registration, register
+from tentacle_poll.agent.reload import reload_settings
 from tentacle_poll.config import ENV_PREFIX, default_agent_home
 from tentacle_poll.exceptions import ConfigurationError
 from tentacle_poll.logs import setup_logging
@@ -86,8 +87,20 @@ async def run_agent(args: argparse.Namespace) -> int:
         logger.warning("{} (`tentacle-poll rotate-certificate`)", warning)
     agent = Agent(home, settings)
     install_stop_signals(agent.escalate)
+    install_reload_signal(agent, args)
     await agent.run()
     return 0
+
+
+def install_reload_signal(agent: Agent, args: argparse.Namespace) -> None:
+    """SIGHUP re-reads the settings (agent/reload.py); a --log-level flag keeps winning."""
+
+    def apply_logging(level: str, fmt: str) -> None:
+        setup_logging(args.log_level or level, args.log_format or fmt)
+
+    asyncio.get_running_loop().add_signal_handler(
+        signal.SIGHUP, reload_settings, agent, apply_logging
+    )
 
 
 def install_stop_signals(escalate: Any) -> None:
@@ -96,7 +109,7 @@ def install_stop_signals(escalate: Any) -> None:
 
     def on_signal(signum: int) -> None:
         level = escalate()
-        name = signal.Signals(signum).name
+        name = "interrupted (Ctrl-C)" if signum == signal.SIGINT else signal.Signals(signum).name
         if level == 1:
             logger.warning("{}: stopping; running tasks may finish (again: cancel them)", name)
         elif level == 2:

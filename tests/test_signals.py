@@ -1,0 +1,42 @@
+"""Signals as operators expect, sent to a real agent process: SIGHUP reloads what can change at
+run time and says what changed (and that a broken file changes nothing); Ctrl-C (SIGINT) is
+logged as an interrupt; no traceback at shutdown."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+from tentacle_poll.config import update_config_file
+from tentacle_poll.protocol.models import HealthSpec, SubmitTask
+from tentacle_poll.server import Server
+from tentacle_poll.server.admin_client import AdminClient
+
+from .conftest import register_agent, run_and_follow
+from .processes import Daemon, start_agent_process
+
+
+async def test_sighup_reloads_the_settings_that_can_change_and_says_so(
+    server: Server, api_key: str, admin: AdminClient, tmp_path: Path, processes: list[Daemon]
+) -> None:
+    home = await register_agent(server, api_key, tmp_path / "web1", "web1")
+    update_config_file(home.config_file, concurrency=4)
+    agent = await start_agent_process(home.folder)
+    processes.append(agent)
+    update_config_file(home.config_file, concurrency=2, log_level="DEBUG", spool_max_mb=10)
+    agent.process.send_signal(signal.SIGHUP)
+    line = await agent.wait_for("SIGHUP: reloaded")
+    assert "concurrency 4 -> 2" in line and "log_level INFO -> DEBUG" in line
+    await agent.wait_for("spool_max_mb changed; that takes effect at the next restart")
+    final, events = await run_and_follow(
+        admin, SubmitTask(target="web1", kind="health", health=HealthSpec())
+    )
+    assert json.loads(events[0].text)["free_slots"] == 2
+    home.config_file.write_text("concurrency = 0\n")  # invalid: nothing changes
+    agent.process.send_signal(signal.SIGHUP)
+    await agent.wait_for("SIGHUP: settings not reloaded, the old ones stay")
+    agent.process.send_signal(signal.SIGINT)
+    await agent.wait_for("interrupted (Ctrl-C): stopping")
+    assert await agent.stop() == 0
+    assert "Traceback" not in agent.output and "Event loop is closed" not in agent.output
