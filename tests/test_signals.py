@@ -32,6 +32,7 @@ async def test_sighup_reloads_the_settings_that_can_change_and_says_so(
     final, events = await run_and_follow(
         admin, SubmitTask(target="web1", kind="health", health=HealthSpec())
     )
+    assert final.state == "succeeded"
     assert json.loads(events[0].text)["free_slots"] == 2
     home.config_file.write_text("concurrency = 0\n")  # invalid: nothing changes
     agent.process.send_signal(signal.SIGHUP)
