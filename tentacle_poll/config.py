@@ -161,6 +161,8 @@ class AgentSettings(_Settings):
     max_extract_ratio: float = Field(default=100.0, ge=2)
     min_free_disk_mb: float = Field(default=512.0, ge=0)
     package_cache_mb: float = Field(default=2048.0, gt=0)  # least recently used pruned beyond
+    # Under this much free space on the home's disk the agent takes no new tasks.
+    min_free_home_mb: float = Field(default=64.0, ge=0)
 
 
 class ServerSettings(_Settings):

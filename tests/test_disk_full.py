@@ -1,6 +1,8 @@
-"""The server's disk fills up (a real, small tmpfs) while a task streams output: every write that
-fails for space is answered 503 with Retry-After, logged once rather than a traceback per
-request, and reported by /api/health and /readyz; once space is freed every line arrives once."""
+"""Disks fill up (real, small tmpfs mounts). The server's, while a task streams output: every
+write that fails for space is answered 503 with Retry-After, logged once rather than a
+traceback per request, and reported by /api/health and /readyz; once space is freed every line
+arrives once. The agent's: the task that cannot spool its output is stopped and fails naming
+the folder, the agent takes no new work while short of space, and takes it again after."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import aiohttp
 import pytest
 
 from tentacle_poll.protocol.models import TaskState
+from tentacle_poll.server import Server
 from tentacle_poll.server.admin_client import AdminClient
 
 from .conftest import RunningAgent, register_agent, script_task, start_server, wait_for_line
@@ -83,3 +86,32 @@ async def test_a_full_server_disk_answers_503_says_so_once_and_loses_nothing(
     messages = [record.getMessage() for record in caplog.records]
     assert not [m for m in messages if "unexpected error" in m or "Traceback" in m]
     assert len([m for m in messages if m.startswith("cannot answer")]) <= 2  # once a minute
+
+
+async def test_a_full_agent_disk_fails_the_task_by_name_and_stops_taking_work(
+    server: Server, api_key: str, admin: AdminClient, tmp_path: Path,
+    log_seen: Callable[[str], asyncio.Event],
+) -> None:  # fmt: skip
+    with small_tmpfs(tmp_path / "agent", "4m") as home_folder:
+        home = await register_agent(server, api_key, home_folder, "web1")
+        agent = RunningAgent(home, min_free_home_mb=0.5)
+        gate = tmp_path / "gate"
+        body = (f"echo ready\nwhile [ ! -e {gate} ]; do sleep 0.02; done\n"
+                "head -c 8000000 /dev/zero | tr '\\0' 'x' | fold -w 100\n")  # fmt: skip
+        task = await admin.submit(script_task("web1", body))
+        await wait_for_line(admin, task.id, "ready")
+        filler = fill(home_folder, leave=64 * 1024)
+        gate.touch()
+        failed = await admin.follow(task.id, lambda _: None)
+        short = log_seen("taking no new tasks until space is freed")
+        waiting = await admin.submit(script_task("web1", "echo after"))
+        async with asyncio.timeout(30):
+            await short.wait()
+            while (await admin.events(waiting.id, 2**62, 10)).task.state != TaskState.QUEUED:
+                pass  # each call is held until the task changes: given back, queued again
+        filler.unlink()
+        after = await admin.follow(waiting.id, lambda _: None)
+        await agent.stop()
+    assert failed.state == TaskState.FAILED
+    assert "No space left on device" in failed.reason and "spool" in failed.reason
+    assert after.state == TaskState.SUCCEEDED

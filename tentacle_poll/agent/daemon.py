@@ -14,6 +14,7 @@ from pathlib import Path
 
 from loguru import logger
 
+from tentacle_poll.agent.disk import HomeSpace
 from tentacle_poll.agent.home import AgentHome
 from tentacle_poll.agent.isolation import IsolationMutexes
 from tentacle_poll.agent.journal import Journal
@@ -127,6 +128,7 @@ class Agent:
             identity_folder=self.home.identity_folder,
             file_roots=self.settings.file_roots or [self.home.folder / "files"],
             free_slots=self.slots.not_running,
+            home_space=HomeSpace(self.home.folder, int(self.settings.min_free_home_mb * MB)),
             extract_limits=Limits(
                 max_bytes=int(self.settings.max_extract_mb * MB),
                 max_entries=self.settings.max_extract_entries,

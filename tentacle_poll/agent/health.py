@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tentacle_poll import __version__
+from tentacle_poll.agent.disk import HomeSpace
 from tentacle_poll.tls import certificate_expiry, load_identity
 from tentacle_poll.workers import Outcome, OutputSink
 
@@ -17,11 +18,12 @@ from tentacle_poll.workers import Outcome, OutputSink
 class HealthJob:
     def __init__(
         self, applications_root: Path, identity_folder: Path, free_slots: Callable[[], int],
-        emit: OutputSink,
+        home_space: HomeSpace, emit: OutputSink,
     ) -> None:  # fmt: skip
         self._root = applications_root
         self._identity = identity_folder
         self._free_slots = free_slots
+        self._home_space = home_space
         self._emit = emit
 
     def cancel(self, reason: str) -> None:
@@ -37,6 +39,8 @@ class HealthJob:
             "free_disk_bytes": shutil.disk_usage(self._root).free,
             # This check's own slot is free again the moment it reports.
             "free_slots": self._free_slots() + 1,
+            "home_free_bytes": self._home_space.free_bytes(),
+            "taking_work": self._home_space.shortage() is None,
             "certificate_expires": certificate_expiry(
                 load_identity(self._identity).cert_pem
             ).isoformat(),

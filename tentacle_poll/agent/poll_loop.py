@@ -47,7 +47,7 @@ class PollLoop:
         self._runners = runners  # every server's, shared by the poll loops
         self._own: set[str] = set()  # the ones this server delivered
         self._hold = DEFAULT_HOLD_SECONDS
-        self._spool_full_warned = False
+        self._no_work_said: str | None = None  # the reason last logged for taking no work
 
     async def run(self) -> None:
         logger.info("polling {}", self._client.url)
@@ -144,19 +144,24 @@ class PollLoop:
         return announced[0] != pins[0] or not set(announced) <= set(pins)
 
     def _free_slots(self) -> int:
+        """0 while the spool is at its limit or the home's disk is short of space (better to
+        take no work than to fail it), said once per condition; else the slots to offer."""
+        why = self._why_no_work()
+        if why != self._no_work_said:
+            if why is not None:
+                logger.warning("{}", why)
+            elif self._no_work_said is not None:
+                logger.info("taking tasks again")
+            self._no_work_said = why
+        return 0 if why is not None else self._slots.reserve(self._client.url)
+
+    def _why_no_work(self) -> str | None:
         if self._context.spool.full:
-            # Better to take no work than to fill the disk; the spool drains as results land.
-            if not self._spool_full_warned:
-                folder = self._context.spool.folder
-                logger.warning(
-                    "the spool in {} is at its size limit: taking no new tasks until the "
-                    "server has the spooled results",
-                    folder,
-                )
-                self._spool_full_warned = True
-            return 0
-        self._spool_full_warned = False
-        return self._slots.reserve(self._client.url)
+            return (
+                f"the spool in {self._context.spool.folder} is at its size limit: taking no new "
+                "tasks until the server has the spooled results"
+            )
+        return self._context.home_space.shortage()
 
     def _handle(self, answer: PollResponse) -> None:
         self._hold = answer.hold_seconds
@@ -166,6 +171,7 @@ class PollLoop:
         for task_id in answer.cancels:
             if task_id in self._runners:
                 self._runners[task_id].cancel("cancelled on the server")
+        short = self._why_no_work()  # a poll sent earlier may bring work the disk cannot take
         for envelope in answer.envelopes:
             if self._slots.is_running(envelope.task_id) or self._context.journal.blocks(
                 envelope.task_id
@@ -179,12 +185,15 @@ class PollLoop:
             runner = TaskRunner(envelope, self._context)
             self._runners[envelope.task_id] = runner
             self._own.add(envelope.task_id)
-            task = asyncio.create_task(self._run(runner), name=f"task-{envelope.task_id}")
+            task = asyncio.create_task(self._run(runner, short), name=f"task-{envelope.task_id}")
             self._slots.occupy(envelope.task_id, task)
 
-    async def _run(self, runner: TaskRunner) -> None:
+    async def _run(self, runner: TaskRunner, give_back_because: str | None) -> None:
         try:
-            await runner.run()
+            if give_back_because is not None:
+                await runner.give_back(give_back_because)
+            else:
+                await runner.run()
         finally:
             self._runners.pop(runner.task_id, None)
             self._own.discard(runner.task_id)

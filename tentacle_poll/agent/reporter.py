@@ -103,6 +103,10 @@ class TaskReporter:
         self._has_lines = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
         self._last_lines_queued = False
+        # Set when the spool could not take a line (a full disk): the task is stopped, its
+        # lines and result then go to the server from memory.
+        self.spool_failure: str | None = None
+        self._result: ResultRequest | None = None
 
     @property
     def task_id(self) -> str:
@@ -126,12 +130,35 @@ class TaskReporter:
             seq=self.seq + 1, stream=stream, text=text, ts=time.time(), lines=lines
         )
         self.seq = event.last_seq
-        self._unsent.append(_Pending(event, self._spool.append(event)))
+        self._unsent.append(_Pending(event, self._spooled(event)))
         self._has_lines.set()
 
+    def _spooled(self, event: Event) -> bytes:
+        """The event's JSON, written to the spool if the disk lets it."""
+        if self.spool_failure is None:
+            try:
+                return self._spool.append(event)
+            except OSError as exc:
+                self._spool_failed(exc)
+        return encode(event)
+
+    def _spool_failed(self, exc: OSError) -> None:
+        self.spool_failure = (
+            f"cannot write the task's output to {self._spool.folder}: "
+            f"{exc.strerror or exc} (free space on the agent home's disk)"
+        )
+        logger.error("task {}: {}; stopping it", self.task_id, self.spool_failure)
+        self._on_cancel(self.spool_failure)
+
     def spool_result(self, result: ResultRequest) -> None:
-        """Makes the result durable; from here on a restart still delivers it."""
-        self._spool.write_result(result.model_copy(update={"last_seq": self.seq}))
+        """Makes the result durable; from here on a restart still delivers it. On a full
+        disk it is kept in memory and sent from there (a restart would then lose it)."""
+        self._result = result.model_copy(update={"last_seq": self.seq})
+        try:
+            self._spool.write_result(self._result)
+        except OSError as exc:
+            logger.error("task {}: cannot spool its result ({}); sending it from memory",
+                         self.task_id, exc.strerror or exc)  # fmt: skip
 
     async def deliver(self) -> bool:
         """Sends the remaining lines and the spooled result; True once the server has both.
@@ -147,7 +174,7 @@ class TaskReporter:
             self._last_lines_queued = True
             self._has_lines.set()
             await self._flusher
-        result = self._spool.result()
+        result = self._result or self._spool.result()
         assert result is not None, "spool_result() comes before deliver()"
         try:
             await self._send_all()
@@ -195,7 +222,11 @@ class TaskReporter:
             await asyncio.gather(*posts, return_exceptions=True)
 
     async def _post_batch(self, batch: list[_Pending]) -> None:
-        self._spool.flush()
+        try:
+            self._spool.flush()
+        except OSError as exc:  # buffered lines that did not reach the disk: sent from memory
+            if self.spool_failure is None:
+                self._spool_failed(exc)
         try:
             answer = await self._post(TASK_EVENTS, _events_body(batch), EventsResponse)
         except BaseException:

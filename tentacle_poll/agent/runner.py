@@ -18,6 +18,7 @@ from loguru import logger
 
 from tentacle_poll.agent.backoff import retrying
 from tentacle_poll.agent.deploy import DeployContext, DeployJob
+from tentacle_poll.agent.disk import HomeSpace
 from tentacle_poll.agent.files import FileJob
 from tentacle_poll.agent.health import HealthJob
 from tentacle_poll.agent.isolation import IsolationMutexes, IsolationTimeout
@@ -62,6 +63,7 @@ class RunnerContext:
     identity_folder: Path
     free_slots: Callable[[], int]
     file_roots: list[Path]
+    home_space: HomeSpace
 
 
 class TaskRunner:
@@ -95,6 +97,8 @@ class TaskRunner:
             return
         try:
             outcome = await self._run_isolated(spec)
+            if self._reporter.spool_failure is not None:  # stopped for want of disk space
+                outcome = Outcome("failed", outcome.exit_code, self._reporter.spool_failure)
             await self._report(outcome)
         finally:
             self._reporter.close()  # also when cancelled outright at the third signal
@@ -105,6 +109,15 @@ class TaskRunner:
             time.monotonic() - started,
             f" ({outcome.reason})" if outcome.reason else "",
         )
+
+    async def give_back(self, reason: str) -> None:
+        """Hands the task back unstarted (never accepted): the server queues it again."""
+        logger.warning("task {} not started: {}; giving it back to the server", self.task_id,
+                       reason)  # fmt: skip
+        try:
+            await self._report(Outcome.failed(f"not started: {reason}"), requeue=True)
+        finally:
+            self._reporter.close()
 
     def _parse(self) -> TaskSpec:
         size = len(json.dumps(self._envelope.spec))
@@ -119,7 +132,13 @@ class TaskRunner:
 
     async def _accept(self) -> bool:
         """Journal, then tell the server, before anything starts. False: do not run."""
-        self._journal("accepted")
+        try:
+            self._journal("accepted")
+        except OSError as exc:  # no durable accept, no start: the server gets the task back
+            reason = f"not started: cannot write the journal ({exc.strerror or exc})"
+            logger.error("task {} {}; giving it back to the server", self.task_id, reason)
+            await self._report(Outcome.failed(reason), requeue=True)
+            return False
         try:
             await self._post_accept()
         except LeaseLost:
@@ -162,7 +181,10 @@ class TaskRunner:
             return Outcome("cancelled", reason=f"{self._cancel_reason} before it started")
         workspace = self._context.work_folder / self.task_id
         self._worker = self._worker_for(spec, workspace)
-        self._journal("started")
+        try:
+            self._journal("started")
+        except OSError as exc:  # not durable: a restart would count it never started
+            return Outcome.failed(f"not started: cannot write the journal ({exc.strerror})")
         try:
             return await self._worker.run()
         finally:
@@ -189,7 +211,7 @@ class TaskRunner:
         if spec.health is not None:
             context = self._context
             return HealthJob(context.applications_root, context.identity_folder, context.free_slots,
-                             self._reporter.line)  # fmt: skip
+                             context.home_space, self._reporter.line)  # fmt: skip
         payload = spec.deploy or spec.rollback
         assert payload is not None  # TaskSpec validates that the kind's payload is set
         deploy = DeployContext(
@@ -211,7 +233,15 @@ class TaskRunner:
             self._journal(delivered_step(result))
 
     def _journal(self, step: Step) -> None:
-        self._context.journal.record(self.task_id, step, self._context.client.url)
+        """Records the step; "accepted" and "started" must be written (they raise): a later step
+        lost to a full disk means at worst a result reported twice after a restart, never a
+        rerun."""
+        try:
+            self._context.journal.record(self.task_id, step, self._context.client.url)
+        except OSError as exc:
+            if step in ("accepted", "started"):
+                raise
+            logger.error("task {}: cannot journal {!r} ({})", self.task_id, step, exc.strerror)
 
     def _record_process_group(self, pgid: int) -> None:
         journal, server = self._context.journal, self._context.client.url

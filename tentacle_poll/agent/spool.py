@@ -19,6 +19,8 @@ import shutil
 from pathlib import Path
 from typing import IO
 
+from loguru import logger
+
 from tentacle_poll.protocol.codec import encode
 from tentacle_poll.protocol.models import Event, ResultRequest
 from tentacle_poll.workers.process_group import group_of_record
@@ -62,9 +64,12 @@ class TaskSpool:
 
     def close(self) -> None:
         """Closes the lines file (lines appended later reopen it)."""
-        if self._events is not None:
-            self._events.close()
-            self._events = None
+        events, self._events = self._events, None
+        if events is not None:
+            try:
+                events.close()
+            except OSError as exc:  # a full disk: the reporter sends those lines from memory
+                logger.warning("spool {}: buffered lines not written ({})", self.folder, exc)
 
     def flush(self) -> None:
         """Hands buffered lines to the OS: they then survive the agent being killed."""
