@@ -23,6 +23,7 @@ from tentacle_poll.agent.packages import PackageCache
 from tentacle_poll.agent.poll_loop import PollLoop
 from tentacle_poll.agent.recovery import (
     deliver_unreported,
+    end_leftover_cgroups,
     fail_interrupted_tasks,
     repair_releases,
 )
@@ -31,6 +32,7 @@ from tentacle_poll.agent.slots import Slots
 from tentacle_poll.agent.spool import Spool
 from tentacle_poll.agent.transport import CommsClient, client_for
 from tentacle_poll.config import AgentSettings
+from tentacle_poll.workers.cgroups import CgroupRoot, describe
 from tentacle_poll.workers.extract import Limits
 
 MB = 1024 * 1024
@@ -58,6 +60,7 @@ class Agent:
         self._runners: dict[str, TaskRunner] = {}
         self._stop_level = 0
         self.clients: dict[str, CommsClient] = {}  # by server URL, while running
+        self._cgroups: CgroupRoot | None = None
 
     def escalate(self) -> int:
         """One step further towards stopping; returns the new level (1, 2, 3...)."""
@@ -91,7 +94,9 @@ class Agent:
 
     async def _run(self, journal: Journal, spool: Spool, clients: dict[str, CommsClient]) -> None:
         shutil.rmtree(self.home.work_folder, ignore_errors=True)  # left by an agent that died
-        fail_interrupted_tasks(journal, spool)
+        fail_interrupted_tasks(journal, spool)  # ends the orphans' groups, says so in output
+        self._cgroups = CgroupRoot.find()
+        await end_leftover_cgroups(self._cgroups)  # then whatever escaped their groups
         repair_releases(self._applications_root())
         backlog = asyncio.create_task(
             deliver_unreported(
@@ -108,7 +113,8 @@ class Agent:
         self.slots.loops = len(loops)
         polling = [asyncio.create_task(loop.run()) for loop in loops]
         self.started.set()
-        logger.info("agent {} started with {} slots", self.settings.name, self.slots.capacity)
+        logger.info("agent {} started with {} slots; tasks run in {}", self.settings.name,
+                    self.slots.capacity, describe(self._cgroups))  # fmt: skip
         await asyncio.gather(*polling)
         await self._drain(backlog)
 
@@ -129,6 +135,7 @@ class Agent:
             file_roots=self.settings.file_roots or [self.home.folder / "files"],
             free_slots=self.slots.not_running,
             home_space=HomeSpace(self.home.folder, int(self.settings.min_free_home_mb * MB)),
+            cgroups=self._cgroups,
             extract_limits=Limits(
                 max_bytes=int(self.settings.max_extract_mb * MB),
                 max_entries=self.settings.max_extract_entries,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from tentacle_poll.agent.transport import CommsClient
 from tentacle_poll.exceptions import CommunicationError, TaskExecutionError
 from tentacle_poll.protocol.models import DeploySpec, RollbackSpec, ScriptSpec, Variable
 from tentacle_poll.workers import Outcome, OutputSink, ScriptJob, ScriptWorker
+from tentacle_poll.workers.cgroups import TaskCgroup
 from tentacle_poll.workers.extract import Limits, extract
 from tentacle_poll.workers.releases import Releases
 
@@ -35,6 +37,8 @@ class DeployContext:
     grace_seconds: float
     max_output_bytes: int
     timeout_seconds: float | None = None
+    # A fresh cgroup for each script the deploy runs (None: process groups only).
+    cgroup: Callable[[], TaskCgroup | None] = lambda: None
 
 
 class DeployJob:
@@ -151,7 +155,7 @@ class DeployJob:
             workspace=self._context.workspace / script.stem,
             variables=[*self._context.variables, *self._release_variables(folder, version)],
             grace_seconds=self._context.grace_seconds,
-            max_output_bytes=self._context.max_output_bytes,
+            max_output_bytes=self._context.max_output_bytes, cgroup=self._context.cgroup(),
         )  # fmt: skip
         self._worker = ScriptWorker(job, self._emit)
         if self._cancel_reason is not None:

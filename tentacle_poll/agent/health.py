@@ -18,12 +18,13 @@ from tentacle_poll.workers import Outcome, OutputSink
 class HealthJob:
     def __init__(
         self, applications_root: Path, identity_folder: Path, free_slots: Callable[[], int],
-        home_space: HomeSpace, emit: OutputSink,
+        home_space: HomeSpace, process_control: str, emit: OutputSink,
     ) -> None:  # fmt: skip
         self._root = applications_root
         self._identity = identity_folder
         self._free_slots = free_slots
         self._home_space = home_space
+        self._process_control = process_control
         self._emit = emit
 
     def cancel(self, reason: str) -> None:
@@ -41,6 +42,7 @@ class HealthJob:
             "free_slots": self._free_slots() + 1,
             "home_free_bytes": self._home_space.free_bytes(),
             "taking_work": self._home_space.shortage() is None,
+            "process_control": self._process_control,
             "certificate_expires": certificate_expiry(
                 load_identity(self._identity).cert_pem
             ).isoformat(),

@@ -20,6 +20,7 @@ from tentacle_poll.agent.reporter import TaskReporter
 from tentacle_poll.agent.spool import Spool
 from tentacle_poll.agent.transport import CommsClient
 from tentacle_poll.protocol.models import Event, ResultRequest
+from tentacle_poll.workers.cgroups import CgroupRoot
 from tentacle_poll.workers.process_group import group_alive, group_of_record, signal_group
 from tentacle_poll.workers.releases import IN_PROGRESS_FILE, ORDER_FILE, Releases
 
@@ -35,6 +36,16 @@ def repair_releases(applications_root: Path) -> None:
         releases = Releases(folder.parent.parent, folder.parent.name, folder.name)
         for repaired in releases.repair():
             logger.warning("repaired {}: {}", folder, repaired)
+
+
+async def end_leftover_cgroups(root: CgroupRoot | None) -> None:
+    """Task cgroups an agent that died left: whatever still runs in them is ended."""
+    for cgroup in root.leftovers() if root is not None else []:
+        killed = await cgroup.kill_all()
+        cgroup.remove()
+        if killed:
+            logger.warning("ended {} processes left in {} by an agent that died", killed,
+                           cgroup.path)  # fmt: skip
 
 
 def fail_interrupted_tasks(journal: Journal, spool: Spool) -> None:

@@ -39,6 +39,7 @@ from tentacle_poll.protocol.models import (
 )
 from tentacle_poll.protocol.routes import TASK_ACCEPT, task_path
 from tentacle_poll.workers import Outcome, ScriptJob, ScriptWorker, Worker
+from tentacle_poll.workers.cgroups import CgroupRoot, TaskCgroup, describe
 from tentacle_poll.workers.extract import Limits
 from tentacle_poll.workers.process_group import group_record
 
@@ -64,6 +65,7 @@ class RunnerContext:
     free_slots: Callable[[], int]
     file_roots: list[Path]
     home_space: HomeSpace
+    cgroups: CgroupRoot | None = None  # None: process groups only
 
 
 class TaskRunner:
@@ -201,6 +203,7 @@ class TaskRunner:
                 grace_seconds=self._context.grace_seconds,
                 max_output_bytes=self._context.max_output_bytes,
                 on_spawn=self._record_process_group,
+                cgroup=self._task_cgroup(),
             )
             return ScriptWorker(job, self._reporter.line)
         transfer = spec.send_file or spec.fetch_file
@@ -211,7 +214,8 @@ class TaskRunner:
         if spec.health is not None:
             context = self._context
             return HealthJob(context.applications_root, context.identity_folder, context.free_slots,
-                             context.home_space, self._reporter.line)  # fmt: skip
+                             context.home_space, describe(context.cgroups),
+                             self._reporter.line)  # fmt: skip
         payload = spec.deploy or spec.rollback
         assert payload is not None  # TaskSpec validates that the kind's payload is set
         deploy = DeployContext(
@@ -220,8 +224,13 @@ class TaskRunner:
             limits=self._context.extract_limits, workspace=workspace, task_id=self.task_id,
             variables=list(spec.variables), grace_seconds=self._context.grace_seconds,
             max_output_bytes=self._context.max_output_bytes, timeout_seconds=spec.timeout_seconds,
+            cgroup=self._task_cgroup,
         )  # fmt: skip
         return DeployJob(payload, deploy, self._reporter.line)
+
+    def _task_cgroup(self) -> TaskCgroup | None:
+        cgroups = self._context.cgroups
+        return cgroups.for_task(self.task_id) if cgroups is not None else None
 
     async def _report(self, outcome: Outcome, requeue: bool = False) -> None:
         """``requeue``: the task never started here; the server is to queue it again."""

@@ -1,4 +1,5 @@
-"""Run one script task in a subprocess and supervise its whole process group."""
+"""Run one script task in a subprocess and supervise its whole process group, and its cgroup
+where the agent may make one (``cgroups.py``: what a process group cannot hold)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any
 
 from tentacle_poll.exceptions import UnsupportedTaskError
 from tentacle_poll.protocol.models import MAX_LINE_CHARS, ScriptSpec, Variable
+from tentacle_poll.workers.cgroups import TaskCgroup
 from tentacle_poll.workers.lines import LineSplitter, pump_lines
 from tentacle_poll.workers.masking import SecretMasker
 from tentacle_poll.workers.outcome import Outcome, OutputSink, Stream
@@ -26,6 +28,7 @@ from tentacle_poll.workers.process_group import (
 )
 
 Pumps = asyncio.Future[Any]
+ESCAPEES_KILLED = "sending SIGKILL to {count} processes that left the task's process group"
 SCRIPT_SUFFIX = {"bash": ".sh", "sh": ".sh", "python": ".py", "pwsh": ".ps1", "cmd": ".cmd"}
 
 
@@ -43,6 +46,8 @@ class ScriptJob:
     max_output_bytes: int | None = None
     # Told the process group id right after the spawn (the agent keeps it to end orphans).
     on_spawn: Callable[[int], None] | None = None
+    # The task's own cgroup: also holds children that left the process group (setsid).
+    cgroup: TaskCgroup | None = None
 
 
 class ScriptWorker:
@@ -65,6 +70,8 @@ class ScriptWorker:
     async def run(self) -> Outcome:
         try:
             command = build_command(self._job.script, self._write_script())
+            if self._job.cgroup is not None:
+                command = self._job.cgroup.wrap(command)
             cwd = self._working_directory()
             process = await asyncio.create_subprocess_exec(
                 *command,
@@ -76,10 +83,25 @@ class ScriptWorker:
                 start_new_session=True,  # its own process group, so cancel reaches the tree
             )
         except (UnsupportedTaskError, OSError) as exc:
+            if self._job.cgroup is not None:
+                self._job.cgroup.remove()
             return Outcome.failed(f"could not start the script: {_describe(exc)}")
         if self._job.on_spawn is not None:
             self._job.on_spawn(process.pid)
-        return await self._supervise(process)
+        try:
+            return await self._supervise(process)
+        finally:
+            await self._end_cgroup()
+
+    async def _end_cgroup(self, say: str = "") -> None:
+        """Ends what is left in the task's cgroup (escaped children too) and removes it."""
+        cgroup = self._job.cgroup
+        if cgroup is None:
+            return
+        if say and cgroup.pids():
+            self._emit("system", say.format(count=len(cgroup.pids())))
+        await cgroup.kill_all()
+        cgroup.remove()
 
     async def _supervise(self, process: asyncio.subprocess.Process) -> Outcome:
         assert process.stdout is not None and process.stderr is not None
@@ -93,6 +115,7 @@ class ScriptWorker:
             if stop_state is not None:
                 say = functools.partial(self._emit, "system")
                 await end_group(process.pid, exited, self._job.grace_seconds, say)
+                await self._end_cgroup(ESCAPEES_KILLED)
             returncode = await self._collect_exit(process, exited, pumps)
         except BaseException:
             # Cancelled from outside (agent shutting down hard): leave nothing running.
@@ -125,12 +148,14 @@ class ScriptWorker:
         if not await _finishes(pumps, self._job.straggler_seconds):
             self._emit("system", "processes the script started still hold its output; ending them")
             await end_group(process.pid, exited, grace_seconds=0)
+            await self._end_cgroup(ESCAPEES_KILLED)
             if not await _finishes(pumps, self._job.grace_seconds):
                 return self._abandon_output(process, pumps)
         returncode = await process.wait()
         if group_alive(process.pid):
             self._emit("system", "the script left processes running in the background; ending them")
             await end_group(process.pid, exited, grace_seconds=0)
+        await self._end_cgroup(ESCAPEES_KILLED)
         return returncode
 
     def _abandon_output(self, process: asyncio.subprocess.Process, pumps: Pumps) -> int:
