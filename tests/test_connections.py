@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tentacle_poll.agent.reporter import TaskReporter
+from tentacle_poll.agent.reporter import MEMORY_QUEUE_BYTES, TaskReporter
 from tentacle_poll.agent.spool import Spool
 from tentacle_poll.agent.transport import CommsClient
 from tentacle_poll.protocol.models import PollRequest, PollResponse, ResultRequest, TaskView
@@ -100,3 +100,42 @@ async def test_an_agent_running_task_after_task_keeps_its_connections(
         final, events = await run_and_follow(admin, script_task("web1", f"echo {number}"))
         assert final.state == "succeeded" and [e.text for e in events] == [str(number)]
     assert handshakes["handshakes"] <= 4  # the poll's connection and a few for the posts
+
+
+class GatedClient(CommsClient):
+    """The agent's real client, whose posts wait until ``gate`` opens: a server that is slow
+    to take output (busy with a follower, say)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate = asyncio.Event()
+
+    async def post(self, *args: Any, **kwargs: Any) -> Any:
+        await self.gate.wait()
+        return await super().post(*args, **kwargs)
+
+
+async def test_output_the_server_is_slow_to_take_waits_on_disk_not_in_memory(
+    server: Server, api_key: str, admin: AdminClient, tmp_path: Path
+) -> None:
+    home = await register_agent(server, api_key, tmp_path / "web1", "web1")
+    client = client_for(server, home, GatedClient)
+    client.gate.set()
+    task = await running_task(client, admin)
+    client.gate.clear()
+    reporter = TaskReporter(client, Spool(tmp_path / "spool", 10**9).task(task.id),
+                            asyncio.Event(), 1.0)  # fmt: skip
+    reporter.start_streaming()
+    expected = [f"{i:08d} " + "x" * 100 for i in range(40_000)]  # 4.4 MB of lines
+    for text in expected:
+        reporter.line("stdout", text)
+    assert reporter.queued_bytes <= MEMORY_QUEUE_BYTES + 1024  # the rest is in the spool only
+    client.gate.set()
+    reporter.spool_result(ResultRequest(state="succeeded", exit_code=0, last_seq=0))
+    try:
+        assert await reporter.deliver()
+    finally:
+        await client.close()
+    stored: list[str] = []
+    final = await admin.follow(task.id, lambda event: stored.extend(event.text.split("\n")))
+    assert final.state == "succeeded" and stored == expected

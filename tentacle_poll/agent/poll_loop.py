@@ -16,6 +16,7 @@ from loguru import logger
 
 from tentacle_poll import __version__
 from tentacle_poll.agent.backoff import retrying
+from tentacle_poll.agent.memory import release_freed_memory
 from tentacle_poll.agent.runner import RunnerContext, TaskRunner
 from tentacle_poll.agent.slots import Slots
 from tentacle_poll.agent.transport import CommsClient
@@ -197,3 +198,4 @@ class PollLoop:
         finally:
             self._runners.pop(runner.task_id, None)
             self._own.discard(runner.task_id)
+            release_freed_memory()  # a task's output may have grown the heap: give it back

@@ -5,6 +5,10 @@ stream sends each line at once, a busy one what piled up meanwhile, with up to t
 way (a busy pipe's lines come as blocks, one event per read). The spool is removed only
 once the server acknowledged the result; every post is idempotent (by seq, by task id), so a
 retry after a lost answer duplicates nothing.
+
+Memory is bounded whatever the server's pace: up to MEMORY_QUEUE_BYTES of unsent lines are also
+kept in memory; past that, lines wait in the spool only and are read back from it in order
+(``_spilled_from``), so a slow server or a busy follower costs disk, not RAM.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ MAX_BATCH_BYTES = 512 * 1024
 # order, and acknowledges lines only up to the first gap.
 MAX_IN_FLIGHT = 2
 REFUSED_FOR_GOOD = {404, 409}  # no such task (deleted), or it ended otherwise
+MEMORY_QUEUE_BYTES = 2 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,16 @@ def _ignore_cancel(_: str) -> None:
     return None
 
 
+def _last_seq(spool: TaskSpool) -> int:
+    """The last sequence number an earlier life spooled, read in bounded chunks."""
+    last, offset = 0, 0
+    while True:
+        read, offset_after = spool.read_events(offset, MAX_BATCH_BYTES)
+        if not read:
+            return last
+        last, offset = read[-1][0].last_seq, offset_after
+
+
 class TaskReporter:
     def __init__(
         self,
@@ -97,9 +112,12 @@ class TaskReporter:
         self._stop = stop
         self._max_backoff = max_backoff
         self._on_cancel = on_cancel
-        earlier = spool.events()  # lines spooled by an earlier life
-        self._unsent = deque(_Pending(e, encode(e)) for e in earlier)
-        self.seq = earlier[-1].last_seq if earlier else 0
+        self._unsent: deque[_Pending] = deque()
+        self._queued_bytes = 0
+        # Lines from this spool offset on are in the spool only (None: all are queued here);
+        # lines an earlier life spooled are read back from the start.
+        self._spilled_from: int | None = 0 if spool.size() else None
+        self.seq = _last_seq(spool)
         self._has_lines = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
         self._last_lines_queued = False
@@ -111,6 +129,11 @@ class TaskReporter:
     @property
     def task_id(self) -> str:
         return self._spool.task_id
+
+    @property
+    def queued_bytes(self) -> int:
+        """Unsent lines held in memory (the rest wait in the spool only)."""
+        return self._queued_bytes
 
     def close(self) -> None:
         self._spool.close()
@@ -130,8 +153,21 @@ class TaskReporter:
             seq=self.seq + 1, stream=stream, text=text, ts=time.time(), lines=lines
         )
         self.seq = event.last_seq
-        self._unsent.append(_Pending(event, self._spooled(event)))
+        self._queue(event)
         self._has_lines.set()
+
+    def _queue(self, event: Event) -> None:
+        """Spools the event, and keeps it in memory too while there is room and no earlier
+        line waits in the spool only."""
+        offset = self._spool.size()
+        encoded = self._spooled(event)
+        spilled = self._spilled_from is not None
+        if self.spool_failure is None and (spilled or self._queued_bytes > MEMORY_QUEUE_BYTES):
+            if not spilled:
+                self._spilled_from = offset
+            return
+        self._unsent.append(_Pending(event, encoded))
+        self._queued_bytes += len(encoded)
 
     def _spooled(self, event: Event) -> bytes:
         """The event's JSON, written to the spool if the disk lets it."""
@@ -141,6 +177,15 @@ class TaskReporter:
             except OSError as exc:
                 self._spool_failed(exc)
         return encode(event)
+
+    def _refill(self) -> None:
+        """Reads the next lines that wait in the spool only into the memory queue."""
+        assert self._spilled_from is not None
+        read, self._spilled_from = self._spool.read_events(self._spilled_from, MAX_BATCH_BYTES)
+        self._unsent.extend(_Pending(event, encoded) for event, encoded in read)
+        self._queued_bytes += sum(len(encoded) for _, encoded in read)
+        if self._spilled_from >= self._spool.size():
+            self._spilled_from = None  # caught up: new lines queue in memory again
 
     def _spool_failed(self, exc: OSError) -> None:
         self.spool_failure = (
@@ -210,9 +255,13 @@ class TaskReporter:
         queued again."""
         posts: set[asyncio.Task[None]] = set()
         try:
-            while self._unsent or posts:
-                while self._unsent and len(posts) < MAX_IN_FLIGHT:
-                    posts.add(asyncio.create_task(self._post_batch(_take_batch(self._unsent))))
+            while self._unsent or posts or self._spilled_from is not None:
+                while len(posts) < MAX_IN_FLIGHT and self._has_unsent():
+                    batch = _take_batch(self._unsent)
+                    self._queued_bytes -= sum(len(item.encoded) for item in batch)
+                    posts.add(asyncio.create_task(self._post_batch(batch)))
+                if not posts:
+                    break
                 done, posts = await asyncio.wait(posts, return_when=asyncio.FIRST_COMPLETED)
                 for post in done:
                     post.result()
@@ -220,6 +269,11 @@ class TaskReporter:
             for post in posts:
                 post.cancel()
             await asyncio.gather(*posts, return_exceptions=True)
+
+    def _has_unsent(self) -> bool:
+        if not self._unsent and self._spilled_from is not None:
+            self._refill()
+        return bool(self._unsent)
 
     async def _post_batch(self, batch: list[_Pending]) -> None:
         try:
@@ -231,6 +285,7 @@ class TaskReporter:
             answer = await self._post(TASK_EVENTS, _events_body(batch), EventsResponse)
         except BaseException:
             self._unsent = deque(sorted([*batch, *self._unsent], key=lambda p: p.event.seq))
+            self._queued_bytes += sum(len(item.encoded) for item in batch)
             raise
         if answer.cancel:
             self._on_cancel("cancelled on the server")

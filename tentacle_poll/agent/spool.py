@@ -14,6 +14,7 @@ not count (the task is then reported as interrupted). Spools of earlier agents
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -84,6 +85,30 @@ class TaskSpool:
                     events.append(Event.model_validate_json(line))
         return events
 
+    def size(self) -> int:
+        """Bytes of the lines file so far, buffered ones included."""
+        if self._events is not None:
+            return self._events.tell()
+        try:
+            return (self.folder / EVENTS_FILE).stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def read_events(self, offset: int, max_bytes: int) -> tuple[list[tuple[Event, bytes]], int]:
+        """Whole lines from ``offset`` on, about ``max_bytes`` of them, as (event, its JSON),
+        and the offset after them: what the reporter sends when it keeps no copy in memory."""
+        self.flush()
+        try:
+            with open(self.folder / EVENTS_FILE, "rb") as handle:
+                handle.seek(offset)
+                chunk = handle.read(max_bytes)
+                while chunk and b"\n" not in chunk and (more := handle.read(max_bytes)):
+                    chunk += more  # a line longer than max_bytes: read on to its end
+        except FileNotFoundError:
+            return [], offset
+        whole = chunk[: chunk.rfind(b"\n") + 1]
+        return _parsed(whole.splitlines()), offset + len(whole)
+
     def _lines(self) -> list[bytes]:
         try:
             return (self.folder / EVENTS_FILE).read_bytes().splitlines()
@@ -153,3 +178,15 @@ def _folder_size(folder: Path) -> int:
     if not folder.exists():
         return 0
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def _parsed(lines: list[bytes]) -> list[tuple[Event, bytes]]:
+    """Events of spooled lines (written by this agent: no validation needed), skipping the
+    result line and lines torn by a crash."""
+    parsed = []
+    for line in lines:
+        if line.startswith(RESULT_LINE):
+            continue
+        with contextlib.suppress(ValueError, TypeError):
+            parsed.append((Event.model_construct(**json.loads(line)), line))
+    return parsed

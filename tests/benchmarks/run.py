@@ -17,6 +17,7 @@ from typing import Any
 from tentacle_poll.logs import setup_logging
 
 from ..processes import Daemon
+from .agent_memory import agent_memory
 from .figures import (
     Bench,
     Row,
@@ -46,6 +47,7 @@ async def run_all(quick: bool, groups: list[str]) -> list[Row]:
         "stream_mb": 5 if quick else 100,
         "idle_window": 8.0 if quick else 20.0,
         "package_mb": 32 if quick else 256,
+        "tiny_tasks": 1000 if quick else 10000,
     }
     folder = Path(tempfile.mkdtemp(prefix="tentacle-bench-"))
     try:
@@ -73,6 +75,7 @@ async def _run_groups(folder: Path, sizes: dict[str, Any], groups: list[str]) ->
             rows += await output_streaming(bench, sizes["stream_mb"], runs=3)
         if "footprint" in groups:
             rows += await agent_footprint(bench, sizes["idle_window"])
+            rows += await agent_memory(bench, sizes["stream_mb"], sizes["tiny_tasks"])
         if "package" in groups:
             rows += await package_transfer(bench, sizes["package_mb"])
     finally:
