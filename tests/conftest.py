@@ -82,10 +82,15 @@ def log_seen() -> Iterator[Callable[[str], asyncio.Event]]:
 
 @pytest.fixture
 async def processes() -> AsyncIterator[list[Daemon]]:
+    """Real processes, killed at the end; none may have printed a traceback (at shutdown or
+    ever): every fault a test produces must end in words, not in a stack."""
     started: list[Daemon] = []
     yield started
     for daemon in started:
         await daemon.kill()
+    for daemon in started:
+        for sign in ("Traceback", "Event loop is closed", "was never retrieved"):
+            assert sign not in daemon.output, f"{sign!r} in the output of {daemon}"
 
 
 def free_port() -> int:
