@@ -31,6 +31,7 @@ from tentacle_poll.config import (
 from tentacle_poll.protocol.models import Event, ScriptSpec, SubmitTask, TaskView, Variable
 from tentacle_poll.server import Server
 from tentacle_poll.server.admin_client import AdminClient
+from tentacle_poll.store import AgentRecord
 from tentacle_poll.tls import generate_identity, save_identity
 
 from .processes import Daemon
@@ -163,6 +164,16 @@ async def register_agent(
 ) -> AgentHome:
     url, thumbprint = comms_url(server), server.state.thumbprint
     return await register_at(url, thumbprint, api_key, folder, name, **extra)
+
+
+async def registered(
+    server: Server, api_key: str, tmp_path: Path, name: str = "web1"
+) -> AgentRecord:
+    """Registers ``name`` (its home in tmp_path/name) and returns the server's record of it."""
+    await register_agent(server, api_key, tmp_path / name, name)
+    record = await server.state.store.agent_by_name(name)
+    assert record is not None
+    return record
 
 
 async def register_at(

@@ -13,7 +13,7 @@ from tentacle_poll.server import Server
 from tentacle_poll.server.admin_client import AdminClient
 from tentacle_poll.store import NewTask, TaskRecord
 
-from .conftest import RunningAgent, register_agent
+from .conftest import RunningAgent, register_agent, registered
 
 
 def package(folder: Path, package_id: str, version: str, log: Path) -> Path:
@@ -61,10 +61,8 @@ async def test_deploys_of_one_package_run_in_submission_order_and_the_last_is_cu
 async def test_the_store_leases_a_serial_task_only_after_the_earlier_one_ended(
     server: Server, api_key: str, tmp_path: Path
 ) -> None:
-    await register_agent(server, api_key, tmp_path / "web1", "web1")
+    agent = await registered(server, api_key, tmp_path)
     store = server.state.store
-    agent = await store.agent_by_name("web1")
-    assert agent is not None
     at = time.time()
     made = [
         await store.create_task(NewTask(agent.id, "{}", serial=serial), at + i / 1000)
@@ -89,10 +87,8 @@ async def _finish(server: Server, task_id: str, agent_id: str, at: float) -> Tas
 async def test_a_task_past_its_deadline_is_never_leased(
     server: Server, api_key: str, tmp_path: Path
 ) -> None:
-    await register_agent(server, api_key, tmp_path / "web1", "web1")
+    agent = await registered(server, api_key, tmp_path)
     store = server.state.store
-    agent = await store.agent_by_name("web1")
-    assert agent is not None
     at = time.time()
     late = await store.create_task(NewTask(agent.id, "{}", expires_at=at + 5), at)
     assert await store.lease_tasks(agent.id, 10, at + 6, 30) == []  # before any sweep

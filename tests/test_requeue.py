@@ -31,7 +31,14 @@ from tentacle_poll.server import Server
 from tentacle_poll.server.admin_client import AdminClient
 from tentacle_poll.store import NewTask
 
-from .conftest import RunningAgent, client_for, register_agent, script_task, start_server
+from .conftest import (
+    RunningAgent,
+    client_for,
+    register_agent,
+    registered,
+    script_task,
+    start_server,
+)
 from .relay import CuttingRelay
 
 GIVE_BACK = ResultRequest(state="failed", last_seq=0, reason="not started", requeue=True)
@@ -77,10 +84,8 @@ async def test_a_task_that_printed_cannot_be_given_back(
 async def test_a_task_given_back_past_its_deadline_expires(
     server: Server, api_key: str, tmp_path: Path
 ) -> None:
-    await register_agent(server, api_key, tmp_path / "a", "web1")
+    agent = await registered(server, api_key, tmp_path)
     store = server.state.store
-    agent = await store.agent_by_name("web1")
-    assert agent is not None
     at = time.time()
     task = await store.create_task(NewTask(agent.id, "{}", expires_at=at + 5), at)
     assert [t.id for t in await store.lease_tasks(agent.id, 1, at, 30)] == [task.id]

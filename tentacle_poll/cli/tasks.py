@@ -7,8 +7,9 @@ import asyncio
 import datetime as dt
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tentacle_poll.cli.context import admin_client
 from tentacle_poll.exceptions import ConfigurationError, RequestRejected
@@ -28,6 +29,7 @@ if TYPE_CHECKING:  # the admin client loads aiohttp: the agent daemon never need
 # 69: the server could not be reached, 75: --wait ran out, 2: a usage mistake).
 EXIT_CODES = {"succeeded": 0, "failed": 1, "timed_out": 124, "cancelled": 130, "lost": 1,
               "expired": 1}  # fmt: skip
+N = TypeVar("N", int, float)
 EXIT_STOPPED_WAITING = 75  # sysexits' EX_TEMPFAIL: --wait ran out; the task goes on
 
 
@@ -57,23 +59,24 @@ def package_name(text: str) -> str:
 
 
 def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    value = _number(text, int, "a whole number")
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text} must be at least 1")
     return value
 
 
 def positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    value = _number(text, float, "a number of seconds")
     if not 0 < value <= 30 * 24 * 3600:
         raise argparse.ArgumentTypeError(f"{text} is not between 0 and 30 days in seconds")
     return value
+
+
+def _number(text: str, convert: Callable[[str], N], what: str) -> N:
+    try:
+        return convert(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
 
 
 def add_commands(commands: Any, add_common: Any, add_admin: Any) -> None:
