@@ -93,3 +93,21 @@ def test_the_result_is_read_from_the_end_of_a_long_output(tmp_path: Path) -> Non
     result = task.result()
     assert result is not None and result.reason == reason and result.last_seq == 100
     assert len(task.events()) == 100
+
+
+def test_the_journal_forgets_old_ended_tasks_but_never_an_unfinished_one(tmp_path: Path) -> None:
+    from tentacle_poll.agent.journal import KEEP_ENDED, Journal
+
+    journal = Journal(tmp_path / "journal.jsonl")
+    journal.record("running", "accepted", "s")
+    for n in range(3 * KEEP_ENDED):
+        for step in ("accepted", "started", "finished", "reported"):
+            journal.record(f"t{n}", step, "s")  # type: ignore[arg-type]
+    assert journal.blocks("running") and journal.blocks(f"t{3 * KEEP_ENDED - 1}")
+    assert len(journal.entries) <= 2 * KEEP_ENDED + 1
+    lines = (tmp_path / "journal.jsonl").read_text().count("\n")
+    journal.close()
+    assert lines < 4 * 2 * KEEP_ENDED + 10  # compacted on the way, not 12,000 lines
+    reopened = Journal(tmp_path / "journal.jsonl")
+    assert reopened.blocks("running") and len(reopened.entries) == KEEP_ENDED + 1
+    reopened.close()

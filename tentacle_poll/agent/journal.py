@@ -44,10 +44,18 @@ class JournalEntry:
         return json.dumps(fields) + "\n"
 
 
+# Tasks whose lifecycle here is over, remembered (in memory and after compaction) up to this
+# many, most recent first: the server never delivers a task again once it ended, so older ones
+# need no memory, and an agent that ran a million tasks does not hold a million entries.
+ENDED = ("reported", "released", "dropped")
+KEEP_ENDED = 1000
+
+
 class Journal:
     def __init__(self, path: Path) -> None:
         self._path = path
         self.entries: dict[str, JournalEntry] = self._load()
+        self._forget_old_ended()
         self._compact()
         self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115  (kept open for appends)
 
@@ -64,7 +72,21 @@ class Journal:
         self._file.flush()
         if step == "accepted":
             os.fsync(self._file.fileno())
+        self.entries.pop(task_id, None)  # re-inserted last: the order is the order of steps
         self.entries[task_id] = entry
+        if step in ENDED:
+            self._ended += 1
+            if self._ended > 2 * KEEP_ENDED:  # now and then, not at every task
+                self._forget_old_ended()
+                self._file.close()
+                self._compact()  # the file shrinks too: it would grow with every task
+                self._file = open(self._path, "a", encoding="utf-8")  # noqa: SIM115
+
+    def _forget_old_ended(self) -> None:
+        ended = [task_id for task_id, entry in self.entries.items() if entry.step in ENDED]
+        for task_id in ended[: max(len(ended) - KEEP_ENDED, 0)]:
+            del self.entries[task_id]
+        self._ended = min(len(ended), KEEP_ENDED)
 
     def blocks(self, task_id: str) -> bool:
         """True when the task must not start (again); a dropped lease, or a task given back
