@@ -35,7 +35,7 @@ def leaked(secret_value: str, output: str) -> list[str]:
 
 def split_output(data: bytes, cuts: list[int], masker: SecretMasker) -> str:
     pieces: list[str] = []
-    splitter = LineSplitter(pieces.append, SPLIT, masker)
+    splitter = LineSplitter(lambda text, _continues: pieces.append(text), SPLIT, masker)
     bounds = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
     for start, end in itertools.pairwise(bounds):
         splitter.feed(data[start:end])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,37 +18,47 @@ from tentacle_poll.workers.masking import MASK, SecretMasker
 
 from .helpers import process_running, read_pids
 
+marks: list[bool] = []  # each block's continuation mark, in order (run_script fills it)
+
 
 async def run_script(
     tmp_path: Path, body: str, syntax: str = "bash", **job: object
 ) -> tuple[Outcome, list[tuple[str, str]]]:
     lines: list[tuple[str, str]] = []
+    marks.clear()
     spec = ScriptSpec(syntax=syntax, body=body)  # type: ignore[arg-type]
     script_job = ScriptJob("t1", spec, tmp_path / "work", **job)  # type: ignore[arg-type]
 
-    def collect(stream: str, block: str) -> None:
+    def collect(stream: str, block: str, continues: bool = False) -> None:
         lines.extend((stream, line) for line in block.split("\n"))
+        marks.append(continues)
 
     outcome = await ScriptWorker(script_job, collect).run()
     return outcome, lines
 
 
+def collected(blocks: list[tuple[str, bool]]) -> Callable[[str, bool], None]:
+    return lambda text, continues: blocks.append((text, continues))
+
+
 def test_line_splitter_handles_partial_writes_long_lines_and_utf8() -> None:
-    lines: list[str] = []
-    splitter = LineSplitter(lines.append, max_chars=5)
+    lines: list[tuple[str, bool]] = []
+    splitter = LineSplitter(collected(lines), max_chars=5)
     for chunk in [b"ab", b"c\r\nd\xc3", b"\xa9f\n", b"0123456789AB", b"\nlast"]:
         splitter.feed(chunk)
     splitter.close()
-    assert lines == ["abc", "d\u00e9f", "01234", "56789", "AB", "last"]
+    assert lines == [("abc", False), ("d\u00e9f", False), ("01234", True), ("56789", True),
+                     ("AB", False), ("last", False)]  # fmt: skip
 
 
-def test_line_splitter_emits_a_busy_read_as_one_block_with_long_lines_cut() -> None:
-    blocks: list[str] = []
-    splitter = LineSplitter(blocks.append, max_chars=5)
+def test_line_splitter_emits_a_busy_read_as_one_block_with_long_lines_marked() -> None:
+    blocks: list[tuple[str, bool]] = []
+    splitter = LineSplitter(collected(blocks), max_chars=5)
     splitter.feed(b"one\r\ntwo\nthree\n")
     splitter.feed(b"a\n0123456789\nb\n")
     splitter.close()
-    assert blocks == ["one\ntwo\nthree", "a\n01234\n56789\nb"]
+    assert blocks == [("one\ntwo\nthree", False), ("a", False), ("01234", True),
+                      ("56789\nb", False)]  # fmt: skip
 
 
 def test_masker_catches_plain_base64_and_url_forms() -> None:
@@ -85,10 +96,11 @@ async def test_background_daemon_that_closed_stdout_is_ended(tmp_path: Path) -> 
     assert not any(process_running(p) for p in read_pids(tmp_path))
 
 
-async def test_huge_line_is_cut_not_fatal(tmp_path: Path) -> None:
+async def test_huge_line_is_cut_not_fatal_and_its_pieces_are_marked(tmp_path: Path) -> None:
     outcome, lines = await run_script(tmp_path, "head -c 200000 /dev/zero | tr '\\0' x; echo")
     assert outcome.state == "succeeded"
     assert sum(len(t) for _, t in lines) == 200000
+    assert marks[:-1] == [True] * (len(marks) - 1) and marks[-1] is False  # one line, whole
 
 
 @pytest.mark.parametrize(

@@ -141,17 +141,20 @@ class TaskReporter:
     def start_streaming(self) -> None:
         self._flusher = asyncio.create_task(self._flush_forever(), name=f"flush-{self.task_id}")
 
-    def line(self, stream: Stream, text: str) -> None:
-        """Spools and queues one line, or a block of lines joined by newlines."""
+    def line(self, stream: Stream, text: str, continues: bool = False) -> None:
+        """Spools and queues one line, or a block of lines joined by newlines; ``continues``:
+        its last line goes on in the next block."""
         if len(text) > MAX_EVENT_CHARS:  # a block that masking made longer than an event
-            for part in _split_in_two(text):
-                self.line(stream, part)
+            first, rest = _split_in_two(text)
+            self.line(stream, first, continues=len(first) + len(rest) == len(text))  # mid-line
+            self.line(stream, rest, continues)
             return
         lines = text.count("\n") + 1
         # Built without validation: the fields are right by construction (the server validates).
         event = Event.model_construct(
-            seq=self.seq + 1, stream=stream, text=text, ts=time.time(), lines=lines
-        )
+            seq=self.seq + 1, stream=stream, text=text, ts=time.time(), lines=lines,
+            continues=continues,
+        )  # fmt: skip
         self.seq = event.last_seq
         self._queue(event)
         self._has_lines.set()

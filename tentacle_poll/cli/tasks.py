@@ -289,10 +289,12 @@ async def run_demo_command(args: argparse.Namespace) -> int:
 
 
 def print_event(event: Event) -> None:
+    """One event as the script printed it: a long line cut by the agent is joined again."""
     if event.stream == "system":
         print(f"[agent] {event.text}", flush=True)
     else:
-        print(event.text, file=sys.stderr if event.stream == "stderr" else sys.stdout, flush=True)
+        stream = sys.stderr if event.stream == "stderr" else sys.stdout
+        print(event.text, file=stream, end="" if event.continues else "\n", flush=True)
 
 
 def print_task(task: TaskView) -> None:

@@ -250,6 +250,9 @@ class Event(WireModel):
     text: str = Field(max_length=MAX_EVENT_CHARS)
     ts: float
     lines: int = Field(default=1, ge=1, le=MAX_EVENT_CHARS + 1)
+    # The event's last line goes on in the next event's first line: a line longer than the
+    # agent's split size was cut there. Followers join the two; stored output keeps the mark.
+    continues: bool = False
 
     @model_validator(mode="after")
     def _lines_match_text(self) -> Event:

@@ -35,9 +35,9 @@ from tentacle_poll.protocol.models import Event, Stream
 from tentacle_poll.store.space import SpaceAwareConnection
 
 # (seq, stream, ts, lines, offset, size): an index row, as the reader selects it
-BlockRow = tuple[int, Stream, float, int, int, int]
+BlockRow = tuple[int, Stream, float, int, int, int, int]
 # the columns a reader selects, in BlockRow's order
-BLOCK_COLUMNS = "seq, stream, ts, lines, offset, size"
+BLOCK_COLUMNS = "seq, stream, ts, lines, offset, size, continues"
 # Text goes to disk as UTF-8; a lone surrogate (valid in JSON, not in UTF-8) survives as is.
 TEXT_ERRORS = "surrogatepass"
 TASK_ID = re.compile(r"[0-9a-f][0-9a-f-]*")
@@ -88,13 +88,15 @@ class OutputLog:
                 log.close()
 
     def _block(self, fd: int, task_id: str, row: BlockRow) -> Event | None:
-        seq, stream, ts, lines, offset, size = row
+        seq, stream, ts, lines, offset, size, continues = row
         data = os.pread(fd, size, offset)
         if len(data) < size:
             logger.warning("output of task {} lost lines {}+ (its file is short)", task_id, seq)
             return None
         text = data.decode(errors=TEXT_ERRORS)
-        return Event.model_construct(seq=seq, stream=stream, text=text, ts=ts, lines=lines)
+        return Event.model_construct(
+            seq=seq, stream=stream, text=text, ts=ts, lines=lines, continues=bool(continues)
+        )
 
     def _append(self, task_id: str, events: list[Event], last_seq: int) -> int:
         # The file is closed (flushed) on leaving the block, before the commit: no row may
@@ -140,9 +142,18 @@ class OutputLog:
     def _index(self, task_id: str, event: Event, offset: int, size: int) -> bool:
         """Adds the block's row; False when it is already stored (a retried batch)."""
         cursor = self._db.execute(
-            "INSERT OR IGNORE INTO blocks (task_id, seq, lines, stream, ts, offset, size) "
-            "VALUES (?,?,?,?,?,?,?)",
-            (task_id, event.seq, event.lines, event.stream, event.ts, offset, size),
+            "INSERT OR IGNORE INTO blocks (task_id, seq, lines, stream, ts, offset, size, "
+            "continues) VALUES (?,?,?,?,?,?,?,?)",
+            (
+                task_id,
+                event.seq,
+                event.lines,
+                event.stream,
+                event.ts,
+                offset,
+                size,
+                int(event.continues),
+            ),
         )
         return cursor.rowcount == 1
 
@@ -177,8 +188,9 @@ def _lines_of(event: Event, first: int, last: int) -> Event:
     """Lines ``first`` to ``last`` (sequence numbers) of a block, as a block of their own."""
     texts = event.text.split("\n")[first - event.seq : last - event.seq + 1]
     return Event.model_construct(
-        seq=first, stream=event.stream, text="\n".join(texts), ts=event.ts, lines=len(texts)
-    )
+        seq=first, stream=event.stream, text="\n".join(texts), ts=event.ts, lines=len(texts),
+        continues=event.continues and last == event.last_seq,  # the mark is on its last line
+    )  # fmt: skip
 
 
 def _connect(path: Path) -> sqlite3.Connection:

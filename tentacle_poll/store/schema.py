@@ -146,9 +146,12 @@ def output_paths(database: Path) -> tuple[Path, Path]:
 
 
 def attach_output(db: sqlite3.Connection, database: Path) -> None:
-    """Attaches (creating if new) the output index database."""
+    """Attaches (creating if new) the output index database, with the columns added since."""
     db.execute("ATTACH DATABASE ? AS output", (str(output_paths(database)[0]),))
     db.executescript(OUTPUT_SCHEMA)
+    present = {row[1] for row in db.execute("PRAGMA output.table_info(blocks)")}
+    if "continues" not in present:  # a long line's pieces: marked since issue 15
+        db.execute("ALTER TABLE output.blocks ADD COLUMN continues INTEGER NOT NULL DEFAULT 0")
 
 
 def older_output_tables(db: sqlite3.Connection) -> list[str]:

@@ -15,8 +15,9 @@ class LineSplitter:
     """Feeds bytes in, calls ``emit`` with every complete line of each feed, joined by newlines.
 
     A busy pipe thus yields a block of lines per read (cheap at millions of lines), an idle one
-    a line at a time. Lines longer than ``max_chars`` are cut in pieces; a trailing carriage
-    return is dropped.
+    a line at a time. Lines longer than ``max_chars`` are cut in pieces, each but the last
+    emitted on its own with ``continues`` set, so that a follower can show the line whole; a
+    trailing carriage return is dropped.
 
     ``masker`` hides secrets before any cut, so that no boundary the splitter makes (a read
     chunk, a long line's pieces) can split a secret in two unmasked halves: complete lines are
@@ -25,7 +26,7 @@ class LineSplitter:
     """
 
     def __init__(
-        self, emit: Callable[[str], None], max_chars: int, masker: SecretMasker | None = None
+        self, emit: Callable[[str, bool], None], max_chars: int, masker: SecretMasker | None = None
     ) -> None:
         self._emit = emit
         self._max_chars = max_chars
@@ -45,7 +46,7 @@ class LineSplitter:
     def _cut_unfinished_line(self) -> None:
         self._partial = self._masker.mask(self._partial)
         while len(self._partial) >= self._max_chars + self._holdback:
-            self._emit(self._partial[: self._max_chars])
+            self._emit(self._partial[: self._max_chars], True)  # the line goes on
             self._partial = self._partial[self._max_chars :]
 
     def close(self) -> None:
@@ -58,17 +59,25 @@ class LineSplitter:
         if "\r" in block:
             block = (block + "\n").replace("\r\n", "\n")[:-1]
         block = self._masker.mask(block)
-        if len(block) > self._max_chars:
-            block = self._cut_long_lines(block)
-        self._emit(block)
+        if len(block) > self._max_chars and self._may_hold_a_long_line(block):
+            self._emit_cutting_long_lines(block)
+        else:
+            self._emit(block, False)
 
-    def _cut_long_lines(self, block: str) -> str:
-        if not self._may_hold_a_long_line(block):
-            return block
-        lines = block.split("\n")
-        size = self._max_chars
-        pieces = (line[i : i + size] for line in lines for i in range(0, max(len(line), 1), size))
-        return "\n".join(pieces)
+    def _emit_cutting_long_lines(self, block: str) -> None:
+        """Short lines go out together; each piece of a long line but its last goes out on
+        its own, marked as continued; the last piece ends the line like any short one."""
+        size, group = self._max_chars, list[str]()
+        for line in block.split("\n"):
+            if len(line) > size:
+                if group:
+                    self._emit("\n".join(group), False)
+                for start in range(0, len(line) - size, size):
+                    self._emit(line[start : start + size], True)
+                group = [line[(len(line) - 1) // size * size :]]
+            else:
+                group.append(line)
+        self._emit("\n".join(group), False)
 
     def _may_hold_a_long_line(self, block: str) -> bool:
         """False when every aligned window of half the limit holds a newline: then no line can

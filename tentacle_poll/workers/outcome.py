@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 Stream = Literal["stdout", "stderr", "system"]
-OutputSink = Callable[[Stream, str], None]
+
+
+class OutputSink(Protocol):
+    """Where a worker's output goes: a line or a block of lines; ``continues`` marks a block
+    whose last line goes on in the next one (a long line, cut)."""
+
+    def __call__(self, stream: Stream, text: str, continues: bool = False) -> None: ...
+
+
 FinalState = Literal["succeeded", "failed", "timed_out", "cancelled"]
 
 

@@ -180,16 +180,18 @@ class ScriptWorker:
         return Outcome("failed", code, f"the script {how}")
 
     def _splitter(self, stream: Stream) -> LineSplitter:
-        return LineSplitter(lambda line: self._emit(stream, line), MAX_LINE_CHARS, self._masker)
+        return LineSplitter(functools.partial(self._emit, stream), MAX_LINE_CHARS, self._masker)
 
-    def _emit(self, stream: Stream, text: str) -> None:
+    def _emit(self, stream: Stream, text: str, continues: bool = False) -> None:
         """``text`` is one line or a block of lines, masked already by the splitter (so the
         cap below cuts masked text); past the output cap only whole lines that still fit are
         kept, then one system line says the rest is discarded."""
         if stream == "system":
             text = self._masker.mask(text)
         fitting = text if stream == "system" else self._part_within_output_cap(text)
-        if fitting is not None:
+        if fitting is not None and continues and fitting == text:
+            self._sink(stream, fitting, continues=True)  # keyword: plain sinks take two
+        elif fitting is not None:
             self._sink(stream, fitting)
         if fitting != text and not self._cap_announced:
             self._cap_announced = True
