@@ -30,6 +30,9 @@ DEFAULT_HOLD_SECONDS = 25.0
 SLOT_FREED_GRACE_SECONDS = 1.0
 
 
+SHORT_OF_SPACE_HOLD = 5.0
+
+
 class PollLoop:
     def __init__(
         self,
@@ -77,11 +80,14 @@ class PollLoop:
         """The answer, or None when the poll was abandoned (slot freed, or stopping)."""
         if self._client.reload_identity_if_changed():
             logger.info("using the rotated certificate for {}", self._client.url)
+        free = self._free_slots()
         request = PollRequest(
-            free_slots=self._free_slots(),
+            free_slots=free,
             running=self._slots.running_ids,
             agent_version=__version__,
             trusted_server_thumbprints=self._client.thumbprints,
+            # Taking no work for want of space: poll again soon, to take work soon after.
+            hold_seconds=SHORT_OF_SPACE_HOLD if self._no_work_said else None,
         )
         try:
             answer = await self._send(request)
