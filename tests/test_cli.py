@@ -11,6 +11,7 @@ import socket
 import subprocess
 from pathlib import Path
 
+from tentacle_poll.cli.server import loopback_server_arguments
 from tentacle_poll.server import Server
 
 from .conftest import RunningAgent, free_port, register_agent
@@ -218,3 +219,14 @@ async def test_package_deploy_health_and_files_from_the_command_line(
     )
     assert fetched.read_text() == "hi"
     await agent.stop()
+
+
+async def test_a_second_server_on_a_home_in_use_refuses_with_one_line(
+    tmp_path: Path, processes: list[Daemon]
+) -> None:
+    home = tmp_path / "server"
+    processes.append(await start_server_process(home, free_port(), free_port()))
+    args = loopback_server_arguments(home, free_port(), free_port())
+    second = await asyncio.to_thread(cli, *args, check=False)
+    assert second.returncode == 1 and "Traceback" not in second.stderr
+    assert f"another server is already running with the home {home}" in second.stderr

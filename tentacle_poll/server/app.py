@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import IO
 
 from aiohttp import web
 from loguru import logger
@@ -55,6 +56,7 @@ class Server:
         self.applications: dict[str, web.Application] = {}  # "comms", "admin": their routes
         self._sweeper: asyncio.Task[None] | None = None
         self._state: ServerState | None = None
+        self._lock: IO[str] | None = None  # the home's lock, held from startup to shutdown
 
     @property
     def state(self) -> ServerState:
@@ -69,6 +71,7 @@ class Server:
             await self.shutdown()  # also after a failed start: the store has its own thread
 
     async def startup(self) -> None:
+        self._lock = self.home.lock()  # first: nothing else may touch a home in use
         shrink_tls_read_buffers()
         identity_folder, thumbprint = self.home.ensure_identity()
         store = self.home.open_store()
@@ -112,6 +115,9 @@ class Server:
         self._runners.clear()
         if self._state is not None:
             await self._state.store.close()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
         logger.info("server stopped")
 
     def _gate(self, trust: TrustedClientCertificates) -> Gate:

@@ -7,10 +7,12 @@ an earlier version, readable by others, is made private the first time it is ope
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import stat
 from pathlib import Path
+from typing import IO
 
 from loguru import logger
 
@@ -31,6 +33,21 @@ class ServerHome:
         self.identity_folder = folder / "identity"
         self.next_folder = folder / "identity.next"
         self.previous_folder = folder / "identity.previous"
+
+    def lock(self) -> IO[str]:
+        """Held while a server runs on this home (close the file to release it): two servers on
+        one home would share a store and a master key without knowing of each other."""
+        self.make_private()
+        handle = open(self.folder / "server.lock", "w")  # noqa: SIM115  (kept open: the lock)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise ConfigurationError(
+                f"another server is already running with the home {self.folder}; stop it "
+                "first, or give this one a home of its own (--server-home)"
+            ) from None
+        return handle
 
     def ensure_identity(self) -> tuple[Path, str]:
         """(identity folder, thumbprint); the first call makes the key and certificate."""
