@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tentacle_poll.tls import Identity
+from tentacle_poll.tls.certs import identity_of
 
 
 def identity_with_subject(
@@ -42,9 +43,4 @@ def identity_with_subject(
         .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True)
         .sign(signer, hashes.SHA256())
     )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    return Identity(key_pem=key_pem, cert_pem=cert.public_bytes(serialization.Encoding.PEM))
+    return identity_of(key, cert)

@@ -11,9 +11,7 @@ class CuttingRelay:
         self._upstream_port = upstream_port
         self._armed: bool | None = None  # None: pass through; else forward the chunk first?
         self._cut_after: int | None = None  # cut once this many server bytes went through
-        self._cut_each_after: int | None = (
-            None  # cut every connection after this many client chunks
-        )
+        self._cut_each_after_handshake = False
         self.cuts = 0
         self.port = 0
         self._refuse_after_cut = False
@@ -46,10 +44,11 @@ class CuttingRelay:
         """Cut the connection in the middle of an answer, once ``count`` bytes reached the agent."""
         self._cut_after = count
 
-    def cut_each_connection_after_client_chunks(self, chunks: int) -> None:
-        """Every connection is closed once the client sent ``chunks`` reads' worth (2: a TLS 1.3
-        client's hello, then its certificate and Finished: just past the handshake)."""
-        self._cut_each_after = chunks
+    def cut_each_connection_after_the_handshake(self) -> None:
+        """Every connection is closed once the client's handshake records went through, before
+        a byte of its request: read as TLS records (the first record after the client's
+        ChangeCipherSpec ends its handshake flight), not as reads, whose sizes vary."""
+        self._cut_each_after_handshake = True
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.refusing:
@@ -68,13 +67,16 @@ class CuttingRelay:
     async def _pipe(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, cut: bool
     ) -> None:
-        sent = 0
+        handshake = _ClientHandshake()
         with contextlib.suppress(ConnectionError):
             while chunk := await reader.read(65536):
-                if not cut and self._cut_each_after is not None and sent >= self._cut_each_after:
-                    self.cuts += 1
-                    return
-                sent += 1
+                if not cut and self._cut_each_after_handshake:
+                    chunk = handshake.take(chunk)
+                    if handshake.done:
+                        writer.write(chunk)
+                        await writer.drain()
+                        self.cuts += 1
+                        return
                 if cut and self._cut_after is not None:
                     self._cut_after -= len(chunk)
                     if self._cut_after <= 0:
@@ -91,3 +93,31 @@ class CuttingRelay:
                     return
                 writer.write(chunk)
                 await writer.drain()
+
+
+class _ClientHandshake:
+    """Splits a TLS client's bytes at the end of its handshake flight: up to and including
+    the first record after its ChangeCipherSpec (TLS 1.3 sends one for middlebox
+    compatibility; TLS 1.2 one before its Finished)."""
+
+    def __init__(self) -> None:
+        self._pending = b""
+        self._after_ccs = False
+        self.done = False
+
+    def take(self, chunk: bytes) -> bytes:
+        """What of ``chunk`` belongs to the handshake, to forward; the rest is withheld."""
+        self._pending += chunk
+        forward = b""
+        while len(self._pending) >= 5 and not self.done:
+            size = 5 + int.from_bytes(self._pending[3:5], "big")
+            if len(self._pending) < size:
+                break
+            record, self._pending = self._pending[:size], self._pending[size:]
+            forward += record
+            self.done = self._after_ccs
+            self._after_ccs = self._after_ccs or record[0] == CHANGE_CIPHER_SPEC
+        return forward
+
+
+CHANGE_CIPHER_SPEC = 0x14

@@ -86,7 +86,7 @@ async def test_a_cut_right_after_the_handshake_is_a_cut_not_a_refused_certificat
 ) -> None:
     home = await register_agent(server, api_key, tmp_path / "web1", "web1")
     async with CuttingRelay(server.comms_port) as relay:
-        relay.cut_each_connection_after_client_chunks(2)
+        relay.cut_each_connection_after_the_handshake()
         url = f"https://127.0.0.1:{relay.port}"
         error = await poll_error(CommsClient(url, [server.state.thumbprint], home.identity_folder))
     assert relay.cuts >= 1 and not isinstance(error, CertificateRejected)

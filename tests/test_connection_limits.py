@@ -8,7 +8,6 @@ import asyncio
 import json
 import socket
 import ssl
-import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -34,6 +33,7 @@ from .conftest import (
     start_server,
 )
 from .processes import CLI, Daemon
+from .test_cli import cli
 
 Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
@@ -143,17 +143,12 @@ async def test_an_agent_holds_at_most_its_slots_and_a_margin_of_polls(
 DESCRIPTOR_LIMIT = 96
 
 
-def cli(*args: str) -> str:
-    return subprocess.run(
-        [*CLI, *args], capture_output=True, text=True, timeout=30, check=True
-    ).stdout.strip()
-
-
 @asynccontextmanager
 async def limited_server(tmp_path: Path) -> AsyncIterator[tuple[Daemon, int, int, str, str]]:
     home = tmp_path / "server"
     key = cli("server", "api-key", "create", "--name", "ci", "--server-home", str(home))
     thumbprint = cli("server", "show-thumbprint", "--server-home", str(home))
+    key, thumbprint = key.stdout.strip(), thumbprint.stdout.strip()
     comms, admin = free_port(), free_port()
     arguments = loopback_server_arguments(home, comms, admin)
     server = await Daemon.run("prlimit", f"--nofile={DESCRIPTOR_LIMIT}", *CLI, *arguments)

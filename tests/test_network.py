@@ -220,7 +220,7 @@ async def test_diagnose_tells_a_deleted_target_from_a_cut_connection(
     node = home.settings().servers[0]
     async with CuttingRelay(server.comms_port) as relay:  # a middlebox cutting every connection
         edit_node(home, url=f"https://127.0.0.1:{relay.port}")
-        relay.cut_each_connection_after_client_chunks(2)  # past the handshake, before an answer
+        relay.cut_each_connection_after_the_handshake()  # before an answer
         cut = await asyncio.to_thread(diagnose, home.folder)
     assert "FAIL connection: the connection was cut" in cut.stdout, cut.stdout
     assert "FAIL agent certificate" not in cut.stdout

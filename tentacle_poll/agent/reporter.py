@@ -162,12 +162,11 @@ class TaskReporter:
     def _queue(self, event: Event) -> None:
         """Spools the event, and keeps it in memory too while there is room and no earlier
         line waits in the spool only."""
-        offset = self._spool.size()
         encoded = self._spooled(event)
         spilled = self._spilled_from is not None
         if self.spool_failure is None and (spilled or self._queued_bytes > MEMORY_QUEUE_BYTES):
-            if not spilled:
-                self._spilled_from = offset
+            if not spilled:  # this line starts the part kept in the spool only
+                self._spilled_from = self._spool.size() - len(encoded) - 1
             return
         self._unsent.append(_Pending(event, encoded))
         self._queued_bytes += len(encoded)

@@ -5,7 +5,6 @@ did not succeed. ``--wait`` bounds the whole command; the tasks go on without it
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from tentacle_poll.cli.tasks import EXIT_STOPPED_WAITING, print_event, print_task
@@ -73,7 +72,7 @@ async def _report_progress(client: AdminClient, deployment_id: str) -> None:
         done = len(view.targets) - len(waiting)
         if waiting:
             print(f"progress: {done} of {len(view.targets)} done; waiting for "
-                  f"{_names(waiting, _why_waiting)}", flush=True)  # fmt: skip
+                  f"{_names(waiting)}", flush=True)  # fmt: skip
 
 
 def print_summary(view: DeploymentView, finished: bool, wait: float | None) -> None:
@@ -86,7 +85,7 @@ def print_summary(view: DeploymentView, finished: bool, wait: float | None) -> N
     if not finished:
         waiting = [t for t in view.targets if not t.state.is_final]
         print(f"stopped waiting after {wait:g} s with {len(waiting)} not done: "
-              f"{_names(waiting, _why_waiting)}; their tasks go on (`tentacle-poll task follow "
+              f"{_names(waiting)}; their tasks go on (`tentacle-poll task follow "
               "ID`)")  # fmt: skip
 
 
@@ -96,7 +95,7 @@ def _why_waiting(target: DeploymentTarget) -> str:
     return f"{target.target} ({target.state}, task {target.task_id})"
 
 
-def _names(targets: list[DeploymentTarget], describe: Callable[[DeploymentTarget], str]) -> str:
-    shown = [describe(t) for t in targets[:NAMES_SHOWN]]
+def _names(targets: list[DeploymentTarget]) -> str:
+    shown = [_why_waiting(t) for t in targets[:NAMES_SHOWN]]
     more = len(targets) - len(shown)
     return ", ".join(shown) + (f" and {more} more" if more else "")

@@ -52,7 +52,7 @@ def add_comms_routes(app: web.Application) -> None:
 
 async def _one_request_per_stranger(request: web.Request, response: web.StreamResponse) -> None:
     """A connection without a client certificate is closed after its answer (strangers.py)."""
-    if not _peer_certificate(request):
+    if peer_thumbprint(request) is None:
         response.force_close()
         response.headers["Connection"] = "close"  # the headers were made before this hook
 
@@ -186,9 +186,12 @@ async def _requeue(state: ServerState, task: TaskRecord, reason: str) -> TaskRec
 
 
 def peer_thumbprint(request: web.Request) -> str | None:
-    """The thumbprint of this connection's client certificate, if it sent one."""
-    der = _peer_certificate(request)
-    return thumbprint_of_der(der) if der else None
+    """The thumbprint of this connection's client certificate, if it sent one; worked out once
+    per request (a poll needs it three times: authorisation, its hold, its answer)."""
+    if PEER_THUMBPRINT not in request:
+        der = _peer_certificate(request)
+        request[PEER_THUMBPRINT] = thumbprint_of_der(der) if der else ""
+    return request[PEER_THUMBPRINT] or None
 
 
 def _peer_certificate(request: web.Request) -> bytes | None:
@@ -196,6 +199,9 @@ def _peer_certificate(request: web.Request) -> bytes | None:
     return (
         ssl_object.getpeercert(binary_form=True) if isinstance(ssl_object, ssl.SSLObject) else None
     )
+
+
+PEER_THUMBPRINT = web.RequestKey("peer_thumbprint", str)  # "": no client certificate
 
 
 def _certificate_withdrawn() -> ProblemError:

@@ -12,8 +12,13 @@ import hashlib
 import secrets
 import ssl
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from tentacle_poll.tls.der import not_after_of_der
+
+if TYPE_CHECKING:  # the agent daemon never loads cryptography
+    from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
+    from cryptography.x509 import Certificate
 
 DEFAULT_VALIDITY_DAYS = 3650
 CLOCK_TOLERANCE = dt.timedelta(days=1)
@@ -100,7 +105,7 @@ def generate_identity(common_name: str, days: int = DEFAULT_VALIDITY_DAYS) -> Id
     It is valid from a day back, so a peer whose clock is behind still accepts it.
     """
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
@@ -124,6 +129,13 @@ def generate_identity(common_name: str, days: int = DEFAULT_VALIDITY_DAYS) -> Id
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(common_name)]), critical=False)
         .sign(key, hashes.SHA256())
     )
+    return identity_of(key, cert)
+
+
+def identity_of(key: EllipticCurvePrivateKey, cert: Certificate) -> Identity:
+    """A key and its certificate as the PEM an identity folder holds."""
+    from cryptography.hazmat.primitives import serialization
+
     key_pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,

@@ -54,18 +54,22 @@ class CgroupRoot:
     path: Path
 
     @classmethod
-    def find(cls) -> CgroupRoot | None:
-        """The agent's own place for task cgroups, made if it may; None where it may not."""
+    def find(cls, make: bool = True) -> CgroupRoot | None:
+        """The agent's own place for task cgroups, made if it may (``make=False``: only tells
+        whether it could, changing nothing: for ``show-config``); None where it may not."""
         mount, own = cgroup2_mount(), own_cgroup()
         if mount is None or own is None:
             return None
         parent = mount / own.lstrip("/") / PARENT
+        if not make:  # made already and usable, or could be made (a child of a writable one)
+            ours = parent.parent
+            could = os.access(ours, os.W_OK) and os.access(ours / "cgroup.procs", os.W_OK)
+            return cls(parent) if (_usable(parent) if parent.exists() else could) else None
         try:
             parent.mkdir(exist_ok=True)
         except OSError:
             return None
-        usable = (parent / "cgroup.kill").exists() and os.access(parent / "cgroup.procs", os.W_OK)
-        return cls(parent) if usable else None
+        return cls(parent) if _usable(parent) else None
 
     def for_task(self, task_id: str) -> TaskCgroup | None:
         path = self.path / f"task-{task_id}"
@@ -79,6 +83,11 @@ class CgroupRoot:
     def leftovers(self) -> list[TaskCgroup]:
         """Task cgroups an agent that died left behind (their scripts may still run)."""
         return [TaskCgroup(p) for p in self.path.glob("task-*") if p.is_dir()]
+
+
+def _usable(folder: Path) -> bool:
+    """A cgroup v2 folder with ``cgroup.kill`` (Linux 5.14+) whose members this user may move."""
+    return (folder / "cgroup.kill").exists() and os.access(folder / "cgroup.procs", os.W_OK)
 
 
 def describe(root: CgroupRoot | None) -> str:

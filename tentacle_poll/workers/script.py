@@ -92,16 +92,19 @@ class ScriptWorker:
             return await self._supervise(process)
         finally:
             await self._end_cgroup()
+            if self._job.cgroup is not None:
+                self._job.cgroup.remove()
 
     async def _end_cgroup(self, say: str = "") -> None:
-        """Ends what is left in the task's cgroup (escaped children too) and removes it."""
+        """Ends what is left in the task's cgroup, escaped children too (``say``: with a
+        system line naming how many)."""
         cgroup = self._job.cgroup
-        if cgroup is None:
+        left = cgroup.pids() if cgroup is not None else []
+        if cgroup is None or not left:
             return
-        if say and cgroup.pids():
-            self._emit("system", say.format(count=len(cgroup.pids())))
+        if say:
+            self._emit("system", say.format(count=len(left)))
         await cgroup.kill_all()
-        cgroup.remove()
 
     async def _supervise(self, process: asyncio.subprocess.Process) -> Outcome:
         assert process.stdout is not None and process.stderr is not None
