@@ -185,6 +185,13 @@ class ServerSettings(_Settings):
     stranger_seconds: float = Field(default=10.0, gt=0, le=300)
     strangers_per_address: int = Field(default=16, ge=1)
     strangers_total: int = Field(default=256, ge=1)
+    # Empty: SQLite in the server home (one node). postgresql://user@host:5432/db: the database
+    # several nodes share; ?search_path=<schema> puts its tables in a schema of their own.
+    store_url: str = ""
+    # How agents reach this node's comms port, announced to them in poll answers so they poll
+    # every node of a cluster (e.g. https://node2.example.com:10943). Default: this host's name
+    # and the comms port. Only used with a PostgreSQL store.
+    advertised_url: str = ""
 
 
 S = TypeVar("S", bound=_Settings)

@@ -123,7 +123,7 @@ async def _until_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -
 async def _api_key(server_home: ServerHome, key_file: Path) -> str:
     if key_file.exists():
         return key_file.read_text().strip()
-    store = server_home.open_store()
+    store = await server_home.open_store()
     try:
         key = await store.create_api_key("demo")
     finally:

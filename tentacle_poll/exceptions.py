@@ -15,7 +15,8 @@
     │       └── LeaseLost           409 on accept: the task went to someone else
     ├── TaskExecutionError          a worker could not start or supervise a task
     ├── StoreError                  persistence failed or was asked something impossible
-    └── StorageFull                 the disk under the store is full: retry once space is freed
+    ├── StorageFull                 the disk under the store is full: retry once space is freed
+    └── StoreUnavailable            the database cannot be reached now: retry shortly
 
 Foreign exceptions (aiohttp, pydantic, OSError, ssl) are translated at one boundary per part
 with ``raise ... from exc``: ``agent/causes.py`` for the agent's HTTP client,
@@ -110,3 +111,8 @@ class StoreError(TentaclePollError):
 class StorageFull(TentaclePollError):
     """A write failed for want of disk space (the database's or the output files'). Not a
     StoreError: callers that turn a StoreError into a 409 must not see a full disk as one."""
+
+
+class StoreUnavailable(TentaclePollError):
+    """The database server cannot be reached or is shutting down; answered like StorageFull
+    (503 + Retry-After, reported in health) since a retry will succeed once it is back."""

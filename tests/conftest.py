@@ -270,3 +270,33 @@ def secret(name: str, value: str) -> Variable:
 @pytest.fixture(autouse=True)
 def quiet_aiohttp_access_log() -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+# The machine's PostgreSQL (trust auth); each test gets a schema of its own, dropped after it.
+POSTGRESQL = os.environ.get("TENTACLE_POLL_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+async def pg_url() -> AsyncIterator[str]:
+    """A store_url naming a new, empty schema of the test database."""
+    async with postgresql_schema() as url:
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def postgresql_schema() -> AsyncIterator[str]:
+    import secrets
+
+    import asyncpg
+
+    schema = f"t_{secrets.token_hex(6)}"
+    try:
+        admin = await asyncpg.connect(POSTGRESQL, timeout=10)
+    except (OSError, asyncpg.PostgresError) as exc:
+        pytest.fail(f"PostgreSQL at {POSTGRESQL} is needed by this test: {exc}")
+    try:
+        await admin.execute(f"CREATE SCHEMA {schema}")
+        yield f"{POSTGRESQL}?search_path={schema}"
+    finally:
+        await admin.execute(f"DROP SCHEMA {schema} CASCADE")
+        await admin.close()

@@ -76,10 +76,12 @@ class Daemon:
 
 
 async def start_server_process(
-    home: Path, comms_port: int, admin_port: int, **settings: str
+    home: Path, comms_port: int, admin_port: int, *flags: str, **settings: str
 ) -> Daemon:
+    """``flags`` go on the command line, ``settings`` into the environment."""
     env = {f"TENTACLE_POLL_{k.upper()}": v for k, v in settings.items()}
-    server = await Daemon.start(*loopback_server_arguments(home, comms_port, admin_port), env=env)
+    arguments = loopback_server_arguments(home, comms_port, admin_port)
+    server = await Daemon.start(*arguments, *flags, env=env)
     await server.wait_for("listening")
     return server
 

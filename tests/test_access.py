@@ -163,7 +163,7 @@ async def test_a_database_of_an_earlier_version_keeps_its_keys_as_admin(tmp_path
         db.execute("CREATE TABLE api_keys (key_hash TEXT PRIMARY KEY, name TEXT, created_at REAL)")
         old_hash = hashlib.sha256(b"API-OLD").hexdigest()
         db.execute("INSERT INTO api_keys VALUES (?, 'old', 1.0)", (old_hash,))
-    store = SqliteStore(database)
+    store = SqliteStore(database, migrate=True)
     try:
         found = await store.api_key("API-OLD", time.time())
     finally:

@@ -287,7 +287,7 @@ async def test_a_full_spool_stops_the_agent_taking_work(
 
 
 async def _api_key(server_home: Path) -> str:
-    store = ServerHome(server_home).open_store()
+    store = await ServerHome(server_home).open_store()
     try:
         return await store.create_api_key("tests")
     finally:

@@ -52,7 +52,7 @@ async def test_agent_polls_two_servers_and_survives_one_stopping(
 ) -> None:
     homes, ports, keys = [tmp_path / "a", tmp_path / "b"], [], []
     for home in homes:
-        store = ServerHome(home).open_store()
+        store = await ServerHome(home).open_store()
         keys.append(await store.create_api_key("tests"))
         await store.close()
         ports.append((free_port(), free_port()))

@@ -179,7 +179,7 @@ async def test_lines_kept_in_sqlite_by_an_older_version_move_to_the_output_files
         db.execute("ATTACH DATABASE ? AS output", (str(tmp_path / "old-output.db"),))
         db.executescript(older_tables)
     for _ in range(2):  # moved once: opening it again finds the same lines
-        store = SqliteStore(path)
+        store = SqliteStore(path, migrate=True)
         try:
             assert await store.events_after("a1-01", 0, 10) == [
                 Event(seq=1, stream="stdout", text="old line", ts=1.0),

@@ -84,7 +84,7 @@ async def access(args: argparse.Namespace) -> AsyncIterator[Access]:
 
     home = open_server_home(args)
     _, thumbprint = home.ensure_identity()
-    store = home.open_store()
+    store = await home.open_store()
     try:
         yield Credentials(store, thumbprint)
     finally:

@@ -32,11 +32,18 @@ def add_commands(commands: Any, add_common: Any, add_admin: Any) -> None:
     run.add_argument("--admin-host")
     run.add_argument("--admin-port", type=int, help="the admin API (default 10944)")
     run.add_argument("--hold-seconds", type=float, help="how long a poll is held (default 25)")
+    run.add_argument(
+        "--migrate", action="store_true", help="apply the database's schema migrations first"
+    )
     run.set_defaults(command=run_server)
     thumb = sub.add_parser("show-thumbprint", help="print the server's certificate thumbprint")
     thumb.set_defaults(command=show_thumbprint)
+    migrate = sub.add_parser(
+        "migrate", help="bring the database's schema up to this version (back it up first)"
+    )
+    migrate.set_defaults(command=migrate_store)
     add_access_commands(sub, add_common, add_admin)
-    for parser in (run, thumb):
+    for parser in (run, thumb, migrate):
         add_common(parser)
         parser.add_argument(
             "--server-home", help="server home folder (default ~/.tentacle_poll_server)"
@@ -89,12 +96,29 @@ async def run_server(args: argparse.Namespace) -> int:
     from tentacle_poll.server.app import Server  # lazy: only this command runs a server
 
     _raise_open_files_limit()
-    server = Server(settings, home)
+    server = Server(settings, home, migrate=args.migrate)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, _stopper(stop, signum))
     await server.serve(stop)
+    return 0
+
+
+async def migrate_store(args: argparse.Namespace) -> int:
+    """Applies the migrations the store needs, holding the home's lock (no server may run on
+    this home meanwhile; nodes of a cluster on other homes must be stopped: see the docs)."""
+    home = open_server_home(args)
+    with home.lock():
+        store = await home.open_store(migrate=True)
+        change = store.schema_change
+        await store.close()
+    if change is None or change[0] == change[1]:
+        print("the database's schema is up to date; nothing to migrate")
+    elif change[0] == 0:
+        print(f"the database was empty: made at schema version {change[1]}")
+    else:
+        print(f"the database was migrated from schema version {change[0]} to {change[1]}")
     return 0
 
 
@@ -127,7 +151,7 @@ async def rotate_master_key(args: argparse.Namespace) -> int:
     home.make_private()
     key_id = add_key(home.folder / KEY_FILE)
     vault = Vault.open(home.folder)
-    store = home.open_store()
+    store = await home.open_store()
     try:
         specs = await store.unfinished_specs()
         for task_id, spec_json in specs:

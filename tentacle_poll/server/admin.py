@@ -111,7 +111,7 @@ async def submit_task(request: web.Request) -> web.Response:
 async def resolved_spec(state: ServerState, spec: TaskSpec, agent: AgentRecord) -> TaskSpec:
     """Fills in what the agent needs and only the server knows: the package's digest, size and
     format, and the environment (the target's first one unless given; it must be one of its)."""
-    if spec.send_file is not None and not state.blob(spec.send_file.sha256).exists():
+    if spec.send_file is not None and not await state.blobs.local(spec.send_file.sha256):
         detail = f"no file with sha256 {spec.send_file.sha256}; upload it with PUT /api/files"
         raise ProblemError(404, "no such file", detail)
     payload = spec.deploy or spec.rollback

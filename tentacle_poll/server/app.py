@@ -40,14 +40,16 @@ from tentacle_poll.server.sweeper import (
     warn_expiring_certificates,
 )
 from tentacle_poll.server.vault import Vault
+from tentacle_poll.store.opening import open_store
 from tentacle_poll.tls import TrustedClientCertificates
 
 SHUTDOWN_TIMEOUT = 5.0
 
 
 class Server:
-    def __init__(self, settings: ServerSettings, home: Path) -> None:
+    def __init__(self, settings: ServerSettings, home: Path, migrate: bool = False) -> None:
         self.settings = settings
+        self.migrate = migrate  # apply schema migrations the store needs (--migrate)
         self.home = ServerHome(home)
         self.started = asyncio.Event()
         self.comms_port = 0
@@ -74,11 +76,16 @@ class Server:
         self._lock = self.home.lock()  # first: nothing else may touch a home in use
         shrink_tls_read_buffers()
         identity_folder, thumbprint = self.home.ensure_identity()
-        store = self.home.open_store()
+        self.home.make_private()
+        store, blobs, change = await open_store(
+            self.settings.store_url, self.home.folder, self.migrate
+        )
+        if change is not None and change[0] > 0:
+            logger.info("database migrated from schema version {} to {}", *change)
         trust = TrustedClientCertificates(identity_folder, await trusted_certificates(store))
         vault = Vault.open(self.home.folder)
         self._state = ServerState(
-            self.settings, store, Dispatcher(), trust, thumbprint, self.home, vault
+            self.settings, store, Dispatcher(), trust, thumbprint, self.home, vault, blobs
         )
         self._state.next_thumbprint = self.home.next_thumbprint()
         self.comms_port = await self._listen(

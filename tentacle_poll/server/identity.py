@@ -8,7 +8,6 @@ an earlier version, readable by others, is made private the first time it is ope
 from __future__ import annotations
 
 import fcntl
-import os
 import shutil
 import stat
 from pathlib import Path
@@ -16,12 +15,12 @@ from typing import IO
 
 from loguru import logger
 
+from tentacle_poll.config import SERVER_FILE, ServerSettings, load_settings
 from tentacle_poll.exceptions import ConfigurationError
-from tentacle_poll.store import SqliteStore, Store
+from tentacle_poll.store import Store
+from tentacle_poll.store.opening import open_store
 from tentacle_poll.tls import generate_identity, load_identity, save_identity
 from tentacle_poll.tls.files import CERT_FILE
-
-DATABASE_FILE = "server.db"
 
 
 class ServerHome:
@@ -80,11 +79,11 @@ class ServerHome:
         self.next_folder.rename(self.identity_folder)
         return load_identity(self.identity_folder).thumbprint
 
-    def open_store(self) -> Store:
+    async def open_store(self, migrate: bool = False) -> Store:
+        """The store named by this home's settings (server.toml, then the environment)."""
         self.make_private()
-        database = self.folder / DATABASE_FILE
-        os.close(os.open(database, os.O_WRONLY | os.O_CREAT, 0o600))  # before SQLite makes it
-        return SqliteStore(database)
+        settings = load_settings(ServerSettings, self.folder / SERVER_FILE)
+        return (await open_store(settings.store_url, self.folder, migrate))[0]
 
     def make_private(self) -> None:
         """The home exists, 0700; an older one open to others is made private throughout."""

@@ -7,7 +7,6 @@ failed upload leaves nothing behind but a temporary file that is removed.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import re
@@ -52,14 +51,14 @@ async def upload_file(request: web.Request) -> web.Response:
     """A file to send to targets (send_file tasks); stored by content like packages."""
     state = request.app[STATE]
     temporary, sha256, size = await _receive(request, state)
-    _keep_blob(temporary, state.blob(sha256))
+    await state.blobs.keep(temporary, sha256)
     await audit(request, "file uploaded", sha256, f"{size} bytes")
     return json_response(FileView(sha256=sha256, size=size), status=201)
 
 
 async def fetch_file(request: web.Request) -> web.StreamResponse:
     """Bytes a target sent (fetch_file tasks), or any stored file, by SHA-256."""
-    return _blob_response(request.app[STATE], request.match_info["sha256"])
+    return await _blob_response(request.app[STATE], request.match_info["sha256"])
 
 
 async def receive_task_file(request: web.Request) -> web.Response:
@@ -68,7 +67,7 @@ async def receive_task_file(request: web.Request) -> web.Response:
     task = await own_task(request)
     check_file(task, task_view(task).kind)
     temporary, sha256, size = await _receive(request, state)
-    _keep_blob(temporary, state.blob(sha256))
+    await state.blobs.keep(temporary, sha256)
     return json_response(FileView(sha256=sha256, size=size), status=201)
 
 
@@ -84,18 +83,18 @@ async def upload_package(request: web.Request) -> web.Response:
     temporary, sha256, size = await _receive(request, state)
     try:
         _check_magic(temporary, package_format)
-        package = PackageView(
-            package_id=package_id, version=version, sha256=sha256, size=size,
-            format=package_format, uploaded_at=time.time(),
-        )  # fmt: skip
+        # The bytes first: once the version is listed, any node may be asked for them.
+        await state.blobs.keep(temporary, sha256)
+    finally:
+        temporary.unlink(missing_ok=True)
+    package = PackageView(
+        package_id=package_id, version=version, sha256=sha256, size=size,
+        format=package_format, uploaded_at=time.time(),
+    )  # fmt: skip
+    try:
         stored = await state.store.add_package(package)
-    except StoreError as exc:
-        temporary.unlink(missing_ok=True)
+    except StoreError as exc:  # the bytes kept stay: named by content, they harm nothing
         raise ProblemError(409, "version exists with other content", str(exc)) from exc
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    _keep_blob(temporary, state.blob(sha256))
     await audit(request, "package uploaded", f"{package_id} {version}", sha256)
     logger.info("package {} {} stored ({} bytes, sha256 {})", package_id, version, size, sha256)
     return json_response(stored, status=201)
@@ -108,7 +107,7 @@ async def delete_package(request: web.Request) -> web.Response:
     if deleted is None:
         raise ProblemError(404, "no such package", f"no package {package_id} {version}")
     if await state.store.package_uses(deleted.sha256) == 0:
-        state.blob(deleted.sha256).unlink(missing_ok=True)
+        await state.blobs.forget(deleted.sha256)
     await audit(request, "package deleted", f"{package_id} {version}", deleted.sha256)
     return json_response(deleted)
 
@@ -123,19 +122,19 @@ async def download_package(request: web.Request) -> web.StreamResponse:
     sha256 = request.match_info["sha256"]
     if not SHA256.fullmatch(sha256) or not await state.store.task_needs_blob(agent.id, sha256):
         raise ProblemError(404, "no such content", f"nothing stored with sha256 {sha256}")
-    return _blob_response(state, sha256)
+    return await _blob_response(state, sha256)
 
 
-def _blob_response(state: ServerState, sha256: str) -> web.FileResponse:
-    path = state.blob(sha256)
-    if not SHA256.fullmatch(sha256) or not path.exists():
+async def _blob_response(state: ServerState, sha256: str) -> web.FileResponse:
+    path = await state.blobs.local(sha256) if SHA256.fullmatch(sha256) else None
+    if path is None:
         raise ProblemError(404, "no such content", f"nothing stored with sha256 {sha256}")
     return web.FileResponse(path, chunk_size=CHUNK)
 
 
 async def _receive(request: web.Request, state: ServerState) -> tuple[Path, str, int]:
     """Streams the body to a temporary file, hashing it; refuses one over the size limit."""
-    folder = state.blob_folder
+    folder = state.blobs.folder
     folder.mkdir(parents=True, exist_ok=True)
     temporary = folder / f".upload-{os.getpid()}-{id(request)}"
     digest, size, limit = hashlib.sha256(), 0, state.settings.max_package_bytes
@@ -155,14 +154,6 @@ async def _receive(request: web.Request, state: ServerState) -> tuple[Path, str,
         temporary.unlink()
         raise ProblemError(400, "empty package", "send the package file as the request body")
     return temporary, digest.hexdigest(), size
-
-
-def _keep_blob(temporary: Path, blob: Path) -> None:
-    """The first upload of some bytes becomes their blob; later identical ones are dropped."""
-    if temporary.exists() and not blob.exists():
-        temporary.replace(blob)
-    with contextlib.suppress(FileNotFoundError):
-        temporary.unlink()
 
 
 def _check_magic(path: Path, package_format: str) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TypeVar
 
 from aiohttp import web
@@ -23,6 +22,7 @@ from tentacle_poll.server.shortage import Shortage
 from tentacle_poll.server.strangers import Strangers
 from tentacle_poll.server.vault import Vault
 from tentacle_poll.store import AgentRecord, Store, TaskRecord
+from tentacle_poll.store.blobs import Blobs
 from tentacle_poll.tls import TrustedClientCertificates, certificate_expiry_fast
 
 M = TypeVar("M", bound=BaseModel)
@@ -37,6 +37,7 @@ class ServerState:
     thumbprint: str
     home: ServerHome
     vault: Vault
+    blobs: Blobs  # packages and transferred files, by SHA-256
     next_thumbprint: str | None = None
     refusals: RefusalLog = field(default_factory=RefusalLog)
     connections: OpenConnections = field(default_factory=OpenConnections)
@@ -85,14 +86,6 @@ class ServerState:
         for agent_id, seen in pending.items():
             if self._unwritten_seen.get(agent_id) == seen:
                 del self._unwritten_seen[agent_id]
-
-    @property
-    def blob_folder(self) -> Path:
-        """Where stored bytes (packages, transferred files) live, named by their SHA-256."""
-        return self.home.folder / "packages"
-
-    def blob(self, sha256: str) -> Path:
-        return self.blob_folder / sha256
 
     def server_thumbprints(self) -> list[str]:
         """Announced in every poll answer: current first, then the prepared next one."""

@@ -67,6 +67,9 @@ class TaskRecord:
 class Store(Protocol):
     """Everything the server persists. Implementations must make each method atomic."""
 
+    # (from, to) schema versions when opening the store migrated it (from 0: it was empty)
+    schema_change: tuple[int, int] | None
+
     async def close(self) -> None: ...
 
     # credentials and the audit trail

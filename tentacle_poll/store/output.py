@@ -32,14 +32,13 @@ from loguru import logger
 
 from tentacle_poll.exceptions import StoreError
 from tentacle_poll.protocol.models import Event, Stream
+from tentacle_poll.store.blocks import TEXT_ERRORS, contiguous_end, uncovered_parts
 from tentacle_poll.store.space import SpaceAwareConnection
 
 # (seq, stream, ts, lines, offset, size): an index row, as the reader selects it
 BlockRow = tuple[int, Stream, float, int, int, int, int]
 # the columns a reader selects, in BlockRow's order
 BLOCK_COLUMNS = "seq, stream, ts, lines, offset, size, continues"
-# Text goes to disk as UTF-8; a lone surrogate (valid in JSON, not in UTF-8) survives as is.
-TEXT_ERRORS = "surrogatepass"
 TASK_ID = re.compile(r"[0-9a-f][0-9a-f-]*")
 
 
@@ -114,10 +113,8 @@ class OutputLog:
             return self._contiguous_end(task_id, last_seq)
 
     def _not_yet_stored(self, task_id: str, event: Event) -> list[Event]:
-        """The parts of the block whose lines are not stored yet, so that each line is stored
-        once however a retry batches them (overlapping, split, merged, reordered blocks).
-        Stored blocks never overlap, so only the last one starting at or before the block, and
-        those starting inside it, can cover any of its lines: two indexed look-ups."""
+        """The parts of the block whose lines are not stored yet: two indexed look-ups find
+        the only stored blocks that can cover any of its lines."""
         first, last = event.seq, event.last_seq
         covering = self._db.execute(
             "SELECT seq, lines FROM blocks WHERE task_id = ? AND seq <= ? "
@@ -128,16 +125,7 @@ class OutputLog:
             "SELECT seq, lines FROM blocks WHERE task_id = ? AND seq > ? AND seq <= ? ORDER BY seq",
             (task_id, first, last),
         ).fetchall()
-        gaps, start = [], first
-        for seq, lines in covering:
-            if seq > start:
-                gaps.append((start, min(seq - 1, last)))
-            start = max(start, seq + lines)
-        if start <= last:
-            gaps.append((start, last))
-        if gaps == [(first, last)]:
-            return [event]  # the usual case: nothing of it stored yet
-        return [_lines_of(event, a, b) for a, b in gaps]
+        return uncovered_parts(event, covering)
 
     def _index(self, task_id: str, event: Event, offset: int, size: int) -> bool:
         """Adds the block's row; False when it is already stored (a retried batch)."""
@@ -158,17 +146,11 @@ class OutputLog:
         return cursor.rowcount == 1
 
     def _contiguous_end(self, task_id: str, last_seq: int) -> int:
-        # Past the known end there are only the batches that overtook a missing one (the agent
-        # keeps two on the way, and sends a failed one again first): a short scan.
         rows = self._db.execute(
             "SELECT seq, lines FROM blocks WHERE task_id = ? AND seq > ? ORDER BY seq",
             (task_id, last_seq),
         )
-        for seq, lines in rows:
-            if seq != last_seq + 1:
-                break
-            last_seq = seq + lines - 1
-        return int(last_seq)
+        return contiguous_end(rows, last_seq)
 
     def _delete(self, task_ids: list[str]) -> None:
         with self._db:
@@ -182,15 +164,6 @@ class OutputLog:
         if not TASK_ID.fullmatch(task_id):
             raise StoreError(f"not a task id: {task_id!r}")
         return self.folder / f"{task_id}.log"
-
-
-def _lines_of(event: Event, first: int, last: int) -> Event:
-    """Lines ``first`` to ``last`` (sequence numbers) of a block, as a block of their own."""
-    texts = event.text.split("\n")[first - event.seq : last - event.seq + 1]
-    return Event.model_construct(
-        seq=first, stream=event.stream, text="\n".join(texts), ts=event.ts, lines=len(texts),
-        continues=event.continues and last == event.last_seq,  # the mark is on its last line
-    )  # fmt: skip
 
 
 def _connect(path: Path) -> sqlite3.Connection:

@@ -1,16 +1,24 @@
-"""The SQLite schema; `CREATE ... IF NOT EXISTS` so opening an existing database is safe."""
+"""The SQLite schema and its versions (``PRAGMA user_version``).
+
+Version 1 is every database made before versions were recorded (whatever columns it had);
+version 2 is the layout of this release. ``migrate`` brings any earlier one up to date.
+"""
 
 import sqlite3
 from pathlib import Path
 
-SCHEMA = """
+LATEST = 2
+
+PRAGMAS = """
 PRAGMA journal_mode = WAL;
 PRAGMA synchronous = NORMAL;
 PRAGMA foreign_keys = ON;
 PRAGMA busy_timeout = 5000;
 -- Overwritten and deleted content is zeroed, not left in free pages (erased secrets, tasks).
 PRAGMA secure_delete = ON;
+"""
 
+TABLES = """
 CREATE TABLE IF NOT EXISTS api_keys (
     key_hash TEXT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -105,6 +113,22 @@ ADDED_COLUMNS = [
 
 # Indexes on added columns: made once the columns exist.
 ADDED_INDEXES = "CREATE INDEX IF NOT EXISTS tasks_by_deadline ON tasks (state, expires_at);"
+
+
+def version_of(db: sqlite3.Connection) -> int:
+    """0 for an empty database, 1 for one made before versions were recorded."""
+    version = int(db.execute("PRAGMA user_version").fetchone()[0])
+    if version:
+        return version
+    made = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' LIMIT 1").fetchone()
+    return 1 if made else 0
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Any earlier layout to LATEST (output kept in SQLite moves later, once files are open)."""
+    db.executescript(TABLES)
+    add_missing_columns(db)
+    db.execute(f"PRAGMA user_version = {LATEST}")
 
 
 def add_missing_columns(db: sqlite3.Connection) -> None:

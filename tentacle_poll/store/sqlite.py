@@ -33,14 +33,17 @@ from tentacle_poll.store.rows import (
     task_from_row,
 )
 from tentacle_poll.store.schema import (
+    LATEST,
     OLDER_OUTPUT_TABLES,
-    SCHEMA,
-    add_missing_columns,
+    PRAGMAS,
     attach_output,
     older_output_tables,
     output_paths,
+    version_of,
 )
+from tentacle_poll.store.schema import migrate as migrate_schema
 from tentacle_poll.store.space import SpaceAwareConnection
+from tentacle_poll.store.versions import SchemaState, check
 
 ACTIVE = ("leased", "running")
 MAX_SEQ = 2**63 - 1
@@ -71,14 +74,22 @@ def _chunks(events: Iterator[Event], size: int) -> Iterator[list[Event]]:
 
 
 class SqliteStore(SqliteCredentials, SqlitePackages, SqliteDeployments):
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, migrate: bool = False) -> None:
+        """Opens the database; one of an earlier schema version only with ``migrate``
+        (SchemaTooOld otherwise), one of a later version never (SchemaTooNew)."""
         try:
             self._db = sqlite3.connect(path, isolation_level=None, factory=SpaceAwareConnection)
-            self._db.executescript(SCHEMA)
-            add_missing_columns(self._db)
+            self._db.executescript(PRAGMAS)
+            found = version_of(self._db)
+            migrating = check(SchemaState(found, LATEST, str(path)), migrate)
+            # (from, to) when migrations ran now; from 0 for a database made now
+            self.schema_change = (found, LATEST) if migrating else None
+            if migrating:
+                migrate_schema(self._db)
             attach_output(self._db, path)
             self._output = OutputLog(*output_paths(path))
-            self._move_older_output()
+            if migrating:
+                self._move_older_output()
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the database {path}: {exc}") from exc
 

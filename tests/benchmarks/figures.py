@@ -81,7 +81,7 @@ class Bench:
         return f"http://127.0.0.1:{self.admin_port}"
 
     async def start(self, **settings: str) -> None:
-        store = ServerHome(self.server_home).open_store()
+        store = await ServerHome(self.server_home).open_store()
         self.key = await store.create_api_key("bench")
         await store.close()
         self.server = await start_server_process(

@@ -26,7 +26,7 @@ def certificates(count: int) -> Path:
 
 
 async def register_fleet(server_home: Path, certs: Path, count: int, prefix: str = "sim") -> None:
-    store = ServerHome(server_home).open_store()
+    store = await ServerHome(server_home).open_store()
     try:
         for index in range(count):
             pem = (certs / f"cert-{index}.pem").read_text()

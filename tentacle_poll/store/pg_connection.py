@@ -1,0 +1,64 @@
+"""The PostgreSQL connection pool, with the driver's errors named in the store's words.
+
+asyncpg, not psycopg 3: on the store's hot statements it did 1.27x the rounds per second for
+0.57x the client CPU (tests/benchmarks/pg_drivers.py; docs/high-availability.md has figures),
+and it has LISTEN built in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import asyncpg
+
+from tentacle_poll.exceptions import ConfigurationError, StorageFull, StoreUnavailable
+
+POOL_SIZE = 10
+ACQUIRE_SECONDS = 10.0
+# Lost or refused connections, a server shutting down, too many clients: a retry will do.
+UNAVAILABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.TooManyConnectionsError,
+)
+
+
+def described(url: str) -> str:
+    """The database as logs and errors may name it: never its password."""
+    parts = urlsplit(url)
+    where = f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path}"
+    return f"postgresql://{where}" + (f"?{parts.query}" if parts.query else "")
+
+
+@contextlib.contextmanager
+def translated(url: str) -> Iterator[None]:
+    try:
+        yield
+    except asyncpg.exceptions.DiskFullError as exc:
+        raise StorageFull(f"the database's disk is full ({exc})") from exc
+    except UNAVAILABLE as exc:
+        raise StoreUnavailable(
+            f"the database {described(url)} cannot be reached ({exc or type(exc).__name__})"
+        ) from exc
+
+
+async def open_pool(url: str) -> asyncpg.Pool:
+    try:
+        with translated(url):
+            return await asyncpg.create_pool(
+                url, min_size=1, max_size=POOL_SIZE, timeout=ACQUIRE_SECONDS
+            )
+    except StoreUnavailable as exc:
+        raise ConfigurationError(
+            f"{exc}; check store_url (server.toml or TENTACLE_POLL_STORE_URL) and that "
+            "PostgreSQL is running"
+        ) from exc
+    except asyncpg.PostgresError as exc:  # no such database, role, or a refused login
+        raise ConfigurationError(
+            f"the database {described(url)} refused the connection ({exc}); check store_url"
+        ) from exc
