@@ -95,6 +95,9 @@ class ServerNode(BaseModel):
     # TLS server name (SNI) to send when it differs from the URL's host, e.g. behind a
     # reverse proxy that routes port 443 by name.
     server_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9.-]{1,253}$")
+    # Learnt from a cluster's poll answers rather than configured by hand: dropped again when
+    # the cluster stops announcing it (hand-configured nodes are never dropped).
+    discovered: bool = False
 
     @property
     def thumbprints(self) -> list[str]:

@@ -14,11 +14,13 @@ from pathlib import Path
 
 from loguru import logger
 
+from tentacle_poll.agent.discovery import discovered_changes
 from tentacle_poll.agent.disk import HomeSpace
+from tentacle_poll.agent.failover import ClusterClient
 from tentacle_poll.agent.home import AgentHome
 from tentacle_poll.agent.isolation import IsolationMutexes
 from tentacle_poll.agent.journal import Journal
-from tentacle_poll.agent.nodes import learn_server_thumbprints
+from tentacle_poll.agent.nodes import add_node, learn_server_thumbprints, remove_node
 from tentacle_poll.agent.packages import PackageCache
 from tentacle_poll.agent.poll_loop import PollLoop
 from tentacle_poll.agent.recovery import (
@@ -61,6 +63,9 @@ class Agent:
         self._stop_level = 0
         self.clients: dict[str, CommsClient] = {}  # by server URL, while running
         self._cgroups: CgroupRoot | None = None
+        self._polling: dict[str, asyncio.Task[None]] = {}  # by server URL
+        self._loop_stops: dict[str, asyncio.Event] = {}
+        self._announced: dict[str, list[str]] = {}  # the nodes each server last announced
 
     def escalate(self) -> int:
         """One step further towards stopping; returns the new level (1, 2, 3...)."""
@@ -109,18 +114,74 @@ class Agent:
             IsolationMutexes(),
             PackageCache(self.home.folder / "packages", int(self.settings.package_cache_mb * MB)),
         )
-        loops = [self._poll_loop(client, shared) for client in clients.values()]
-        self.slots.loops = len(loops)
-        polling = [asyncio.create_task(loop.run()) for loop in loops]
+        self._shared = shared
+        for client in clients.values():
+            self._start_polling(client)
         self.started.set()
         logger.info("agent {} started with {} slots; tasks run in {}", self.settings.name,
                     self.slots.capacity, describe(self._cgroups))  # fmt: skip
-        await asyncio.gather(*polling)
+        await self.stop_polling.wait()
+        for stop in self._loop_stops.values():
+            stop.set()
+        await asyncio.gather(*self._polling.values())
         await self._drain(backlog)
 
-    def _poll_loop(self, client: CommsClient, shared: _Shared) -> PollLoop:
+    def _start_polling(self, client: CommsClient) -> None:
+        """A poll loop for the node, stopped with the others or on its own when dropped."""
+        stop = self._loop_stops[client.url] = asyncio.Event()
+        loop = self._poll_loop(client, self._shared, stop)
+        self._polling[client.url] = asyncio.create_task(self._run_loop(client.url, loop))
+        self.slots.loops = len(self._polling)
+
+    async def _run_loop(self, url: str, loop: PollLoop) -> None:
+        try:
+            await loop.run()
+        except BaseException:
+            self.stop_polling.set()  # a loop that fails stops the agent, as it always did
+            raise
+        finally:
+            if not self.stop_polling.is_set():  # dropped: the others share its slots
+                del self._polling[url], self._loop_stops[url]
+                self.slots.loops = max(len(self._polling), 1)
+
+    def _learn_nodes(self, client: CommsClient, announced: list[str]) -> None:
+        """The cluster's nodes, as ``client``'s node announced them: poll new ones, stop
+        polling discovered ones it no longer lists."""
+        if self._announced.get(client.url) == announced or self.stop_polling.is_set():
+            return
+        self._announced[client.url] = announced
+        nodes = self.home.settings().servers
+        announcing = next((n for n in nodes if n.url.rstrip("/") == client.url), None)
+        if announcing is None:
+            return
+        added, dropped = discovered_changes(nodes, announcing, self._announced)
+        for node in dropped:
+            remove_node(self.home, node.url)
+            logger.info("server node {} left the cluster: no longer polled", node.url)
+            url = node.url.rstrip("/")
+            self._announced.pop(url, None)
+            if url in self._loop_stops:
+                self._loop_stops[url].set()
+        for node in added:
+            add_node(self.home, node)
+            logger.info("server node {} joined the cluster: polling it too", node.url)
+            self.clients[node.url.rstrip("/")] = new = client_for(
+                node, self.settings, self.home.identity_folder
+            )
+            self._start_polling(new)
+
+    def _cluster_of(self, home: CommsClient) -> list[CommsClient]:
+        """The polled nodes that share ``home``'s certificate: its cluster."""
+        pins = set(home.thumbprints)
+        return [
+            client
+            for url, client in self.clients.items()
+            if url in self._polling and pins & set(client.thumbprints)
+        ]
+
+    def _poll_loop(self, client: CommsClient, shared: _Shared, stop: asyncio.Event) -> PollLoop:
         context = RunnerContext(
-            client=client,
+            client=ClusterClient(client, self._cluster_of),
             journal=shared.journal,
             spool=shared.spool,
             mutexes=shared.mutexes,
@@ -145,8 +206,9 @@ class Agent:
             stop_reporting=self.give_up,
         )
         return PollLoop(
-            client, self.slots, context, self.stop_polling, self._runners, self._learn_thumbprints
-        )
+            client, self.slots, context, stop, self._runners, self._learn_thumbprints,
+            self._learn_nodes,
+        )  # fmt: skip
 
     def _learn_thumbprints(self, client: CommsClient, thumbprints: list[str]) -> None:
         """The server announced its certificates over the pinned channel: trust exactly those,

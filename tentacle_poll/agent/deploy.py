@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tentacle_poll.agent.packages import PackageCache
-from tentacle_poll.agent.transport import CommsClient
+from tentacle_poll.agent.transport import Channel
 from tentacle_poll.exceptions import CommunicationError, TaskExecutionError
 from tentacle_poll.protocol.models import DeploySpec, RollbackSpec, ScriptSpec, Variable
 from tentacle_poll.workers import Outcome, OutputSink, ScriptJob, ScriptWorker
@@ -27,7 +27,7 @@ SCRIPT_KINDS = {".sh": "bash", ".py": "python", ".ps1": "pwsh"}
 
 @dataclass(frozen=True)
 class DeployContext:
-    client: CommsClient
+    client: Channel
     cache: PackageCache
     applications_root: Path
     limits: Limits

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from tentacle_poll.agent.packages import PackageCache, sha256_of
-from tentacle_poll.agent.transport import CommsClient
+from tentacle_poll.agent.transport import Channel
 from tentacle_poll.exceptions import CommunicationError, TaskExecutionError
 from tentacle_poll.protocol.models import FetchFileSpec, FileView, SendFileSpec
 from tentacle_poll.protocol.routes import TASK_FILE, task_path
@@ -27,7 +27,7 @@ def confined(path: str, roots: list[Path]) -> Path:
 
 class FileJob:
     def __init__(
-        self, spec: SendFileSpec | FetchFileSpec, client: CommsClient, cache: PackageCache,
+        self, spec: SendFileSpec | FetchFileSpec, client: Channel, cache: PackageCache,
         roots: list[Path], task_id: str, emit: OutputSink,
     ) -> None:  # fmt: skip
         self._spec, self._client, self._cache = spec, client, cache

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from loguru import logger
 
-from tentacle_poll.agent.transport import CommsClient
+from tentacle_poll.agent.transport import Channel
 from tentacle_poll.exceptions import CommunicationError, TaskExecutionError
 from tentacle_poll.protocol.routes import PACKAGE_BLOB
 
@@ -69,7 +69,7 @@ class PackageCache:
                 pruned.append(name)
         return pruned
 
-    async def fetch(self, client: CommsClient, sha256: str, size: int) -> Path:
+    async def fetch(self, client: Channel, sha256: str, size: int) -> Path:
         """The verified package, from the cache or downloaded (resuming a partial download)."""
         final = self.path_of(sha256)
         if final.exists():

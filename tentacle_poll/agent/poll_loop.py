@@ -42,7 +42,9 @@ class PollLoop:
         stop_polling: asyncio.Event,
         runners: dict[str, TaskRunner],
         on_server_thumbprints: Callable[[CommsClient, list[str]], None],
+        on_nodes: Callable[[CommsClient, list[str]], None] = lambda client, nodes: None,
     ) -> None:
+        self._on_nodes = on_nodes
         self._on_server_thumbprints = on_server_thumbprints
         self._client = client
         self._slots = slots
@@ -175,6 +177,8 @@ class PollLoop:
         announced = list(answer.server_thumbprints)
         if announced and self._news(announced):
             self._on_server_thumbprints(self._client, announced)
+        if answer.nodes:  # a cluster: its live nodes
+            self._on_nodes(self._client, list(answer.nodes))
         for task_id in answer.cancels:
             if task_id in self._runners:
                 self._runners[task_id].cancel("cancelled on the server")

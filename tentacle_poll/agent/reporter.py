@@ -24,7 +24,7 @@ from loguru import logger
 
 from tentacle_poll.agent.backoff import retrying
 from tentacle_poll.agent.spool import TaskSpool
-from tentacle_poll.agent.transport import CommsClient
+from tentacle_poll.agent.transport import Channel
 from tentacle_poll.exceptions import CommunicationError, RequestRejected
 from tentacle_poll.protocol.codec import encode
 from tentacle_poll.protocol.models import (
@@ -101,7 +101,7 @@ def _last_seq(spool: TaskSpool) -> int:
 class TaskReporter:
     def __init__(
         self,
-        client: CommsClient,
+        client: Channel,
         spool: TaskSpool,
         stop: asyncio.Event,
         max_backoff: float,

@@ -26,7 +26,7 @@ from tentacle_poll.agent.journal import Journal, Step, delivered_step
 from tentacle_poll.agent.packages import PackageCache
 from tentacle_poll.agent.reporter import TaskReporter
 from tentacle_poll.agent.spool import Spool
-from tentacle_poll.agent.transport import CommsClient
+from tentacle_poll.agent.transport import Channel
 from tentacle_poll.exceptions import CommunicationError, LeaseLost, ProtocolError
 from tentacle_poll.logs import hide_secret
 from tentacle_poll.protocol.codec import decode_object
@@ -48,7 +48,7 @@ ACCEPT_PATIENCE_SECONDS = 20.0
 
 @dataclass(frozen=True)
 class RunnerContext:
-    client: CommsClient
+    client: Channel
     journal: Journal
     spool: Spool
     mutexes: IsolationMutexes

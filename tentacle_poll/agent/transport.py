@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO, Protocol, TypeVar
 
 import aiohttp
 from pydantic import BaseModel
@@ -36,6 +36,28 @@ from tentacle_poll.tls.files import identity_paths
 M = TypeVar("M", bound=BaseModel)
 READ_MARGIN_SECONDS = 15.0
 DOWNLOAD_CHUNK = 256 * 1024
+
+
+class Channel(Protocol):
+    """What a task needs to talk to its server: one node (CommsClient), or a cluster's nodes
+    in turn (agent/failover.py)."""
+
+    @property
+    def url(self) -> str: ...
+    @property
+    def proxy(self) -> ProxyRoute | None: ...
+    @property
+    def last_date_header(self) -> str | None: ...
+    async def post(
+        self,
+        path: str,
+        body: BaseModel | bytes,
+        answer_type: type[M],
+        read_timeout: float = ...,
+        headers: dict[str, str] | None = ...,
+    ) -> M: ...
+    async def download(self, path: str, destination: BinaryIO, offset: int) -> int: ...
+    async def upload(self, path: str, source: Path, answer_type: type[M]) -> M: ...
 
 
 class CommsClient:

@@ -224,6 +224,9 @@ class PollResponse(WireModel):
     # The server's current thumbprint, then the next one while a rotation is prepared: the
     # agent adds them to its pins, having learnt them over the pinned channel.
     server_thumbprints: list[Thumbprint] = []
+    # The comms URLs of every live node of the server's cluster (empty from a single server):
+    # the agent polls each, pinned to the same thumbprints.
+    nodes: list[str] = Field(default=[], max_length=64)
 
 
 class CertificateRequest(WireModel):

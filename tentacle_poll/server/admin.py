@@ -171,7 +171,7 @@ async def cancel_task(request: web.Request) -> web.Response:
     assert updated is not None
     await audit(request, "task cancelled", task.id, task.target)
     state.dispatcher.work_for(task.agent_id)
-    state.dispatcher.tasks.ring(task.id)
+    state.dispatcher.task_changed(task.id)
     logger.info("cancel requested for task {} ({})", task.id, updated.state)
     return json_response(task_view(updated))
 

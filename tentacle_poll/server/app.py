@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from aiohttp import web
 from loguru import logger
@@ -23,7 +23,7 @@ from tentacle_poll.server.comms import add_comms_routes
 from tentacle_poll.server.deployments import add_deployment_routes
 from tentacle_poll.server.dispatch import Dispatcher
 from tentacle_poll.server.handshakes import Gate
-from tentacle_poll.server.identity import ServerHome
+from tentacle_poll.server.identity import ServerHome, share_identity
 from tentacle_poll.server.memory import shrink_tls_read_buffers
 from tentacle_poll.server.packages import (
     add_file_admin_routes,
@@ -40,8 +40,12 @@ from tentacle_poll.server.sweeper import (
     warn_expiring_certificates,
 )
 from tentacle_poll.server.vault import Vault
+from tentacle_poll.store.base import ClusterStore, Store
 from tentacle_poll.store.opening import open_store
-from tentacle_poll.tls import TrustedClientCertificates
+from tentacle_poll.tls import TrustedClientCertificates, load_identity
+
+if TYPE_CHECKING:
+    from tentacle_poll.server.cluster import Cluster
 
 SHUTDOWN_TIMEOUT = 5.0
 
@@ -59,6 +63,8 @@ class Server:
         self._sweeper: asyncio.Task[None] | None = None
         self._state: ServerState | None = None
         self._lock: IO[str] | None = None  # the home's lock, held from startup to shutdown
+        self._cluster: Cluster | None = None  # with a PostgreSQL store
+        self._store: Store | None = None
 
     @property
     def state(self) -> ServerState:
@@ -75,15 +81,18 @@ class Server:
     async def startup(self) -> None:
         self._lock = self.home.lock()  # first: nothing else may touch a home in use
         shrink_tls_read_buffers()
-        identity_folder, thumbprint = self.home.ensure_identity()
-        self.home.make_private()
+        identity_folder, _ = self.home.ensure_identity()
+        vault = Vault.open(self.home.folder)
         store, blobs, change = await open_store(
             self.settings.store_url, self.home.folder, self.migrate
         )
+        self._store = store  # closed by shutdown, even if the start fails from here on
         if change is not None and change[0] > 0:
             logger.info("database migrated from schema version {} to {}", *change)
+        if isinstance(store, ClusterStore):
+            await share_identity(self.home, vault, store)
+        thumbprint = load_identity(identity_folder).thumbprint
         trust = TrustedClientCertificates(identity_folder, await trusted_certificates(store))
-        vault = Vault.open(self.home.folder)
         self._state = ServerState(
             self.settings, store, Dispatcher(), trust, thumbprint, self.home, vault, blobs
         )
@@ -102,9 +111,18 @@ class Server:
             self.settings.admin_host,
             self.admin_port,
         )
+        if isinstance(store, ClusterStore):
+            await self._join_cluster(store)
         await warn_expiring_certificates(self.state)
         self._sweeper = asyncio.create_task(sweep_forever(self.state), name="sweeper")
         self.started.set()
+
+    async def _join_cluster(self, store: ClusterStore) -> None:
+        from tentacle_poll.server.cluster import Cluster  # lazy: one-node servers skip it
+
+        cluster = self._cluster = Cluster(self.state, store, self.comms_port)
+        await cluster.start()
+        self.state.node_urls = lambda: cluster.node_urls
 
     async def shutdown(self) -> None:
         if self._state is not None:
@@ -112,6 +130,8 @@ class Server:
             self._state.dispatcher.stop()
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self._cluster is not None:
+            await self._cluster.stop()
         if self._state is not None:
             try:
                 await self._state.flush_seen()
@@ -120,8 +140,9 @@ class Server:
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
-        if self._state is not None:
-            await self._state.store.close()
+        if self._store is not None:
+            await self._store.close()
+            self._store = None
         if self._lock is not None:
             self._lock.close()
             self._lock = None

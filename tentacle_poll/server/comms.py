@@ -86,7 +86,7 @@ async def register(request: web.Request) -> web.Response:
         # --replace: the old certificate is cut off now, before a task can be leased to it.
         state.cut_off(replaced.thumbprint, replaced.previous_thumbprint)
         await state.trust.remove(replaced.certificate_pem.encode())
-    state.forget_agents()
+    state.registrations_changed()
     await record(state, who, "target registered", agent.name, agent.thumbprint)
     logger.info("registered target {} ({}) with {}", agent.name, agent.thumbprint, who)
     answer = RegisterResponse(
@@ -124,7 +124,7 @@ async def rotate_certificate(request: web.Request) -> web.Response:
     except StoreError as exc:
         raise ProblemError(409, "certificate already registered", str(exc)) from exc
     state.trust.add(body.certificate_pem.encode())
-    state.forget_agents()
+    state.registrations_changed()
     await record(state, f"target {agent.name}", "certificate rotated", agent.name, thumbprint)
     logger.info("target {} rotated its certificate to {}", agent.name, thumbprint)
     answer = CertificateResponse(
@@ -143,7 +143,7 @@ async def accept(request: web.Request) -> web.Response:
     if task is None:
         detail = f"task {task_id} is no longer leased to this agent; do not run it"
         raise ProblemError(409, "lease lost", detail)
-    state.dispatcher.tasks.ring(task_id)
+    state.dispatcher.task_changed(task_id)
     return json_response(AcceptResponse(task_id=task.id, state=task.state))
 
 
@@ -154,7 +154,7 @@ async def events(request: web.Request) -> web.Response:
     if not check_events(task, list(body.events)):
         return json_response(EventsResponse(acked_seq=task.last_seq))
     acked = await state.store.append_events(task.id, list(body.events))
-    state.dispatcher.tasks.ring(task.id)
+    state.dispatcher.task_changed(task.id)
     return json_response(EventsResponse(acked_seq=acked, cancel=task.cancel_requested))
 
 
@@ -167,7 +167,7 @@ async def result(request: web.Request) -> web.Response:
     if body.requeue:
         return json_response(task_view(await _requeue(state, task, body.reason)))
     finished = await state.store.finish_task(task.id, body, now())
-    state.dispatcher.tasks.ring(task.id)
+    state.dispatcher.task_changed(task.id)
     state.dispatcher.result_received(task.agent_id)
     await stop_rest_if_failed(state, finished)
     reason = f": {body.reason}" if body.reason else ""
@@ -178,7 +178,7 @@ async def result(request: web.Request) -> web.Response:
 async def _requeue(state: ServerState, task: TaskRecord, reason: str) -> TaskRecord:
     """The agent gives the task back unstarted: it waits in the queue again (or expires)."""
     again = await state.store.requeue_task(task.id, now())
-    state.dispatcher.tasks.ring(task.id)
+    state.dispatcher.task_changed(task.id)
     state.dispatcher.result_received(task.agent_id)
     logger.info("task {} on {} given back unstarted ({}): {}", task.id, task.target, reason,
                 "queued again" if again.state == "queued" else again.state)  # fmt: skip
@@ -250,6 +250,8 @@ async def _hold_until_work(
             raise _certificate_withdrawn()
         if held.superseded:  # newer polls of this agent: answered empty, nothing leased
             return _answer(state, [], [])
+        if state.nodes_untold(agent.id):  # a node joined or left: the agent hears it now
+            return _answer(state, [], [], agent.id)
         leased, cancels = await _work_for(state, agent.id, body)
         remaining = deadline - asyncio.get_running_loop().time()
         # A poll with no free slot is answered once a result frees one: the agent then polls
@@ -258,17 +260,20 @@ async def _hold_until_work(
         results_now = state.dispatcher.results_received(agent.id)
         slot_freed = not body.free_slots and results_now != results_before
         if leased or cancels or slot_freed or remaining <= 0:
-            return _answer(state, await _envelopes(state, leased), cancels)
+            return _answer(state, await _envelopes(state, leased), cancels, agent.id)
         await wait_for_bell(bell, remaining)
     raise _server_stopping()
 
 
-def _answer(state: ServerState, envelopes: list[Envelope], cancels: list[str]) -> PollResponse:
+def _answer(
+    state: ServerState, envelopes: list[Envelope], cancels: list[str], agent_id: str = ""
+) -> PollResponse:
     return PollResponse(
         envelopes=envelopes,
         cancels=cancels,
         hold_seconds=state.settings.hold_seconds,
         server_thumbprints=state.server_thumbprints(),
+        nodes=state.tell_nodes(agent_id) if agent_id else state.node_urls(),
     )
 
 
@@ -297,7 +302,7 @@ async def _envelopes(state: ServerState, tasks: list[TaskRecord]) -> list[Envelo
         except SealedValueError as exc:
             failed = ResultRequest(state="failed", last_seq=0, reason=f"not sent: {exc}")
             await state.store.finish_task(task.id, failed, now())
-            state.dispatcher.tasks.ring(task.id)
+            state.dispatcher.task_changed(task.id)
             logger.error("task {} on {} failed: {}", task.id, task.target, exc)
     return envelopes
 

@@ -101,7 +101,7 @@ async def stop_rest_if_failed(state: ServerState, task: TaskRecord) -> None:
         if not other.state.is_final:
             await state.store.request_cancel(other.id, now())
             state.dispatcher.work_for(other.agent_id)
-            state.dispatcher.tasks.ring(other.id)
+            state.dispatcher.task_changed(other.id)
     logger.warning("deployment {}: {} failed; stopping the rest", task.deployment_id, task.target)
 
 

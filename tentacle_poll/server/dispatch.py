@@ -1,7 +1,8 @@
-"""In-memory wake-ups: a queued task rings its agent's held poll; a stored line wakes followers.
+"""Wake-ups: a queued task rings its agent's held poll; a stored line wakes followers.
 
 Each waiter takes the current bell *before* it reads the store, so a ring that lands between
-the read and the wait is never missed.
+the read and the wait is never missed. In a cluster every ring is also passed to ``echo``
+(server/cluster.py sends it to the other nodes), and rings from other nodes arrive by ``heard``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 
 class Bells:
@@ -69,6 +70,7 @@ class Dispatcher:
         self._without_work: set[str] = set()
         self._last_poll_end: dict[str, float] = {}
         self._results: Counter[str] = Counter()  # per agent: results received, i.e. slots freed
+        self.echo: Callable[[str, str], None] = _alone  # ("agent" | "task", id) to other nodes
 
     @contextlib.contextmanager
     def polling(self, agent_id: str, slots: int) -> Iterator[HeldPoll]:
@@ -107,6 +109,26 @@ class Dispatcher:
         """Something may be queued or cancelled for the agent: check the store, wake its poll."""
         self._without_work.discard(agent_id)
         self.agents.ring(agent_id)
+        self.echo("agent", agent_id)
+
+    def task_changed(self, task_id: str) -> None:
+        """New output or a new state: wake whoever follows the task."""
+        self.tasks.ring(task_id)
+        self.echo("task", task_id)
+
+    def heard(self, kind: str, key: str) -> None:
+        """A ring from another node of the cluster."""
+        if kind == "agent":
+            self._without_work.discard(key)
+            self.agents.ring(key)
+        elif kind == "task":
+            self.tasks.ring(key)
+
+    def heard_everything(self) -> None:
+        """Rings from other nodes may have been missed: every waiter checks the store again."""
+        self._without_work.clear()
+        self.agents.ring_all()
+        self.tasks.ring_all()
 
     def result_received(self, agent_id: str) -> None:
         """One of the agent's slots is about to free up: wake its poll if it has none free. A
@@ -139,3 +161,7 @@ class Dispatcher:
         bell = self.polls.current(agent_id)
         if not self.is_polling(agent_id):
             await bell.wait()
+
+
+def _alone(kind: str, key: str) -> None:
+    """One node: nobody else to tell."""

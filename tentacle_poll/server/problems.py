@@ -13,7 +13,7 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from loguru import logger
 
-from tentacle_poll.exceptions import ProtocolError, RequestRejected, StorageFull
+from tentacle_poll.exceptions import ProtocolError, RequestRejected, StorageFull, StoreUnavailable
 from tentacle_poll.protocol.models import PROTOCOL_VERSION, Problem
 from tentacle_poll.protocol.routes import PROBLEM_CONTENT_TYPE, PROTOCOL_HEADER
 from tentacle_poll.server.shortage import Shortage, condition_of
@@ -56,7 +56,7 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
             raise
         title = exc.reason or "request refused"
         return problem_response(Problem(title=title, status=exc.status, detail=_detail(exc)))
-    except (OSError, StorageFull) as exc:
+    except (OSError, StorageFull, StoreUnavailable) as exc:
         if condition_of(exc) is None:
             return _bug(request)
         request.app[SHORTAGE].hit(f"answer {request.method} {request.path}", exc)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tentacle_poll.exceptions import StorageFull
+from tentacle_poll.exceptions import StorageFull, StoreUnavailable
 from tentacle_poll.server.refusals import RefusalLog
 
 RECENT_SECONDS = 60.0
@@ -31,7 +31,9 @@ class _Condition:
 
 
 def condition_of(exc: BaseException) -> str | None:
-    """ "descriptors", "disk", or None for an error that is not a shortage."""
+    """ "descriptors", "disk", "database", or None for an error that is not a shortage."""
+    if isinstance(exc, StoreUnavailable):
+        return "database"
     if isinstance(exc, StorageFull):
         return "disk"
     if isinstance(exc, OSError) and exc.errno in OUT_OF_SPACE:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -47,6 +48,11 @@ class ServerState:
     # certificate thumbprint, and last_seen times not yet written (the sweeper writes them).
     _agents: dict[str, AgentRecord] = field(default_factory=dict)
     _unwritten_seen: dict[str, tuple[float, str]] = field(default_factory=dict)
+    # Tells the other nodes of a cluster that registrations or certificates changed.
+    trust_echo: Callable[[], None] = lambda: None
+    # The comms URLs of the cluster's live nodes, announced to agents (none: one server).
+    node_urls: Callable[[], list[str]] = list
+    _nodes_told: dict[str, list[str]] = field(default_factory=dict)  # per agent
 
     def __post_init__(self) -> None:
         self.strangers = Strangers(self.settings, self.refusals)
@@ -64,9 +70,14 @@ class ServerState:
         """After any change to registrations or certificates."""
         self._agents.clear()
 
+    def registrations_changed(self) -> None:
+        """A target registered, deleted or rotated its certificate: here, and on every node."""
+        self.forget_agents()
+        self.trust_echo()
+
     def cut_off(self, *thumbprints: str | None) -> None:
         """Certificates no longer trusted: the lookups forget them, their connections close."""
-        self.forget_agents()
+        self.registrations_changed()
         self.connections.cut(t for t in thumbprints if t)
 
     async def seen(self, agent: AgentRecord, version: str, trusted: list[str], at: float) -> None:
@@ -86,6 +97,18 @@ class ServerState:
         for agent_id, seen in pending.items():
             if self._unwritten_seen.get(agent_id) == seen:
                 del self._unwritten_seen[agent_id]
+
+    def nodes_untold(self, agent_id: str) -> bool:
+        """The cluster's nodes changed since the agent was last told (or it never was): its
+        poll is answered at once, so that it polls a new node within a moment."""
+        nodes = self.node_urls()
+        return bool(nodes) and self._nodes_told.get(agent_id) != nodes
+
+    def tell_nodes(self, agent_id: str) -> list[str]:
+        nodes = self.node_urls()
+        if nodes:
+            self._nodes_told[agent_id] = nodes
+        return nodes
 
     def server_thumbprints(self) -> list[str]:
         """Announced in every poll answer: current first, then the prepared next one."""

@@ -13,7 +13,7 @@ import time
 
 from loguru import logger
 
-from tentacle_poll.exceptions import StorageFull
+from tentacle_poll.exceptions import StorageFull, StoreUnavailable
 from tentacle_poll.server.deployments import stop_rest_if_failed
 from tentacle_poll.server.shortage import condition_of
 from tentacle_poll.server.state import ServerState
@@ -36,7 +36,8 @@ async def sweep_forever(state: ServerState) -> None:
     while not state.dispatcher.stopping:
         try:
             await sweep_once(state)
-        except (OSError, StorageFull) as exc:  # a full disk: reported, and the next sweep tries
+        # a full disk, a database away: reported, and the next sweep tries
+        except (OSError, StorageFull, StoreUnavailable) as exc:
             if condition_of(exc) is None:
                 raise
             state.shortage.hit("sweep (expire leases, record last-seen times)", exc)
@@ -75,7 +76,7 @@ async def expire_tasks(state: ServerState, now: float) -> None:
     """Queued tasks past their deadline end ``expired``: a fan-out over offline targets ends."""
     for task in await state.store.expire_tasks(now):
         logger.info("task {} on {} expired: {}", task.id, task.target, task.reason)
-        state.dispatcher.tasks.ring(task.id)
+        state.dispatcher.task_changed(task.id)
         state.dispatcher.work_for(task.agent_id)  # a later task of its serial may go now
         await stop_rest_if_failed(state, task)
 
@@ -98,7 +99,7 @@ async def sweep_once(state: ServerState) -> None:
     reason = f"agent lost: no poll for {state.settings.agent_lost_seconds:g} s"
     for task_id in await state.store.mark_lost(silent, reason, now):
         logger.warning("task {}: {}", task_id, reason)
-        state.dispatcher.tasks.ring(task_id)
+        state.dispatcher.task_changed(task_id)
         lost = await state.store.get_task(task_id)
         if lost is not None:
             state.dispatcher.work_for(lost.agent_id)  # a later task of its serial may go now

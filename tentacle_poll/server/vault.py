@@ -72,6 +72,14 @@ class Vault:
         self._reload_if_changed()
         return _map_sensitive(json.loads(spec_json), self._open)
 
+    def seal_value(self, name: str, value: str) -> str:
+        self._reload_if_changed()
+        return self._seal(name, value)
+
+    def open_value(self, name: str, sealed: str) -> str:
+        self._reload_if_changed()
+        return self._open(name, sealed)
+
     def reseal_spec(self, spec_json: str) -> str:
         return self.seal_spec(self.open_spec(spec_json))
 

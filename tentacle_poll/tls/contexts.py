@@ -104,6 +104,16 @@ class TrustedClientCertificates:
             self._removals += 1
             await self._rebuild(self._removals)
 
+    async def replace_all(self, pems: Iterable[bytes]) -> set[bytes]:
+        """Trusts exactly ``pems`` (another node of a cluster changed the registrations);
+        returns the certificates no longer trusted."""
+        wanted = set(pems)
+        for pem in wanted - self._pems:
+            self.add(pem)
+        dropped = self._pems - wanted
+        await self.remove(*dropped)
+        return dropped
+
     def reload_identity(self) -> None:
         """Presents the server certificate now in the identity folder (after a rotation)."""
         self._with_identity(self.context)
