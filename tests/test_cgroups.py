@@ -4,6 +4,7 @@ timeout or a cancel leave nothing running, `setsid` and double-forked children i
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -16,9 +17,9 @@ from tentacle_poll.workers.cgroups import CgroupRoot
 from .conftest import AgentFactory, run_and_follow, script_task, wait_for_line
 from .helpers import process_running, read_pids
 
-ROOT = CgroupRoot.find()
 needs_cgroups = pytest.mark.skipif(
-    ROOT is None, reason="no writable cgroup v2 here (not root, or no delegated subtree)"
+    CgroupRoot.find(Path.cwd(), make=False) is None,
+    reason="no writable cgroup v2 here (not root, or no delegated subtree)",
 )
 
 
@@ -80,4 +81,23 @@ async def test_a_cancel_ends_escaped_children_and_health_says_cgroups_are_used(
         admin, SubmitTask(target="web1", kind="health", health=HealthSpec())
     )
     assert json.loads(events[0].text)["process_control"].startswith("cgroup v2 per task")
-    assert ROOT is not None and list(ROOT.path.glob("task-*")) == []  # each one removed
+    root = CgroupRoot.find(tmp_path / "web1")
+    assert root is not None and list(root.path.glob("task-*")) == []  # each one removed
+
+
+@needs_cgroups
+async def test_a_second_agent_started_in_the_same_cgroup_leaves_the_first_ones_tasks_alone(
+    start_agent: AgentFactory, admin: AdminClient, tmp_path: Path
+) -> None:
+    """Two agents on one host, started from one session: the second one's start-up ends the
+    leftovers of a dead agent, and must not take the first one's running task for one."""
+    await start_agent("web1")
+    gate = tmp_path / "gate"
+    body = f"echo started; while [ ! -e {gate} ]; do sleep 0.02; done; echo done"
+    task = await admin.submit(script_task("web1", body))
+    await wait_for_line(admin, task.id, "started")
+    second = await start_agent("web2")
+    await asyncio.wait_for(second.agent.started.wait(), 30)  # its recovery has run
+    gate.touch()
+    final = await admin.follow(task.id, lambda _: None)
+    assert final.state == TaskState.SUCCEEDED

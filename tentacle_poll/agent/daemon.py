@@ -100,7 +100,7 @@ class Agent:
     async def _run(self, journal: Journal, spool: Spool, clients: dict[str, CommsClient]) -> None:
         shutil.rmtree(self.home.work_folder, ignore_errors=True)  # left by an agent that died
         fail_interrupted_tasks(journal, spool)  # ends the orphans' groups, says so in output
-        self._cgroups = CgroupRoot.find()
+        self._cgroups = CgroupRoot.find(self.home.folder)
         await end_leftover_cgroups(self._cgroups)  # then whatever escaped their groups
         repair_releases(self._applications_root())
         backlog = asyncio.create_task(

@@ -177,6 +177,6 @@ async def show_config(args: argparse.Namespace) -> int:
         identity = load_identity(home.identity_folder)
         print(f"thumbprint: {identity.thumbprint}")
         print(f"certificate expires: {certificate_expiry(identity.cert_pem):%Y-%m-%d}")
-    print(f"tasks run in: {describe(CgroupRoot.find(make=False))}")
+    print(f"tasks run in: {describe(CgroupRoot.find(home.folder, make=False))}")
     print(json.dumps(settings.model_dump(mode="json"), indent=2))  # secrets show as ********
     return 0

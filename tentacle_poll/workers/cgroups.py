@@ -4,15 +4,20 @@ A script can leave its process group (``setsid``, a double fork into a new sessi
 outlives a timeout or a cancel. Every process of a cgroup, whatever it did, stays in it, and
 ``cgroup.kill`` ends them all. Where the agent may create cgroups (root, or a delegated subtree
 such as systemd's ``Delegate=yes``), each task's script runs in
-``<the agent's cgroup>/tentacle_poll/task-<id>``: it is started through ``sh``, which moves
-itself into the cgroup before it execs the script, so no child is ever born outside it.
+``<the agent's cgroup>/tentacle_poll/agent-<home>/task-<id>``: it is started through ``sh``,
+which moves itself into the cgroup before it execs the script, so no child is ever born
+outside it.
 Elsewhere process groups alone are used; ``describe`` says which is in force.
+
+``agent-<home>`` is named after the agent's home folder: two agents started from one session
+(one cgroup) each end only their own leftovers, never the other's running tasks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import signal
 from dataclasses import dataclass
@@ -54,19 +59,21 @@ class CgroupRoot:
     path: Path
 
     @classmethod
-    def find(cls, make: bool = True) -> CgroupRoot | None:
-        """The agent's own place for task cgroups, made if it may (``make=False``: only tells
-        whether it could, changing nothing: for ``show-config``); None where it may not."""
+    def find(cls, home: Path, make: bool = True) -> CgroupRoot | None:
+        """The place for the task cgroups of the agent whose home is ``home``, made if it may
+        (``make=False``: only tells whether it could, changing nothing: for ``show-config``);
+        None where it may not."""
         mount, own = cgroup2_mount(), own_cgroup()
         if mount is None or own is None:
             return None
-        parent = mount / own.lstrip("/") / PARENT
-        if not make:  # made already and usable, or could be made (a child of a writable one)
-            ours = parent.parent
+        key = hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:12]
+        parent = mount / own.lstrip("/") / PARENT / f"agent-{key}"
+        if not make:  # made already and usable, or could be made (below a writable cgroup)
+            ours = next(p for p in (parent, parent.parent, parent.parent.parent) if p.exists())
             could = os.access(ours, os.W_OK) and os.access(ours / "cgroup.procs", os.W_OK)
             return cls(parent) if (_usable(parent) if parent.exists() else could) else None
         try:
-            parent.mkdir(exist_ok=True)
+            parent.mkdir(parents=True, exist_ok=True)
         except OSError:
             return None
         return cls(parent) if _usable(parent) else None
