@@ -110,6 +110,7 @@ async def test_server_killed_while_tasks_run_loses_no_line_and_no_result(
 # 600,000: the second half (3.8 MB of output, printed while the server is dead) is more than
 # the agent keeps in memory, so it is read back from the spool once the server returns.
 @pytest.mark.parametrize("total", [100_000, 600_000])
+@pytest.mark.timeout(150)  # 600,000 lines take 50 s here: most of the 60 s default
 async def test_server_killed_mid_stream_loses_no_block_of_lines(
     tmp_path: Path, processes: list[Daemon], total: int
 ) -> None:
