@@ -147,6 +147,9 @@ class AgentSettings(_Settings):
     name: str | None = None
     servers: list[ServerNode] = []
     proxy: ProxySettings = ProxySettings()
+    # Poll every node a server cluster announces (docs/high-availability.md); false: only the
+    # nodes configured here (e.g. when each node is reached through a route of its own).
+    discover_nodes: bool = True
     concurrency: int = Field(default=4, ge=1, le=256)
     cancel_grace_seconds: float = Field(default=10.0, gt=0, le=3600)
     drain_seconds: float = Field(default=60.0, ge=0, le=24 * 3600)

@@ -27,6 +27,7 @@ from tentacle_poll.server.vault import KEY_FILE
 from tentacle_poll.tls import load_identity
 
 from .conftest import free_port, new_agent_home, register_at, script_task, wait_for_line
+from .helpers import eventually
 from .processes import Daemon, start_agent_process, start_server_process
 
 pytestmark = pytest.mark.timeout(120)
@@ -251,3 +252,53 @@ async def test_a_node_killed_while_dispatching_runs_every_task_exactly_once(
         finals = [await admin.follow(t.id, lambda _: None) for t in tasks]
     assert [f.state for f in finals] == [TaskState.SUCCEEDED] * 20
     assert sorted(int(n) for n in ran.read_text().split()) == list(range(20))
+
+
+async def test_a_certificate_rotation_through_one_node_reaches_every_node(
+    two_nodes: Cluster, tmp_path: Path
+) -> None:
+    a, b = two_nodes.nodes
+    home = await register_with(two_nodes, a, tmp_path / "web1", "web1")
+    old = a.thumbprint
+    async with two_nodes.admin(a) as admin:
+        prepared = await admin.change_server_certificate("prepare")
+    upcoming = prepared.next_thumbprint
+    assert upcoming is not None
+    await poll_when_trusted(home, b)
+
+    async def b_announces_both() -> bool:
+        return (await poll_once(home, b)).server_thumbprints == [old, upcoming]
+
+    await eventually(b_announces_both, 10)
+    async with two_nodes.admin(a) as admin:
+        await admin.change_server_certificate("activate", force=True)
+
+    async def b_presents_it() -> bool:  # once it is activated through A
+        return b.thumbprint == upcoming
+
+    await eventually(b_presents_it, 10)
+    client = CommsClient(b.url, [upcoming], home.identity_folder)
+    try:
+        answer = await client.post(POLL, PollRequest(free_slots=0, hold_seconds=0), PollResponse)
+    finally:
+        await client.close()
+    assert answer.server_thumbprints == [upcoming]
+
+
+async def test_a_node_restarted_while_the_others_serve_takes_its_share_again(
+    two_nodes: Cluster, tmp_path: Path, processes: list[Daemon]
+) -> None:
+    a, b = two_nodes.nodes
+    home = await register_with(two_nodes, a, tmp_path / "web1", "web1")
+    agent = await start_agent_process(home.folder)
+    processes.append(agent)
+    await agent.wait_for(f"server node {b.url} joined the cluster")
+    assert b.process is not None
+    await b.process.stop()  # an upgrade, node by node
+    async with two_nodes.admin(a) as admin:
+        task = await admin.submit(script_task("web1", "echo while b is away"))
+        assert (await admin.follow(task.id, lambda _: None)).state == TaskState.SUCCEEDED
+    await two_nodes.start(b)
+    async with two_nodes.admin(b) as admin:  # B serves again: admin calls and dispatch
+        task = await admin.submit(script_task("web1", "echo b is back"))
+        assert (await admin.follow(task.id, lambda _: None)).state == TaskState.SUCCEEDED

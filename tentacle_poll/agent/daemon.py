@@ -147,7 +147,9 @@ class Agent:
     def _learn_nodes(self, client: CommsClient, announced: list[str]) -> None:
         """The cluster's nodes, as ``client``'s node announced them: poll new ones, stop
         polling discovered ones it no longer lists."""
-        if self._announced.get(client.url) == announced or self.stop_polling.is_set():
+        if not self.settings.discover_nodes or self.stop_polling.is_set():
+            return
+        if self._announced.get(client.url) == announced:
             return
         self._announced[client.url] = announced
         nodes = self.home.settings().servers

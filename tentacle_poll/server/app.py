@@ -19,11 +19,12 @@ from tentacle_poll.exceptions import ConfigurationError, StorageFull
 from tentacle_poll.keepalive import listening_socket
 from tentacle_poll.server.access import require_api_key
 from tentacle_poll.server.admin import add_admin_routes
+from tentacle_poll.server.cluster_identity import join_identity
 from tentacle_poll.server.comms import add_comms_routes
 from tentacle_poll.server.deployments import add_deployment_routes
 from tentacle_poll.server.dispatch import Dispatcher
 from tentacle_poll.server.handshakes import Gate
-from tentacle_poll.server.identity import ServerHome, share_identity
+from tentacle_poll.server.identity import ServerHome
 from tentacle_poll.server.memory import shrink_tls_read_buffers
 from tentacle_poll.server.packages import (
     add_file_admin_routes,
@@ -90,7 +91,7 @@ class Server:
         if change is not None and change[0] > 0:
             logger.info("database migrated from schema version {} to {}", *change)
         if isinstance(store, ClusterStore):
-            await share_identity(self.home, vault, store)
+            await join_identity(self.home, vault, store)
         thumbprint = load_identity(identity_folder).thumbprint
         trust = TrustedClientCertificates(identity_folder, await trusted_certificates(store))
         self._state = ServerState(

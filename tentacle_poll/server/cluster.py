@@ -25,9 +25,11 @@ from typing import Any
 from loguru import logger
 
 from tentacle_poll.exceptions import StorageFull, StoreUnavailable
+from tentacle_poll.server.cluster_identity import adopt_identity, publish_identity
 from tentacle_poll.server.state import ServerState
 from tentacle_poll.server.sweeper import trusted_certificates
 from tentacle_poll.store.base import ClusterStore
+from tentacle_poll.tls import load_identity
 from tentacle_poll.tls.certs import thumbprint_of_pem
 
 HEARTBEAT_SECONDS = 2.0
@@ -53,6 +55,7 @@ class Cluster:
         await self._store.listen({"wake": self._heard_wake}, self._missed_some)
         self._state.dispatcher.echo = self._echo
         self._state.trust_echo = lambda: self._echo("trust", "")
+        self._state.identity_changed = self._publish_identity
         self._spawn(self._beat_forever())
         logger.info("cluster node {} ({}) joined: {} nodes", self.node_id, self.url,
                     len(self.node_urls))  # fmt: skip
@@ -88,6 +91,8 @@ class Cluster:
             kind, _, name = key.partition(":")
             if kind == "trust":
                 self._heard_trust()
+            elif kind == "identity":
+                self._spawn(self._adopt_identity())
             else:
                 self._state.dispatcher.heard(kind, name)
 
@@ -116,6 +121,24 @@ class Cluster:
             self._state.connections.cut(thumbprint_of_pem(pem) for pem in dropped)
             logger.info("{} certificates no longer trusted (changed on another node)",
                         len(dropped))  # fmt: skip
+
+    async def _publish_identity(self) -> None:
+        state = self._state
+        await publish_identity(state.home, state.vault, self._store)
+        self._echo("identity", "")
+
+    async def _adopt_identity(self) -> None:
+        """A rotation step made through another node: present and announce the same."""
+        state = self._state
+        try:
+            if not await adopt_identity(state.home, state.vault, self._store):
+                return
+        except (StoreUnavailable, StorageFull) as exc:
+            logger.warning("could not take the cluster's server certificate: {}", exc)
+            return
+        state.thumbprint = load_identity(state.home.identity_folder).thumbprint
+        state.next_thumbprint = state.home.next_thumbprint()
+        state.trust.reload_identity()
 
     # --- heartbeats ----------------------------------------------------------------------
 

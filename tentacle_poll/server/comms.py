@@ -286,7 +286,7 @@ async def _work_for(
     leased = await state.store.lease_tasks(
         agent_id, body.free_slots, now(), state.settings.lease_seconds
     )
-    cancels = await state.store.cancels_for(agent_id, list(body.running))
+    cancels = await state.store.cancels_for(agent_id, list(body.running)) if body.running else []
     if body.free_slots > len(leased) and not cancels:
         state.dispatcher.no_work_for(agent_id)  # until a submit, cancel or expiry says otherwise
     return leased, cancels

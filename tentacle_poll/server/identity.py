@@ -8,7 +8,6 @@ an earlier version, readable by others, is made private the first time it is ope
 from __future__ import annotations
 
 import fcntl
-import json
 import shutil
 import stat
 from pathlib import Path
@@ -18,11 +17,9 @@ from loguru import logger
 
 from tentacle_poll.config import SERVER_FILE, ServerSettings, load_settings
 from tentacle_poll.exceptions import ConfigurationError
-from tentacle_poll.server.vault import SealedValueError, Vault
 from tentacle_poll.store import Store
-from tentacle_poll.store.base import ClusterStore
 from tentacle_poll.store.opening import open_store
-from tentacle_poll.tls import Identity, generate_identity, load_identity, save_identity
+from tentacle_poll.tls import generate_identity, load_identity, save_identity
 from tentacle_poll.tls.files import CERT_FILE
 
 
@@ -95,29 +92,3 @@ class ServerHome:
             for path in [self.folder, *self.folder.rglob("*")]:
                 if not path.is_symlink():
                     path.chmod(0o700 if path.is_dir() else 0o600)
-
-
-CLUSTER_IDENTITY = "server identity"
-
-
-async def share_identity(home: ServerHome, vault: Vault, store: ClusterStore) -> None:
-    """Every node of a cluster presents one certificate (agents pin one thumbprint): the first
-    node's, kept in the store sealed with the master key. A node whose own differs takes the
-    cluster's; one whose master key cannot open it is told where to get the right key."""
-    own = load_identity(home.identity_folder)
-    proposed = json.dumps({"key": own.key_pem.decode(), "certificate": own.cert_pem.decode()})
-    stored = await store.cluster_secret(
-        CLUSTER_IDENTITY, vault.seal_value(CLUSTER_IDENTITY, proposed)
-    )
-    try:
-        shared = json.loads(vault.open_value(CLUSTER_IDENTITY, stored))
-    except SealedValueError as exc:
-        raise ConfigurationError(
-            f"this node cannot open the cluster's server certificate ({exc}): every node needs "
-            f"the same master key. Copy master.key from a running node into {home.folder} "
-            "(docs/high-availability.md, 'Adding a node')"
-        ) from None
-    identity = Identity(key_pem=shared["key"].encode(), cert_pem=shared["certificate"].encode())
-    if identity.thumbprint != own.thumbprint:
-        save_identity(home.identity_folder, identity)
-        logger.info("this node presents the cluster's server certificate {}", identity.thumbprint)

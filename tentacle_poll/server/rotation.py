@@ -41,6 +41,7 @@ async def change_certificate(request: web.Request) -> web.Response:
         state.next_thumbprint = None
     else:
         await _activate(state, body.force)
+    await state.identity_changed()
     await audit(request, f"server certificate {body.action}", state.thumbprint)
     return json_response(certificate_view(state))
 

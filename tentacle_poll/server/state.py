@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -29,6 +29,10 @@ from tentacle_poll.tls import TrustedClientCertificates, certificate_expiry_fast
 M = TypeVar("M", bound=BaseModel)
 
 
+async def _nothing() -> None:
+    """One server: nobody else to tell."""
+
+
 @dataclass
 class ServerState:
     settings: ServerSettings
@@ -50,6 +54,8 @@ class ServerState:
     _unwritten_seen: dict[str, tuple[float, str]] = field(default_factory=dict)
     # Tells the other nodes of a cluster that registrations or certificates changed.
     trust_echo: Callable[[], None] = lambda: None
+    # Stores a server certificate rotation step for the other nodes of a cluster.
+    identity_changed: Callable[[], Awaitable[None]] = _nothing
     # The comms URLs of the cluster's live nodes, announced to agents (none: one server).
     node_urls: Callable[[], list[str]] = list
     _nodes_told: dict[str, list[str]] = field(default_factory=dict)  # per agent

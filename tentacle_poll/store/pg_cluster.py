@@ -61,6 +61,13 @@ class PgCluster(_Base):
         )  # fmt: skip
         return str(await self._value("SELECT sealed FROM cluster_secrets WHERE name = $1", name))
 
+    async def get_cluster_secret(self, name: str) -> str | None:
+        found = await self._value("SELECT sealed FROM cluster_secrets WHERE name = $1", name)
+        return None if found is None else str(found)
+
+    async def delete_cluster_secret(self, name: str) -> None:
+        await self._run("DELETE FROM cluster_secrets WHERE name = $1", name)
+
     async def set_cluster_secret(self, name: str, sealed: str) -> None:
         await self._run(
             "INSERT INTO cluster_secrets (name, sealed) VALUES ($1, $2) "

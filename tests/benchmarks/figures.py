@@ -130,9 +130,13 @@ async def local_spawn_latency(folder: Path, runs: int) -> list[float]:
     return samples
 
 
-async def dispatch_latency(bench: Bench, target: str, runs: int) -> list[float]:
+async def dispatch_latency(
+    bench: Bench, target: str, runs: int, admin_url: str | None = None
+) -> list[float]:
+    """Seconds from submitting a task (through ``admin_url``, the bench's server by default)
+    to the first instruction of its script on the agent."""
     samples = []
-    async with AdminClient(bench.admin_url, bench.key) as admin:
+    async with AdminClient(admin_url or bench.admin_url, bench.key) as admin:
         for i in range(runs):
             stamp = bench.folder / f"dispatch-{target}-{i}"
             task = script_task(target, f'printf "%s" "$EPOCHREALTIME" > {stamp}')

@@ -18,6 +18,7 @@ from tentacle_poll.logs import setup_logging
 
 from ..processes import Daemon
 from .agent_memory import agent_memory
+from .cluster import cluster_figures
 from .figures import (
     Bench,
     Row,
@@ -34,7 +35,7 @@ from .figures import (
 HEADERS = ["figure", "value", "reference (same run)", "ratio", "target", "verdict"]
 
 
-GROUPS = ["latency", "throughput", "streaming", "footprint", "package", "fleet"]
+GROUPS = ["latency", "throughput", "streaming", "footprint", "package", "fleet", "cluster"]
 
 
 async def run_all(quick: bool, groups: list[str]) -> list[Row]:
@@ -80,6 +81,8 @@ async def _run_groups(folder: Path, sizes: dict[str, Any], groups: list[str]) ->
             rows += await package_transfer(bench, sizes["package_mb"])
     finally:
         await bench.stop()
+    if "cluster" in groups:
+        rows += await cluster_figures(folder / "cluster", sizes["fleet"], sizes["latency_runs"])
     if "fleet" in groups:
         fleet = Bench(folder / "fleet")
         try:
