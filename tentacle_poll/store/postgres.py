@@ -13,6 +13,7 @@ import json
 import secrets
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import asyncpg
@@ -52,6 +53,31 @@ SELECT id FROM tasks AS t WHERE t.agent_id = $1 AND t.state = 'queued'
       AND e.state IN ('queued', 'leased', 'running')
       AND (e.created_at < t.created_at OR (e.created_at = t.created_at AND e.id < t.id))))
 ORDER BY t.created_at LIMIT $3 FOR UPDATE SKIP LOCKED
+"""
+# One round trip per poll: this agent's expired leases back to the queue (cancelled ones are
+# left to the sweeper's expire_leases, which also erases their values), then the lease.
+LEASE = f"""
+WITH requeued AS (
+  UPDATE tasks SET state = 'queued', leased_until = NULL
+  WHERE agent_id = $1 AND state = 'leased' AND leased_until < $2 AND NOT cancel_requested),
+picked AS ({LEASABLE}),
+leased AS (
+  UPDATE tasks SET state = 'leased', leased_until = $4 FROM picked WHERE tasks.id = picked.id
+  RETURNING tasks.*)
+SELECT {TASK_COLUMNS} FROM leased t JOIN agents a ON a.id = t.agent_id ORDER BY t.created_at
+"""
+# The usual accept and result, one round trip each; anything else takes the careful path.
+ACCEPT = f"""
+WITH started AS (
+  UPDATE tasks SET state = 'running', started_at = $3, leased_until = NULL
+  WHERE id = $1 AND agent_id = $2 AND state = 'leased' AND NOT cancel_requested RETURNING *)
+SELECT {TASK_COLUMNS} FROM started t JOIN agents a ON a.id = t.agent_id
+"""
+FINISH = f"""
+WITH ended AS (
+  UPDATE tasks SET state = $2, exit_code = $3, reason = $4, finished_at = $5, leased_until = NULL
+  WHERE id = $1 AND state IN ('queued', 'leased', 'running', 'lost') RETURNING *)
+SELECT {TASK_COLUMNS} FROM ended t JOIN agents a ON a.id = t.agent_id
 """
 # A lease nobody accepted in time goes back to the queue (or ends, if cancelled).
 END_LEASES = """
@@ -240,13 +266,16 @@ class PostgresStore(PgCredentials, PgPackages, PgDeployments, PgOutput, PgBlobs,
 
     async def create_task(self, task: NewTask, now: float) -> TaskRecord:
         task_id = f"{int(now * 1000):x}-{secrets.token_hex(4)}"
-        await self._run(
-            "INSERT INTO tasks (id, agent_id, spec_json, state, created_at, deployment_id, "
-            "submitted_by, serial, expires_at) VALUES ($1,$2,$3,'queued',$4,$5,$6,$7,$8)",
+        row = await self._one(
+            "WITH made AS (INSERT INTO tasks (id, agent_id, spec_json, state, created_at, "
+            "deployment_id, submitted_by, serial, expires_at) "
+            "VALUES ($1,$2,$3,'queued',$4,$5,$6,$7,$8) RETURNING *) "
+            f"SELECT {TASK_COLUMNS} FROM made t JOIN agents a ON a.id = t.agent_id",
             task_id, task.agent_id, task.spec_json, now, task.deployment_id,
             task.submitted_by, task.serial, task.expires_at,
         )  # fmt: skip
-        return await self._task(task_id)
+        assert row is not None  # the insert returns its row, or raises
+        return task_from_row(row)
 
     async def requeue_task(self, task_id: str, now: float) -> TaskRecord:
         async with self._transaction() as db:
@@ -293,23 +322,13 @@ class PostgresStore(PgCredentials, PgPackages, PgDeployments, PgOutput, PgBlobs,
     async def lease_tasks(
         self, agent_id: str, limit: int, now: float, lease_seconds: float
     ) -> list[TaskRecord]:
-        async with self._transaction() as db:
-            await _end_leases_on(db, now, agent_id)
-            if limit <= 0:
-                return []
-            ids = [row[0] for row in await db.fetch(LEASABLE, agent_id, now, limit)]
-            if not ids:
-                return []
-            rows = await db.fetch(
-                f"WITH leased AS (UPDATE tasks SET state = 'leased', leased_until = $1 "
-                f"WHERE id = ANY($2::text[]) RETURNING *) "
-                f"SELECT {TASK_COLUMNS} FROM leased t JOIN agents a ON a.id = t.agent_id "
-                "ORDER BY t.created_at",
-                now + lease_seconds, ids,
-            )  # fmt: skip
-            return [task_from_row(row) for row in rows]
+        rows = await self._all(LEASE, agent_id, now, max(limit, 0), now + lease_seconds)
+        return [task_from_row(row) for row in rows]
 
     async def accept_task(self, task_id: str, agent_id: str, now: float) -> TaskRecord | None:
+        started = await self._one(ACCEPT, task_id, agent_id, now)
+        if started is not None:
+            return task_from_row(started)
         async with self._transaction() as db:
             row = await db.fetchrow(f"{TASK} WHERE t.id = $1 FOR UPDATE OF t", task_id)
             task = task_from_row(row) if row else None
@@ -351,17 +370,17 @@ class PostgresStore(PgCredentials, PgPackages, PgDeployments, PgOutput, PgBlobs,
 
     async def finish_task(self, task_id: str, result: ResultRequest, now: float) -> TaskRecord:
         """Idempotent: the first final state wins; "lost" is replaced by the real result."""
-        async with self._transaction() as db:
-            task = await _task_on(db, task_id, lock=True)
-            if not task.state.is_final or task.state == TaskState.LOST:
-                spec = await db.fetchval("SELECT spec_json FROM tasks WHERE id = $1", task_id)
-                await db.execute(
-                    "UPDATE tasks SET state = $1, exit_code = $2, reason = $3, finished_at = $4, "
-                    "leased_until = NULL, spec_json = $5 WHERE id = $6",
-                    str(result.state), result.exit_code, result.reason, now,
-                    without_sensitive_values(spec), task_id,
-                )  # fmt: skip
-            return await _task_on(db, task_id)
+        row = await self._one(
+            FINISH, task_id, str(result.state), result.exit_code, result.reason, now
+        )
+        if row is None:  # ended before (or no such task: StoreError)
+            return await self._task(task_id)
+        ended = task_from_row(row)
+        erased = without_sensitive_values(ended.spec_json)
+        if erased != ended.spec_json:
+            await self._run("UPDATE tasks SET spec_json = $1 WHERE id = $2", erased, task_id)
+            ended = replace(ended, spec_json=erased)
+        return ended
 
     async def expire_leases(self, now: float) -> list[str]:
         async with self._transaction() as db:
