@@ -9,7 +9,7 @@ that is not a cluster has no peers: then this is its one client, retried with ba
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
@@ -20,6 +20,7 @@ from tentacle_poll.agent.transport import CommsClient
 from tentacle_poll.exceptions import ServerUnavailable
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 
 class ClusterClient:
@@ -52,25 +53,22 @@ class ClusterClient:
         read_timeout: float = 30.0,
         headers: dict[str, str] | None = None,
     ) -> M:
-        client = self._current
-        try:
-            return await client.post(path, body, answer_type, read_timeout, headers)
-        except ServerUnavailable:
-            self._next_after(client)
-            raise
+        return await self._on_current(
+            lambda client: client.post(path, body, answer_type, read_timeout, headers)
+        )
 
     async def download(self, path: str, destination: BinaryIO, offset: int) -> int:
-        client = self._current
-        try:
-            return await client.download(path, destination, offset)
-        except ServerUnavailable:
-            self._next_after(client)
-            raise
+        return await self._on_current(lambda client: client.download(path, destination, offset))
 
     async def upload(self, path: str, source: Path, answer_type: type[M]) -> M:
+        return await self._on_current(lambda client: client.upload(path, source, answer_type))
+
+    async def _on_current(self, call: Callable[[CommsClient], Awaitable[T]]) -> T:
+        """``call`` on the current node; when it cannot be reached, the next node is current
+        for the retry (the caller retries with backoff)."""
         client = self._current
         try:
-            return await client.upload(path, source, answer_type)
+            return await call(client)
         except ServerUnavailable:
             self._next_after(client)
             raise

@@ -283,12 +283,13 @@ async def _work_for(
     """Tasks to lease and cancels to deliver; skips the store for an agent known to have none."""
     if state.dispatcher.has_no_work(agent_id):
         return [], []
+    mark = state.dispatcher.wake_mark(agent_id)
     leased = await state.store.lease_tasks(
         agent_id, body.free_slots, now(), state.settings.lease_seconds
     )
     cancels = await state.store.cancels_for(agent_id, list(body.running)) if body.running else []
     if body.free_slots > len(leased) and not cancels:
-        state.dispatcher.no_work_for(agent_id)  # until a submit, cancel or expiry says otherwise
+        state.dispatcher.no_work_for(agent_id, mark)  # until a submit, cancel or expiry says so
     return leased, cancels
 
 

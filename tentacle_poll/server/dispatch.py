@@ -68,6 +68,11 @@ class Dispatcher:
         self.stopping = False
         self._held: dict[str, list[HeldPoll]] = {}  # per agent, oldest first
         self._without_work: set[str] = set()
+        # Wake-ups so far, per agent and for all: a store read that found no work marks the
+        # agent only if none came while it ran (with a store whose reads yield to the event
+        # loop, a task queued meanwhile would otherwise be marked away and wait for ever).
+        self._wakes: Counter[str] = Counter()
+        self._wakes_of_all = 0
         self._last_poll_end: dict[str, float] = {}
         self._results: Counter[str] = Counter()  # per agent: results received, i.e. slots freed
         self.echo: Callable[[str, str], None] = _alone  # ("agent" | "task", id) to other nodes
@@ -102,11 +107,19 @@ class Dispatcher:
     def has_no_work(self, agent_id: str) -> bool:
         return agent_id in self._without_work
 
-    def no_work_for(self, agent_id: str) -> None:
-        self._without_work.add(agent_id)
+    def wake_mark(self, agent_id: str) -> tuple[int, int]:
+        """Taken before a store read; given back to ``no_work_for`` after it."""
+        return self._wakes_of_all, self._wakes[agent_id]
+
+    def no_work_for(self, agent_id: str, mark: tuple[int, int]) -> None:
+        """The store had no work for the agent when read: skip it until the next wake-up,
+        unless one came while it was being read."""
+        if mark == self.wake_mark(agent_id):
+            self._without_work.add(agent_id)
 
     def work_for(self, agent_id: str) -> None:
         """Something may be queued or cancelled for the agent: check the store, wake its poll."""
+        self._wakes[agent_id] += 1
         self._without_work.discard(agent_id)
         self.agents.ring(agent_id)
         self.echo("agent", agent_id)
@@ -119,6 +132,7 @@ class Dispatcher:
     def heard(self, kind: str, key: str) -> None:
         """A ring from another node of the cluster."""
         if kind == "agent":
+            self._wakes[key] += 1
             self._without_work.discard(key)
             self.agents.ring(key)
         elif kind == "task":
@@ -126,6 +140,7 @@ class Dispatcher:
 
     def heard_everything(self) -> None:
         """Rings from other nodes may have been missed: every waiter checks the store again."""
+        self._wakes_of_all += 1
         self._without_work.clear()
         self.agents.ring_all()
         self.tasks.ring_all()

@@ -9,14 +9,9 @@ polls each. The PostgreSQL is the machine's, in a schema of the run's own, dropp
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import secrets
 import shutil
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
-
-import asyncpg
 
 from tentacle_poll.config import update_config_file
 from tentacle_poll.protocol.models import FanOut, ScriptSpec, TaskSpec
@@ -25,24 +20,13 @@ from tentacle_poll.server.identity import ServerHome
 from tentacle_poll.server.vault import KEY_FILE
 from tentacle_poll.store import Store
 
-from ..conftest import POSTGRESQL
+from ..conftest import postgresql_schema
 from ..processes import Daemon, start_server_process
 from .figures import Bench, Row, dispatch_latency, percentile
 from .fleet import certificates, cpu_seconds, register_fleet, start_loadgen
 
 PER_GENERATOR = 2500
-
-
-@contextlib.asynccontextmanager
-async def bench_schema() -> AsyncIterator[str]:
-    schema = f"bench_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(POSTGRESQL)
-    try:
-        await admin.execute(f"CREATE SCHEMA {schema}")
-        yield f"{POSTGRESQL}?search_path={schema}"
-    finally:
-        await admin.execute(f"DROP SCHEMA {schema} CASCADE")
-        await admin.close()
+STALL_SECONDS = 60.0
 
 
 class Node(Bench):
@@ -90,9 +74,10 @@ async def fan_out(nodes: list[Bench], count: int) -> tuple[float, float]:
         started = time.time()
         deployment = await admin.fan_out(FanOut(environment="Bench", task=task))
         view = await admin.deployment(deployment.id)
-        while view.state == "running":
-            await asyncio.sleep(1.0)
-            view = await admin.deployment(deployment.id)
+        async with asyncio.timeout(STALL_SECONDS + count / 50):  # a stall fails by name
+            while view.state == "running":
+                await asyncio.sleep(1.0)
+                view = await admin.deployment(deployment.id)
     cpu = (sum(cpu_seconds(pid) for pid in pids) - cpu_before) / count
     done = view.counts.get("succeeded", 0)
     if done != count:
@@ -119,7 +104,7 @@ async def one_node_sqlite(folder: Path, count: int) -> tuple[float, float]:
 async def two_nodes_postgresql(folder: Path, count: int, runs: int) -> dict[str, object]:
     """The fan-out on two nodes, then dispatch latency to a real agent held by node A with the
     task queued through node B, and through A itself (the reference)."""
-    async with bench_schema() as store_url:
+    async with postgresql_schema() as store_url:
         nodes = [Node(folder / f"node{n}", store_url) for n in range(2)]
         store = await _register_on(nodes[0], count)
         key = await store.create_api_key("bench")
