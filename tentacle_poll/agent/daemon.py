@@ -140,7 +140,9 @@ class Agent:
             self.stop_polling.set()  # a loop that fails stops the agent, as it always did
             raise
         finally:
-            if not self.stop_polling.is_set():  # dropped: the others share its slots
+            # Dropped (not stopping): the others share its slots. A node dropped and added
+            # again meanwhile has a new loop under its URL: that one stays.
+            if not self.stop_polling.is_set() and self._polling.get(url) is asyncio.current_task():
                 del self._polling[url], self._loop_stops[url]
                 self.slots.loops = max(len(self._polling), 1)
 

@@ -1,6 +1,7 @@
-"""asyncpg against psycopg 3 on the statements the PostgreSQL store runs most (issue 16).
+"""asyncpg against psycopg 3 on the statements the PostgreSQL store runs most (issue 16),
+and what keeping packages in the database costs.
 
-python -m tests.benchmarks.pg_drivers [--dsn postgresql://...] [--rounds N]
+python -m tests.benchmarks.pg_drivers [--dsn postgresql://...] [--rounds N] [--blob-mb N]
 
 Each round is what one task costs the store on its hot path: an insert (queue), a leasing
 transaction (SELECT ... FOR UPDATE SKIP LOCKED + UPDATE ... RETURNING), an output append (a
@@ -18,6 +19,8 @@ import statistics
 import time
 from collections.abc import Awaitable, Callable
 
+import asyncpg
+
 DSN = "postgresql://postgres@127.0.0.1:5432/test"
 TABLES = """
 CREATE TABLE q (id TEXT PRIMARY KEY, agent TEXT NOT NULL, state TEXT NOT NULL, spec TEXT NOT NULL,
@@ -34,8 +37,6 @@ LINES = b"a line of output from a deployment script\n" * 40
 
 
 async def asyncpg_round(dsn: str, schema: str) -> Callable[[int], Awaitable[None]]:
-    import asyncpg
-
     db = await asyncpg.connect(dsn, server_settings={"search_path": schema})
 
     async def one(i: int) -> None:
@@ -78,8 +79,6 @@ async def psycopg_round(dsn: str, schema: str) -> Callable[[int], Awaitable[None
 
 
 async def measure(name: str, dsn: str, rounds: int) -> tuple[float, float]:
-    import asyncpg
-
     schema = f"bench_{name}_{secrets.token_hex(4)}"
     admin = await asyncpg.connect(dsn)
     await admin.execute(f"CREATE SCHEMA {schema}; SET search_path = {schema}; {TABLES}")
@@ -110,13 +109,64 @@ async def compare(dsn: str, rounds: int, repeats: int = 3) -> dict[str, tuple[fl
     }
 
 
+async def blob_rates(dsn: str, megabytes: int) -> tuple[float, float, float]:
+    """(MB/s storing a package into the database, MB/s fetching it on another node into its
+    cache, MB/s of a plain file copy of the same bytes): what keeping packages in PostgreSQL
+    costs against a node's disk (store/blobs.py)."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from tentacle_poll.store.blobs import DatabaseBlobs
+    from tentacle_poll.store.postgres import PostgresStore
+
+    schema = f"bench_blobs_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(dsn)
+    await admin.execute(f"CREATE SCHEMA {schema}")
+    url = f"{dsn}?search_path={schema}"
+    folder = Path(tempfile.mkdtemp(prefix="blobs-"))
+    try:
+        nodes = [await PostgresStore.open(url, migrate=True) for _ in range(2)]
+        blobs = [DatabaseBlobs(node, folder / f"node{n}") for n, node in enumerate(nodes)]
+        for blob in blobs:
+            blob.folder.mkdir()
+        source = folder / "package"
+        with open(source, "wb") as handle:
+            for _ in range(megabytes):
+                handle.write(secrets.token_bytes(1024 * 1024))
+        started = time.perf_counter()
+        shutil.copyfile(source, folder / "copy")
+        copy = megabytes / (time.perf_counter() - started)
+        upload = folder / "node0" / ".upload"
+        shutil.copyfile(source, upload)
+        started = time.perf_counter()
+        await blobs[0].keep(upload, "e" * 64)
+        store = megabytes / (time.perf_counter() - started)
+        started = time.perf_counter()
+        await blobs[1].local("e" * 64)
+        fetch = megabytes / (time.perf_counter() - started)
+        for node in nodes:
+            await node.close()
+        return store, fetch, copy
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        await admin.execute(f"DROP SCHEMA {schema} CASCADE")
+        await admin.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dsn", default=DSN)
     parser.add_argument("--rounds", type=int, default=2000)
+    parser.add_argument("--blob-mb", type=int, default=256, help="package size for blob rates")
     args = parser.parse_args()
     for name, (rate, cpu) in asyncio.run(compare(args.dsn, args.rounds)).items():
         print(f"{name:8} {rate:8.0f} rounds/s   {cpu:.3f} ms CPU per round (client)")
+    store, fetch, copy = asyncio.run(blob_rates(args.dsn, args.blob_mb))
+    print(
+        f"packages in PostgreSQL: stored at {store:.0f} MB/s, fetched by another node at "
+        f"{fetch:.0f} MB/s (a file copy: {copy:.0f} MB/s)"
+    )
 
 
 if __name__ == "__main__":
