@@ -273,3 +273,22 @@ async def test_postgresql_schema_versions_are_migrated_only_when_asked(pg_url: s
             await PostgresStore.open(pg_url, migrate=True)
     finally:
         await db.close()
+
+
+async def test_batches_retried_through_two_nodes_at_once_store_each_line_once(pg_url: str) -> None:
+    """The same lines sent concurrently through two nodes (an agent retrying through another
+    node while the first still stores its batch): each line stored once, the end right."""
+    nodes = [await PostgresStore.open(pg_url), await PostgresStore.open(pg_url)]
+    try:
+        agent = await nodes[0].save_agent(new_agent("web1"), replace=False, now=NOW)
+        task_id = await queued(nodes[0], agent.id)
+        batches = [[_block(start, min(start + 9, 200))] for start in range(1, 201, 5)]
+        sends = [nodes[n % 2].append_events(task_id, batch) for n, batch in enumerate(batches)]
+        sends += [nodes[n % 2].append_events(task_id, b) for n, b in enumerate(reversed(batches))]
+        await asyncio.gather(*sends)
+        stored = await nodes[1].events_after(task_id, 0, 1000)
+        assert [e.text for e in stored] == [f"line {n}" for n in range(1, 201)]
+        assert (await nodes[0].get_task(task_id)).last_seq == 200  # type: ignore[union-attr]
+    finally:
+        for node in nodes:
+            await node.close()

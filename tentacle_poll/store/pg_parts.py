@@ -214,49 +214,46 @@ class PgDeployments(_Base):
         return [task_from_row(row) for row in rows]
 
 
-# The stored blocks that may overlap a batch running from $2 to $3: the last one starting at or
-# before $2, and every one starting inside the batch.
-COVERING = """
-SELECT seq, lines FROM output_blocks WHERE task_id = $1 AND seq <= $3 AND seq >= COALESCE(
-  (SELECT MAX(seq) FROM output_blocks WHERE task_id = $1 AND seq <= $2), $2) ORDER BY seq
+# The stored blocks a batch from $2 to $3 may overlap (the last one starting at or before $2,
+# and those starting inside it), and those after $4, the task's known end (batches that
+# overtook a missing one), from which the new end is worked out.
+NEARBY = """
+SELECT seq, lines FROM output_blocks WHERE task_id = $1 AND (seq <= $3 OR seq > $4)
+  AND seq >= COALESCE((SELECT MAX(seq) FROM output_blocks WHERE task_id = $1 AND seq <= $2), $2)
+ORDER BY seq
+"""
+BLOCK_FIELDS = 6  # seq, lines, stream, ts, continues, text
+STORE_BLOCKS = """
+WITH stored AS (
+  INSERT INTO output_blocks (task_id, seq, lines, stream, ts, continues, text)
+  SELECT $1, * FROM unnest($2::bigint[], $3::int[], $4::text[], $5::float8[], $6::bool[],
+                           $7::bytea[])
+  ON CONFLICT DO NOTHING)
+UPDATE tasks SET last_seq = GREATEST(last_seq, $8) WHERE id = $1 RETURNING last_seq
 """
 
 
 class PgOutput(_Base):
     """Output blocks, text included, as rows: every node reads and writes every task's output.
-    Appends to one task are serialised by a transaction-scoped advisory lock, so a batch retried
-    through another node while the first is still being stored is stored once."""
+    Appends to one task are serialised by its row's lock (``FOR UPDATE``), so a batch retried
+    through another node while the first is still being stored is stored once. Five round
+    trips: begin, lock, the nearby blocks, store and move the end, commit."""
 
     async def append_events(self, task_id: str, events: list[Event]) -> int:
         first = min(e.seq for e in events)
         last = max(e.last_seq for e in events)
         async with self._transaction() as db:
-            await db.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", task_id)
-            known = await db.fetchval("SELECT last_seq FROM tasks WHERE id = $1", task_id)
+            query = "SELECT last_seq FROM tasks WHERE id = $1 FOR UPDATE"
+            known = await db.fetchval(query, task_id)
             if known is None:
                 return 0
-            covering = [tuple(r) for r in await db.fetch(COVERING, task_id, first, last)]
-            rows = []
-            for event in sorted(events, key=lambda e: e.seq):
-                for piece in uncovered_parts(event, sorted(covering)):
-                    covering.append((piece.seq, piece.lines))
-                    rows.append(_block_row(task_id, piece))
-            await db.executemany(
-                "INSERT INTO output_blocks (task_id, seq, lines, stream, ts, continues, text) "
-                "VALUES ($1,$2,$3,$4,$5,$6,$7) ON CONFLICT DO NOTHING",
-                rows,
-            )
-            after = await db.fetch(
-                "SELECT seq, lines FROM output_blocks WHERE task_id = $1 AND seq > $2 "
-                "ORDER BY seq",
-                task_id, known,
-            )  # fmt: skip
-            end = contiguous_end(((r[0], r[1]) for r in after), known)
-            stored = await db.fetchval(
-                "UPDATE tasks SET last_seq = GREATEST(last_seq, $1) WHERE id = $2 "
-                "RETURNING last_seq",
-                end, task_id,
-            )  # fmt: skip
+            nearby = [(r[0], r[1]) for r in await db.fetch(NEARBY, task_id, first, last, known)]
+            pieces = _new_pieces(events, nearby)
+            blocks = sorted(nearby + [(p.seq, p.lines) for p in pieces])
+            end = contiguous_end(((seq, n) for seq, n in blocks if seq > known), known)
+            rows = [_block_row(piece) for piece in pieces]
+            columns = [[row[k] for row in rows] for k in range(BLOCK_FIELDS)]
+            stored = await db.fetchval(STORE_BLOCKS, task_id, *columns, end)
         return int(stored)
 
     async def events_after(self, task_id: str, after_seq: int, limit: int) -> list[Event]:
@@ -281,9 +278,20 @@ class PgOutput(_Base):
         return lines[:limit]
 
 
-def _block_row(task_id: str, event: Event) -> tuple[object, ...]:
+def _new_pieces(events: list[Event], stored: list[tuple[int, int]]) -> list[Event]:
+    """The parts of the batch's blocks that no stored block, nor an earlier one of the batch,
+    covers (a retried batch may overlap, split or merge what is stored)."""
+    covered, pieces = list(stored), []
+    for event in sorted(events, key=lambda e: e.seq):
+        for piece in uncovered_parts(event, sorted(covered)):
+            covered.append((piece.seq, piece.lines))
+            pieces.append(piece)
+    return pieces
+
+
+def _block_row(event: Event) -> tuple[object, ...]:
     text = event.text.encode(errors=TEXT_ERRORS)
-    return (task_id, event.seq, event.lines, event.stream, event.ts, event.continues, text)
+    return (event.seq, event.lines, event.stream, event.ts, event.continues, text)
 
 
 class PgBlobs(_Base):
