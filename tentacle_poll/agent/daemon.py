@@ -14,13 +14,13 @@ from pathlib import Path
 
 from loguru import logger
 
-from tentacle_poll.agent.discovery import discovered_changes
+from tentacle_poll.agent.discovery import Discovery
 from tentacle_poll.agent.disk import HomeSpace
 from tentacle_poll.agent.failover import ClusterClient
 from tentacle_poll.agent.home import AgentHome
 from tentacle_poll.agent.isolation import IsolationMutexes
 from tentacle_poll.agent.journal import Journal
-from tentacle_poll.agent.nodes import add_node, learn_server_thumbprints, remove_node
+from tentacle_poll.agent.nodes import learn_server_thumbprints
 from tentacle_poll.agent.packages import PackageCache
 from tentacle_poll.agent.poll_loop import PollLoop
 from tentacle_poll.agent.recovery import (
@@ -33,7 +33,7 @@ from tentacle_poll.agent.runner import RunnerContext, TaskRunner
 from tentacle_poll.agent.slots import Slots
 from tentacle_poll.agent.spool import Spool
 from tentacle_poll.agent.transport import CommsClient, client_for
-from tentacle_poll.config import AgentSettings
+from tentacle_poll.config import AgentSettings, ServerNode
 from tentacle_poll.workers.cgroups import CgroupRoot, describe
 from tentacle_poll.workers.extract import Limits
 
@@ -65,7 +65,7 @@ class Agent:
         self._cgroups: CgroupRoot | None = None
         self._polling: dict[str, asyncio.Task[None]] = {}  # by server URL
         self._loop_stops: dict[str, asyncio.Event] = {}
-        self._announced: dict[str, list[str]] = {}  # the nodes each server last announced
+        self._discovery = Discovery(home, self._poll_new_node, self._stop_polling_node)
 
     def escalate(self) -> int:
         """One step further towards stopping; returns the new level (1, 2, 3...)."""
@@ -147,32 +147,17 @@ class Agent:
                 self.slots.loops = max(len(self._polling), 1)
 
     def _learn_nodes(self, client: CommsClient, announced: list[str]) -> None:
-        """The cluster's nodes, as ``client``'s node announced them: poll new ones, stop
-        polling discovered ones it no longer lists."""
-        if not self.settings.discover_nodes or self.stop_polling.is_set():
-            return
-        if self._announced.get(client.url) == announced:
-            return
-        self._announced[client.url] = announced
-        nodes = self.home.settings().servers
-        announcing = next((n for n in nodes if n.url.rstrip("/") == client.url), None)
-        if announcing is None:
-            return
-        added, dropped = discovered_changes(nodes, announcing, self._announced)
-        for node in dropped:
-            remove_node(self.home, node.url)
-            logger.info("server node {} left the cluster: no longer polled", node.url)
-            url = node.url.rstrip("/")
-            self._announced.pop(url, None)
-            if url in self._loop_stops:
-                self._loop_stops[url].set()
-        for node in added:
-            add_node(self.home, node)
-            logger.info("server node {} joined the cluster: polling it too", node.url)
-            self.clients[node.url.rstrip("/")] = new = client_for(
-                node, self.settings, self.home.identity_folder
-            )
-            self._start_polling(new)
+        if self.settings.discover_nodes and not self.stop_polling.is_set():
+            self._discovery.heard(client.url, announced)
+
+    def _poll_new_node(self, node: ServerNode) -> None:
+        client = client_for(node, self.settings, self.home.identity_folder)
+        self.clients[client.url] = client
+        self._start_polling(client)
+
+    def _stop_polling_node(self, url: str) -> None:
+        if url in self._loop_stops:
+            self._loop_stops[url].set()
 
     def _cluster_of(self, home: CommsClient) -> list[CommsClient]:
         """The polled nodes that share ``home``'s certificate: its cluster."""

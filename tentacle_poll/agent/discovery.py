@@ -9,9 +9,47 @@ Nodes configured by hand are never added twice nor dropped.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from loguru import logger
 from pydantic import ValidationError
 
+from tentacle_poll.agent.home import AgentHome
+from tentacle_poll.agent.nodes import add_node, remove_node
 from tentacle_poll.config import ServerNode
+
+
+class Discovery:
+    """Keeps the nodes an agent polls in step with what its clusters announce: ``start`` polls
+    a node (saved first in agent.toml), ``stop`` stops polling one (removed first)."""
+
+    def __init__(
+        self, home: AgentHome, start: Callable[[ServerNode], None], stop: Callable[[str], None]
+    ) -> None:
+        self._home = home
+        self._start = start
+        self._stop = stop
+        self._announced: dict[str, list[str]] = {}  # the nodes each node last announced
+
+    def heard(self, url: str, announced: list[str]) -> None:
+        """The node at ``url`` announced its cluster's nodes (on every poll answer)."""
+        if self._announced.get(url) == announced:
+            return
+        self._announced[url] = announced
+        nodes = self._home.settings().servers
+        announcing = next((n for n in nodes if _same(n.url) == _same(url)), None)
+        if announcing is None:
+            return
+        added, dropped = discovered_changes(nodes, announcing, self._announced)
+        for node in dropped:
+            remove_node(self._home, node.url)
+            self._announced.pop(node.url.rstrip("/"), None)
+            logger.info("server node {} left the cluster: no longer polled", node.url)
+            self._stop(node.url.rstrip("/"))
+        for node in added:
+            add_node(self._home, node)
+            logger.info("server node {} joined the cluster: polling it too", node.url)
+            self._start(node)
 
 
 def _same(url: str) -> str:
