@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from tentacle_poll.agent.home import AgentHome
@@ -130,6 +131,17 @@ async def test_every_node_presents_one_certificate_and_knows_every_target(
     home = await register_with(two_nodes, a, tmp_path / "web1", "web1")
     answer = await poll_when_trusted(home, b)  # registered through A, answered by B
     assert sorted(answer.nodes) == sorted([a.url, b.url])
+    async with aiohttp.ClientSession() as session:
+
+        async def both_list_both() -> bool:  # within moments of B joining, not a heartbeat
+            listed = []
+            for node in (a, b):
+                async with session.get(f"{node.admin_url}/api/health") as response:
+                    health = await response.json()
+                listed.append(health["status"] == "ok" and sorted(health["nodes"]))
+            return listed == [sorted([a.url, b.url])] * 2
+
+        await eventually(both_list_both, 1.5)
 
 
 async def test_a_task_queued_through_one_node_wakes_the_poll_another_holds(

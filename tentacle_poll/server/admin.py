@@ -56,9 +56,9 @@ async def health(request: web.Request) -> web.Response:
     state = request.app[STATE]
     problems = state.shortage.problems()
     status = "degraded" if problems else "ok"
-    return web.json_response(
-        {"status": status, "server_thumbprint": state.thumbprint, "problems": problems}
-    )
+    # nodes: the cluster's live nodes (none from a single server)
+    answer = {"status": status, "server_thumbprint": state.thumbprint, "problems": problems}
+    return web.json_response({**answer, "nodes": state.node_urls()})
 
 
 async def ready(request: web.Request) -> web.Response:

@@ -57,15 +57,17 @@ class Cluster:
         self._state.trust_echo = lambda: self._echo("trust", "")
         self._state.identity_changed = self._publish_identity
         self._spawn(self._beat_forever())
+        self._echo("nodes", "")  # the others list this node now, not at their next heartbeat
         logger.info("cluster node {} ({}) joined: {} nodes", self.node_id, self.url,
                     len(self.node_urls))  # fmt: skip
 
     async def stop(self) -> None:
         for task in list(self._tasks):
             task.cancel()
-        await self._flush()
         with contextlib.suppress(StoreUnavailable, StorageFull):
             await self._store.leave(self.node_id)
+        self._pending.add("nodes:")  # and stop listing it now
+        await self._flush()
 
     # --- rings to and from the other nodes --------------------------------------------------
 
@@ -93,6 +95,8 @@ class Cluster:
                 self._heard_trust()
             elif kind == "identity":
                 self._spawn(self._adopt_identity())
+            elif kind == "nodes":
+                self._spawn(self._nodes_changed())
             else:
                 self._state.dispatcher.heard(kind, name)
 
@@ -151,9 +155,16 @@ class Cluster:
                 self._state.shortage.hit("node heartbeat", exc)
 
     async def _beat(self) -> None:
-        now = time.time()
-        await self._store.heartbeat(self.node_id, self.url, self._started, now)
-        nodes = await self._store.live_nodes(now - NODE_LOST_SECONDS)
+        await self._store.heartbeat(self.node_id, self.url, self._started, time.time())
+        await self._refresh_nodes()
+
+    async def _nodes_changed(self) -> None:
+        """Another node joined or left: list the live nodes now (else at the next beat)."""
+        with contextlib.suppress(StoreUnavailable, StorageFull):
+            await self._refresh_nodes()
+
+    async def _refresh_nodes(self) -> None:
+        nodes = await self._store.live_nodes(time.time() - NODE_LOST_SECONDS)
         urls = list(dict.fromkeys(url for _, url in nodes))
         changed = urls != self.node_urls
         self.node_urls = urls or [self.url]
