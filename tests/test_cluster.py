@@ -314,3 +314,42 @@ async def test_a_node_restarted_while_the_others_serve_takes_its_share_again(
     async with two_nodes.admin(b) as admin:  # B serves again: admin calls and dispatch
         task = await admin.submit(script_task("web1", "echo b is back"))
         assert (await admin.follow(task.id, lambda _: None)).state == TaskState.SUCCEEDED
+
+
+async def test_a_node_killed_while_a_result_is_posted_to_it_loses_nothing(
+    tmp_path: Path, pg_url: str, processes: list[Daemon]
+) -> None:
+    """The task is delivered by A (B is down meanwhile); A is frozen (SIGSTOP) before the task
+    ends, so its last lines and its result are sent to a node that does not answer; A is then
+    killed: the lines and the result go through B, restarted meanwhile."""
+    cluster = await make_cluster(tmp_path, pg_url, processes, 2)
+    a, b = cluster.nodes
+    home = await register_with(cluster, a, tmp_path / "web1", "web1")
+    agent = await start_agent_process(home.folder)
+    processes.append(agent)
+    await agent.wait_for(f"server node {b.url} joined the cluster")
+    assert a.process is not None and b.process is not None
+    await b.process.stop()
+    go = tmp_path / "go"
+    script = f"echo first; while [ ! -e {go} ]; do sleep 0.05; done; seq -f 'line %g' 1 500"
+    async with cluster.admin(a) as admin:
+        task = await admin.submit(script_task("web1", script))
+        await wait_for_line(admin, task.id, "first")
+    assert f'{{"task": "{task.id}", "step": "accepted", "server": "{a.url}"' in (
+        home.journal_file.read_text()
+    )
+    await cluster.start(b)
+    await agent.wait_for(f"server node {b.url} joined the cluster")  # told again by A
+    a.process.process.send_signal(signal.SIGSTOP)
+    go.touch()
+
+    async def result_sent() -> bool:  # journaled "finished" right before the result is posted
+        return f'{{"task": "{task.id}", "step": "finished"' in home.journal_file.read_text()
+
+    await eventually(result_sent, 20)
+    await a.process.kill()
+    async with cluster.admin(b) as admin:
+        lines: list[str] = []
+        final = await admin.follow(task.id, lambda e: lines.append(e.text))
+    assert final.state == TaskState.SUCCEEDED
+    assert lines == ["first"] + [f"line {n}" for n in range(1, 501)]
