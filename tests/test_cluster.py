@@ -30,6 +30,7 @@ from tentacle_poll.tls import load_identity
 from .conftest import free_port, new_agent_home, register_at, script_task, wait_for_line
 from .helpers import eventually
 from .processes import Daemon, start_agent_process, start_server_process
+from .test_cli import cli
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -203,6 +204,8 @@ async def test_an_agent_polls_the_nodes_its_node_announces_and_drops_one_that_le
         await agent.wait_for(f"server node {node.url} joined the cluster")
     polled = {n.url: n.discovered for n in home.settings().servers}
     assert polled == {a.url: False, b.url: True, c.url: True}
+    listed = cli("poll-server", "list", "--home", str(home.folder)).stdout
+    assert f"{b.url} (announced by its cluster)" in listed and f"{a.url}: " in listed
     assert c.process is not None
     await c.process.stop()  # leaves the cluster at once
     await agent.wait_for(f"server node {c.url} left the cluster", timeout=40)

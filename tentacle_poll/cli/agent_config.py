@@ -99,7 +99,8 @@ async def remove_server(args: argparse.Namespace) -> int:
 async def list_servers(args: argparse.Namespace) -> int:
     for node in agent_home(args).settings().servers:
         name = f" (server name {node.server_name})" if node.server_name else ""
-        print(f"{node.url}{name}: {', '.join(node.thumbprints)}")
+        learnt = " (announced by its cluster)" if node.discovered else ""
+        print(f"{node.url}{name}{learnt}: {', '.join(node.thumbprints)}")
     return 0
 
 
