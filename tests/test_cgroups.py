@@ -101,3 +101,6 @@ async def test_a_second_agent_started_in_the_same_cgroup_leaves_the_first_ones_t
     gate.touch()
     final = await admin.follow(task.id, lambda _: None)
     assert final.state == TaskState.SUCCEEDED
+    await second.stop()
+    folder = CgroupRoot.find(tmp_path / "web2", make=False)
+    assert folder is not None and not folder.path.exists()  # an agent leaves no cgroup behind

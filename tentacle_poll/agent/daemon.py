@@ -125,6 +125,8 @@ class Agent:
             stop.set()
         await asyncio.gather(*self._polling.values())
         await self._drain(backlog)
+        if self._cgroups is not None:
+            self._cgroups.release()
 
     def _start_polling(self, client: CommsClient) -> None:
         """A poll loop for the node, stopped with the others or on its own when dropped."""

@@ -87,6 +87,12 @@ class CgroupRoot:
             return None
         return TaskCgroup(path)
 
+    def release(self) -> None:
+        """Removes the agent's folder when it stops (kept if a task's cgroup is still in it,
+        for the next start to end)."""
+        with contextlib.suppress(OSError):
+            self.path.rmdir()
+
     def leftovers(self) -> list[TaskCgroup]:
         """Task cgroups an agent that died left behind (their scripts may still run)."""
         return [TaskCgroup(p) for p in self.path.glob("task-*") if p.is_dir()]
