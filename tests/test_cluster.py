@@ -106,6 +106,18 @@ async def register_with(cluster: Cluster, node: Node, folder: Path, name: str) -
     return home
 
 
+async def agent_polling_both(
+    tmp_path: Path, pg_url: str, processes: list[Daemon]
+) -> tuple[Cluster, AgentHome, Daemon]:
+    """Two nodes, and an agent registered with A that has learnt B from A's answers."""
+    cluster = await make_cluster(tmp_path, pg_url, processes, 2)
+    home = await register_with(cluster, cluster.nodes[0], tmp_path / "web1", "web1")
+    agent = await start_agent_process(home.folder)
+    processes.append(agent)
+    await agent.wait_for(f"server node {cluster.nodes[1].url} joined the cluster")
+    return cluster, home, agent
+
+
 async def poll_when_trusted(home: AgentHome, node: Node) -> PollResponse:
     """A registration made through another node is trusted here within seconds."""
     async with asyncio.timeout(5):
@@ -250,12 +262,8 @@ async def test_a_node_killed_while_dispatching_runs_every_task_exactly_once(
 ) -> None:
     """Tasks leased by A and not yet accepted when it dies go back to the queue when their
     lease ends, and run through B; none runs twice."""
-    cluster = await make_cluster(tmp_path, pg_url, processes, 2)
+    cluster, _, _ = await agent_polling_both(tmp_path, pg_url, processes)
     a, b = cluster.nodes
-    home = await register_with(cluster, a, tmp_path / "web1", "web1")
-    agent = await start_agent_process(home.folder)
-    processes.append(agent)
-    await agent.wait_for(f"server node {b.url} joined the cluster")
     ran = tmp_path / "ran.txt"
     async with cluster.admin(b) as admin:
         tasks = [
@@ -301,13 +309,10 @@ async def test_a_certificate_rotation_through_one_node_reaches_every_node(
 
 
 async def test_a_node_restarted_while_the_others_serve_takes_its_share_again(
-    two_nodes: Cluster, tmp_path: Path, processes: list[Daemon]
+    tmp_path: Path, pg_url: str, processes: list[Daemon]
 ) -> None:
+    two_nodes, _, _ = await agent_polling_both(tmp_path, pg_url, processes)
     a, b = two_nodes.nodes
-    home = await register_with(two_nodes, a, tmp_path / "web1", "web1")
-    agent = await start_agent_process(home.folder)
-    processes.append(agent)
-    await agent.wait_for(f"server node {b.url} joined the cluster")
     assert b.process is not None
     await b.process.stop()  # an upgrade, node by node
     async with two_nodes.admin(a) as admin:
@@ -325,12 +330,8 @@ async def test_a_node_killed_while_a_result_is_posted_to_it_loses_nothing(
     """The task is delivered by A (B is down meanwhile); A is frozen (SIGSTOP) before the task
     ends, so its last lines and its result are sent to a node that does not answer; A is then
     killed: the lines and the result go through B, restarted meanwhile."""
-    cluster = await make_cluster(tmp_path, pg_url, processes, 2)
+    cluster, home, agent = await agent_polling_both(tmp_path, pg_url, processes)
     a, b = cluster.nodes
-    home = await register_with(cluster, a, tmp_path / "web1", "web1")
-    agent = await start_agent_process(home.folder)
-    processes.append(agent)
-    await agent.wait_for(f"server node {b.url} joined the cluster")
     assert a.process is not None and b.process is not None
     await b.process.stop()
     go = tmp_path / "go"
