@@ -171,6 +171,20 @@ class AgentSettings(_Settings):
     min_free_home_mb: float = Field(default=64.0, ge=0)
 
 
+def _store_url(value: object) -> object:
+    """Refused before anything starts, naming what is accepted (never echoing the URL: it may
+    hold a password)."""
+    if isinstance(value, str) and value and not value.startswith(POSTGRESQL_SCHEMES):
+        scheme = value.split("://")[0] if "://" in value else "no scheme"
+        raise ValueError(
+            f"must be empty (SQLite in the server home) or a postgresql:// URL, not {scheme}"
+        )
+    return value
+
+
+POSTGRESQL_SCHEMES = ("postgresql://", "postgres://")
+
+
 class ServerSettings(_Settings):
     comms_host: str = "0.0.0.0"
     comms_port: int = Field(default=DEFAULT_COMMS_PORT, ge=0, le=65535)
@@ -193,7 +207,7 @@ class ServerSettings(_Settings):
     strangers_total: int = Field(default=256, ge=1)
     # Empty: SQLite in the server home (one node). postgresql://user@host:5432/db: the database
     # several nodes share; ?search_path=<schema> puts its tables in a schema of their own.
-    store_url: str = ""
+    store_url: Annotated[str, BeforeValidator(_store_url)] = ""
     # How agents reach this node's comms port, announced to them in poll answers so they poll
     # every node of a cluster (e.g. https://node2.example.com:10943). Default: this host's name
     # and the comms port. Only used with a PostgreSQL store.

@@ -90,3 +90,14 @@ async def test_a_postgresql_store_is_migrated_from_the_command_line(
         assert await db.fetchval("SELECT version FROM schema_version") == PG_LATEST
     finally:
         await db.close()
+
+
+async def test_a_store_url_of_another_kind_is_refused_before_anything_starts(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "server"
+    home.mkdir(mode=0o700)
+    (home / SERVER_FILE).write_text('store_url = "mysql://deploy:pa55word@db/deploy"\n')
+    code, said = await run_cli(*loopback_server_arguments(home, free_port(), free_port()))
+    assert code != 0 and "store_url" in said and "postgresql://" in said
+    assert "pa55word" not in said and not (home / "identity").exists()
