@@ -40,6 +40,14 @@ class CuttingRelay:
     def restore(self) -> None:
         self.refusing = False
 
+    def cut_all_and_refuse(self) -> None:
+        """Every open connection is cut now and new ones closed at once, until ``restore``: the
+        other side is gone, as when its machine or the network between fails."""
+        self.refusing = True
+        for writer in self._writers:
+            writer.close()
+        self._writers.clear()
+
     def cut_after_bytes(self, count: int) -> None:
         """Cut the connection in the middle of an answer, once ``count`` bytes reached the agent."""
         self._cut_after = count

@@ -12,6 +12,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -30,6 +31,7 @@ from tentacle_poll.tls import load_identity
 from .conftest import free_port, new_agent_home, register_at, script_task, wait_for_line
 from .helpers import eventually
 from .processes import Daemon, start_agent_process, start_server_process
+from .relay import CuttingRelay
 from .test_cli import cli
 
 pytestmark = pytest.mark.timeout(120)
@@ -357,3 +359,37 @@ async def test_a_node_killed_while_a_result_is_posted_to_it_loses_nothing(
         final = await admin.follow(task.id, lambda e: lines.append(e.text))
     assert final.state == TaskState.SUCCEEDED
     assert lines == ["first"] + [f"line {n}" for n in range(1, 501)]
+
+
+async def test_a_node_whose_database_goes_away_says_so_serves_again_and_stops_cleanly(
+    tmp_path: Path, pg_url: str, processes: list[Daemon]
+) -> None:
+    """The node reaches PostgreSQL through a relay that cuts every connection: /readyz answers
+    503 naming the database, the node serves again once it is back, and a SIGTERM while it is
+    away stops the node cleanly (exit 0, no traceback: the processes fixture checks)."""
+    parts = urlsplit(pg_url)
+    async with CuttingRelay(parts.port or 5432) as relay:
+        relayed = pg_url.replace(f":{parts.port}/", f":{relay.port}/")
+        cluster = await make_cluster(tmp_path, relayed, processes, 1)
+        node = cluster.nodes[0]
+        await register_with(cluster, node, tmp_path / "web1", "web1")
+        agent = await start_agent_process(tmp_path / "web1")
+        processes.append(agent)
+        async with aiohttp.ClientSession() as session:
+
+            async def ready_is(status: int) -> bool:
+                async with session.get(f"{node.admin_url}/readyz") as response:
+                    return response.status == status and (
+                        status == 200 or "database" in await response.text()
+                    )
+
+            relay.cut_all_and_refuse()
+            await eventually(lambda: ready_is(503), 10)
+            relay.restore()
+            async with cluster.admin(node) as admin:
+                task = await admin.submit(script_task("web1", "echo back"))
+                assert (await admin.follow(task.id, lambda _: None)).state == TaskState.SUCCEEDED
+            relay.cut_all_and_refuse()
+            await eventually(lambda: ready_is(503), 10)
+        assert node.process is not None
+        assert await asyncio.wait_for(node.process.stop(), 30) == 0

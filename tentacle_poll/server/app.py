@@ -15,7 +15,7 @@ from aiohttp import web
 from loguru import logger
 
 from tentacle_poll.config import ServerSettings
-from tentacle_poll.exceptions import ConfigurationError, StorageFull
+from tentacle_poll.exceptions import ConfigurationError, StorageFull, StoreUnavailable
 from tentacle_poll.keepalive import listening_socket
 from tentacle_poll.server.access import require_api_key
 from tentacle_poll.server.admin import add_admin_routes
@@ -136,7 +136,8 @@ class Server:
         if self._state is not None:
             try:
                 await self._state.flush_seen()
-            except StorageFull as exc:  # only last-seen times are lost: say so, stop cleanly
+            # only last-seen times are lost: say so, stop cleanly
+            except (StorageFull, StoreUnavailable) as exc:
                 logger.warning("could not record the agents' last-seen times: {}", exc)
         for runner in reversed(self._runners):
             await runner.cleanup()

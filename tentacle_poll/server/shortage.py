@@ -1,4 +1,5 @@
-"""Running short of file descriptors or of disk space: survived, logged sparingly, reported.
+"""Running short of file descriptors, of disk space or of the database: survived, logged
+sparingly, reported.
 
 The accept loops report each failed accept here, and the handlers each request that failed for
 want of a descriptor or of space (it is answered 503 with Retry-After: the agent keeps its spool
@@ -72,7 +73,11 @@ class Shortage:
         return found
 
 
-WHAT = {"descriptors": "out of file descriptors", "disk": "out of disk space"}
+WHAT = {
+    "descriptors": "out of file descriptors",
+    "disk": "out of disk space",
+    "database": "the database cannot be reached",
+}
 
 
 def _descriptor_advice() -> str:
@@ -91,4 +96,15 @@ def _disk_advice() -> str:
     )
 
 
-ADVICE: dict[str, Callable[[], str]] = {"descriptors": _descriptor_advice, "disk": _disk_advice}
+def _database_advice() -> str:
+    return (
+        "requests are answered 503 and the agents keep their output until it is back; check "
+        "that PostgreSQL runs and that this node reaches it (store_url)"
+    )
+
+
+ADVICE: dict[str, Callable[[], str]] = {
+    "descriptors": _descriptor_advice,
+    "disk": _disk_advice,
+    "database": _database_advice,
+}

@@ -8,12 +8,17 @@ and it has LISTEN built in.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import asyncpg
 
 from tentacle_poll.exceptions import ConfigurationError, StorageFull, StoreUnavailable
+
+# The pool's own retries log a traceback at WARNING through the standard library: the node's
+# heartbeat and health report a database that is away, in one line.
+logging.getLogger("asyncpg.pool").setLevel(logging.ERROR)
 
 POOL_SIZE = 10
 ACQUIRE_SECONDS = 10.0
