@@ -16,7 +16,7 @@ CERT_FILE = "cert.pem"
 def save_identity(folder: Path, identity: Identity) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     _write_private(folder / KEY_FILE, identity.key_pem)
-    (folder / CERT_FILE).write_bytes(identity.cert_pem)
+    _write_whole(folder / CERT_FILE, identity.cert_pem, 0o644)
 
 
 def load_identity(folder: Path) -> Identity:
@@ -36,15 +36,23 @@ def identity_paths(folder: Path) -> tuple[Path, Path]:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    # O_CREAT with 0600 so the key is never readable by others, not even for an instant;
-    # chmod as well because O_CREAT's mode is ignored when the file already exists.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # 0600 from its creation so the key is never readable by others, not even for an instant.
+    _write_whole(path, data, 0o600, private=True)
+
+
+def _write_whole(path: Path, data: bytes, mode: int, private: bool = False) -> None:
+    """Written to a temporary file, then renamed over ``path``: a reader (another process, a
+    server reloading its certificate) or a crash never sees a half-written file."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         os.write(fd, data)
-        os.fchmod(fd, 0o600)
+        if private:  # O_CREAT's mode is ignored when a leftover temporary file exists
+            os.fchmod(fd, mode)
         os.fsync(fd)
     finally:
         os.close(fd)
+    os.replace(temporary, path)
 
 
 def _refuse_readable_by_others(path: Path) -> None:
