@@ -292,3 +292,15 @@ async def test_batches_retried_through_two_nodes_at_once_store_each_line_once(pg
     finally:
         for node in nodes:
             await node.close()
+
+
+async def test_nodes_silent_for_long_are_forgotten_and_live_ones_listed(pg_url: str) -> None:
+    store = await PostgresStore.open(pg_url)
+    try:
+        await store.heartbeat("old", "https://old:10943", NOW - 90_000, NOW - 90_000)
+        await store.heartbeat("new", "https://new:10943", NOW - 5, NOW)
+        assert [n for n, _ in await store.live_nodes(NOW - 10)] == ["new"]
+        await store.forget_nodes(NOW - 86_400)
+        assert [n for n, _ in await store.live_nodes(0)] == ["new"]
+    finally:
+        await store.close()

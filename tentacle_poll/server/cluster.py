@@ -34,6 +34,7 @@ from tentacle_poll.tls.certs import thumbprint_of_pem
 
 HEARTBEAT_SECONDS = 2.0
 NODE_LOST_SECONDS = 10.0
+FORGET_NODES_SECONDS = 24 * 3600.0
 TRUST_RELOAD_DELAY = 0.05  # changes within this long share one reload
 PAYLOAD_BYTES = 7000  # NOTIFY payloads must stay under 8000 bytes
 
@@ -51,6 +52,8 @@ class Cluster:
         self._trust_reload: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
+        # Rows of nodes killed long ago (each start is a new node id): cleared once, here.
+        await self._store.forget_nodes(time.time() - FORGET_NODES_SECONDS)
         await self._beat()
         await self._store.listen({"wake": self._heard_wake}, self._missed_some)
         self._state.dispatcher.echo = self._echo

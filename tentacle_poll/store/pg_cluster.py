@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import Callable
 
 import asyncpg
@@ -18,7 +19,8 @@ from tentacle_poll.exceptions import StoreUnavailable
 from tentacle_poll.store.pg_connection import described, translated
 from tentacle_poll.store.pg_parts import _Base
 
-RECONNECT_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
+CHECK_SECONDS = 0.2  # how often the LISTEN connection is looked at
+RECONNECT_SECONDS = (0.5, 1.0, 2.0, 5.0)  # caps of the jittered waits between attempts
 
 
 class PgCluster(_Base):
@@ -98,7 +100,7 @@ class PgCluster(_Base):
     ) -> None:
         attempt = 0
         while True:
-            await asyncio.sleep(RECONNECT_SECONDS[0])
+            await asyncio.sleep(CHECK_SECONDS)
             if self._listener is not None and not self._listener.is_closed():
                 attempt = 0
                 continue
@@ -107,7 +109,9 @@ class PgCluster(_Base):
             except StoreUnavailable as exc:
                 if attempt == 0:
                     logger.warning("lost the wake-up channel to {}: {}", described(self.url), exc)
-                await asyncio.sleep(RECONNECT_SECONDS[min(attempt, len(RECONNECT_SECONDS) - 1)])
+                # full jitter: the nodes of a cluster do not reconnect in step after an outage
+                cap = RECONNECT_SECONDS[min(attempt, len(RECONNECT_SECONDS) - 1)]
+                await asyncio.sleep(random.uniform(0, cap))
                 attempt += 1
                 continue
             logger.info("wake-up channel to {} restored", described(self.url))
