@@ -52,11 +52,18 @@ def translated(url: str) -> Iterator[None]:
         ) from exc
 
 
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """What a connection needs between two uses of the pool: nothing. The store sets no
+    session state (no SET, LISTEN, session lock or cursor: the listener has a connection of its
+    own), and asyncpg still rolls back an open transaction; its default reset (RESET ALL,
+    UNLISTEN, unlock, CLOSE) would cost one more round trip for every statement."""
+
+
 async def open_pool(url: str) -> asyncpg.Pool:
     try:
         with translated(url):
             return await asyncpg.create_pool(
-                url, min_size=1, max_size=POOL_SIZE, timeout=ACQUIRE_SECONDS
+                url, min_size=1, max_size=POOL_SIZE, timeout=ACQUIRE_SECONDS, reset=_keep_session
             )
     except StoreUnavailable as exc:
         raise ConfigurationError(
