@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from tentacle_poll.exceptions import StoreError
 from tentacle_poll.protocol.models import Event, PackageView, ResultRequest, TaskState
-from tentacle_poll.store import AuditEntry, NewAgent, NewTask, Store
+from tentacle_poll.store import AuditEntry, DeploymentEntry, NewAgent, NewTask, Store
 from tentacle_poll.store.blobs import DatabaseBlobs
 from tentacle_poll.store.opening import open_store
 from tentacle_poll.store.pg_schema import MIGRATIONS
@@ -218,6 +218,27 @@ async def test_packages_and_deployments(store: Store) -> None:
     agent = await store.save_agent(new_agent("web1"), replace=False, now=NOW)
     task_id = await queued(store, agent.id, deployment_id=deployment)
     assert [t.id for t in await store.deployment_tasks(deployment)] == [task_id]
+    entry = DeploymentEntry("web1", task_id, agent.id, TaskState.QUEUED, "")
+    assert await store.deployment_entries(deployment) == [entry]
+
+
+async def test_a_deployment_is_queued_whole_or_not_at_all(store: Store) -> None:
+    agents = [await store.save_agent(new_agent(f"web{i}"), False, NOW) for i in range(3)]
+    deployment = await store.create_deployment("fan-out", False, NOW)
+    tasks = [
+        NewTask(a.id, f'{{"n":{i}}}', deployment, "ops", "s", NOW + 60)
+        for i, a in enumerate(agents)
+    ]
+    ids = await store.create_tasks(tasks, NOW)
+    stored = {t.id: t for t in await store.deployment_tasks(deployment)}
+    assert set(stored) == set(ids) and len(set(ids)) == 3
+    for task_id, agent in zip(ids, agents, strict=True):
+        task = stored[task_id]
+        assert (task.agent_id, task.state, task.submitted_by) == (agent.id, TaskState.QUEUED, "ops")
+        assert (task.created_at, task.expires_at, task.deployment_id) == (NOW, NOW + 60, deployment)
+    with pytest.raises(StoreError, match="deleted while its task was being queued"):
+        await store.create_tasks([NewTask(agents[0].id, "{}"), NewTask("no-such-agent", "{}")], NOW)
+    assert len(await store.list_tasks(None, 100)) == 3  # the first one was not kept either
 
 
 async def test_two_nodes_leasing_at_once_never_lease_a_task_twice(pg_url: str) -> None:

@@ -34,10 +34,44 @@ async def queue_task(
     spec: TaskSpec,
     expires_seconds: float | None,
     submitted_by: str,
-    deployment_id: str | None = None,
 ) -> TaskRecord:
     at = now()
-    new = NewTask(
+    task = await state.store.create_task(
+        _new_task(state, agent, spec, expires_seconds, submitted_by, None, at), at
+    )
+    state.dispatcher.work_for(agent.id)
+    return task
+
+
+async def queue_tasks(
+    state: ServerState,
+    planned: list[tuple[AgentRecord, TaskSpec]],
+    expires_seconds: float | None,
+    submitted_by: str,
+    deployment_id: str,
+) -> None:
+    """A deployment's tasks: queued in one transaction (whole or not at all, and one commit
+    instead of one per target), then every target woken."""
+    at = now()
+    tasks = [
+        _new_task(state, agent, spec, expires_seconds, submitted_by, deployment_id, at)
+        for agent, spec in planned
+    ]
+    await state.store.create_tasks(tasks, at)
+    for agent, _ in planned:
+        state.dispatcher.work_for(agent.id)
+
+
+def _new_task(
+    state: ServerState,
+    agent: AgentRecord,
+    spec: TaskSpec,
+    expires_seconds: float | None,
+    submitted_by: str,
+    deployment_id: str | None,
+    at: float,
+) -> NewTask:
+    return NewTask(
         agent_id=agent.id,
         spec_json=state.vault.seal_spec(spec.model_dump(mode="json")),
         deployment_id=deployment_id,
@@ -45,6 +79,3 @@ async def queue_task(
         serial=serial_of(spec),
         expires_at=deadline(spec, expires_seconds, at),
     )
-    task = await state.store.create_task(new, at)
-    state.dispatcher.work_for(agent.id)
-    return task

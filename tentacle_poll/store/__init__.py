@@ -1,6 +1,13 @@
 """Persistence behind one small interface (`Store`); SQLite is the embedded default."""
 
-from tentacle_poll.store.base import AgentRecord, NewAgent, NewTask, Store, TaskRecord
+from tentacle_poll.store.base import (
+    AgentRecord,
+    DeploymentEntry,
+    NewAgent,
+    NewTask,
+    Store,
+    TaskRecord,
+)
 from tentacle_poll.store.credentials import ApiKeyRecord, AuditEntry, TokenRecord
 from tentacle_poll.store.sqlite import SqliteStore
 
@@ -8,6 +15,7 @@ __all__ = [
     "AgentRecord",
     "ApiKeyRecord",
     "AuditEntry",
+    "DeploymentEntry",
     "NewAgent",
     "NewTask",
     "SqliteStore",

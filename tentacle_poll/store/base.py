@@ -45,6 +45,9 @@ class NewTask:
     expires_at: float | None = None  # not accepted by then: ends "expired", never delivered
 
 
+TARGET_GONE = "a target was deleted while its task was being queued"
+
+
 @dataclass(frozen=True)
 class TaskRecord:
     id: str
@@ -63,6 +66,18 @@ class TaskRecord:
     deployment_id: str | None = None
     submitted_by: str = ""
     expires_at: float | None = None
+
+
+@dataclass(frozen=True)
+class DeploymentEntry:
+    """One task of a deployment, as its progress is shown: what a view of 10,000 targets
+    reads every second, so only these columns."""
+
+    target: str
+    task_id: str
+    agent_id: str
+    state: TaskState
+    reason: str
 
 
 class Store(Protocol):
@@ -120,6 +135,11 @@ class Store(Protocol):
 
     # tasks
     async def create_task(self, task: NewTask, now: float) -> TaskRecord: ...
+    async def create_tasks(self, tasks: list[NewTask], now: float) -> list[str]:
+        """Queues all of them in one transaction (a fan-out is queued whole or not at all);
+        returns their ids, in order."""
+        ...
+
     async def requeue_task(self, task_id: str, now: float) -> TaskRecord:
         """A task its agent gave back unstarted: queued again, or expired past its deadline."""
         ...
@@ -133,6 +153,10 @@ class Store(Protocol):
     ) -> str: ...
     async def deployment(self, deployment_id: str) -> tuple[str, bool, float] | None: ...
     async def deployment_tasks(self, deployment_id: str) -> list[TaskRecord]: ...
+    async def deployment_entries(self, deployment_id: str) -> list[DeploymentEntry]:
+        """Its tasks' progress, by target name."""
+        ...
+
     async def get_task(self, task_id: str) -> TaskRecord | None: ...
     async def list_tasks(self, target: str | None, limit: int) -> list[TaskRecord]: ...
     async def lease_tasks(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import secrets
 import sqlite3
 
-from tentacle_poll.store.base import TaskRecord
-from tentacle_poll.store.rows import TASK_COLUMNS, task_from_row
+from tentacle_poll.store.base import DeploymentEntry, TaskRecord
+from tentacle_poll.store.rows import ENTRY_COLUMNS, TASK_COLUMNS, entry_from_row, task_from_row
 
 
 class SqliteDeployments:
@@ -38,3 +38,11 @@ class SqliteDeployments:
             (deployment_id,),
         )
         return [task_from_row(row) for row in rows.fetchall()]
+
+    async def deployment_entries(self, deployment_id: str) -> list[DeploymentEntry]:
+        rows = self._db.execute(
+            f"SELECT {ENTRY_COLUMNS} FROM tasks t JOIN agents a ON a.id = t.agent_id "
+            "WHERE t.deployment_id = ? ORDER BY a.name",
+            (deployment_id,),
+        )
+        return [entry_from_row(row) for row in rows.fetchall()]

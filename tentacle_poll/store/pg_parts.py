@@ -18,7 +18,7 @@ import asyncpg
 
 from tentacle_poll.exceptions import StoreError
 from tentacle_poll.protocol.models import Event, PackageView
-from tentacle_poll.store.base import TaskRecord
+from tentacle_poll.store.base import DeploymentEntry, TaskRecord
 from tentacle_poll.store.blocks import TEXT_ERRORS, contiguous_end, uncovered_parts
 from tentacle_poll.store.credentials import (
     KEY_COLUMNS,
@@ -30,7 +30,7 @@ from tentacle_poll.store.credentials import (
     token_id_of,
 )
 from tentacle_poll.store.packages import COLUMNS as PACKAGE_COLUMNS
-from tentacle_poll.store.rows import TASK_COLUMNS, task_from_row
+from tentacle_poll.store.rows import ENTRY_COLUMNS, TASK_COLUMNS, entry_from_row, task_from_row
 
 Row = Any  # an asyncpg Record: indexable like a tuple
 
@@ -212,6 +212,14 @@ class PgDeployments(_Base):
             deployment_id,
         )
         return [task_from_row(row) for row in rows]
+
+    async def deployment_entries(self, deployment_id: str) -> list[DeploymentEntry]:
+        rows = await self._all(
+            f"SELECT {ENTRY_COLUMNS} FROM tasks t JOIN agents a ON a.id = t.agent_id "
+            "WHERE t.deployment_id = $1 ORDER BY a.name",
+            deployment_id,
+        )
+        return [entry_from_row(tuple(row)) for row in rows]
 
 
 # The stored blocks a batch from $2 to $3 may overlap (the last one starting at or before $2,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import secrets
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -20,7 +19,7 @@ import asyncpg
 
 from tentacle_poll.exceptions import StoreError
 from tentacle_poll.protocol.models import ResultRequest, TaskState
-from tentacle_poll.store.base import AgentRecord, NewAgent, NewTask, TaskRecord
+from tentacle_poll.store.base import TARGET_GONE, AgentRecord, NewAgent, NewTask, TaskRecord
 from tentacle_poll.store.pg_cluster import PgCluster
 from tentacle_poll.store.pg_connection import described, open_pool, translated
 from tentacle_poll.store.pg_parts import (
@@ -38,6 +37,7 @@ from tentacle_poll.store.rows import (
     ROTATION_COLUMNS,
     TASK_COLUMNS,
     agent_from_row,
+    new_task_id,
     task_from_row,
 )
 from tentacle_poll.store.sqlite import EXPIRED_REASON
@@ -78,6 +78,13 @@ WITH ended AS (
   UPDATE tasks SET state = $2, exit_code = $3, reason = $4, finished_at = $5, leased_until = NULL
   WHERE id = $1 AND state IN ('queued', 'leased', 'running', 'lost') RETURNING *)
 SELECT {TASK_COLUMNS} FROM ended t JOIN agents a ON a.id = t.agent_id
+"""
+CREATE_TASKS = """
+INSERT INTO tasks (id, agent_id, spec_json, state, created_at, deployment_id, submitted_by,
+  serial, expires_at)
+SELECT id, agent_id, spec_json, 'queued', $8, deployment_id, submitted_by, serial, expires_at
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+  $7::float8[]) AS n(id, agent_id, spec_json, deployment_id, submitted_by, serial, expires_at)
 """
 # A lease nobody accepted in time goes back to the queue (or ends, if cancelled).
 END_LEASES = """
@@ -265,7 +272,7 @@ class PostgresStore(PgCredentials, PgPackages, PgDeployments, PgOutput, PgBlobs,
     # --- tasks ---------------------------------------------------------------------------
 
     async def create_task(self, task: NewTask, now: float) -> TaskRecord:
-        task_id = f"{int(now * 1000):x}-{secrets.token_hex(4)}"
+        task_id = new_task_id(now)
         row = await self._one(
             "WITH made AS (INSERT INTO tasks (id, agent_id, spec_json, state, created_at, "
             "deployment_id, submitted_by, serial, expires_at) "
@@ -276,6 +283,20 @@ class PostgresStore(PgCredentials, PgPackages, PgDeployments, PgOutput, PgBlobs,
         )  # fmt: skip
         assert row is not None  # the insert returns its row, or raises
         return task_from_row(row)
+
+    async def create_tasks(self, tasks: list[NewTask], now: float) -> list[str]:
+        """One statement, whatever the number: a column of values per field."""
+        ids = [new_task_id(now) for _ in tasks]
+        columns = [
+            [t.agent_id for t in tasks], [t.spec_json for t in tasks],
+            [t.deployment_id for t in tasks], [t.submitted_by for t in tasks],
+            [t.serial for t in tasks], [t.expires_at for t in tasks],
+        ]  # fmt: skip
+        try:
+            await self._run(CREATE_TASKS, ids, *columns, now)
+        except asyncpg.ForeignKeyViolationError as exc:
+            raise StoreError(TARGET_GONE) from exc
+        return ids
 
     async def requeue_task(self, task_id: str, now: float) -> TaskRecord:
         async with self._transaction() as db:

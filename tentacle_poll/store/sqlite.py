@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import itertools
 import json
-import secrets
 import sqlite3
 import uuid
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ from pathlib import Path
 
 from tentacle_poll.exceptions import StoreError
 from tentacle_poll.protocol.models import Event, ResultRequest, TaskState
-from tentacle_poll.store.base import AgentRecord, NewAgent, NewTask, TaskRecord
+from tentacle_poll.store.base import TARGET_GONE, AgentRecord, NewAgent, NewTask, TaskRecord
 from tentacle_poll.store.credentials import SqliteCredentials
 from tentacle_poll.store.deployments import SqliteDeployments
 from tentacle_poll.store.output import BLOCK_COLUMNS, OutputLog
@@ -30,6 +29,7 @@ from tentacle_poll.store.rows import (
     ROTATION_COLUMNS,
     TASK_COLUMNS,
     agent_from_row,
+    new_task_id,
     task_from_row,
 )
 from tentacle_poll.store.schema import (
@@ -236,14 +236,20 @@ class SqliteStore(SqliteCredentials, SqlitePackages, SqliteDeployments):
     # --- tasks ---------------------------------------------------------------------------
 
     async def create_task(self, task: NewTask, now: float) -> TaskRecord:
-        task_id = f"{int(now * 1000):x}-{secrets.token_hex(4)}"
-        self._db.execute(
-            "INSERT INTO tasks (id, agent_id, spec_json, state, created_at, deployment_id, "
-            "submitted_by, serial, expires_at) VALUES (?,?,?,?,?,?,?,?,?)",
-            (task_id, task.agent_id, task.spec_json, TaskState.QUEUED.value, now,
-             task.deployment_id, task.submitted_by, task.serial, task.expires_at),
-        )  # fmt: skip
+        (task_id,) = await self.create_tasks([task], now)
         return self._task(task_id)
+
+    async def create_tasks(self, tasks: list[NewTask], now: float) -> list[str]:
+        ids = [new_task_id(now) for _ in tasks]
+        with self._transaction(), _target_gone_named():
+            self._db.executemany(
+                "INSERT INTO tasks (id, agent_id, spec_json, state, created_at, deployment_id, "
+                "submitted_by, serial, expires_at) VALUES (?,?,?,'queued',?,?,?,?,?)",
+                [(task_id, task.agent_id, task.spec_json, now, task.deployment_id,
+                  task.submitted_by, task.serial, task.expires_at)
+                 for task_id, task in zip(ids, tasks, strict=True)],
+            )  # fmt: skip
+        return ids
 
     async def requeue_task(self, task_id: str, now: float) -> TaskRecord:
         with self._transaction():
@@ -492,6 +498,16 @@ class SqliteStore(SqliteCredentials, SqlitePackages, SqliteDeployments):
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)
+
+
+@contextlib.contextmanager
+def _target_gone_named() -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.IntegrityError as exc:
+        if "FOREIGN KEY" in str(exc):  # a target deleted since it was chosen
+            raise StoreError(TARGET_GONE) from exc
+        raise
 
 
 class _Transaction:
