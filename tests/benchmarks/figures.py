@@ -88,14 +88,16 @@ class Bench:
             self.server_home, self.comms, self.admin_port, **settings
         )
 
-    async def agent_home(self, name: str, concurrency: int = 4) -> AgentHome:
+    async def agent_home(
+        self, name: str, concurrency: int = 4, environment: str = "Bench"
+    ) -> AgentHome:
         home = AgentHome(self.folder / name)
         save_identity(home.identity_folder, generate_identity(name))
         _, thumbprint = ServerHome(self.server_home).ensure_identity()
         details = Registration(
             server_url=f"https://127.0.0.1:{self.comms}",
             name=name,
-            environments=["Bench"],
+            environments=[environment],
             roles=["bench"],
             server_thumbprint=thumbprint,
             api_key=self.key,
