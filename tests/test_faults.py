@@ -6,14 +6,27 @@ after the poll answer; SIGTERM drain; an agent gone silent; output over the cap;
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
+import time
 from pathlib import Path
 
 import pytest
 
 from tentacle_poll.agent.home import AgentHome
-from tentacle_poll.protocol.models import Event, TaskState, TaskView
+from tentacle_poll.protocol.models import (
+    AcceptRequest,
+    AcceptResponse,
+    Event,
+    EventsRequest,
+    EventsResponse,
+    PollRequest,
+    PollResponse,
+    TaskState,
+    TaskView,
+)
+from tentacle_poll.protocol.routes import POLL, TASK_ACCEPT, TASK_EVENTS, task_path
 from tentacle_poll.server import Server
 from tentacle_poll.server.admin_client import AdminClient
 from tentacle_poll.server.identity import ServerHome
@@ -21,6 +34,7 @@ from tentacle_poll.server.identity import ServerHome
 from .conftest import (
     AgentFactory,
     RunningAgent,
+    client_for,
     free_port,
     register_agent,
     register_at,
@@ -248,6 +262,28 @@ async def test_silent_agent_shows_lost_and_its_real_result_still_lands(
             assert final.exit_code == 0
             assert [e.text for e in await all_events(admin, task.id)] == ["started", "done"]
     finally:
+        await server.shutdown()
+
+
+async def test_an_agent_posting_output_between_polls_is_not_lost(tmp_path: Path) -> None:
+    """Silence marks an agent lost, not a missing poll: one busy posting a task's output (as
+    a simulated agent that polls only between tasks does) keeps its task running."""
+    server = await start_server(tmp_path / "server", hold_seconds=0.5, agent_lost_seconds=1.0)
+    key = await server.state.store.create_api_key("tests")
+    client = client_for(server, await register_agent(server, key, tmp_path / "web1", "web1"))
+    try:
+        async with AdminClient(f"http://127.0.0.1:{server.admin_port}", key) as admin:
+            task = await admin.submit(script_task("web1", "echo hi"))
+            await client.post(POLL, PollRequest(free_slots=1, hold_seconds=5), PollResponse)
+            await client.post(task_path(TASK_ACCEPT, task.id), AcceptRequest(), AcceptResponse)
+            for seq in range(1, 16):  # 3 s of output, three times agent_lost_seconds, no poll
+                line = Event(seq=seq, stream="stdout", text="x", ts=time.time())
+                events = EventsRequest(events=[line])
+                await client.post(task_path(TASK_EVENTS, task.id), events, EventsResponse)
+                await asyncio.sleep(0.2)
+            assert (await admin.task(task.id)).state == TaskState.RUNNING
+    finally:
+        await client.close()
         await server.shutdown()
 
 

@@ -229,6 +229,7 @@ async def authorised_agent(request: web.Request) -> AgentRecord:
             "certificate not registered",
             "register this agent first (`tentacle-poll register`)",
         )
+    state.heard_from(agent, now())
     return agent
 
 

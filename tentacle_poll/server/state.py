@@ -93,6 +93,12 @@ class ServerState:
             self.forget_agents()
         self._unwritten_seen[agent.id] = (at, version)
 
+    def heard_from(self, agent: AgentRecord, at: float) -> None:
+        """Any request of the agent shows it alive, not only a poll: one posting a task's
+        output or result through a busy server, between two polls, is not lost."""
+        version = self._unwritten_seen.get(agent.id, (0.0, agent.agent_version))[1]
+        self._unwritten_seen[agent.id] = (at, version)
+
     async def flush_seen(self) -> None:
         """Writes every pending last_seen. The write yields to the event loop between batches,
         so an entry leaves the pending map only once written, and only if no newer poll
