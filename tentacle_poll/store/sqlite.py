@@ -306,6 +306,8 @@ class SqliteStore(SqliteCredentials, SqlitePackages, SqliteDeployments):
     async def lease_tasks(
         self, agent_id: str, limit: int, now: float, lease_seconds: float
     ) -> list[TaskRecord]:
+        if not self._has_waiting(agent_id):
+            return []  # most polls: no write lock, no commit
         with self._transaction():
             self._expire_leases(agent_id, now)
             if limit <= 0:
@@ -316,6 +318,14 @@ class SqliteStore(SqliteCredentials, SqlitePackages, SqliteDeployments):
                 [(now + lease_seconds, task_id) for task_id in ids],
             )
             return [self._task(task_id) for task_id in ids]
+
+    def _has_waiting(self, agent_id: str) -> bool:
+        """Anything queued or leased for the agent (an expired lease is queued again first)."""
+        row = self._db.execute(
+            "SELECT 1 FROM tasks WHERE agent_id = ? AND state IN ('queued', 'leased') LIMIT 1",
+            (agent_id,),
+        ).fetchone()
+        return row is not None
 
     def _expire_leases(self, agent_id: str, now: float) -> None:
         """A lease nobody accepted in time goes back to the queue (or ends, if cancelled)."""
