@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tentacle_poll.agent.home import AgentHome
+from tentacle_poll.agent.transport import CommsClient
 from tentacle_poll.protocol.models import (
     AcceptRequest,
     AcceptResponse,
@@ -285,6 +286,16 @@ async def test_an_agent_posting_output_between_polls_is_not_lost(tmp_path: Path)
     finally:
         await client.close()
         await server.shutdown()
+
+
+async def test_an_answered_poll_counts_as_seen_when_it_ends(
+    server: Server, api_key: str, admin: AdminClient, agent_client: CommsClient
+) -> None:
+    """A poll held for long shows the agent alive until it was answered, not since it came."""
+    await agent_client.post(POLL, PollRequest(free_slots=1, hold_seconds=1.5), PollResponse)
+    answered = time.time()
+    [target] = await admin.targets()
+    assert target.last_seen is not None and target.last_seen >= answered - 0.5
 
 
 async def test_output_over_the_cap_gets_a_marker_and_the_task_keeps_running(

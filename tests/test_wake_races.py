@@ -14,6 +14,7 @@ from tentacle_poll.protocol.models import PollRequest, PollResponse
 from tentacle_poll.protocol.routes import POLL
 from tentacle_poll.server import Server
 from tentacle_poll.server.admin_client import AdminClient
+from tentacle_poll.server.dispatch import Dispatcher
 from tentacle_poll.store import TaskRecord
 
 from .conftest import script_task
@@ -40,3 +41,19 @@ async def test_a_task_queued_while_the_poll_reads_the_store_is_delivered_to_that
         )
     assert [e.task_id for e in answer.envelopes] == submitted
     assert time.monotonic() - started < 2  # delivered by the wake-up, not after the hold
+
+
+async def test_an_agent_is_talking_while_any_of_its_requests_is_handled() -> None:
+    """The sweeper marks lost only agents that are not talking: each request counts from
+    when its agent is known until it is answered."""
+    dispatcher = Dispatcher()
+    dispatcher.talking_to("a1")
+    dispatcher.talking_to("a1")
+    assert dispatcher.is_talking("a1") and not dispatcher.is_talking("a2")
+    dispatcher.done_talking("a1")
+    assert dispatcher.is_talking("a1")  # the other one is still being handled
+    dispatcher.done_talking("a1")
+    assert not dispatcher.is_talking("a1")
+    with dispatcher.polling("a1", slots=1):
+        assert dispatcher.is_talking("a1")
+    assert not dispatcher.is_talking("a1")

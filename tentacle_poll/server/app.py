@@ -20,7 +20,7 @@ from tentacle_poll.keepalive import listening_socket
 from tentacle_poll.server.access import require_api_key
 from tentacle_poll.server.admin import add_admin_routes
 from tentacle_poll.server.cluster_identity import join_identity
-from tentacle_poll.server.comms import add_comms_routes
+from tentacle_poll.server.comms import add_comms_routes, talking
 from tentacle_poll.server.deployments import add_deployment_routes
 from tentacle_poll.server.dispatch import Dispatcher
 from tentacle_poll.server.handshakes import Gate
@@ -156,7 +156,8 @@ class Server:
 
     def _comms_app(self) -> web.Application:
         app = web.Application(
-            middlewares=[problem_middleware], client_max_size=self.settings.max_body_bytes
+            middlewares=[problem_middleware, talking],
+            client_max_size=self.settings.max_body_bytes,
         )
         app[STATE] = self.state
         app[SHORTAGE] = self.state.shortage

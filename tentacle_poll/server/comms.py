@@ -31,7 +31,7 @@ from tentacle_poll.protocol.tokens import token_secret
 from tentacle_poll.server.access import record
 from tentacle_poll.server.deployments import stop_rest_if_failed
 from tentacle_poll.server.dispatch import HeldPoll, wait_for_bell
-from tentacle_poll.server.problems import ProblemError
+from tentacle_poll.server.problems import Handler, ProblemError
 from tentacle_poll.server.refusals import peer_of
 from tentacle_poll.server.state import STATE, ServerState, json_response, now, read_model, task_view
 from tentacle_poll.server.task_rules import check_events, check_result
@@ -105,6 +105,9 @@ async def poll(request: web.Request) -> web.Response:
     await state.seen(agent, body.agent_version, list(body.trusted_server_thumbprints), now())
     with state.dispatcher.polling(agent.id, body.free_slots + len(body.running)) as held:
         answer = await _hold_until_work(request, state, agent, body, held)
+    # Held, it counted as alive; answered, it is seen now, not when the poll came in (a poll
+    # held 30 s that brings a task would otherwise leave the agent looking long silent).
+    state.heard_from(agent, now())
     return json_response(answer)
 
 
@@ -149,8 +152,8 @@ async def accept(request: web.Request) -> web.Response:
 
 async def events(request: web.Request) -> web.Response:
     state = request.app[STATE]
+    body = await read_model(request, EventsRequest)  # first: talking counts once it is in
     task = await own_task(request)
-    body = await read_model(request, EventsRequest)
     if not check_events(task, list(body.events)):
         return json_response(EventsResponse(acked_seq=task.last_seq))
     acked = await state.store.append_events(task.id, list(body.events))
@@ -160,8 +163,8 @@ async def events(request: web.Request) -> web.Response:
 
 async def result(request: web.Request) -> web.Response:
     state = request.app[STATE]
+    body = await read_model(request, ResultRequest)  # first: talking counts once it is in
     task = await own_task(request)
-    body = await read_model(request, ResultRequest)
     if not check_result(task, body):
         return json_response(task_view(task))  # a repeat: acknowledged, nothing changes
     if body.requeue:
@@ -230,7 +233,25 @@ async def authorised_agent(request: web.Request) -> AgentRecord:
             "register this agent first (`tentacle-poll register`)",
         )
     state.heard_from(agent, now())
+    if AGENT_ID not in request:
+        request[AGENT_ID] = agent.id
+        state.dispatcher.talking_to(agent.id)
     return agent
+
+
+AGENT_ID = web.RequestKey("agent_id", str)  # set once the request's agent is known
+
+
+@web.middleware
+async def talking(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Counts each request of a known agent as talking until it is answered (sweeper.py
+    marks lost only agents that are silent and not talking). Handlers read their body before
+    they find the agent: an agent frozen half-way through sending one is not talking."""
+    try:
+        return await handler(request)
+    finally:
+        if AGENT_ID in request:
+            request.app[STATE].dispatcher.done_talking(request[AGENT_ID])
 
 
 async def _hold_until_work(

@@ -75,6 +75,7 @@ class Dispatcher:
         self._wakes_of_all = 0
         self._last_poll_end: dict[str, float] = {}
         self._results: Counter[str] = Counter()  # per agent: results received, i.e. slots freed
+        self._answering: Counter[str] = Counter()  # per agent: its requests being handled now
         self.echo: Callable[[str, str], None] = _alone  # ("agent" | "task", id) to other nodes
 
     @contextlib.contextmanager
@@ -153,6 +154,21 @@ class Dispatcher:
 
     def results_received(self, agent_id: str) -> int:
         return self._results[agent_id]
+
+    def talking_to(self, agent_id: str) -> None:
+        """A request of the agent is being handled (until ``done_talking``): an agent whose
+        requests wait on a busy server (its store queue) is not silent."""
+        self._answering[agent_id] += 1
+
+    def done_talking(self, agent_id: str) -> None:
+        self._answering[agent_id] -= 1
+        if not self._answering[agent_id]:
+            del self._answering[agent_id]
+
+    def is_talking(self, agent_id: str) -> bool:
+        """Holding a poll or waiting for any other answer: not silent, however long ago it
+        was last seen."""
+        return agent_id in self._held or agent_id in self._answering
 
     def is_polling(self, agent_id: str) -> bool:
         return agent_id in self._held

@@ -92,7 +92,7 @@ async def sweep_once(state: ServerState) -> None:
     silent = [
         agent_id
         for agent_id in await state.store.silent_agents(silent_since)
-        if not state.dispatcher.is_polling(agent_id)
+        if not state.dispatcher.is_talking(agent_id)
     ]
     if not silent:
         return

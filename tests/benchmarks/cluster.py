@@ -13,6 +13,7 @@ import shutil
 import time
 from pathlib import Path
 
+from tentacle_poll.agent.home import AgentHome
 from tentacle_poll.cli.progress import PROGRESS_EVERY_SECONDS
 from tentacle_poll.config import update_config_file
 from tentacle_poll.protocol.models import FanOut, ScriptSpec, TaskSpec
@@ -116,11 +117,13 @@ async def two_nodes_postgresql(folder: Path, count: int, runs: int) -> dict[str,
             if node is not nodes[0]:
                 shutil.copy(nodes[0].server_home / KEY_FILE, node.server_home / KEY_FILE)
             await node.start_node(key)
+        home = await nodes[0].agent_home("lat", environment="Latency")  # not in the fan-out
+        update_config_file(home.config_file, discover_nodes=False)  # held by A alone
         generators = await fleet_on(nodes, count)
         try:
             # Latency with the fleet connected and idle, as the one-node figure is measured:
             # after the fan-out the nodes and the database are still busy with its clean-up.
-            across, same = await _latencies(nodes, runs)
+            across, same = await _latencies(nodes, home, runs)
             elapsed, cpu = await fan_out(nodes, count)
         finally:
             await _stop(generators, nodes)
@@ -132,10 +135,10 @@ async def _register_on(node: Node, count: int) -> Store:
     return await ServerHome(node.server_home).open_store()
 
 
-async def _latencies(nodes: list[Node], runs: int) -> tuple[list[float], list[float]]:
+async def _latencies(
+    nodes: list[Node], home: AgentHome, runs: int
+) -> tuple[list[float], list[float]]:
     a, b = nodes
-    home = await a.agent_home("lat", environment="Latency")  # not one of the fan-out's
-    update_config_file(home.config_file, discover_nodes=False)  # held by A alone
     agent = await Daemon.start("--home", str(home.folder))
     await agent.wait_for("polling")
     try:

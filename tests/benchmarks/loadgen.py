@@ -44,6 +44,14 @@ class RegistrationFailed(Exception):
     """A simulated agent could not be registered; the message says which and why."""
 
 
+class Refused(ValueError):
+    """A status other than 2xx."""
+
+    def __init__(self, status_line: str, payload: bytes) -> None:
+        super().__init__(f"{status_line} {payload[:300]!r}")
+        self.for_good = status_line.split(" ")[1:2] < ["5"]  # 4xx: retrying will not help
+
+
 class SimulatedAgent:
     def __init__(
         self, index: int, host: str, port: int, context: ssl.SSLContext, pinned: str | None
@@ -79,7 +87,7 @@ class SimulatedAgent:
             attempt = 0
             self.successes.append(time.time())
             for envelope in answer.get("envelopes", []):
-                await self._run_task(envelope["task_id"])
+                await self._run_task(envelope["task_id"], stop)
 
     async def register(self, certificate_pem: str, api_key: str) -> None:
         body = {
@@ -97,14 +105,34 @@ class SimulatedAgent:
         finally:
             self._drop()
 
-    async def _run_task(self, task_id: str) -> None:
-        """accept → one line → result, as an agent running `echo` would."""
-        await self._request(f"/v1/tasks/{task_id}/accept", b"{}")
+    async def _run_task(self, task_id: str, stop: asyncio.Event) -> None:
+        """accept → one line → result, as an agent running `echo` would, each post retried
+        with the agent's backoff until answered (all three are idempotent)."""
         line = {"seq": 1, "stream": "stdout", "text": "simulated", "ts": time.time()}
-        await self._request(f"/v1/tasks/{task_id}/events", json.dumps({"events": [line]}).encode())
-        result = {"state": "succeeded", "exit_code": 0, "last_seq": 1}
-        await self._request(f"/v1/tasks/{task_id}/result", json.dumps(result).encode())
+        steps = [
+            ("accept", b"{}"),
+            ("events", json.dumps({"events": [line]}).encode()),
+            ("result", json.dumps({"state": "succeeded", "exit_code": 0, "last_seq": 1}).encode()),
+        ]
+        for step, body in steps:
+            if not await self._until_answered(f"/v1/tasks/{task_id}/{step}", body, stop):
+                return
         self.tasks_done += 1
+
+    async def _until_answered(self, path: str, body: bytes, stop: asyncio.Event) -> bool:
+        """False when the server refused it for good (4xx: the agent drops the task)."""
+        attempt = 0
+        while not stop.is_set():
+            try:
+                await self._request(path, body)
+                return True
+            except (OSError, ssl.SSLError, asyncio.IncompleteReadError, ValueError) as error:
+                self._drop()
+                if isinstance(error, Refused) and error.for_good:
+                    return False
+                attempt += 1
+                await _sleep_or_stop(stop, backoff(attempt, isinstance(error, OSError)))
+        return False
 
     async def _request(self, path: str, body: bytes, headers: dict[str, str] | None = None) -> dict:  # type: ignore[type-arg]
         if self._writer is None:
@@ -126,7 +154,7 @@ class SimulatedAgent:
                 length = int(line.split(b":")[1])
         payload = await self._reader.readexactly(length)
         if not status.startswith(b"HTTP/1.1 2"):
-            raise ValueError(f"{status.decode(errors='replace').strip()} {payload[:300]!r}")
+            raise Refused(status.decode(errors="replace").strip(), payload)
         return json.loads(payload)  # type: ignore[no-any-return]
 
     async def _connect(self, context: ssl.SSLContext) -> None:
