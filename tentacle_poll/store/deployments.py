@@ -32,17 +32,14 @@ class SqliteDeployments:
         return (str(row[0]), bool(row[1]), float(row[2])) if row else None
 
     async def deployment_tasks(self, deployment_id: str) -> list[TaskRecord]:
-        rows = self._db.execute(
-            f"SELECT {TASK_COLUMNS} FROM tasks t JOIN agents a ON a.id = t.agent_id "
-            "WHERE t.deployment_id = ? ORDER BY a.name",
-            (deployment_id,),
-        )
-        return [task_from_row(row) for row in rows.fetchall()]
+        return [task_from_row(row) for row in self._deployment_rows(TASK_COLUMNS, deployment_id)]
 
     async def deployment_entries(self, deployment_id: str) -> list[DeploymentEntry]:
-        rows = self._db.execute(
-            f"SELECT {ENTRY_COLUMNS} FROM tasks t JOIN agents a ON a.id = t.agent_id "
+        return [entry_from_row(row) for row in self._deployment_rows(ENTRY_COLUMNS, deployment_id)]
+
+    def _deployment_rows(self, columns: str, deployment_id: str) -> list[tuple[object, ...]]:
+        return self._db.execute(
+            f"SELECT {columns} FROM tasks t JOIN agents a ON a.id = t.agent_id "
             "WHERE t.deployment_id = ? ORDER BY a.name",
             (deployment_id,),
-        )
-        return [entry_from_row(row) for row in rows.fetchall()]
+        ).fetchall()

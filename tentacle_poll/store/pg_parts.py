@@ -206,20 +206,19 @@ class PgDeployments(_Base):
         return (row[0], row[1], row[2]) if row else None
 
     async def deployment_tasks(self, deployment_id: str) -> list[TaskRecord]:
-        rows = await self._all(
-            f"SELECT {TASK_COLUMNS} FROM tasks t JOIN agents a ON a.id = t.agent_id "
-            "WHERE t.deployment_id = $1 ORDER BY a.name",
-            deployment_id,
-        )
+        rows = await self._deployment_rows(TASK_COLUMNS, deployment_id)
         return [task_from_row(row) for row in rows]
 
     async def deployment_entries(self, deployment_id: str) -> list[DeploymentEntry]:
-        rows = await self._all(
-            f"SELECT {ENTRY_COLUMNS} FROM tasks t JOIN agents a ON a.id = t.agent_id "
+        rows = await self._deployment_rows(ENTRY_COLUMNS, deployment_id)
+        return [entry_from_row(tuple(row)) for row in rows]
+
+    async def _deployment_rows(self, columns: str, deployment_id: str) -> list[Row]:
+        return await self._all(
+            f"SELECT {columns} FROM tasks t JOIN agents a ON a.id = t.agent_id "
             "WHERE t.deployment_id = $1 ORDER BY a.name",
             deployment_id,
         )
-        return [entry_from_row(tuple(row)) for row in rows]
 
 
 # The stored blocks a batch from $2 to $3 may overlap (the last one starting at or before $2,
