@@ -141,6 +141,7 @@ async def rotate_certificate(request: web.Request) -> web.Response:
 async def accept(request: web.Request) -> web.Response:
     state = request.app[STATE]
     agent = await authorised_agent(request)
+    now_talking(request, agent.id)
     task_id = request.match_info["task_id"]
     task = await state.store.accept_task(task_id, agent.id, now())
     if task is None:
@@ -152,8 +153,9 @@ async def accept(request: web.Request) -> web.Response:
 
 async def events(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    body = await read_model(request, EventsRequest)  # first: talking counts once it is in
     task = await own_task(request)
+    body = await read_model(request, EventsRequest)
+    now_talking(request, task.agent_id)
     if not check_events(task, list(body.events)):
         return json_response(EventsResponse(acked_seq=task.last_seq))
     acked = await state.store.append_events(task.id, list(body.events))
@@ -163,8 +165,9 @@ async def events(request: web.Request) -> web.Response:
 
 async def result(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    body = await read_model(request, ResultRequest)  # first: talking counts once it is in
     task = await own_task(request)
+    body = await read_model(request, ResultRequest)
+    now_talking(request, task.agent_id)
     if not check_result(task, body):
         return json_response(task_view(task))  # a repeat: acknowledged, nothing changes
     if body.requeue:
@@ -233,10 +236,14 @@ async def authorised_agent(request: web.Request) -> AgentRecord:
             "register this agent first (`tentacle-poll register`)",
         )
     state.heard_from(agent, now())
-    if AGENT_ID not in request:
-        request[AGENT_ID] = agent.id
-        state.dispatcher.talking_to(agent.id)
     return agent
+
+
+def now_talking(request: web.Request, agent_id: str) -> None:
+    """From here until it is answered, the request counts its agent as talking: called once
+    the body is in, so an agent frozen half-way through sending one is not."""
+    request[AGENT_ID] = agent_id
+    request.app[STATE].dispatcher.talking_to(agent_id)
 
 
 AGENT_ID = web.RequestKey("agent_id", str)  # set once the request's agent is known
@@ -244,9 +251,8 @@ AGENT_ID = web.RequestKey("agent_id", str)  # set once the request's agent is kn
 
 @web.middleware
 async def talking(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Counts each request of a known agent as talking until it is answered (sweeper.py
-    marks lost only agents that are silent and not talking). Handlers read their body before
-    they find the agent: an agent frozen half-way through sending one is not talking."""
+    """Ends what ``now_talking`` began (sweeper.py marks lost only agents that are silent
+    and not talking), however the handler ends."""
     try:
         return await handler(request)
     finally:

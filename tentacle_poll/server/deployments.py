@@ -85,7 +85,7 @@ async def deployment_view(state: ServerState, deployment_id: str) -> DeploymentV
     targets = [_target(state, entry) for entry in entries]
     counts = Counter(entry.state.value for entry in entries)
     offline = [t.target for t in targets if not t.connected and not t.state.is_final]
-    # Built from the store's own rows, not validated again: 10,000 targets, every second.
+    # Built from the store's own rows, not validated again: 10,000 targets, watched often.
     return DeploymentView.model_construct(
         id=deployment_id,
         description=found[0],

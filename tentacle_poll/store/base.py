@@ -71,7 +71,7 @@ class TaskRecord:
 @dataclass(frozen=True)
 class DeploymentEntry:
     """One task of a deployment, as its progress is shown: what a view of 10,000 targets
-    reads every second, so only these columns."""
+    reads again and again, so only these columns."""
 
     target: str
     task_id: str
