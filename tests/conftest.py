@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -92,6 +93,30 @@ async def processes() -> AsyncIterator[list[Daemon]]:
     for daemon in started:
         for sign in ("Traceback", "Event loop is closed", "was never retrieved"):
             assert sign not in daemon.output, f"{sign!r} in the output of {daemon}"
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_scripts(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Task scripts whose agent a test killed (kill -9 by design, or a timeout) would run on
+    and slow every later test: after each test that has a tmp_path, whatever still works in
+    it is ended."""
+    uses_folder = "tmp_path" in request.fixturenames
+    folder = request.getfixturevalue("tmp_path") if uses_folder else None
+    yield
+    for pid in _working_in(folder) if folder else []:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _working_in(folder: Path) -> list[int]:
+    """Processes whose working folder is inside ``folder``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if Path(os.readlink(entry / "cwd")).is_relative_to(folder):
+                    found.append(int(entry.name))
+    return found
 
 
 def free_port() -> int:

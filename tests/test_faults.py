@@ -35,6 +35,7 @@ from tentacle_poll.server.identity import ServerHome
 from .conftest import (
     AgentFactory,
     RunningAgent,
+    _working_in,
     client_for,
     free_port,
     register_agent,
@@ -346,3 +347,18 @@ def _assert_no_secret_on_disk(folder: Path, value: str) -> None:
     for path in folder.rglob("*"):
         if path.is_file():
             assert value.encode() not in path.read_bytes(), path
+
+
+async def test_leftover_scripts_are_found_by_their_working_folder(tmp_path: Path) -> None:
+    """What the no_leftover_scripts fixture ends after each test: a process, in a session of
+    its own as a task's script is, still working inside the test's folder."""
+    (tmp_path / "elsewhere").mkdir()
+    process = await asyncio.create_subprocess_exec(
+        "sleep", "30", cwd=tmp_path, start_new_session=True
+    )
+    try:
+        assert process.pid in _working_in(tmp_path)
+        assert process.pid not in _working_in(tmp_path / "elsewhere")
+    finally:
+        process.kill()
+        await process.wait()
