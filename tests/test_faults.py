@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import ssl
 import time
 from pathlib import Path
 
@@ -27,10 +28,17 @@ from tentacle_poll.protocol.models import (
     TaskState,
     TaskView,
 )
-from tentacle_poll.protocol.routes import POLL, TASK_ACCEPT, TASK_EVENTS, task_path
+from tentacle_poll.protocol.routes import (
+    POLL,
+    PROTOCOL_HEADER,
+    TASK_ACCEPT,
+    TASK_EVENTS,
+    task_path,
+)
 from tentacle_poll.server import Server
 from tentacle_poll.server.admin_client import AdminClient
 from tentacle_poll.server.identity import ServerHome
+from tentacle_poll.tls.files import identity_paths
 
 from .conftest import (
     AgentFactory,
@@ -284,6 +292,36 @@ async def test_an_agent_posting_output_between_polls_is_not_lost(tmp_path: Path)
                 await client.post(task_path(TASK_EVENTS, task.id), events, EventsResponse)
                 await asyncio.sleep(0.2)
             assert (await admin.task(task.id)).state == TaskState.RUNNING
+    finally:
+        await client.close()
+        await server.shutdown()
+
+
+async def test_an_agent_stalled_half_way_through_a_post_is_still_lost(tmp_path: Path) -> None:
+    """Talking starts once a request's body is in: a connection that sent the head of an
+    events post and stalls (a frozen agent, a black-holed link) does not keep its task alive."""
+    server = await start_server(tmp_path / "server", hold_seconds=0.5, agent_lost_seconds=1.0)
+    key = await server.state.store.create_api_key("tests")
+    home = await register_agent(server, key, tmp_path / "web1", "web1")
+    client = client_for(server, home)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    context.load_cert_chain(*identity_paths(home.identity_folder))
+    try:
+        async with AdminClient(f"http://127.0.0.1:{server.admin_port}", key) as admin:
+            task = await admin.submit(script_task("web1", "echo hi"))
+            await client.post(POLL, PollRequest(free_slots=1, hold_seconds=5), PollResponse)
+            await client.post(task_path(TASK_ACCEPT, task.id), AcceptRequest(), AcceptResponse)
+            _, writer = await asyncio.open_connection("127.0.0.1", server.comms_port, ssl=context)
+            head = (
+                f"POST {task_path(TASK_EVENTS, task.id)} HTTP/1.1\r\nHost: server\r\n"
+                f"Content-Type: application/json\r\n{PROTOCOL_HEADER}: 1\r\n"
+                'Content-Length: 1000\r\n\r\n{"events":['
+            )
+            writer.write(head.encode())  # and nothing more: 988 bytes never come
+            lost = await wait_for_state(admin, task.id, TaskState.LOST)
+            assert "agent lost" in lost.reason
+            writer.close()
     finally:
         await client.close()
         await server.shutdown()
