@@ -53,6 +53,17 @@ async def queued(store: Store, agent_id: str, at: float = NOW, **extra: object) 
     return task.id
 
 
+@contextlib.asynccontextmanager
+async def two_nodes(pg_url: str) -> AsyncIterator[list[PostgresStore]]:
+    """Two stores on one database, as two server nodes see it."""
+    nodes = [await PostgresStore.open(pg_url), await PostgresStore.open(pg_url)]
+    try:
+        yield nodes
+    finally:
+        for node in nodes:
+            await node.close()
+
+
 async def test_agents_are_saved_found_replaced_and_deleted(store: Store) -> None:
     web1 = await store.save_agent(new_agent("web1", "a" * 64), replace=False, now=NOW)
     assert (await store.agent_by_thumbprint("a" * 64)) == web1
@@ -243,8 +254,7 @@ async def test_a_deployment_is_queued_whole_or_not_at_all(store: Store) -> None:
 
 async def test_two_nodes_leasing_at_once_never_lease_a_task_twice(pg_url: str) -> None:
     """Two stores on one database, as two nodes: 40 concurrent leases of 200 tasks."""
-    nodes = [await PostgresStore.open(pg_url), await PostgresStore.open(pg_url)]
-    try:
+    async with two_nodes(pg_url) as nodes:
         agent = await nodes[0].save_agent(new_agent("web1"), replace=False, now=NOW)
         ids = {await queued(nodes[0], agent.id) for _ in range(200)}
         leases = [
@@ -254,16 +264,12 @@ async def test_two_nodes_leasing_at_once_never_lease_a_task_twice(pg_url: str) -
         assert len(leased) == len(set(leased)) and set(leased) <= ids
         remaining = await nodes[1].lease_tasks(agent.id, 1000, NOW, 30)
         assert sorted(leased + [t.id for t in remaining]) == sorted(ids)
-    finally:
-        for node in nodes:
-            await node.close()
 
 
 async def test_stored_bytes_reach_every_node_and_leave_with_a_delete(
     pg_url: str, tmp_path: Path
 ) -> None:
-    nodes = [await PostgresStore.open(pg_url), await PostgresStore.open(pg_url)]
-    try:
+    async with two_nodes(pg_url) as nodes:
         blobs = [DatabaseBlobs(n, tmp_path / f"node{i}") for i, n in enumerate(nodes)]
         for blob in blobs:
             blob.folder.mkdir()
@@ -275,9 +281,6 @@ async def test_stored_bytes_reach_every_node_and_leave_with_a_delete(
         assert served is not None and served.read_bytes() == data
         await blobs[0].forget("f" * 64)
         assert await blobs[1].local("f" * 64) is None and not served.exists()
-    finally:
-        for node in nodes:
-            await node.close()
 
 
 async def test_postgresql_schema_versions_are_migrated_only_when_asked(pg_url: str) -> None:
@@ -299,8 +302,7 @@ async def test_postgresql_schema_versions_are_migrated_only_when_asked(pg_url: s
 async def test_batches_retried_through_two_nodes_at_once_store_each_line_once(pg_url: str) -> None:
     """The same lines sent concurrently through two nodes (an agent retrying through another
     node while the first still stores its batch): each line stored once, the end right."""
-    nodes = [await PostgresStore.open(pg_url), await PostgresStore.open(pg_url)]
-    try:
+    async with two_nodes(pg_url) as nodes:
         agent = await nodes[0].save_agent(new_agent("web1"), replace=False, now=NOW)
         task_id = await queued(nodes[0], agent.id)
         batches = [[_block(start, min(start + 9, 200))] for start in range(1, 201, 5)]
@@ -310,9 +312,6 @@ async def test_batches_retried_through_two_nodes_at_once_store_each_line_once(pg
         stored = await nodes[1].events_after(task_id, 0, 1000)
         assert [e.text for e in stored] == [f"line {n}" for n in range(1, 201)]
         assert (await nodes[0].get_task(task_id)).last_seq == 200  # type: ignore[union-attr]
-    finally:
-        for node in nodes:
-            await node.close()
 
 
 async def test_nodes_silent_for_long_are_forgotten_and_live_ones_listed(pg_url: str) -> None:

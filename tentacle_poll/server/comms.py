@@ -208,6 +208,7 @@ def _peer_certificate(request: web.Request) -> bytes | None:
 
 
 PEER_THUMBPRINT = web.RequestKey("peer_thumbprint", str)  # "": no client certificate
+AGENT_ID = web.RequestKey("agent_id", str)  # a request that counts its agent as talking
 
 
 def _certificate_withdrawn() -> ProblemError:
@@ -244,9 +245,6 @@ def now_talking(request: web.Request, agent_id: str) -> None:
     the body is in, so an agent frozen half-way through sending one is not."""
     request[AGENT_ID] = agent_id
     request.app[STATE].dispatcher.talking_to(agent_id)
-
-
-AGENT_ID = web.RequestKey("agent_id", str)  # set once the request's agent is known
 
 
 @web.middleware

@@ -49,7 +49,8 @@ class Refused(ValueError):
 
     def __init__(self, status_line: str, payload: bytes) -> None:
         super().__init__(f"{status_line} {payload[:300]!r}")
-        self.for_good = status_line.split(" ")[1:2] < ["5"]  # 4xx: retrying will not help
+        code = status_line.split(" ")[1] if " " in status_line else ""
+        self.for_good = code.startswith("4")  # retrying will not help, as for the agent
 
 
 class SimulatedAgent:
