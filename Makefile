@@ -30,11 +30,12 @@ test: $(STAMP) system-deps
 fuzz: $(STAMP)
 	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest tests/test_wire_fuzz.py
 
-## system-deps: install the proxies the tests run, with apt-get, when missing
+## system-deps: install the proxies the tests run (and systemd-analyze), with apt-get, when missing
 system-deps:
 	@missing=""; for tool in $(SYSTEM_TOOLS); do \
 	  command -v $$tool >/dev/null 2>&1 || [ -x /usr/sbin/$$tool ] || missing="$$missing $$tool"; \
 	done; \
+	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing:$$missing"; \

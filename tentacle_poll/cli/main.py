@@ -17,7 +17,7 @@ from loguru import logger
 from pydantic import ValidationError
 
 from tentacle_poll import __version__
-from tentacle_poll.cli import agent, agent_config, deploy, server, tasks
+from tentacle_poll.cli import agent, agent_config, deploy, server, service, tasks
 from tentacle_poll.config import DEFAULT_ADMIN_PORT, ENV_PREFIX
 from tentacle_poll.exceptions import ServerUnavailable, TentaclePollError
 from tentacle_poll.logs import mask_secrets, setup_logging
@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_commands(commands, _add_common, _add_admin)
     tasks.add_commands(commands, _add_common, _add_admin)
     deploy.add_commands(commands, _add_common, _add_admin)
+    service.add_commands(commands, _add_common)
     return parser
 
 
