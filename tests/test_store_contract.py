@@ -20,6 +20,7 @@ from tentacle_poll.protocol.models import Event, PackageView, ResultRequest, Tas
 from tentacle_poll.store import AuditEntry, DeploymentEntry, NewAgent, NewTask, Store
 from tentacle_poll.store.blobs import DatabaseBlobs
 from tentacle_poll.store.opening import open_store
+from tentacle_poll.store.operations import Prunable
 from tentacle_poll.store.pg_schema import MIGRATIONS
 from tentacle_poll.store.postgres import PostgresStore
 from tentacle_poll.store.versions import SchemaTooNew, SchemaTooOld
@@ -250,6 +251,48 @@ async def test_a_deployment_is_queued_whole_or_not_at_all(store: Store) -> None:
     with pytest.raises(StoreError, match="deleted while its task was being queued"):
         await store.create_tasks([NewTask(agents[0].id, "{}"), NewTask("no-such-agent", "{}")], NOW)
     assert len(await store.list_tasks(None, 100)) == 3  # the first one was not kept either
+
+
+async def ended(store: Store, agent_id: str, at: float, **extra: object) -> str:
+    task_id = await queued(store, agent_id, at, **extra)
+    await store.lease_tasks(agent_id, 10, at, 30)
+    await store.accept_task(task_id, agent_id, at)
+    await store.append_events(task_id, [Event(seq=1, stream="stdout", text="x", ts=at)])
+    await store.finish_task(task_id, ResultRequest(state="succeeded", last_seq=1), at)
+    return task_id
+
+
+async def test_counts_filters_and_the_write_probe(store: Store) -> None:
+    agent = await store.save_agent(new_agent("web1"), replace=False, now=NOW)
+    other = await store.save_agent(new_agent("web2"), replace=False, now=NOW)
+    old = await ended(store, agent.id, NOW - 100)
+    waiting = await queued(store, other.id, NOW - 50)
+    assert await store.task_counts() == {"succeeded": 1, "queued": 1}
+    assert await store.oldest_queued_at() == NOW - 50
+    assert [t.id for t in await store.list_tasks(None, 10, states=("queued",))] == [waiting]
+    assert [t.id for t in await store.list_tasks(None, 10, since=NOW - 60)] == [waiting]
+    assert [t.id for t in await store.list_tasks("web1", 10, ("succeeded", "failed"))] == [old]
+    assert await store.list_tasks("web1", 10, ("queued",)) == []
+    await store.probe_write()  # a real write: no error on a healthy database
+
+
+async def test_retention_prunes_old_ended_tasks_and_their_deployments_in_batches(
+    store: Store,
+) -> None:
+    agent = await store.save_agent(new_agent("web1"), replace=False, now=NOW)
+    deployment = await store.create_deployment("old release", False, NOW - 1000)
+    old = [await ended(store, agent.id, NOW - 1000, deployment_id=deployment) for _ in range(5)]
+    recent = await ended(store, agent.id, NOW - 10)
+    still_queued = await queued(store, agent.id, NOW - 1000)  # old, but not ended: kept
+    cutoff = NOW - 500
+    assert await store.prunable(cutoff) == Prunable(tasks=5, deployments=1)
+    removed = [await store.prune(cutoff, 2) for _ in range(5)]
+    assert removed == [2, 2, 1, 1, 0]  # tasks in batches, then the emptied deployment
+    assert [await store.get_task(task_id) for task_id in old] == [None] * 5
+    assert await store.events_after(old[0], 0, 10) == []
+    assert await store.deployment(deployment) is None
+    assert {t.id for t in await store.list_tasks(None, 10)} == {recent, still_queued}
+    assert len(await store.events_after(recent, 0, 10)) == 1
 
 
 async def test_two_nodes_leasing_at_once_never_lease_a_task_twice(pg_url: str) -> None:

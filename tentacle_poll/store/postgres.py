@@ -20,6 +20,7 @@ import asyncpg
 from tentacle_poll.exceptions import StoreError
 from tentacle_poll.protocol.models import ResultRequest, TaskState
 from tentacle_poll.store.base import TARGET_GONE, AgentRecord, NewAgent, NewTask, TaskRecord
+from tentacle_poll.store.operations import PgOperations
 from tentacle_poll.store.pg_cluster import PgCluster
 from tentacle_poll.store.pg_connection import described, open_pool, translated
 from tentacle_poll.store.pg_parts import (
@@ -95,7 +96,9 @@ RETURNING id, agent_id, cancel_requested
 """
 
 
-class PostgresStore(PgCredentials, PgPackages, PgDeployments, PgOutput, PgBlobs, PgCluster):
+class PostgresStore(
+    PgCredentials, PgPackages, PgDeployments, PgOutput, PgBlobs, PgCluster, PgOperations
+):
     def __init__(self, url: str, pool: asyncpg.Pool) -> None:
         self.url = url
         self._pool = pool
@@ -333,10 +336,19 @@ class PostgresStore(PgCredentials, PgPackages, PgDeployments, PgOutput, PgBlobs,
         row = await self._one(f"{TASK} WHERE t.id = $1", task_id)
         return task_from_row(row) if row else None
 
-    async def list_tasks(self, target: str | None, limit: int) -> list[TaskRecord]:
+    async def list_tasks(
+        self,
+        target: str | None,
+        limit: int,
+        states: tuple[str, ...] = (),
+        since: float | None = None,
+    ) -> list[TaskRecord]:
         rows = await self._all(
-            f"{TASK} WHERE ($1::text IS NULL OR a.name = $1) ORDER BY t.created_at DESC LIMIT $2",
-            target, limit,
+            f"{TASK} WHERE ($1::text IS NULL OR a.name = $1) "
+            "AND ($2::float8 IS NULL OR t.created_at >= $2) "
+            "AND (cardinality($3::text[]) = 0 OR t.state = ANY($3)) "
+            "ORDER BY t.created_at DESC LIMIT $4",
+            target, since, list(states), limit,
         )  # fmt: skip
         return [task_from_row(row) for row in rows]
 

@@ -21,6 +21,7 @@ from tentacle_poll.protocol.models import Event, ResultRequest, TaskState
 from tentacle_poll.store.base import TARGET_GONE, AgentRecord, NewAgent, NewTask, TaskRecord
 from tentacle_poll.store.credentials import SqliteCredentials
 from tentacle_poll.store.deployments import SqliteDeployments
+from tentacle_poll.store.operations import SqliteOperations
 from tentacle_poll.store.output import BLOCK_COLUMNS, OutputLog
 from tentacle_poll.store.packages import SqlitePackages
 from tentacle_poll.store.redaction import without_sensitive_values
@@ -73,7 +74,7 @@ def _chunks(events: Iterator[Event], size: int) -> Iterator[list[Event]]:
         yield chunk
 
 
-class SqliteStore(SqliteCredentials, SqlitePackages, SqliteDeployments):
+class SqliteStore(SqliteCredentials, SqlitePackages, SqliteDeployments, SqliteOperations):
     def __init__(self, path: Path, migrate: bool = False) -> None:
         """Opens the database; one of an earlier schema version only with ``migrate``
         (SchemaTooOld otherwise), one of a later version never (SchemaTooNew)."""
@@ -294,13 +295,20 @@ class SqliteStore(SqliteCredentials, SqlitePackages, SqliteDeployments):
         ).fetchone()
         return task_from_row(row) if row else None
 
-    async def list_tasks(self, target: str | None, limit: int) -> list[TaskRecord]:
-        query = f"SELECT {TASK_COLUMNS} FROM tasks t JOIN agents a ON a.id = t.agent_id"
-        params: tuple[object, ...] = ()
-        if target is not None:
-            query += " WHERE a.name = ?"
-            params = (target,)
-        rows = self._db.execute(query + " ORDER BY t.created_at DESC LIMIT ?", (*params, limit))
+    async def list_tasks(
+        self,
+        target: str | None,
+        limit: int,
+        states: tuple[str, ...] = (),
+        since: float | None = None,
+    ) -> list[TaskRecord]:
+        marks = ",".join(f"?{5 + i}" for i in range(len(states)))
+        rows = self._db.execute(
+            f"SELECT {TASK_COLUMNS} FROM tasks t JOIN agents a ON a.id = t.agent_id "
+            "WHERE (?1 IS NULL OR a.name = ?1) AND (?2 IS NULL OR t.created_at >= ?2) "
+            f"AND (?3 = 0 OR t.state IN ({marks or 'NULL'})) ORDER BY t.created_at DESC LIMIT ?4",
+            (target, since, len(states), limit, *states),
+        )
         return [task_from_row(row) for row in rows.fetchall()]
 
     async def lease_tasks(
