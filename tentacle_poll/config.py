@@ -212,6 +212,10 @@ class ServerSettings(_Settings):
     # every node of a cluster (e.g. https://node2.example.com:10943). Default: this host's name
     # and the comms port. Only used with a PostgreSQL store.
     advertised_url: str = ""
+    # /readyz answers 503 under this much free space on the server home's disk.
+    min_free_disk_mb: float = Field(default=256.0, ge=0)
+    # /metrics without an API key (e.g. the admin listener is reachable by Prometheus only).
+    metrics_without_key: bool = False
 
 
 S = TypeVar("S", bound=_Settings)

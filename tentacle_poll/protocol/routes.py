@@ -19,7 +19,9 @@ TASK_FILE = "/v1/tasks/{task_id}/file"
 
 # admin API (HTTP on loopback by default, API key header)
 ADMIN_HEALTH = "/api/health"
+ADMIN_ALIVE = "/healthz"  # 200 while the process answers
 ADMIN_READY = "/readyz"  # 200 when ready to serve, 503 with the reasons otherwise
+ADMIN_METRICS = "/metrics"  # Prometheus text format
 ADMIN_TARGETS = "/api/targets"
 ADMIN_TARGET = "/api/targets/{name}"
 ADMIN_TASKS = "/api/tasks"

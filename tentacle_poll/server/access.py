@@ -33,7 +33,13 @@ ADMIN_ONLY = {
 }
 DEPLOY_READS = {("GET", routes.ADMIN_FILE)}  # bytes fetched from targets: not for read keys
 CALLER = web.RequestKey("caller", ApiKeyRecord)
-UNAUTHENTICATED = {routes.ADMIN_HEALTH, routes.ADMIN_READY}
+UNAUTHENTICATED = {routes.ADMIN_HEALTH, routes.ADMIN_ALIVE, routes.ADMIN_READY}
+BEARER = "Bearer "  # Prometheus sends a key as `Authorization: Bearer KEY`
+
+
+def _bearer(request: web.Request) -> str:
+    authorization = request.headers.get("Authorization", "")
+    return authorization[len(BEARER) :].strip() if authorization.startswith(BEARER) else ""
 
 
 def needed_scope(method: str, route: str) -> str:
@@ -48,7 +54,7 @@ def needed_scope(method: str, route: str) -> str:
 async def require_api_key(request: web.Request, handler: Handler) -> web.StreamResponse:
     route = request.match_info.route.resource
     template = route.canonical if route is not None else request.path
-    if template not in UNAUTHENTICATED and request.match_info.http_exception is None:
+    if _needs_key(request, template) and request.match_info.http_exception is None:
         key = await _caller(request)
         scope = needed_scope(request.method, template)
         if RANK[key.scope] < RANK[scope]:
@@ -62,9 +68,15 @@ async def require_api_key(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
+def _needs_key(request: web.Request, template: str) -> bool:
+    if template == routes.ADMIN_METRICS:
+        return not request.app[STATE].settings.metrics_without_key
+    return template not in UNAUTHENTICATED
+
+
 async def _caller(request: web.Request) -> ApiKeyRecord:
     state = request.app[STATE]
-    secret = request.headers.get(routes.API_KEY_HEADER, "")
+    secret = request.headers.get(routes.API_KEY_HEADER, "") or _bearer(request)
     hide_secret(secret)
     key = await state.store.api_key(secret, now()) if secret else None
     if key is None:

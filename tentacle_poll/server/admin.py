@@ -34,8 +34,6 @@ DEFAULT_TOKEN_TTL = 24 * 3600.0
 
 
 def add_admin_routes(app: web.Application) -> None:
-    app.router.add_get(routes.ADMIN_HEALTH, health)
-    app.router.add_get(routes.ADMIN_READY, ready)
     app.router.add_get(routes.ADMIN_TARGETS, list_targets)
     app.router.add_delete(routes.ADMIN_TARGET, delete_target)
     app.router.add_get(routes.ADMIN_TASKS, list_tasks)
@@ -50,23 +48,6 @@ def add_admin_routes(app: web.Application) -> None:
     app.router.add_post(routes.ADMIN_KEYS, create_key)
     app.router.add_delete(routes.ADMIN_KEY, revoke_key)
     app.router.add_get(routes.ADMIN_AUDIT, list_audit)
-
-
-async def health(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    problems = state.shortage.problems()
-    status = "degraded" if problems else "ok"
-    # nodes: the cluster's live nodes (none from a single server)
-    answer = {"status": status, "server_thumbprint": state.thumbprint, "problems": problems}
-    return web.json_response({**answer, "nodes": state.node_urls()})
-
-
-async def ready(request: web.Request) -> web.Response:
-    """For load balancers and service managers: 503 while the server cannot take connections."""
-    problems = request.app[STATE].shortage.problems()
-    if problems:
-        raise ProblemError(503, "not ready", "; ".join(problems))
-    return web.json_response({"status": "ready"})
 
 
 async def list_targets(request: web.Request) -> web.Response:

@@ -24,6 +24,7 @@ from tentacle_poll.server.comms import add_comms_routes, talking
 from tentacle_poll.server.deployments import add_deployment_routes
 from tentacle_poll.server.dispatch import Dispatcher
 from tentacle_poll.server.handshakes import Gate
+from tentacle_poll.server.health import add_health_routes
 from tentacle_poll.server.identity import ServerHome
 from tentacle_poll.server.memory import shrink_tls_read_buffers
 from tentacle_poll.server.packages import (
@@ -173,6 +174,7 @@ class Server:
         )
         app[STATE] = self.state
         app[SHORTAGE] = self.state.shortage
+        add_health_routes(app)
         add_admin_routes(app)
         add_rotation_routes(app)
         add_package_admin_routes(app)

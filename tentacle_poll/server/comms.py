@@ -158,7 +158,10 @@ async def events(request: web.Request) -> web.Response:
     now_talking(request, task.agent_id)
     if not check_events(task, list(body.events)):
         return json_response(EventsResponse(acked_seq=task.last_seq))
-    acked = await state.store.append_events(task.id, list(body.events))
+    with state.metrics.store_timer("append_events"):
+        acked = await state.store.append_events(task.id, list(body.events))
+    fresh = (len(e.text.encode()) for e in body.events if e.seq > task.last_seq)
+    state.metrics.output_bytes.inc(sum(fresh))
     state.dispatcher.task_changed(task.id)
     return json_response(EventsResponse(acked_seq=acked, cancel=task.cancel_requested))
 
@@ -172,9 +175,13 @@ async def result(request: web.Request) -> web.Response:
         return json_response(task_view(task))  # a repeat: acknowledged, nothing changes
     if body.requeue:
         return json_response(task_view(await _requeue(state, task, body.reason)))
-    finished = await state.store.finish_task(task.id, body, now())
+    with state.metrics.store_timer("finish_task"):
+        finished = await state.store.finish_task(task.id, body, now())
     state.dispatcher.task_changed(task.id)
     state.dispatcher.result_received(task.agent_id)
+    if finished.started_at is not None and finished.finished_at is not None:
+        duration = finished.finished_at - finished.started_at
+        state.metrics.task_duration.labels(finished.state.value).observe(duration)
     await stop_rest_if_failed(state, finished)
     reason = f": {body.reason}" if body.reason else ""
     logger.info("task {} on {} ended {}{}", task.id, task.target, body.state, reason)
@@ -310,9 +317,10 @@ async def _work_for(
     if state.dispatcher.has_no_work(agent_id):
         return [], []
     mark = state.dispatcher.wake_mark(agent_id)
-    leased = await state.store.lease_tasks(
-        agent_id, body.free_slots, now(), state.settings.lease_seconds
-    )
+    with state.metrics.store_timer("lease_tasks"):
+        leased = await state.store.lease_tasks(
+            agent_id, body.free_slots, now(), state.settings.lease_seconds
+        )
     cancels = await state.store.cancels_for(agent_id, list(body.running)) if body.running else []
     if body.free_slots > len(leased) and not cancels:
         state.dispatcher.no_work_for(agent_id, mark)  # until a submit, cancel or expiry says so
@@ -324,6 +332,7 @@ async def _envelopes(state: ServerState, tasks: list[TaskRecord]) -> list[Envelo
     task whose values cannot be opened fails here, with the reason, and is not sent."""
     envelopes = []
     for task in tasks:
+        state.metrics.dispatch_latency.observe(max(0.0, now() - task.created_at))
         try:
             envelopes.append(Envelope(task_id=task.id, spec=state.vault.open_spec(task.spec_json)))
         except SealedValueError as exc:

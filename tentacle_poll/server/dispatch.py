@@ -182,6 +182,14 @@ class Dispatcher:
             return True
         return time.time() - self._last_poll_end.get(agent_id, 0.0) < grace_seconds
 
+    def connected_count(self, grace_seconds: float = 5.0) -> int:
+        since = time.time() - grace_seconds
+        between = {a for a, ended in self._last_poll_end.items() if ended > since}
+        return len(between | self._held.keys())
+
+    def held_count(self) -> int:
+        return sum(len(polls) for polls in self._held.values())
+
     def stop(self) -> None:
         self.stopping = True
         self.agents.ring_all()

@@ -17,6 +17,7 @@ from tentacle_poll.protocol.models import TargetView, TaskView
 from tentacle_poll.server.connections import OpenConnections
 from tentacle_poll.server.dispatch import Dispatcher
 from tentacle_poll.server.identity import ServerHome
+from tentacle_poll.server.metrics import ServerMetrics
 from tentacle_poll.server.problems import ProblemError, refuse_oversized
 from tentacle_poll.server.refusals import RefusalLog
 from tentacle_poll.server.shortage import Shortage
@@ -48,6 +49,7 @@ class ServerState:
     connections: OpenConnections = field(default_factory=OpenConnections)
     strangers: Strangers = field(init=False)  # connections without a certificate
     shortage: Shortage = field(init=False)  # out of descriptors to accept connections
+    metrics: ServerMetrics = field(default_factory=ServerMetrics)
     # Hot-path caches (every held poll would otherwise read and write the store): agents by
     # certificate thumbprint, and last_seen times not yet written (the sweeper writes them).
     _agents: dict[str, AgentRecord] = field(default_factory=dict)
@@ -63,6 +65,7 @@ class ServerState:
     def __post_init__(self) -> None:
         self.strangers = Strangers(self.settings, self.refusals)
         self.shortage = Shortage(self.refusals)
+        self.metrics.watch(self)
 
     async def agent_for(self, thumbprint: str, at: float) -> AgentRecord | None:
         agent = self._agents.get(thumbprint)
