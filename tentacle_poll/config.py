@@ -169,6 +169,8 @@ class AgentSettings(_Settings):
     package_cache_mb: float = Field(default=2048.0, gt=0)  # least recently used pruned beyond
     # Under this much free space on the home's disk the agent takes no new tasks.
     min_free_home_mb: float = Field(default=64.0, ge=0)
+    # Metrics and health on 127.0.0.1:<port> (/metrics, /healthz, /readyz); unset: none.
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
 
 
 def _store_url(value: object) -> object:

@@ -5,7 +5,9 @@ scrape needs a key unless the operator opened it, and /readyz says every reason 
 
 from __future__ import annotations
 
+import asyncio
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -18,7 +20,16 @@ from tentacle_poll.server import Server
 from tentacle_poll.server.admin_client import AdminClient
 from tentacle_poll.tls.files import CERT_FILE
 
-from .conftest import AgentFactory, register_agent, run_and_follow, script_task, start_server
+from .conftest import (
+    AgentFactory,
+    RunningAgent,
+    comms_url,
+    register_agent,
+    run_and_follow,
+    script_task,
+    start_server,
+    wait_for_line,
+)
 
 LINE = "a line of output"
 
@@ -123,3 +134,65 @@ async def test_alive_and_ready_and_every_reason_it_is_not_ready(tmp_path: Path) 
     assert status == 503
     for reason in ("stopping", "certificate is missing", "min_free_disk_mb"):
         assert reason in text, text
+
+
+async def agent_get(agent: RunningAgent, path: str) -> tuple[int, str]:
+    endpoint = agent.agent.metrics
+    assert endpoint is not None
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{endpoint.port}{path}") as response,
+    ):
+        return response.status, await response.text()
+
+
+async def agent_scrape(agent: RunningAgent) -> list[Sample]:
+    status, text = await agent_get(agent, "/metrics")
+    assert status == 200, text
+    return [s for family in text_string_to_metric_families(text) for s in family.samples]
+
+
+async def test_the_agent_reports_its_slots_spool_and_each_nodes_polls(
+    server: Server, admin: AdminClient, start_agent: AgentFactory, tmp_path: Path
+) -> None:
+    agent = await start_agent("web1", metrics_port=0, concurrency=3)
+    await agent.agent.started.wait()
+    assert (await agent_get(agent, "/healthz"))[0] == 200
+    gate = tmp_path / "gate"
+    body = f"echo started\nwhile [ ! -e {gate} ]; do sleep 0.02; done\n"
+    task = await admin.submit(script_task("web1", body))
+    await wait_for_line(admin, task.id, "started")
+    node = comms_url(server)
+    samples = await agent_scrape(agent)
+    assert value(samples, "tentacle_poll_agent_running_tasks") == 1
+    assert value(samples, "tentacle_poll_agent_free_slots") == 2
+    assert value(samples, "tentacle_poll_agent_spool_bytes") > 0, "the line is spooled first"
+    assert 0 <= value(samples, "tentacle_poll_agent_seconds_since_answered_poll", node=node) < 30
+    assert value(samples, "tentacle_poll_agent_backing_off", node=node) == 0
+    assert (await agent_get(agent, "/readyz"))[0] == 200
+    agent.agent.escalate()  # draining: the task still runs, but no new work is taken
+    status, text = await agent_get(agent, "/readyz")
+    assert status == 503 and "stopping" in text
+    gate.touch()
+    assert (await admin.follow(task.id, lambda _: None)).state == "succeeded"
+
+
+async def test_the_agent_shows_it_is_backing_off_while_its_server_is_away(
+    tmp_path: Path, log_seen: Callable[[str], asyncio.Event]
+) -> None:
+    server = await start_server(tmp_path / "server")
+    key = await server.state.store.create_api_key("tests")
+    home = await register_agent(server, key, tmp_path / "web1", "web1")
+    agent = RunningAgent(home, metrics_port=0)
+    try:
+        await agent.agent.started.wait()
+        retried = log_seen(f"polling {comms_url(server)} failed")
+        await server.shutdown()
+        async with asyncio.timeout(30):
+            await retried.wait()
+        samples = await agent_scrape(agent)
+        node = comms_url(server)
+        assert value(samples, "tentacle_poll_agent_backing_off", node=node) == 1
+        assert value(samples, "tentacle_poll_agent_poll_failures_in_a_row", node=node) >= 1
+    finally:
+        await agent.stop(levels=3)

@@ -11,6 +11,7 @@ import asyncio
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from loguru import logger
 
@@ -32,10 +33,14 @@ from tentacle_poll.agent.recovery import (
 from tentacle_poll.agent.runner import RunnerContext, TaskRunner
 from tentacle_poll.agent.slots import Slots
 from tentacle_poll.agent.spool import Spool
+from tentacle_poll.agent.status import AgentStatus
 from tentacle_poll.agent.transport import CommsClient, client_for
 from tentacle_poll.config import AgentSettings, ServerNode
 from tentacle_poll.workers.cgroups import CgroupRoot, describe
 from tentacle_poll.workers.extract import Limits
+
+if TYPE_CHECKING:
+    from tentacle_poll.agent.metrics import MetricsEndpoint
 
 MB = 1024 * 1024
 
@@ -66,6 +71,13 @@ class Agent:
         self._polling: dict[str, asyncio.Task[None]] = {}  # by server URL
         self._loop_stops: dict[str, asyncio.Event] = {}
         self._discovery = Discovery(home, self._poll_new_node, self._stop_polling_node)
+        self.status = AgentStatus()  # what each node's poll loop last heard
+        self.home_space = HomeSpace(home.folder, int(settings.min_free_home_mb * MB))
+        self._spool: Spool | None = None
+        self.metrics: MetricsEndpoint | None = None  # with metrics_port set, once started
+
+    def spool_bytes(self) -> int:
+        return self._spool.used_bytes if self._spool is not None else 0
 
     def escalate(self) -> int:
         """One step further towards stopping; returns the new level (1, 2, 3...)."""
@@ -81,18 +93,32 @@ class Agent:
 
     async def _run_locked(self) -> None:
         journal = Journal(self.home.journal_file)
-        spool = Spool(self.home.spool_folder, int(self.settings.spool_max_mb * MB))
+        spool = self._spool = Spool(self.home.spool_folder, int(self.settings.spool_max_mb * MB))
         clients = self.clients = {
             node.url: client_for(node, self.settings, self.home.identity_folder)
             for node in self.settings.servers
         }
+        endpoint = await self._serve_metrics()
         try:
             await self._run(journal, spool, clients)
         finally:
             for client in clients.values():
                 await client.close()
             journal.close()
+            if endpoint is not None:
+                await endpoint.stop()
         logger.info("agent stopped")
+
+    async def _serve_metrics(self) -> MetricsEndpoint | None:
+        if self.settings.metrics_port is None:
+            return None
+        # Imported only here: an agent without metrics never loads the HTTP server or the
+        # Prometheus library (its idle memory is a benchmark target).
+        from tentacle_poll.agent.metrics import MetricsEndpoint
+
+        endpoint = self.metrics = MetricsEndpoint(self, self.settings.metrics_port)
+        await endpoint.start()
+        return endpoint
 
     def _applications_root(self) -> Path:
         return self.settings.applications_root or self.home.folder / "Applications"
@@ -186,7 +212,7 @@ class Agent:
             identity_folder=self.home.identity_folder,
             file_roots=self.settings.file_roots or [self.home.folder / "files"],
             free_slots=self.slots.not_running,
-            home_space=HomeSpace(self.home.folder, int(self.settings.min_free_home_mb * MB)),
+            home_space=self.home_space,
             cgroups=self._cgroups,
             extract_limits=Limits(
                 max_bytes=int(self.settings.max_extract_mb * MB),
@@ -198,7 +224,7 @@ class Agent:
         )
         return PollLoop(
             client, self.slots, context, stop, self._runners, self._learn_thumbprints,
-            self._learn_nodes,
+            self._learn_nodes, self.status.node(client.url),
         )  # fmt: skip
 
     def _learn_thumbprints(self, client: CommsClient, thumbprints: list[str]) -> None:

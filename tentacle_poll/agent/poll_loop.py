@@ -19,6 +19,7 @@ from tentacle_poll.agent.backoff import retrying
 from tentacle_poll.agent.memory import release_freed_memory
 from tentacle_poll.agent.runner import RunnerContext, TaskRunner
 from tentacle_poll.agent.slots import Slots
+from tentacle_poll.agent.status import NodeStatus
 from tentacle_poll.agent.transport import CommsClient
 from tentacle_poll.exceptions import CommunicationError
 from tentacle_poll.protocol.models import PollRequest, PollResponse
@@ -43,7 +44,9 @@ class PollLoop:
         runners: dict[str, TaskRunner],
         on_server_thumbprints: Callable[[CommsClient, list[str]], None],
         on_nodes: Callable[[CommsClient, list[str]], None] = lambda client, nodes: None,
+        status: NodeStatus | None = None,
     ) -> None:
+        self._status = status or NodeStatus()
         self._on_nodes = on_nodes
         self._on_server_thumbprints = on_server_thumbprints
         self._client = client
@@ -75,8 +78,18 @@ class PollLoop:
             with attempt:
                 if self._stop.is_set():
                     return None
-                return await self._poll_once()
+                return await self._poll_counted()
         return None
+
+    async def _poll_counted(self) -> PollResponse | None:
+        try:
+            answer = await self._poll_once()
+        except CommunicationError:
+            self._status.failed()
+            raise
+        if answer is not None:
+            self._status.answered()
+        return answer
 
     async def _poll_once(self) -> PollResponse | None:
         """The answer, or None when the poll was abandoned (slot freed, or stopping)."""
