@@ -123,13 +123,21 @@ class ProxySettings(BaseModel):
         return self
 
 
-class _Settings(BaseSettings):
+class LoggingSettings(BaseSettings):
+    """What agent and server settings share: where and how they log, and where settings
+    come from."""
+
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, extra="forbid", hide_input_in_errors=True
     )
 
     log_format: LogFormat = "text"
     log_level: LogLevel = "INFO"
+    # Unset: stderr (the journal under systemd). Set: that file, rotated at log_rotation_mb,
+    # the newest log_retention_files rotated files kept.
+    log_file: Path | None = None
+    log_rotation_mb: float = Field(default=50.0, gt=0)
+    log_retention_files: int = Field(default=10, ge=1)
 
     @classmethod
     def settings_customise_sources(
@@ -143,7 +151,7 @@ class _Settings(BaseSettings):
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
 
 
-class AgentSettings(_Settings):
+class AgentSettings(LoggingSettings):
     name: str | None = None
     servers: list[ServerNode] = []
     proxy: ProxySettings = ProxySettings()
@@ -187,7 +195,7 @@ def _store_url(value: object) -> object:
 POSTGRESQL_SCHEMES = ("postgresql://", "postgres://")
 
 
-class ServerSettings(_Settings):
+class ServerSettings(LoggingSettings):
     comms_host: str = "0.0.0.0"
     comms_port: int = Field(default=DEFAULT_COMMS_PORT, ge=0, le=65535)
     admin_host: str = "127.0.0.1"
@@ -220,7 +228,7 @@ class ServerSettings(_Settings):
     metrics_without_key: bool = False
 
 
-S = TypeVar("S", bound=_Settings)
+S = TypeVar("S", bound=LoggingSettings)
 
 
 def load_settings(settings_type: type[S], toml_path: Path, **overrides: Any) -> S:

@@ -213,11 +213,14 @@ class PollLoop:
             self._slots.occupy(envelope.task_id, task)
 
     async def _run(self, runner: TaskRunner, give_back_because: str | None) -> None:
+        # Every line logged while the task runs carries its id and server (JSON logs).
+        context = logger.contextualize(task_id=runner.task_id, server=self._client.url)
         try:
-            if give_back_because is not None:
-                await runner.give_back(give_back_because)
-            else:
-                await runner.run()
+            with context:
+                if give_back_because is not None:
+                    await runner.give_back(give_back_because)
+                else:
+                    await runner.run()
         finally:
             self._runners.pop(runner.task_id, None)
             self._own.discard(runner.task_id)

@@ -1,5 +1,5 @@
 """SIGHUP: the agent re-reads its settings and applies what can change while it runs (log
-level and format, proxy, concurrency), logging each change; the rest needs a restart, and the
+level, format and file, proxy, concurrency), logging each change; the rest needs a restart, and the
 log says which changed settings are waiting for one. A file that no longer validates changes
 nothing (the error is logged)."""
 
@@ -17,10 +17,18 @@ from tentacle_poll.exceptions import ConfigurationError
 if TYPE_CHECKING:
     from tentacle_poll.agent.daemon import Agent
 
-LIVE = ("log_level", "log_format", "proxy", "concurrency")
+LIVE = (
+    "log_level",
+    "log_format",
+    "log_file",
+    "log_rotation_mb",
+    "log_retention_files",
+    "proxy",
+    "concurrency",
+)
 
 
-def reload_settings(agent: Agent, apply_logging: Callable[[str, str], None]) -> list[str]:
+def reload_settings(agent: Agent, apply_logging: Callable[[AgentSettings], None]) -> list[str]:
     """Returns the changes applied, in words ("concurrency 4 -> 8")."""
     try:
         new = agent.home.settings()
@@ -38,10 +46,13 @@ def reload_settings(agent: Agent, apply_logging: Callable[[str, str], None]) -> 
 
 
 def _apply(
-    agent: Agent, new: AgentSettings, changed: list[str], apply_logging: Callable[[str, str], None]
+    agent: Agent,
+    new: AgentSettings,
+    changed: list[str],
+    apply_logging: Callable[[AgentSettings], None],
 ) -> None:
-    if "log_level" in changed or "log_format" in changed:
-        apply_logging(new.log_level, new.log_format)
+    if any(name.startswith("log_") for name in changed):
+        apply_logging(new)
     if "concurrency" in changed:
         agent.slots.capacity = new.concurrency
     if "proxy" in changed:

@@ -97,6 +97,7 @@ class TaskRunner:
             return
         if not await self._accept():
             return
+        logger.bind(event="task_started").info("task {} started: {}", self.task_id, spec.kind)
         try:
             outcome = await self._run_isolated(spec)
             if self._reporter.spool_failure is not None:  # stopped for want of disk space
@@ -104,7 +105,7 @@ class TaskRunner:
             await self._report(outcome)
         finally:
             self._reporter.close()  # also when cancelled outright at the third signal
-        logger.info(
+        logger.bind(event="task_ended").info(
             "task {} {} in {:.2f} s{}",
             self.task_id,
             outcome.state,
@@ -114,8 +115,9 @@ class TaskRunner:
 
     async def give_back(self, reason: str) -> None:
         """Hands the task back unstarted (never accepted): the server queues it again."""
-        logger.warning("task {} not started: {}; giving it back to the server", self.task_id,
-                       reason)  # fmt: skip
+        logger.bind(event="task_given_back").warning(
+            "task {} not started: {}; giving it back to the server", self.task_id, reason
+        )
         try:
             await self._report(Outcome.failed(f"not started: {reason}"), requeue=True)
         finally:

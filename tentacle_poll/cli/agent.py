@@ -16,9 +16,9 @@ from tentacle_poll.agent.daemon import Agent
 from tentacle_poll.agent.home import AgentHome
 from tentacle_poll.agent.registration import Registration, register
 from tentacle_poll.agent.reload import reload_settings
-from tentacle_poll.config import ENV_PREFIX, default_agent_home
+from tentacle_poll.cli.context import setup_logging_from
+from tentacle_poll.config import ENV_PREFIX, AgentSettings, default_agent_home
 from tentacle_poll.exceptions import ConfigurationError
-from tentacle_poll.logs import setup_logging
 from tentacle_poll.tls import (
     certificate_expiry,
     expiry_warning,
@@ -81,7 +81,7 @@ def agent_home(args: argparse.Namespace) -> AgentHome:
 async def run_agent(args: argparse.Namespace) -> int:
     home = agent_home(args)
     settings = home.settings_ready_to_run(concurrency=getattr(args, "concurrency", None))
-    setup_logging(args.log_level or settings.log_level, args.log_format or settings.log_format)
+    setup_logging_from(args, settings)
     expires = certificate_expiry(load_identity(home.identity_folder).cert_pem)
     warning = expiry_warning(expires, "this agent's certificate")
     if warning:
@@ -96,8 +96,8 @@ async def run_agent(args: argparse.Namespace) -> int:
 def install_reload_signal(agent: Agent, args: argparse.Namespace) -> None:
     """SIGHUP re-reads the settings (agent/reload.py); a --log-level flag keeps winning."""
 
-    def apply_logging(level: str, fmt: str) -> None:
-        setup_logging(args.log_level or level, args.log_format or fmt)
+    def apply_logging(settings: AgentSettings) -> None:
+        setup_logging_from(args, settings)
 
     asyncio.get_running_loop().add_signal_handler(
         signal.SIGHUP, reload_settings, agent, apply_logging

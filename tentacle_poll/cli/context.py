@@ -9,8 +9,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tentacle_poll.config import DEFAULT_ADMIN_PORT, ENV_PREFIX, default_server_home
+from tentacle_poll.config import (
+    DEFAULT_ADMIN_PORT,
+    ENV_PREFIX,
+    LoggingSettings,
+    default_server_home,
+)
 from tentacle_poll.exceptions import ConfigurationError
+from tentacle_poll.logs import setup_logging
 
 if TYPE_CHECKING:  # both load aiohttp or sqlite3: the agent daemon never needs them
     from tentacle_poll.server.admin_client import AdminClient
@@ -46,3 +52,15 @@ def open_server_home(args: argparse.Namespace) -> ServerHome:
 def server_home(args: argparse.Namespace) -> Path:
     os.umask(0o077)  # everything a server command writes in its home is private to its user
     return Path(args.server_home).expanduser() if args.server_home else default_server_home()
+
+
+def setup_logging_from(args: argparse.Namespace, settings: LoggingSettings) -> None:
+    """The logging the settings ask for; flags given on the command line win."""
+    log_file = getattr(args, "log_file", None) or settings.log_file
+    setup_logging(
+        args.log_level or settings.log_level,
+        args.log_format or settings.log_format,
+        log_file=Path(log_file).expanduser().absolute() if log_file else None,
+        rotation_mb=settings.log_rotation_mb,
+        retention_files=settings.log_retention_files,
+    )

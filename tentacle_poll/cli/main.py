@@ -11,6 +11,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
 from loguru import logger
@@ -33,9 +34,9 @@ Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.log_level or "INFO", args.log_format or "text")
     command: Command = getattr(args, "command", agent.run_agent)
     try:
+        setup_logging(args.log_level or "INFO", args.log_format or "text", log_file=args.log_file)
         return asyncio.run(command(args))
     except ServerUnavailable as exc:  # not the task's outcome: the server could not be reached
         print(f"error: {mask_secrets(str(exc))}", file=sys.stderr)
@@ -69,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"tentacle-poll {__version__}")
     _add_common(parser)
-    parser.set_defaults(home=None, log_format=None, log_level=None)
+    parser.set_defaults(home=None, log_format=None, log_level=None, log_file=None)
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     agent.add_commands(commands, _add_common)
     agent_config.add_commands(commands, _add_common)
@@ -90,6 +91,12 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--log-format", choices=["text", "json"], default=argparse.SUPPRESS)
     parser.add_argument("--log-level", choices=LOG_LEVELS, default=argparse.SUPPRESS)
+    parser.add_argument(
+        "--log-file",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="log to this file (rotated, see log_rotation_mb) instead of stderr",
+    )
 
 
 def _add_admin(parser: argparse.ArgumentParser) -> None:

@@ -13,9 +13,13 @@ from typing import TYPE_CHECKING, Any
 from loguru import logger
 
 from tentacle_poll.cli.access import add_access_commands
-from tentacle_poll.cli.context import admin_client, open_server_home, server_home
+from tentacle_poll.cli.context import (
+    admin_client,
+    open_server_home,
+    server_home,
+    setup_logging_from,
+)
 from tentacle_poll.config import SERVER_FILE, ServerSettings, load_settings
-from tentacle_poll.logs import setup_logging
 
 if TYPE_CHECKING:
     pass
@@ -92,7 +96,7 @@ async def run_server(args: argparse.Namespace) -> int:
         admin_port=args.admin_port,
         hold_seconds=args.hold_seconds,
     )
-    setup_logging(args.log_level or settings.log_level, args.log_format or settings.log_format)
+    setup_logging_from(args, settings)
     from tentacle_poll.server.app import Server  # lazy: only this command runs a server
 
     _raise_open_files_limit()

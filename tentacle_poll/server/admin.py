@@ -6,9 +6,9 @@ import asyncio
 from collections.abc import Sequence
 
 from aiohttp import web
-from loguru import logger
 from pydantic import BaseModel
 
+from tentacle_poll.logs import about
 from tentacle_poll.protocol import routes
 from tentacle_poll.protocol.models import (
     ApiKeyCreate,
@@ -65,7 +65,9 @@ async def delete_target(request: web.Request) -> web.Response:
     state.cut_off(agent.thumbprint, agent.previous_thumbprint)
     await state.trust.remove(agent.certificate_pem.encode())
     await audit(request, "target deleted", agent.name, agent.thumbprint)
-    logger.info("removed target {}; its certificate is no longer trusted", agent.name)
+    about("target_removed", target=agent.name).info(
+        "removed target {}; its certificate is no longer trusted", agent.name
+    )
     return json_response(state.target_view(agent))
 
 
@@ -85,7 +87,9 @@ async def submit_task(request: web.Request) -> web.Response:
     who = caller(request).name
     task = await queue_task(state, agent, spec, body.expires_seconds, who)
     await audit(request, "task submitted", task.id, f"{spec.kind} on {agent.name}")
-    logger.info("queued task {} for {} (key {})", task.id, agent.name, who)
+    about("task_queued", task_id=task.id, target=agent.name).info(
+        "queued task {} for {} (key {})", task.id, agent.name, who
+    )
     return json_response(task_view(task), status=201)
 
 
@@ -153,7 +157,9 @@ async def cancel_task(request: web.Request) -> web.Response:
     await audit(request, "task cancelled", task.id, task.target)
     state.dispatcher.work_for(task.agent_id)
     state.dispatcher.task_changed(task.id)
-    logger.info("cancel requested for task {} ({})", task.id, updated.state)
+    about("task_cancel_requested", task_id=task.id, target=task.target).info(
+        "cancel requested for task {} ({})", task.id, updated.state
+    )
     return json_response(task_view(updated))
 
 

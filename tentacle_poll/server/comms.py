@@ -12,7 +12,7 @@ from cryptography.x509 import load_pem_x509_certificate
 from loguru import logger
 
 from tentacle_poll.exceptions import StoreError
-from tentacle_poll.logs import hide_secret
+from tentacle_poll.logs import about, hide_secret
 from tentacle_poll.protocol import routes
 from tentacle_poll.protocol.models import (
     AcceptResponse,
@@ -33,7 +33,15 @@ from tentacle_poll.server.deployments import stop_rest_if_failed
 from tentacle_poll.server.dispatch import HeldPoll, wait_for_bell
 from tentacle_poll.server.problems import Handler, ProblemError
 from tentacle_poll.server.refusals import peer_of
-from tentacle_poll.server.state import STATE, ServerState, json_response, now, read_model, task_view
+from tentacle_poll.server.state import (
+    STATE,
+    ServerState,
+    json_response,
+    now,
+    read_model,
+    task_fields,
+    task_view,
+)
 from tentacle_poll.server.task_rules import check_events, check_result
 from tentacle_poll.server.vault import SealedValueError
 from tentacle_poll.store import AgentRecord, ApiKeyRecord, NewAgent, TaskRecord
@@ -88,7 +96,9 @@ async def register(request: web.Request) -> web.Response:
         await state.trust.remove(replaced.certificate_pem.encode())
     state.registrations_changed()
     await record(state, who, "target registered", agent.name, agent.thumbprint)
-    logger.info("registered target {} ({}) with {}", agent.name, agent.thumbprint, who)
+    about("target_registered", target=agent.name).info(
+        "registered target {} ({}) with {}", agent.name, agent.thumbprint, who
+    )
     answer = RegisterResponse(
         agent_id=agent.id,
         name=agent.name,
@@ -129,7 +139,9 @@ async def rotate_certificate(request: web.Request) -> web.Response:
     state.trust.add(body.certificate_pem.encode())
     state.registrations_changed()
     await record(state, f"target {agent.name}", "certificate rotated", agent.name, thumbprint)
-    logger.info("target {} rotated its certificate to {}", agent.name, thumbprint)
+    about("target_certificate_rotated", target=agent.name).info(
+        "target {} rotated its certificate to {}", agent.name, thumbprint
+    )
     answer = CertificateResponse(
         thumbprint=thumbprint,
         previous_thumbprint=agent.thumbprint,
@@ -184,7 +196,9 @@ async def result(request: web.Request) -> web.Response:
         state.metrics.task_duration.labels(finished.state.value).observe(duration)
     await stop_rest_if_failed(state, finished)
     reason = f": {body.reason}" if body.reason else ""
-    logger.info("task {} on {} ended {}{}", task.id, task.target, body.state, reason)
+    about("task_ended", **task_fields(task)).info(
+        "task {} on {} ended {}{}", task.id, task.target, body.state, reason
+    )
     return json_response(task_view(finished))
 
 
@@ -339,7 +353,9 @@ async def _envelopes(state: ServerState, tasks: list[TaskRecord]) -> list[Envelo
             failed = ResultRequest(state="failed", last_seq=0, reason=f"not sent: {exc}")
             await state.store.finish_task(task.id, failed, now())
             state.dispatcher.task_changed(task.id)
-            logger.error("task {} on {} failed: {}", task.id, task.target, exc)
+            about("task_failed", **task_fields(task)).error(
+                "task {} on {} failed: {}", task.id, task.target, exc
+            )
     return envelopes
 
 

@@ -7,9 +7,9 @@ from collections import Counter
 from typing import Literal
 
 from aiohttp import web
-from loguru import logger
 
 from tentacle_poll.exceptions import StoreError
+from tentacle_poll.logs import about
 from tentacle_poll.protocol import routes
 from tentacle_poll.protocol.models import (
     DeploymentTarget,
@@ -68,7 +68,9 @@ async def create_deployment(request: web.Request) -> web.Response:
     await audit(
         request, "deployment created", deployment_id, f"{description}, {len(targets)} targets"
     )
-    logger.info("deployment {}: {} on {} targets", deployment_id, description, len(targets))
+    about("deployment_created", deployment_id=deployment_id).info(
+        "deployment {}: {} on {} targets", deployment_id, description, len(targets)
+    )
     return json_response(await deployment_view(state, deployment_id), status=201)
 
 
@@ -108,7 +110,9 @@ async def stop_rest_if_failed(state: ServerState, task: TaskRecord) -> None:
             await state.store.request_cancel(other.task_id, now())
             state.dispatcher.work_for(other.agent_id)
             state.dispatcher.task_changed(other.task_id)
-    logger.warning("deployment {}: {} failed; stopping the rest", task.deployment_id, task.target)
+    about("deployment_stopping", deployment_id=task.deployment_id, target=task.target).warning(
+        "deployment {}: {} failed; stopping the rest", task.deployment_id, task.target
+    )
 
 
 def _in_environment(fan_out: FanOut) -> TaskSpec:

@@ -198,3 +198,8 @@ def json_response(model: BaseModel, status: int = 200) -> web.Response:
 
 def now() -> float:
     return time.time()
+
+
+def task_fields(task: TaskRecord) -> dict[str, str | None]:
+    """The structured log fields of a line about ``task`` (tentacle_poll.logs.about)."""
+    return {"task_id": task.id, "target": task.target, "deployment_id": task.deployment_id}

@@ -14,9 +14,10 @@ import time
 from loguru import logger
 
 from tentacle_poll.exceptions import StorageFull, StoreUnavailable
+from tentacle_poll.logs import about
 from tentacle_poll.server.deployments import stop_rest_if_failed
 from tentacle_poll.server.shortage import condition_of
-from tentacle_poll.server.state import ServerState
+from tentacle_poll.server.state import ServerState, task_fields
 from tentacle_poll.store import Store
 from tentacle_poll.tls import (
     certificate_expiry_fast,
@@ -75,7 +76,9 @@ async def end_overlaps(state: ServerState, now: float) -> None:
 async def expire_tasks(state: ServerState, now: float) -> None:
     """Queued tasks past their deadline end ``expired``: a fan-out over offline targets ends."""
     for task in await state.store.expire_tasks(now):
-        logger.info("task {} on {} expired: {}", task.id, task.target, task.reason)
+        about("task_expired", **task_fields(task)).info(
+            "task {} on {} expired: {}", task.id, task.target, task.reason
+        )
         state.dispatcher.task_changed(task.id)
         state.dispatcher.work_for(task.agent_id)  # a later task of its serial may go now
         await stop_rest_if_failed(state, task)
@@ -98,7 +101,7 @@ async def sweep_once(state: ServerState) -> None:
         return
     reason = f"agent lost: no poll for {state.settings.agent_lost_seconds:g} s"
     for task_id in await state.store.mark_lost(silent, reason, now):
-        logger.warning("task {}: {}", task_id, reason)
+        about("task_lost", task_id=task_id).warning("task {}: {}", task_id, reason)
         state.dispatcher.task_changed(task_id)
         lost = await state.store.get_task(task_id)
         if lost is not None:
