@@ -118,7 +118,7 @@ def render_unit(spec: ServiceSpec) -> str:
 def _unit_section(spec: ServiceSpec) -> str:
     after = "network-online.target" + (" postgresql.service" if spec.role == "server" else "")
     return (
-        f"[Unit]\nDescription=tentacle-poll {spec.role} ({spec.home})\n"
+        f"[Unit]\nDescription=tentacle-poll {spec.role} ({_specifiers_escaped(spec.home)})\n"
         "Documentation=https://github.com/tentacle-poll/tentacle_poll/blob/main/docs/operations.md\n"
         f"After={after}\nWants=network-online.target\n"
     )
@@ -186,5 +186,9 @@ def _quoted(path: Path | str) -> str:
             f"{text!r}: a path with quotes, backslashes, $ or newlines cannot go in a unit; "
             "choose a plainer path"
         )
-    text = text.replace("%", "%%")
+    text = _specifiers_escaped(text)
     return f'"{text}"' if " " in text else text
+
+
+def _specifiers_escaped(text: Path | str) -> str:
+    return str(text).replace("%", "%%")
