@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from tentacle_poll.exceptions import StoreError
 from tentacle_poll.protocol.models import Event, PackageView, ResultRequest, TaskState
 from tentacle_poll.store import AuditEntry, DeploymentEntry, NewAgent, NewTask, Store
+from tentacle_poll.store.base import AgentQuery, Prunable
 from tentacle_poll.store.blobs import DatabaseBlobs
 from tentacle_poll.store.opening import open_store
-from tentacle_poll.store.operations import Prunable
 from tentacle_poll.store.pg_schema import MIGRATIONS
 from tentacle_poll.store.postgres import PostgresStore
 from tentacle_poll.store.versions import SchemaTooNew, SchemaTooOld
@@ -274,6 +274,26 @@ async def test_counts_filters_and_the_write_probe(store: Store) -> None:
     assert [t.id for t in await store.list_tasks("web1", 10, ("succeeded", "failed"))] == [old]
     assert await store.list_tasks("web1", 10, ("queued",)) == []
     await store.probe_write()  # a real write: no error on a healthy database
+
+
+async def test_targets_are_paged_by_name_and_filtered_by_label(store: Store) -> None:
+    for i in range(7):
+        labels = NewAgent(
+            f"web{i}", f"{i}".ljust(64, "0"), generate_identity("x").cert_pem.decode(),
+            ["Production" if i % 2 else "Test"], ["web", "db"] if i < 3 else ["web"],
+            [f"tenant{i % 3}"],
+        )  # fmt: skip
+        await store.save_agent(labels, replace=False, now=NOW)
+    first = await store.agents_page(AgentQuery(limit=3))
+    rest = await store.agents_page(AgentQuery(after=first[-1].name, limit=10))
+    assert [a.name for a in first + rest] == [f"web{i}" for i in range(7)]
+    production_db = await store.agents_page(AgentQuery(environment="Production", role="db"))
+    assert [a.name for a in production_db] == ["web1"]
+    assert [a.name for a in await store.agents_page(AgentQuery(tenant="tenant0"))] == [
+        "web0", "web3", "web6",
+    ]  # fmt: skip
+    assert await store.agents_page(AgentQuery(role="Production")) == [], "labels are per column"
+    assert await store.agents_page(AgentQuery(environment="Prod")) == [], "whole labels only"
 
 
 async def test_retention_prunes_old_ended_tasks_and_their_deployments_in_batches(

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import datetime as dt
 import re
 import sys
 from collections.abc import Callable
@@ -12,7 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from tentacle_poll.cli.context import admin_client
-from tentacle_poll.exceptions import ConfigurationError, RequestRejected
+from tentacle_poll.cli.fleet import add_target_commands, add_task_list_filters
+from tentacle_poll.exceptions import ConfigurationError
 from tentacle_poll.protocol.models import (
     PACKAGE_NAME_PATTERN,
     Event,
@@ -80,14 +79,7 @@ def _number(text: str, convert: Callable[[str], N], what: str) -> N:
 
 
 def add_commands(commands: Any, add_common: Any, add_admin: Any) -> None:
-    targets = commands.add_parser("targets", help="list registered targets (or delete some)")
-    targets.set_defaults(command=list_targets)
-    target_commands = targets.add_subparsers(title="targets commands", metavar="COMMAND")
-    delete = target_commands.add_parser(
-        "delete", help="remove targets: their certificates are refused from then on"
-    )
-    delete.add_argument("names", nargs="+", metavar="NAME")
-    delete.set_defaults(command=delete_targets)
+    targets, delete = add_target_commands(commands)
     task = commands.add_parser("task", help="run and inspect tasks")
     sub = task.add_subparsers(title="task commands", metavar="COMMAND", required=True)
     run = sub.add_parser("run", help="queue a script task for a target (and follow it)")
@@ -108,8 +100,7 @@ def add_commands(commands: Any, add_common: Any, add_admin: Any) -> None:
     demo.set_defaults(command=run_demo_command)
     parsers.append(demo)
     listing = sub.add_parser("list", help="list recent tasks")
-    listing.add_argument("--target")
-    listing.set_defaults(command=list_tasks)
+    add_task_list_filters(listing)
     for parser in [*parsers, listing, *_add_package_commands(commands)]:
         add_common(parser)
         add_admin(parser)
@@ -197,40 +188,6 @@ def _add_script_arguments(run: argparse.ArgumentParser) -> None:
     add_deadline_arguments(run)
 
 
-async def list_targets(args: argparse.Namespace) -> int:
-    async with admin_client(args) as client:
-        targets = await client.targets()
-    header = ("NAME", "ENVIRONMENTS", "ROLES", "CONNECTED", "LAST SEEN", "CERT EXPIRES")
-    print("{:<20} {:<20} {:<20} {:<9} {:<19} {:<12} THUMBPRINT".format(*header))
-    for t in targets:
-        seen = _time(t.last_seen)
-        expires = _time(t.certificate_expires_at)[:10]
-        connected = "yes" if t.connected else "no"
-        environments, roles = ",".join(t.environments), ",".join(t.roles)
-        print(
-            f"{t.name:<20} {environments:<20} {roles:<20} {connected:<9} {seen:<19} "
-            f"{expires:<12} {t.thumbprint}"
-        )
-    return 0
-
-
-async def delete_targets(args: argparse.Namespace) -> int:
-    """Deletes them all at once: the server removes their certificates with shared rebuilds."""
-    async with admin_client(args) as client:
-        deletions = [client.delete_target(name) for name in args.names]
-        outcomes = await asyncio.gather(*deletions, return_exceptions=True)
-    failed = 0
-    for name, outcome in zip(args.names, outcomes, strict=True):
-        if isinstance(outcome, RequestRejected):
-            print(f"error: {name}: {outcome}", file=sys.stderr)
-            failed += 1
-        elif isinstance(outcome, BaseException):
-            raise outcome
-        else:
-            print(f"deleted {name}")
-    return 1 if failed else 0
-
-
 async def run_task(args: argparse.Namespace) -> int:
     body = read_local_file(Path(args.file)).decode() if args.file else args.script
     spec = SubmitTask(
@@ -271,14 +228,6 @@ async def follow_task(args: argparse.Namespace) -> int:
 async def cancel_task(args: argparse.Namespace) -> int:
     async with admin_client(args) as client:
         print_task(await client.cancel(args.task_id))
-    return 0
-
-
-async def list_tasks(args: argparse.Namespace) -> int:
-    async with admin_client(args) as client:
-        tasks = await client.tasks(args.target)
-    for task in tasks:
-        print(f"{task.id:<22} {task.target:<20} {task.state:<10} {_time(task.created_at)}")
     return 0
 
 
@@ -330,7 +279,3 @@ def _variables(pairs: list[str], sensitive: bool) -> list[Variable]:
             raise ConfigurationError(f"expected NAME=VALUE, got {name!r}")
         variables.append(Variable(name=name, value=value, sensitive=sensitive))
     return variables
-
-
-def _time(stamp: float | None) -> str:
-    return dt.datetime.fromtimestamp(stamp).strftime("%Y-%m-%d %H:%M:%S") if stamp else "never"

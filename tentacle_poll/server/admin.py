@@ -25,6 +25,7 @@ from tentacle_poll.server.access import (
 )
 from tentacle_poll.server.dispatch import wait_for_bell
 from tentacle_poll.server.problems import ProblemError
+from tentacle_poll.server.query import float_query, int_query
 from tentacle_poll.server.queueing import queue_task
 from tentacle_poll.server.state import STATE, ServerState, json_response, now, read_model, task_view
 from tentacle_poll.store import AgentRecord
@@ -34,9 +35,7 @@ DEFAULT_TOKEN_TTL = 24 * 3600.0
 
 
 def add_admin_routes(app: web.Application) -> None:
-    app.router.add_get(routes.ADMIN_TARGETS, list_targets)
     app.router.add_delete(routes.ADMIN_TARGET, delete_target)
-    app.router.add_get(routes.ADMIN_TASKS, list_tasks)
     app.router.add_post(routes.ADMIN_TASKS, submit_task)
     app.router.add_get(routes.ADMIN_TASK, show_task)
     app.router.add_get(routes.ADMIN_TASK_EVENTS, task_events)
@@ -48,12 +47,6 @@ def add_admin_routes(app: web.Application) -> None:
     app.router.add_post(routes.ADMIN_KEYS, create_key)
     app.router.add_delete(routes.ADMIN_KEY, revoke_key)
     app.router.add_get(routes.ADMIN_AUDIT, list_audit)
-
-
-async def list_targets(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    views = [state.target_view(agent) for agent in await state.store.list_agents()]
-    return web.json_response([v.model_dump(mode="json") for v in views])
 
 
 async def delete_target(request: web.Request) -> web.Response:
@@ -116,13 +109,6 @@ async def resolved_spec(state: ServerState, spec: TaskSpec, agent: AgentRecord) 
     return spec.model_copy(update={spec.kind: payload.model_copy(update=update)})
 
 
-async def list_tasks(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    limit = _int_query(request, "limit", 50, 1, 1000)
-    tasks = await state.store.list_tasks(request.query.get("target"), limit)
-    return web.json_response([task_view(t).model_dump(mode="json") for t in tasks])
-
-
 async def show_task(request: web.Request) -> web.Response:
     task = await request.app[STATE].task_or_404(request.match_info["task_id"])
     return json_response(task_view(task))
@@ -132,9 +118,9 @@ async def task_events(request: web.Request) -> web.Response:
     """Lines after ``after``; with ``wait`` held until new lines arrive or the task ends."""
     state = request.app[STATE]
     task_id = request.match_info["task_id"]
-    after = _int_query(request, "after", 0, 0, 2**62)
-    limit = _int_query(request, "limit", 1000, 1, 10000)
-    wait = _float_query(request, "wait", 0.0, 0.0, MAX_FOLLOW_WAIT)
+    after = int_query(request, "after", 0, 0, 2**62)
+    limit = int_query(request, "limit", 1000, 1, 10000)
+    wait = float_query(request, "wait", 0.0, 0.0, MAX_FOLLOW_WAIT)
     deadline = asyncio.get_running_loop().time() + wait
     while True:
         bell = state.dispatcher.tasks.current(task_id)
@@ -164,7 +150,7 @@ async def cancel_task(request: web.Request) -> web.Response:
 
 
 async def create_token(request: web.Request) -> web.Response:
-    ttl = _float_query(request, "ttl", DEFAULT_TOKEN_TTL, 60.0, 30 * 24 * 3600.0)
+    ttl = float_query(request, "ttl", DEFAULT_TOKEN_TTL, 60.0, 30 * 24 * 3600.0)
     return json_response(await credentials(request).create_token(ttl), status=201)
 
 
@@ -192,27 +178,10 @@ async def revoke_key(request: web.Request) -> web.Response:
 
 
 async def list_audit(request: web.Request) -> web.Response:
-    since = _float_query(request, "since", 0.0, 0.0, 2**40)
-    limit = _int_query(request, "limit", 1000, 1, 100_000)
+    since = float_query(request, "since", 0.0, 0.0, 2**40)
+    limit = int_query(request, "limit", 1000, 1, 100_000)
     return _json_list(await credentials(request).audit(since, request.query.get("key"), limit))
 
 
 def _json_list(models: Sequence[BaseModel]) -> web.Response:
     return web.json_response([m.model_dump(mode="json") for m in models])
-
-
-def _int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    return int(_float_query(request, name, default, low, high))
-
-
-def _float_query(request: web.Request, name: str, default: float, low: float, high: float) -> float:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError as exc:
-        raise ProblemError(400, "malformed request", f"{name} must be a number") from exc
-    if not low <= value <= high:
-        raise ProblemError(400, "malformed request", f"{name} must be between {low:g} and {high:g}")
-    return value

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -45,6 +45,7 @@ FOLLOW_WAIT_SECONDS = 30
 FOLLOW_PAGE_LINES = 1000
 FOLLOW_RECONNECT_SECONDS = 300.0  # a restart takes seconds; an outage this long is reported
 TARGETS = TypeAdapter(list[TargetView])
+TARGET_PAGE_SIZE = 500
 TASKS = TypeAdapter(list[TaskView])
 
 
@@ -67,8 +68,21 @@ class AdminClient:
         if self._session is not None:
             await self._session.close()
 
-    async def targets(self) -> list[TargetView]:
-        return await self._call("GET", routes.ADMIN_TARGETS, TARGETS)
+    async def targets(self, **filters: str) -> list[TargetView]:
+        """Every target matching ``filters`` (environment, role, tenant, connected)."""
+        return [target async for page in self.target_pages(filters) for target in page]
+
+    async def target_pages(
+        self, filters: dict[str, str] | None = None, page_size: int = TARGET_PAGE_SIZE
+    ) -> AsyncIterator[list[TargetView]]:
+        """Pages in name order; a full page is followed by the next (docs/operations.md)."""
+        query = {**(filters or {}), "limit": str(page_size)}
+        while True:
+            page = await self._call("GET", routes.ADMIN_TARGETS, TARGETS, query=query)
+            yield page
+            if len(page) < page_size:
+                return
+            query["after"] = page[-1].name
 
     async def delete_target(self, name: str) -> TargetView:
         return await self._call(
@@ -78,8 +92,11 @@ class AdminClient:
     async def submit(self, task: SubmitTask) -> TaskView:
         return await self._call("POST", routes.ADMIN_TASKS, TypeAdapter(TaskView), body=task)
 
-    async def tasks(self, target: str | None = None) -> list[TaskView]:
-        query = {"target": target} if target else {}
+    async def tasks(
+        self, target: str | None = None, limit: int = 50, **filters: str
+    ) -> list[TaskView]:
+        """Newest first; ``filters``: state (comma-separated), since (seconds since the epoch)."""
+        query = {**({"target": target} if target else {}), **filters, "limit": str(limit)}
         return await self._call("GET", routes.ADMIN_TASKS, TASKS, query=query)
 
     async def task(self, task_id: str) -> TaskView:

@@ -26,6 +26,7 @@ from tentacle_poll.server.dispatch import Dispatcher
 from tentacle_poll.server.handshakes import Gate
 from tentacle_poll.server.health import add_health_routes
 from tentacle_poll.server.identity import ServerHome
+from tentacle_poll.server.listings import add_listing_routes
 from tentacle_poll.server.memory import shrink_tls_read_buffers
 from tentacle_poll.server.packages import (
     add_file_admin_routes,
@@ -176,6 +177,7 @@ class Server:
         app[SHORTAGE] = self.state.shortage
         add_health_routes(app)
         add_admin_routes(app)
+        add_listing_routes(app)
         add_rotation_routes(app)
         add_package_admin_routes(app)
         add_file_admin_routes(app)

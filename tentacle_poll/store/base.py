@@ -8,7 +8,6 @@ from typing import Protocol, runtime_checkable
 
 from tentacle_poll.protocol.models import Event, PackageView, ResultRequest, TaskState
 from tentacle_poll.store.credentials import ApiKeyRecord, AuditEntry, TokenRecord
-from tentacle_poll.store.operations import Prunable
 
 
 @dataclass(frozen=True)
@@ -79,6 +78,31 @@ class DeploymentEntry:
     agent_id: str
     state: TaskState
     reason: str
+
+
+@dataclass(frozen=True)
+class AgentQuery:
+    """A page of targets: by name after ``after``, with the labels given (None: any)."""
+
+    after: str = ""
+    limit: int = 100
+    environment: str | None = None
+    role: str | None = None
+    tenant: str | None = None
+
+    def labels(self) -> list[tuple[str, str]]:
+        """(column, label) pairs to match; each column holds a JSON list of labels."""
+        wanted = [("environments", self.environment), ("roles", self.role),
+                  ("tenants", self.tenant)]  # fmt: skip
+        return [(column, label) for column, label in wanted if label is not None]
+
+
+@dataclass(frozen=True)
+class Prunable:
+    """What retention would remove now: tasks (with their output) and deployments."""
+
+    tasks: int
+    deployments: int
 
 
 class Store(Protocol):
@@ -187,6 +211,7 @@ class Store(Protocol):
 
     # operations (store/operations.py)
     async def probe_write(self) -> None: ...
+    async def agents_page(self, query: AgentQuery) -> list[AgentRecord]: ...
     async def task_counts(self) -> dict[str, int]: ...
     async def oldest_queued_at(self) -> float | None: ...
     async def prunable(self, cutoff: float) -> Prunable: ...

@@ -9,15 +9,17 @@ transaction, so dispatch never waits behind it.
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from tentacle_poll.protocol.models import FINAL_STATES
+from tentacle_poll.store.base import AgentQuery, AgentRecord, Prunable
 from tentacle_poll.store.output import OutputLog
+from tentacle_poll.store.rows import AGENT_COLUMNS, ROTATION_COLUMNS, agent_from_row
 
 FINAL = ", ".join(f"'{state.value}'" for state in sorted(FINAL_STATES))
 # {cutoff}: the placeholder of the store's driver (? or $1).
 ENDED_BEFORE = f"t.state IN ({FINAL}) AND COALESCE(t.finished_at, t.created_at) < {{cutoff}}"
+AGENTS = f"SELECT {AGENT_COLUMNS}, {ROTATION_COLUMNS} FROM agents"
 TASK_COUNTS = "SELECT state, COUNT(*) FROM tasks GROUP BY state"
 OLDEST_QUEUED = "SELECT MIN(created_at) FROM tasks WHERE state = 'queued'"
 PRUNABLE_TASKS = "SELECT COUNT(*) FROM tasks t WHERE " + ENDED_BEFORE
@@ -31,14 +33,6 @@ EMPTIED_DEPLOYMENT_IDS = (
     "SELECT d.id FROM deployments d WHERE d.created_at < {cutoff} "
     "AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.deployment_id = d.id) LIMIT {batch}"
 )
-
-
-@dataclass(frozen=True)
-class Prunable:
-    """What retention would remove now: tasks (with their output) and deployments."""
-
-    tasks: int
-    deployments: int
 
 
 class SqliteOperations:
@@ -58,6 +52,16 @@ class SqliteOperations:
 
     async def task_counts(self) -> dict[str, int]:
         return {str(state): int(count) for state, count in self._db.execute(TASK_COUNTS)}
+
+    async def agents_page(self, query: AgentQuery) -> list[AgentRecord]:
+        where, params = ["name > ?"], [query.after]
+        for column, label in query.labels():
+            where.append(f"EXISTS (SELECT 1 FROM json_each({column}) WHERE value = ?)")
+            params.append(label)
+        rows = self._db.execute(
+            f"{AGENTS} WHERE {' AND '.join(where)} ORDER BY name LIMIT ?", (*params, query.limit)
+        )
+        return [agent_from_row(row) for row in rows.fetchall()]
 
     async def oldest_queued_at(self) -> float | None:
         value = self._db.execute(OLDEST_QUEUED).fetchone()[0]
@@ -101,6 +105,14 @@ class PgOperations(_PgBase):
 
     async def task_counts(self) -> dict[str, int]:
         return {str(row[0]): int(row[1]) for row in await self._all(TASK_COUNTS)}
+
+    async def agents_page(self, query: AgentQuery) -> list[AgentRecord]:
+        where, params = ["name > $1"], [query.after]
+        for column, label in query.labels():
+            params.append(label)
+            where.append(f"{column}::jsonb ? ${len(params)}")
+        sql = f"{AGENTS} WHERE {' AND '.join(where)} ORDER BY name LIMIT ${len(params) + 1}"
+        return [agent_from_row(row) for row in await self._all(sql, *params, query.limit)]
 
     async def oldest_queued_at(self) -> float | None:
         value = await self._value(OLDEST_QUEUED)

@@ -1,0 +1,142 @@
+"""Fleet and task listings: `targets` (filters, pages, --json), `targets delete`, `task list`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import re
+import sys
+import time
+from typing import Any
+
+from tentacle_poll.cli.context import admin_client
+from tentacle_poll.exceptions import RequestRejected
+from tentacle_poll.protocol.models import TargetView, TaskState
+
+SINCE = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+TARGET_ROW = "{:<20} {:<16} {:<16} {:<14} {:<9} {:<19} {:<8} {:<10} {}"
+
+
+def add_target_commands(commands: Any) -> list[argparse.ArgumentParser]:
+    targets = commands.add_parser("targets", help="list registered targets (or delete some)")
+    targets.add_argument("--environment", help="only targets in this environment")
+    targets.add_argument("--role", help="only targets with this role")
+    targets.add_argument("--tenant", help="only targets of this tenant")
+    connection = targets.add_mutually_exclusive_group()
+    connection.add_argument("--connected", action="store_true", help="only connected targets")
+    connection.add_argument("--disconnected", action="store_true", help="only the others")
+    targets.add_argument("--json", action="store_true", help="a JSON array, every field")
+    targets.set_defaults(command=list_targets)
+    sub = targets.add_subparsers(title="targets commands", metavar="COMMAND")
+    delete = sub.add_parser(
+        "delete", help="remove targets: their certificates are refused from then on"
+    )
+    delete.add_argument("names", nargs="+", metavar="NAME")
+    delete.set_defaults(command=delete_targets)
+    return [targets, delete]
+
+
+def add_task_list_filters(listing: argparse.ArgumentParser) -> None:
+    listing.add_argument("--target")
+    listing.add_argument(
+        "--state", action="append", type=task_states, default=[],
+        help="only tasks in these states (comma-separated or repeated)",
+    )  # fmt: skip
+    listing.add_argument("--since", type=since_time, help="created since: 30m, 2h, 7d or a date")
+    listing.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    listing.add_argument("--json", action="store_true", help="a JSON array, every field")
+    listing.set_defaults(command=list_tasks)
+
+
+def task_states(text: str) -> list[str]:
+    known = [state.value for state in TaskState]
+    states = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in states if s not in known]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown state {', '.join(unknown)}; use {', '.join(known)}"
+        )
+    return states
+
+
+def since_time(text: str) -> float:
+    """``30m``, ``2h``, ``7d`` ago, or a date and time (``2026-12-01``, ``2026-12-01T08:00``,
+    local time unless it names its zone)."""
+    if match := SINCE.fullmatch(text.strip()):
+        return time.time() - float(match.group(1)) * SECONDS[match.group(2)]
+    try:
+        return dt.datetime.fromisoformat(text.strip()).timestamp()
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a time: use 30m, 2h, 7d or a date such as 2026-12-01T08:00"
+        ) from None
+
+
+async def list_targets(args: argparse.Namespace) -> int:
+    filters = {
+        name: value
+        for name, value in [("environment", args.environment), ("role", args.role),
+                            ("tenant", args.tenant), ("connected", _connected(args))]
+        if value is not None
+    }  # fmt: skip
+    async with admin_client(args) as client:
+        if args.json:
+            targets = [t async for page in client.target_pages(filters) for t in page]
+            print(json.dumps([t.model_dump(mode="json") for t in targets], indent=2))
+            return 0
+        print(TARGET_ROW.format("NAME", "ENVIRONMENTS", "ROLES", "TENANTS", "CONNECTED",
+                                "LAST SEEN", "VERSION", "EXPIRES", "THUMBPRINT"))  # fmt: skip
+        async for page in client.target_pages(filters):  # each page printed as it comes
+            for target in page:
+                print(_target_row(target))
+    return 0
+
+
+def _connected(args: argparse.Namespace) -> str | None:
+    return "true" if args.connected else "false" if args.disconnected else None
+
+
+def _target_row(t: TargetView) -> str:
+    return TARGET_ROW.format(
+        t.name, ",".join(t.environments), ",".join(t.roles), ",".join(t.tenants) or "-",
+        "yes" if t.connected else "no", local_time(t.last_seen), t.agent_version or "-",
+        local_time(t.certificate_expires_at)[:10], t.thumbprint,
+    )  # fmt: skip
+
+
+async def delete_targets(args: argparse.Namespace) -> int:
+    """Deletes them all at once: the server removes their certificates with shared rebuilds."""
+    async with admin_client(args) as client:
+        deletions = [client.delete_target(name) for name in args.names]
+        outcomes = await asyncio.gather(*deletions, return_exceptions=True)
+    failed = 0
+    for name, outcome in zip(args.names, outcomes, strict=True):
+        if isinstance(outcome, RequestRejected):
+            print(f"error: {name}: {outcome}", file=sys.stderr)
+            failed += 1
+        elif isinstance(outcome, BaseException):
+            raise outcome
+        else:
+            print(f"deleted {name}")
+    return 1 if failed else 0
+
+
+async def list_tasks(args: argparse.Namespace) -> int:
+    filters = {"state": ",".join(s for group in args.state for s in group)} if args.state else {}
+    if args.since is not None:
+        filters["since"] = f"{args.since:.3f}"
+    async with admin_client(args) as client:
+        tasks = await client.tasks(args.target, args.limit, **filters)
+    if args.json:
+        print(json.dumps([task.model_dump(mode="json") for task in tasks], indent=2))
+        return 0
+    for task in tasks:
+        print(f"{task.id:<22} {task.target:<20} {task.state:<10} {local_time(task.created_at)}")
+    return 0
+
+
+def local_time(stamp: float | None) -> str:
+    return dt.datetime.fromtimestamp(stamp).strftime("%Y-%m-%d %H:%M:%S") if stamp else "never"
