@@ -250,6 +250,9 @@ async def idle_and_storm(
     await agent.wait_for("polling")
     latency = await dispatch_latency(bench, "lat", latency_runs)
     await agent.stop()
+    from .listings import listing_rows  # it imports this module
+
+    listings = await listing_rows(bench, count)
     await bench.server.kill()
     restarted = time.time()
     bench.server = await start_server_process(bench.server_home, bench.comms, bench.admin_port)
@@ -270,6 +273,7 @@ async def idle_and_storm(
     scale = "" if count == 10000 else f" (x{10000 / count:g}: projected to 10,000)"
     return [
         *latency_rows(f"{count} idle agents connected", latency, local),
+        *listings,
         Row(
             f"idle server RSS, {count} mTLS long polls",
             f"{rss / MB:.0f} MiB ({per_connection / 1024:.0f} KiB/conn)",
