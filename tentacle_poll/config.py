@@ -222,6 +222,8 @@ class ServerSettings(LoggingSettings):
     # every node of a cluster (e.g. https://node2.example.com:10943). Default: this host's name
     # and the comms port. Only used with a PostgreSQL store.
     advertised_url: str = ""
+    # Tasks that ended longer ago go, with their output (and emptied deployments); 0: keep all.
+    retention_days: float = Field(default=30.0, ge=0)
     # /readyz answers 503 under this much free space on the server home's disk.
     min_free_disk_mb: float = Field(default=256.0, ge=0)
     # /metrics without an API key (e.g. the admin listener is reachable by Prometheus only).

@@ -58,6 +58,14 @@ def add_commands(commands: Any, add_common: Any, add_admin: Any) -> None:
     rotate_key.set_defaults(command=rotate_master_key)
     add_common(rotate_key)
     rotate_key.add_argument("--server-home", help="server home folder")
+    prune = sub.add_parser("prune", help="remove tasks that ended long ago, now (admin API)")
+    prune.add_argument("--dry-run", action="store_true", help="only say what would go")
+    prune.add_argument(
+        "--older-than", type=float, metavar="DAYS", help="instead of the server's retention_days"
+    )
+    prune.set_defaults(command=prune_old_tasks)
+    add_common(prune)
+    add_admin(prune)
     rotate = sub.add_parser("rotate-certificate", help="rotate the server certificate (admin API)")
     rotate.add_argument("action", choices=["show", "prepare", "activate", "cancel"])
     rotate.add_argument(
@@ -177,4 +185,16 @@ async def rotate_server_certificate(args: argparse.Namespace) -> int:
     print(f"current: {view.thumbprint} (expires {expires:%Y-%m-%d})")
     if view.next_thumbprint:
         print(f"next:    {view.next_thumbprint} (announced to agents; activate when all trust it)")
+    return 0
+
+
+async def prune_old_tasks(args: argparse.Namespace) -> int:
+    async with admin_client(args) as client:
+        view = await client.prune(args.dry_run, args.older_than)
+    ended = dt.datetime.fromtimestamp(view.cutoff)
+    verb = "removed" if view.removed else "would remove"
+    print(
+        f"{verb} {view.tasks} tasks (with their output) and {view.deployments} deployments "
+        f"that ended before {ended:%Y-%m-%d %H:%M} ({view.older_than_days:g} days ago)"
+    )
     return 0

@@ -401,6 +401,17 @@ class DeploymentView(WireModel):
     offline: list[str]
 
 
+class PruneView(WireModel):
+    """What retention removes (or would remove) now: tasks that ended before ``cutoff``
+    (seconds since the epoch) with their output, and deployments left empty."""
+
+    older_than_days: float
+    cutoff: float
+    tasks: int
+    deployments: int
+    removed: bool = False  # False: a dry run
+
+
 class EventsPage(WireModel):
     task: TaskView
     events: list[Event]

@@ -38,6 +38,7 @@ ADMIN_DEPLOYMENTS = "/api/deployments"
 ADMIN_DEPLOYMENT = "/api/deployments/{deployment_id}"
 ADMIN_FILES = "/api/files"
 ADMIN_FILE = "/api/files/{sha256}"
+ADMIN_PRUNE = "/api/prune"  # GET: what retention would remove now; POST: remove it
 ADMIN_PACKAGES = "/api/packages"
 ADMIN_PACKAGE = "/api/packages/{package_id}/{version}"
 

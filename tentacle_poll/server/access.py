@@ -30,6 +30,7 @@ ADMIN_ONLY = {
     ("DELETE", routes.ADMIN_KEY),
     ("GET", routes.ADMIN_AUDIT),
     ("DELETE", routes.ADMIN_PACKAGE),
+    ("POST", routes.ADMIN_PRUNE),
 }
 DEPLOY_READS = {("GET", routes.ADMIN_FILE)}  # bytes fetched from targets: not for read keys
 CALLER = web.RequestKey("caller", ApiKeyRecord)

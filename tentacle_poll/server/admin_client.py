@@ -31,6 +31,7 @@ from tentacle_poll.protocol.models import (
     FileView,
     PackageView,
     Problem,
+    PruneView,
     ServerCertificateAction,
     ServerCertificateView,
     SubmitTask,
@@ -193,6 +194,11 @@ class AdminClient:
         return await self._call(
             "POST", routes.ADMIN_DEPLOYMENTS, TypeAdapter(DeploymentView), body=fan_out
         )
+
+    async def prune(self, dry_run: bool, older_than_days: float | None = None) -> PruneView:
+        query = {"older_than_days": str(older_than_days)} if older_than_days else {}
+        method = "GET" if dry_run else "POST"
+        return await self._call(method, routes.ADMIN_PRUNE, TypeAdapter(PruneView), query=query)
 
     async def deployment(self, deployment_id: str) -> DeploymentView:
         path = routes.ADMIN_DEPLOYMENT.format(deployment_id=deployment_id)

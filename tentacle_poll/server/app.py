@@ -34,6 +34,7 @@ from tentacle_poll.server.packages import (
     add_package_comms_routes,
 )
 from tentacle_poll.server.problems import PROTOCOL_REQUIRED, SHORTAGE, problem_middleware
+from tentacle_poll.server.retention import add_retention_routes, prune_forever
 from tentacle_poll.server.rotation import add_rotation_routes
 from tentacle_poll.server.sites import MutualTlsSite, PlainSite
 from tentacle_poll.server.state import STATE, ServerState
@@ -64,6 +65,7 @@ class Server:
         self._runners: list[web.AppRunner] = []
         self.applications: dict[str, web.Application] = {}  # "comms", "admin": their routes
         self._sweeper: asyncio.Task[None] | None = None
+        self._pruner: asyncio.Task[None] | None = None
         self._state: ServerState | None = None
         self._lock: IO[str] | None = None  # the home's lock, held from startup to shutdown
         self._cluster: Cluster | None = None  # with a PostgreSQL store
@@ -118,6 +120,7 @@ class Server:
             await self._join_cluster(store)
         await warn_expiring_certificates(self.state)
         self._sweeper = asyncio.create_task(sweep_forever(self.state), name="sweeper")
+        self._pruner = asyncio.create_task(prune_forever(self.state), name="retention")
         self.started.set()
 
     async def _join_cluster(self, store: ClusterStore) -> None:
@@ -131,8 +134,9 @@ class Server:
         if self._state is not None:
             # Held polls answer 503 + Retry-After at once instead of holding up cleanup.
             self._state.dispatcher.stop()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        for periodic in (self._sweeper, self._pruner):
+            if periodic is not None:
+                periodic.cancel()
         if self._cluster is not None:
             await self._cluster.stop()
         if self._state is not None:
@@ -178,6 +182,7 @@ class Server:
         add_health_routes(app)
         add_admin_routes(app)
         add_listing_routes(app)
+        add_retention_routes(app)
         add_rotation_routes(app)
         add_package_admin_routes(app)
         add_file_admin_routes(app)

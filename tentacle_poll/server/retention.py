@@ -1,0 +1,87 @@
+"""Retention: tasks that ended more than ``retention_days`` ago go, with their output, and
+so do deployments left empty. Pruning runs at startup and every PRUNE_EVERY_SECONDS, in
+batches of PRUNE_BATCH rows, each its own short transaction, with a pause between them: a
+poll or a post never waits behind more than one batch. ``retention_days = 0`` keeps all.
+
+``GET /api/prune`` says what would go now (``server prune --dry-run``); ``POST /api/prune``
+prunes now (admin keys). Both take ``older_than_days`` instead of the setting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aiohttp import web
+from loguru import logger
+
+from tentacle_poll.exceptions import StorageFull, StoreUnavailable
+from tentacle_poll.protocol import routes
+from tentacle_poll.protocol.models import PruneView
+from tentacle_poll.server.access import audit
+from tentacle_poll.server.query import malformed, optional_float_query
+from tentacle_poll.server.state import STATE, ServerState, json_response
+
+DAY = 86400.0
+PRUNE_BATCH = 200
+PAUSE_SECONDS = 0.02
+PRUNE_EVERY_SECONDS = 3600.0
+MAX_DAYS = 100 * 365.0
+
+
+def add_retention_routes(app: web.Application) -> None:
+    app.router.add_get(routes.ADMIN_PRUNE, prunable)
+    app.router.add_post(routes.ADMIN_PRUNE, prune_now)
+
+
+async def prune_forever(state: ServerState) -> None:
+    while not state.dispatcher.stopping:
+        if state.settings.retention_days > 0:
+            try:
+                await prune(state, time.time() - state.settings.retention_days * DAY)
+            except (StorageFull, StoreUnavailable) as exc:  # reported; the next round tries
+                state.shortage.hit("prune old tasks", exc)
+        await asyncio.sleep(PRUNE_EVERY_SECONDS)
+
+
+async def prune(state: ServerState, cutoff: float) -> int:
+    """Removes, batch by batch, what ended before ``cutoff``; returns how many rows went."""
+    removed = 0
+    while not state.dispatcher.stopping:
+        batch = await state.store.prune(cutoff, PRUNE_BATCH)
+        if not batch:
+            break
+        removed += batch
+        await asyncio.sleep(PAUSE_SECONDS)  # dispatch goes on between batches
+    if removed:
+        logger.info("retention: removed {} tasks and deployments that ended before {}",
+                    removed, time.strftime("%Y-%m-%d %H:%M", time.localtime(cutoff)))  # fmt: skip
+    return removed
+
+
+async def prunable(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    days, cutoff = _cutoff(request)
+    found = await state.store.prunable(cutoff)
+    return json_response(PruneView(older_than_days=days, cutoff=cutoff, tasks=found.tasks,
+                                   deployments=found.deployments))  # fmt: skip
+
+
+async def prune_now(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    days, cutoff = _cutoff(request)
+    found = await state.store.prunable(cutoff)
+    await prune(state, cutoff)
+    await audit(request, "pruned", f"older than {days:g} days",
+                f"{found.tasks} tasks, {found.deployments} deployments")  # fmt: skip
+    return json_response(PruneView(older_than_days=days, cutoff=cutoff, tasks=found.tasks,
+                                   deployments=found.deployments, removed=True))  # fmt: skip
+
+
+def _cutoff(request: web.Request) -> tuple[float, float]:
+    days = optional_float_query(request, "older_than_days", 0, MAX_DAYS)
+    if days is None:
+        days = request.app[STATE].settings.retention_days
+    if days <= 0:
+        raise malformed("retention is off (retention_days = 0): give older_than_days (> 0)")
+    return days, time.time() - days * DAY
