@@ -177,6 +177,9 @@ class AgentSettings(LoggingSettings):
     package_cache_mb: float = Field(default=2048.0, gt=0)  # least recently used pruned beyond
     # Under this much free space on the home's disk the agent takes no new tasks.
     min_free_home_mb: float = Field(default=64.0, ge=0)
+    # A server that refuses this agent's certificate this long (its target was deleted) is
+    # no longer polled; when no server is left, the agent exits with status 78.
+    unregistered_give_up_seconds: float = Field(default=300.0, gt=0)
     # Metrics and health on 127.0.0.1:<port> (/metrics, /healthz, /readyz); unset: none.
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
 

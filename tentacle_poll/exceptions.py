@@ -2,6 +2,7 @@
 
     TentaclePollError
     ├── ConfigurationError          bad or missing settings; says which command fixes it
+    │   └── AgentUnregistered       a server has refused this agent's certificate for long
     ├── CertificateError            key/certificate missing, unreadable or unsafe on disk
     ├── ProtocolError               a body or envelope that does not match the wire models
     │   └── UnsupportedTaskError    a well-formed envelope of a kind this agent cannot run
@@ -33,6 +34,11 @@ class TentaclePollError(Exception):
 
 class ConfigurationError(TentaclePollError):
     """Settings are missing or invalid; the message says what to run or change."""
+
+
+class AgentUnregistered(ConfigurationError):
+    """A server has refused this agent's certificate for ``unregistered_give_up_seconds``: its
+    target was deleted there (or the server lost it). Retrying cannot help; registering can."""
 
 
 class CertificateError(TentaclePollError):

@@ -36,6 +36,7 @@ from tentacle_poll.agent.spool import Spool
 from tentacle_poll.agent.status import AgentStatus
 from tentacle_poll.agent.transport import CommsClient, client_for
 from tentacle_poll.config import AgentSettings, ServerNode
+from tentacle_poll.exceptions import AgentUnregistered
 from tentacle_poll.workers.cgroups import CgroupRoot, describe
 from tentacle_poll.workers.extract import Limits
 
@@ -75,6 +76,7 @@ class Agent:
         self.home_space = HomeSpace(home.folder, int(settings.min_free_home_mb * MB))
         self._spool: Spool | None = None
         self.metrics: MetricsEndpoint | None = None  # with metrics_port set, once started
+        self.unregistered_by: list[str] = []  # servers that refused its certificate for long
 
     def spool_bytes(self) -> int:
         return self._spool.used_bytes if self._spool is not None else 0
@@ -164,6 +166,9 @@ class Agent:
     async def _run_loop(self, url: str, loop: PollLoop) -> None:
         try:
             await loop.run()
+        except AgentUnregistered as exc:
+            logger.error("{}", exc)
+            self.unregistered_by.append(url)
         except BaseException:
             self.stop_polling.set()  # a loop that fails stops the agent, as it always did
             raise
@@ -173,6 +178,12 @@ class Agent:
             if not self.stop_polling.is_set() and self._polling.get(url) is asyncio.current_task():
                 del self._polling[url], self._loop_stops[url]
                 self.slots.loops = max(len(self._polling), 1)
+                self._stop_if_unregistered_everywhere()
+
+    def _stop_if_unregistered_everywhere(self) -> None:
+        if not self._polling and self.unregistered_by:
+            logger.error("no server takes this agent any more: stopping (exit status 78)")
+            self.stop_polling.set()
 
     def _learn_nodes(self, client: CommsClient, announced: list[str]) -> None:
         if self.settings.discover_nodes and not self.stop_polling.is_set():
@@ -221,6 +232,7 @@ class Agent:
                 min_free_bytes=int(self.settings.min_free_disk_mb * MB),
             ),
             stop_reporting=self.give_up,
+            unregistered_give_up_seconds=self.settings.unregistered_give_up_seconds,
         )
         return PollLoop(
             client, self.slots, context, stop, self._runners, self._learn_thumbprints,

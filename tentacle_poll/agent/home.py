@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,14 +42,32 @@ class AgentHome:
     def exclusive(self) -> Iterator[None]:
         """Held while a daemon runs: two agents on one journal could start a task twice."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        with open(self.folder / "agent.lock", "w") as lock:
+        with open(self.lock_file, "w") as lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise ConfigurationError(
                     f"another agent is already running with the home {self.folder}"
                 ) from None
+            lock.write(f"{os.getpid()}\n")  # who to signal: `deregister` stops it
+            lock.flush()
             yield
+
+    @property
+    def lock_file(self) -> Path:
+        return self.folder / "agent.lock"
+
+    def running_daemon(self) -> int | None:
+        """The pid of the daemon running on this home, or None when none runs."""
+        try:
+            with open(self.lock_file) as lock:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return int(lock.read().strip() or 0) or None
+        except (OSError, ValueError):
+            return None
+        return None
 
     def has_identity(self) -> bool:
         return (self.identity_folder / CERT_FILE).exists()

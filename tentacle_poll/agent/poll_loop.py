@@ -21,7 +21,12 @@ from tentacle_poll.agent.runner import RunnerContext, TaskRunner
 from tentacle_poll.agent.slots import Slots
 from tentacle_poll.agent.status import NodeStatus
 from tentacle_poll.agent.transport import CommsClient
-from tentacle_poll.exceptions import CommunicationError
+from tentacle_poll.exceptions import (
+    AgentUnregistered,
+    CertificateRejected,
+    CommunicationError,
+    RequestRejected,
+)
 from tentacle_poll.protocol.models import PollRequest, PollResponse
 from tentacle_poll.protocol.routes import POLL
 
@@ -32,6 +37,8 @@ SLOT_FREED_GRACE_SECONDS = 1.0
 
 
 SHORT_OF_SPACE_HOLD = 5.0
+# A certificate refused once may be a rotation caught half-way: give up only after a few.
+MIN_REFUSALS = 3
 
 
 class PollLoop:
@@ -84,12 +91,23 @@ class PollLoop:
     async def _poll_counted(self) -> PollResponse | None:
         try:
             answer = await self._poll_once()
-        except CommunicationError:
-            self._status.failed()
+        except CommunicationError as exc:
+            self._status.failed(refused=_refuses_our_certificate(exc))
+            self._give_up_if_unregistered(exc)
             raise
         if answer is not None:
             self._status.answered()
         return answer
+
+    def _give_up_if_unregistered(self, exc: CommunicationError) -> None:
+        refused_for, limit = self._status.refused_for(), self._context.unregistered_give_up_seconds
+        if refused_for >= limit and self._status.failures_in_a_row >= MIN_REFUSALS:
+            raise AgentUnregistered(
+                f"{self._client.url} has refused this agent's certificate for {refused_for:.0f} s "
+                f"({self._status.failures_in_a_row} polls; {exc}): its target was deleted there, "
+                "or the server lost it. Stopped polling it. Register again with `tentacle-poll "
+                "register ... --replace`, or remove this agent with `tentacle-poll deregister`"
+            ) from exc
 
     async def _poll_once(self) -> PollResponse | None:
         """The answer, or None when the poll was abandoned (slot freed, or stopping)."""
@@ -225,3 +243,10 @@ class PollLoop:
             self._runners.pop(runner.task_id, None)
             self._own.discard(runner.task_id)
             release_freed_memory()  # a task's output may have grown the heap: give it back
+
+
+def _refuses_our_certificate(exc: CommunicationError) -> bool:
+    """The TLS handshake refused our certificate, or the server said it is not registered."""
+    return isinstance(exc, CertificateRejected) or (
+        isinstance(exc, RequestRejected) and exc.status == 403
+    )

@@ -66,6 +66,7 @@ class RunnerContext:
     file_roots: list[Path]
     home_space: HomeSpace
     cgroups: CgroupRoot | None = None  # None: process groups only
+    unregistered_give_up_seconds: float = 300.0
 
 
 class TaskRunner:

@@ -15,13 +15,20 @@ class NodeStatus:
 
     last_answer: float | None = None  # time.time()
     failures_in_a_row: int = 0
+    refused_since: float | None = None  # our certificate refused ever since (no answer between)
 
     def answered(self) -> None:
         self.last_answer = time.time()
         self.failures_in_a_row = 0
+        self.refused_since = None
 
-    def failed(self) -> None:
+    def failed(self, refused: bool) -> None:
         self.failures_in_a_row += 1
+        if refused and self.refused_since is None:
+            self.refused_since = time.time()
+
+    def refused_for(self) -> float:
+        return 0.0 if self.refused_since is None else time.time() - self.refused_since
 
 
 @dataclass

@@ -14,6 +14,7 @@ from loguru import logger
 
 from tentacle_poll.agent.daemon import Agent
 from tentacle_poll.agent.home import AgentHome
+from tentacle_poll.agent.leaving import delete_home, deregister, stop_daemon
 from tentacle_poll.agent.registration import Registration, register
 from tentacle_poll.agent.reload import reload_settings
 from tentacle_poll.cli.context import setup_logging_from
@@ -29,6 +30,9 @@ from tentacle_poll.tls import (
 from tentacle_poll.workers.cgroups import CgroupRoot, describe
 
 EXIT_NOW = 3
+# sysexits' EX_CONFIG: every server refuses this agent (its target was deleted); the service
+# unit does not restart on it (RestartPreventExitStatus=78).
+EXIT_UNREGISTERED = 78
 
 
 def add_commands(commands: Any, add_common: Any) -> None:
@@ -43,7 +47,12 @@ def add_commands(commands: Any, add_common: Any) -> None:
     show.set_defaults(command=show_thumbprint)
     config = commands.add_parser("show-config", help="print this agent's settings")
     config.set_defaults(command=show_config)
-    for parser in (run, new_cert, show, config):
+    leave = commands.add_parser(
+        "deregister", help="stop this agent, remove its target from its servers, delete its home"
+    )
+    leave.add_argument("--keep-home", action="store_true", help="keep the home folder")
+    leave.set_defaults(command=deregister_agent)
+    for parser in (run, new_cert, show, config, leave):
         add_common(parser)
 
 
@@ -90,7 +99,7 @@ async def run_agent(args: argparse.Namespace) -> int:
     install_stop_signals(agent.escalate)
     install_reload_signal(agent, args)
     await agent.run()
-    return 0
+    return EXIT_UNREGISTERED if agent.unregistered_by else 0
 
 
 def install_reload_signal(agent: Agent, args: argparse.Namespace) -> None:
@@ -179,4 +188,20 @@ async def show_config(args: argparse.Namespace) -> int:
         print(f"certificate expires: {certificate_expiry(identity.cert_pem):%Y-%m-%d}")
     print(f"tasks run in: {describe(CgroupRoot.find(home.folder, make=False))}")
     print(json.dumps(settings.model_dump(mode="json"), indent=2))  # secrets show as ********
+    return 0
+
+
+async def deregister_agent(args: argparse.Namespace) -> int:
+    home = agent_home(args)
+    settings = home.settings()
+    stopped = await stop_daemon(home, settings)
+    if stopped is not None:
+        print(f"stopped the agent (pid {stopped}) after it delivered what it had")
+    for line in await deregister(home, settings):
+        print(line)
+    if args.keep_home:
+        print(f"kept {home.folder}: its identity is no longer registered anywhere")
+    else:
+        delete_home(home)
+        print(f"deleted {home.folder}")
     return 0

@@ -203,6 +203,16 @@ class RegisterResponse(WireModel):
     server_thumbprint: str
 
 
+class DeregisterRequest(WireModel):
+    """An agent leaving: its target is removed (authenticated by its certificate alone)."""
+
+    agent_version: str = Field(default="", max_length=64)
+
+
+class DeregisterResponse(WireModel):
+    name: str
+
+
 Thumbprint = Annotated[str, StringConstraints(pattern=r"^[0-9A-F]{64}$")]
 
 

@@ -14,6 +14,7 @@ TASK_ACCEPT = "/v1/tasks/{task_id}/accept"
 TASK_EVENTS = "/v1/tasks/{task_id}/events"
 TASK_RESULT = "/v1/tasks/{task_id}/result"
 CERTIFICATE = "/v1/certificate"
+DEREGISTER = "/v1/deregister"  # the agent's own target removed, by its certificate
 PACKAGE_BLOB = "/v1/packages/{sha256}"
 TASK_FILE = "/v1/tasks/{task_id}/file"
 

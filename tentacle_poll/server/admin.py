@@ -54,13 +54,8 @@ async def delete_target(request: web.Request) -> web.Response:
     agent = await state.store.delete_agent(request.match_info["name"])
     if agent is None:
         raise ProblemError(404, "no such target", f"no target named {request.match_info['name']}")
-    # First: routes refuse it and its connections close, before the trust rebuild.
-    state.cut_off(agent.thumbprint, agent.previous_thumbprint)
-    await state.trust.remove(agent.certificate_pem.encode())
+    await state.stop_trusting(agent, "deleted")
     await audit(request, "target deleted", agent.name, agent.thumbprint)
-    about("target_removed", target=agent.name).info(
-        "removed target {}; its certificate is no longer trusted", agent.name
-    )
     return json_response(state.target_view(agent))
 
 

@@ -17,6 +17,7 @@ from loguru import logger
 from tentacle_poll.config import ServerSettings
 from tentacle_poll.exceptions import ConfigurationError, StorageFull, StoreUnavailable
 from tentacle_poll.keepalive import listening_socket
+from tentacle_poll.protocol import routes
 from tentacle_poll.server.access import require_api_key
 from tentacle_poll.server.admin import add_admin_routes
 from tentacle_poll.server.cluster_identity import join_identity
@@ -26,6 +27,7 @@ from tentacle_poll.server.dispatch import Dispatcher
 from tentacle_poll.server.handshakes import Gate
 from tentacle_poll.server.health import add_health_routes
 from tentacle_poll.server.identity import ServerHome
+from tentacle_poll.server.leaving import deregister
 from tentacle_poll.server.listings import add_listing_routes
 from tentacle_poll.server.memory import shrink_tls_read_buffers
 from tentacle_poll.server.packages import (
@@ -169,6 +171,7 @@ class Server:
         app[SHORTAGE] = self.state.shortage
         app[PROTOCOL_REQUIRED] = True
         add_comms_routes(app)
+        app.router.add_post(routes.DEREGISTER, deregister)
         add_package_comms_routes(app)
         return app
 

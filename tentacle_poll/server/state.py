@@ -12,6 +12,7 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from tentacle_poll.config import ServerSettings
+from tentacle_poll.logs import about
 from tentacle_poll.protocol.codec import decode, encode
 from tentacle_poll.protocol.models import TargetView, TaskView
 from tentacle_poll.server.connections import OpenConnections
@@ -83,6 +84,15 @@ class ServerState:
         """A target registered, deleted or rotated its certificate: here, and on every node."""
         self.forget_agents()
         self.trust_echo()
+
+    async def stop_trusting(self, agent: AgentRecord, why: str) -> None:
+        """A target left (deleted, or deregistered itself): routes refuse it and its
+        connections close first, then its certificate leaves the trust store."""
+        self.cut_off(agent.thumbprint, agent.previous_thumbprint)
+        await self.trust.remove(agent.certificate_pem.encode())
+        about("target_removed", target=agent.name).info(
+            "target {} {}; its certificate is no longer trusted", agent.name, why
+        )
 
     def cut_off(self, *thumbprints: str | None) -> None:
         """Certificates no longer trusted: the lookups forget them, their connections close."""

@@ -64,6 +64,7 @@ LimitNOFILE=262144
 """
 
 AGENT_HARDENING = """\
+RestartPreventExitStatus=78
 ProtectSystem=full
 Delegate=yes
 SystemCallFilter=~@clock @cpu-emulation @module @mount @obsolete @raw-io @reboot @swap

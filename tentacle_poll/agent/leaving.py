@@ -1,0 +1,120 @@
+"""An agent leaving for good (`tentacle-poll deregister`): the running daemon drains and stops,
+every server it polls removes its target (asked with the agent's own certificate, no API key),
+then its home goes (unless kept).
+
+Nothing is deleted locally unless every server answered: an agent whose server was away keeps
+its identity, so deregistering again later still works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+
+from tentacle_poll import __version__
+from tentacle_poll.agent.home import AgentHome
+from tentacle_poll.agent.transport import client_for
+from tentacle_poll.config import AgentSettings, ServerNode
+from tentacle_poll.exceptions import (
+    CertificateRejected,
+    ConfigurationError,
+    RequestRejected,
+    ServerUnavailable,
+)
+from tentacle_poll.protocol.models import DeregisterRequest, DeregisterResponse
+from tentacle_poll.protocol.routes import DEREGISTER
+
+STOP_MARGIN_SECONDS = 15.0
+
+
+async def stop_daemon(home: AgentHome, settings: AgentSettings) -> int | None:
+    """Asks a daemon running on ``home`` to drain and stop (SIGTERM), and waits until it has;
+    returns its pid, or None when none ran."""
+    pid = home.running_daemon()
+    if pid is None:
+        return None
+    os.kill(pid, signal.SIGTERM)
+    patience = settings.drain_seconds + settings.cancel_grace_seconds + STOP_MARGIN_SECONDS
+    try:
+        async with asyncio.timeout(patience):
+            await _exited(pid)
+    except TimeoutError:
+        raise ConfigurationError(
+            f"the agent (pid {pid}) did not stop within {patience:.0f} s; stop it "
+            f"(`tentacle-poll service stop`, or kill {pid}) and run deregister again"
+        ) from None
+    return pid
+
+
+async def _exited(pid: int) -> None:
+    """Returns once process ``pid`` has exited (a pidfd turns readable then)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    loop = asyncio.get_running_loop()
+    gone: asyncio.Future[None] = loop.create_future()
+    loop.add_reader(pidfd, _settle, gone)
+    try:
+        await gone
+    finally:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def deregister(home: AgentHome, settings: AgentSettings) -> list[str]:
+    """Removes this agent's target from every configured server; a line per server. Raises
+    ServerUnavailable naming those that could not be reached."""
+    if not settings.servers:
+        raise ConfigurationError(f"the agent home {home.folder} is registered with no server")
+    if not home.has_identity():
+        raise ConfigurationError(
+            f"the agent home {home.folder} holds no certificate: this agent cannot prove who "
+            "it is; delete its target on the server instead (`tentacle-poll targets delete NAME`)"
+        )
+    said, unreachable = [], []
+    for node in settings.servers:
+        try:
+            said.append(f"{node.url}: {await _deregister_at(home, settings, node)}")
+        except ServerUnavailable as exc:
+            unreachable.append(f"{node.url} ({exc})")
+    if unreachable:
+        raise ServerUnavailable(
+            f"could not reach {'; '.join(unreachable)}; nothing was deleted here. Run "
+            "`tentacle-poll deregister` again once it is back, or delete the target there "
+            "(`tentacle-poll targets delete NAME`)"
+        )
+    return said
+
+
+async def _deregister_at(home: AgentHome, settings: AgentSettings, node: ServerNode) -> str:
+    client = client_for(node, settings, home.identity_folder)
+    try:
+        request = DeregisterRequest(agent_version=__version__)
+        answer = await client.post(DEREGISTER, request, DeregisterResponse)
+    except CertificateRejected:
+        return "this agent is not registered there (already removed)"
+    except RequestRejected as exc:
+        if exc.status != 403:
+            raise
+        return "this agent is not registered there (already removed)"
+    finally:
+        await client.close()
+    return f"target {answer.name} removed"
+
+
+def delete_home(home: AgentHome) -> None:
+    """Only a folder that holds an agent identity: never a mistyped --home such as /."""
+    if not home.has_identity():
+        raise ConfigurationError(
+            f"{home.folder} holds no agent identity: not deleting it (pass --keep-home, or "
+            "delete it by hand)"
+        )
+    shutil.rmtree(home.folder)

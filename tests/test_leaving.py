@@ -1,0 +1,125 @@
+"""Agents leaving: `tentacle-poll deregister` drains the running daemon, removes its target
+from its server with nothing but its certificate, and deletes its home (unless kept), and
+deletes nothing while a server is away; an agent whose target was deleted stops retrying,
+says why in one line and exits 78, which the service unit does not restart."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+from tentacle_poll.server import Server
+from tentacle_poll.server.admin_client import AdminClient
+
+from .conftest import RunningAgent, comms_url, register_agent, script_task, wait_for_line
+from .processes import CLI, start_agent_process
+
+EXIT_UNREGISTERED = 78
+
+
+async def deregister(home: Path, *flags: str) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        *CLI, "--home", str(home), "deregister", *flags,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=dict(os.environ),
+    )  # fmt: skip
+    async with asyncio.timeout(60):
+        output, _ = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, output.decode()
+
+
+async def test_deregister_drains_the_daemon_removes_the_target_and_deletes_the_home(
+    server: Server, api_key: str, admin: AdminClient, tmp_path: Path
+) -> None:
+    home = await register_agent(server, api_key, tmp_path / "web1", "web1")
+    daemon = await start_agent_process(home.folder)
+    gate = tmp_path / "gate"
+    task = await admin.submit(script_task("web1", f"echo started; while [ ! -e {gate} ]; "
+                                          "do sleep 0.02; done; echo finished"))  # fmt: skip
+    await wait_for_line(admin, task.id, "started")
+    leaving = asyncio.create_task(deregister(home.folder))
+    await daemon.wait_for("SIGTERM: stopping")  # it drains first: the running task finishes
+    gate.touch()
+    code, output = await leaving
+    assert code == 0, output
+    assert f"task {task.id} succeeded" in daemon.output, "drained before its target went"
+    assert f"stopped the agent (pid {daemon.process.pid})" in output
+    assert "target web1 removed" in output and f"deleted {home.folder}" in output
+    assert await daemon.stop() == 0 and not home.folder.exists()
+    assert await server.state.store.agent_by_name("web1") is None
+    entries = await server.state.store.audit(0, None, 50)
+    assert any(e.action == "target deregistered" and e.subject == "web1" for e in entries)
+
+
+async def test_a_kept_home_deregisters_once_and_then_says_it_is_gone(
+    server: Server, api_key: str, tmp_path: Path
+) -> None:
+    home = await register_agent(server, api_key, tmp_path / "web1", "web1")
+    code, output = await deregister(home.folder, "--keep-home")
+    assert code == 0 and "target web1 removed" in output and "kept" in output, output
+    code, output = await deregister(home.folder, "--keep-home")
+    assert code == 0 and "not registered there (already removed)" in output, output
+    assert home.has_identity()
+
+
+async def test_nothing_is_deleted_while_the_server_is_away(
+    server: Server, api_key: str, tmp_path: Path
+) -> None:
+    home = await register_agent(server, api_key, tmp_path / "web1", "web1")
+    await server.shutdown()
+    code, output = await deregister(home.folder)
+    assert code == 69 and "nothing was deleted here" in output and "Traceback" not in output
+    assert home.has_identity()
+
+
+async def test_a_home_without_an_identity_is_never_deleted(tmp_path: Path) -> None:
+    (tmp_path / "agent.toml").write_text('[[servers]]\nurl = "https://127.0.0.1:1"\n'
+                                         f'thumbprint = "{"A" * 64}"\n')  # fmt: skip
+    code, output = await deregister(tmp_path)
+    assert code == 1 and "holds no certificate" in output and "Traceback" not in output
+    assert (tmp_path / "agent.toml").exists()
+
+
+async def test_an_agent_whose_target_was_deleted_stops_and_says_why(
+    server: Server, api_key: str, admin: AdminClient, tmp_path: Path
+) -> None:
+    home = await register_agent(server, api_key, tmp_path / "web1", "web1")
+    daemon = await start_agent_process(
+        home.folder, unregistered_give_up_seconds="1", backoff_max_seconds="0.3"
+    )
+    await admin.delete_target("web1")
+    async with asyncio.timeout(60):
+        code = await daemon.process.wait()
+    await daemon.stop()
+    assert code == EXIT_UNREGISTERED, daemon.output
+    assert f"{comms_url(server)} has refused this agent's certificate" in daemon.output
+    assert "no server takes this agent any more" in daemon.output
+    assert "Traceback" not in daemon.output
+
+
+async def test_a_refusal_that_ends_keeps_the_agent_polling(
+    server: Server, api_key: str, admin: AdminClient, tmp_path: Path
+) -> None:
+    """Refused for less than unregistered_give_up_seconds (re-registered meanwhile): the agent
+    goes on and runs the next task."""
+    home = await register_agent(server, api_key, tmp_path / "web1", "web1")
+    agent = RunningAgent(home, unregistered_give_up_seconds=60.0)
+    try:
+        await admin.delete_target("web1")
+        await register_agent(server, api_key, tmp_path / "web1", "web1")
+        task = await admin.submit(script_task("web1", "echo back"))
+        await wait_for_line(admin, task.id, "back")
+        assert not agent.task.done() and agent.agent.unregistered_by == []
+    finally:
+        await agent.stop()
+
+
+@pytest.mark.parametrize("flag", ["--keep-home", None])
+async def test_deregister_of_a_home_never_registered_is_one_clear_line(
+    tmp_path: Path, flag: str | None
+) -> None:
+    code, output = await deregister(tmp_path / "nothing-here", *([flag] if flag else []))
+    assert code == 1 and "registered with no server" in output and "Traceback" not in output
