@@ -20,7 +20,16 @@ SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 TARGET_ROW = "{:<20} {:<16} {:<16} {:<14} {:<9} {:<19} {:<8} {:<10} {}"
 
 
-def add_target_commands(commands: Any) -> list[argparse.ArgumentParser]:
+def add_commands(commands: Any, task_commands: Any, add_common: Any, add_admin: Any) -> None:
+    """`targets` (and `targets delete`) at the top, `task list` among the task commands."""
+    listing = task_commands.add_parser("list", help="list recent tasks")
+    _add_task_list_filters(listing)
+    for parser in [*_add_target_commands(commands), listing]:
+        add_common(parser)
+        add_admin(parser)
+
+
+def _add_target_commands(commands: Any) -> list[argparse.ArgumentParser]:
     targets = commands.add_parser("targets", help="list registered targets (or delete some)")
     targets.add_argument("--environment", help="only targets in this environment")
     targets.add_argument("--role", help="only targets with this role")
@@ -31,15 +40,13 @@ def add_target_commands(commands: Any) -> list[argparse.ArgumentParser]:
     targets.add_argument("--json", action="store_true", help="a JSON array, every field")
     targets.set_defaults(command=list_targets)
     sub = targets.add_subparsers(title="targets commands", metavar="COMMAND")
-    delete = sub.add_parser(
-        "delete", help="remove targets: their certificates are refused from then on"
-    )
+    delete = sub.add_parser("delete", help="remove targets: their certificates are refused")
     delete.add_argument("names", nargs="+", metavar="NAME")
     delete.set_defaults(command=delete_targets)
     return [targets, delete]
 
 
-def add_task_list_filters(listing: argparse.ArgumentParser) -> None:
+def _add_task_list_filters(listing: argparse.ArgumentParser) -> None:
     listing.add_argument("--target")
     listing.add_argument(
         "--state", action="append", type=task_states, default=[],

@@ -18,7 +18,7 @@ from loguru import logger
 from pydantic import ValidationError
 
 from tentacle_poll import __version__
-from tentacle_poll.cli import agent, agent_config, deploy, server, service, tasks
+from tentacle_poll.cli import agent, agent_config, deploy, fleet, server, service, tasks
 from tentacle_poll.config import DEFAULT_ADMIN_PORT, ENV_PREFIX
 from tentacle_poll.exceptions import ServerUnavailable, TentaclePollError
 from tentacle_poll.logs import mask_secrets, setup_logging
@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_commands(commands, _add_common)
     agent_config.add_commands(commands, _add_common)
     server.add_commands(commands, _add_common, _add_admin)
-    tasks.add_commands(commands, _add_common, _add_admin)
+    task_commands = tasks.add_commands(commands, _add_common, _add_admin)
+    fleet.add_commands(commands, task_commands, _add_common, _add_admin)
     deploy.add_commands(commands, _add_common, _add_admin)
     service.add_commands(commands, _add_common)
     return parser

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from tentacle_poll.cli.context import admin_client
-from tentacle_poll.cli.fleet import add_target_commands, add_task_list_filters
 from tentacle_poll.exceptions import ConfigurationError
 from tentacle_poll.protocol.models import (
     PACKAGE_NAME_PATTERN,
@@ -78,14 +77,14 @@ def _number(text: str, convert: Callable[[str], N], what: str) -> N:
         raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
 
 
-def add_commands(commands: Any, add_common: Any, add_admin: Any) -> None:
-    targets, delete = add_target_commands(commands)
+def add_commands(commands: Any, add_common: Any, add_admin: Any) -> Any:
+    """Returns the `task` command's sub-commands (cli/fleet.py adds `task list`)."""
     task = commands.add_parser("task", help="run and inspect tasks")
     sub = task.add_subparsers(title="task commands", metavar="COMMAND", required=True)
     run = sub.add_parser("run", help="queue a script task for a target (and follow it)")
     _add_script_arguments(run)
     run.set_defaults(command=run_task)
-    parsers = [targets, delete, run]
+    parsers = [run]
     for name, handler, text in [
         ("show", show_task, "show a task's state"),
         ("follow", follow_task, "print a task's output live until it ends"),
@@ -99,11 +98,10 @@ def add_commands(commands: Any, add_common: Any, add_admin: Any) -> None:
     demo.add_argument("--folder", default=".demo", help="where the demo keeps its state")
     demo.set_defaults(command=run_demo_command)
     parsers.append(demo)
-    listing = sub.add_parser("list", help="list recent tasks")
-    add_task_list_filters(listing)
-    for parser in [*parsers, listing, *_add_package_commands(commands)]:
+    for parser in [*parsers, *_add_package_commands(commands)]:
         add_common(parser)
         add_admin(parser)
+    return sub
 
 
 def _add_package_commands(commands: Any) -> list[argparse.ArgumentParser]:
