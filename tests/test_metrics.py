@@ -6,7 +6,9 @@ scrape needs a key unless the operator opened it, and /readyz says every reason 
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,6 +32,7 @@ from .conftest import (
     start_server,
     wait_for_line,
 )
+from .processes import CLI
 
 LINE = "a line of output"
 
@@ -196,3 +199,23 @@ async def test_the_agent_shows_it_is_backing_off_while_its_server_is_away(
         assert value(samples, "tentacle_poll_agent_poll_failures_in_a_row", node=node) >= 1
     finally:
         await agent.stop(levels=3)
+
+
+async def test_a_metrics_port_in_use_stops_the_agent_with_one_clear_line(
+    server: Server, api_key: str, tmp_path: Path
+) -> None:
+    home = await register_agent(server, api_key, tmp_path / "web1", "web1")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "TENTACLE_POLL_METRICS_PORT": str(port)}
+        result = await asyncio.create_subprocess_exec(
+            *CLI, "--home", str(home.folder), env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        async with asyncio.timeout(30):
+            output, _ = await result.communicate()
+    assert result.returncode == 1, output
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in output.decode()
+    assert "Traceback" not in output.decode()

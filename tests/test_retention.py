@@ -104,6 +104,8 @@ async def test_prune_dry_run_then_prune_from_the_command_line(tmp_path: Path) ->
         assert len(await server.state.store.list_tasks(None, 10)) == 4, "a dry run removes nothing"
         code, output = await cli(server, key, "server", "prune")
         assert code == 1 and "retention is off" in output and "Traceback" not in output
+        code, output = await cli(server, key, "server", "prune", "--older-than", "0")
+        assert code == 1 and "must be more than 0" in output, output
         code, output = await cli(server, key, "server", "prune", "--older-than", "7")
         assert code == 0 and "removed 2 tasks" in output, output
         assert len(await server.state.store.list_tasks(None, 10)) == 2

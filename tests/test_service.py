@@ -5,6 +5,8 @@ PID 1 is not systemd here: systemctl itself is never run by these tests."""
 
 from __future__ import annotations
 
+import os
+import pwd
 import re
 import shlex
 import shutil
@@ -180,3 +182,31 @@ def test_mistakes_and_a_missing_systemd_get_one_clear_line(
     assert result.returncode == 1 and says in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "units").exists() or not list((tmp_path / "units").iterdir())
+
+
+def test_a_unit_folder_that_cannot_be_written_is_one_clear_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    args = ["service", "install", "--user", "nobody", "--unit-dir", str(blocker / "units")]
+    result = run_cli("--home", str(tmp_path / "agent"), *args, home=tmp_path)
+    assert result.returncode == 1 and "cannot write" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("useradd"), reason="needs root")
+@pytest.mark.skipif(systemd.systemd_is_running(), reason="would run systemctl for real")
+def test_create_user_makes_a_system_user_that_owns_the_home(tmp_path: Path) -> None:
+    user = f"tp-test-{os.getpid() % 100000}"
+    home = tmp_path / "agent"
+    home.mkdir()
+    (home / "agent.toml").write_text("")  # made by root, as `register` would have
+    args = ["--home", str(home), "service", "install", "--user", user, "--create-user"]
+    try:
+        result = run_cli(*args, "--unit-dir", str(tmp_path / "units"), home=tmp_path)
+        assert result.returncode == 0, result.stderr
+        account = pwd.getpwnam(user)
+        assert account.pw_uid < 1000 and account.pw_shell.endswith("nologin")
+        assert (home / "agent.toml").stat().st_uid == account.pw_uid
+        assert f"User={user}" in (tmp_path / "units" / "tentacle-poll-agent.service").read_text()
+    finally:
+        subprocess.run(["userdel", user], capture_output=True, check=False)

@@ -35,7 +35,13 @@ async def stop_daemon(home: AgentHome, settings: AgentSettings) -> int | None:
     pid = home.running_daemon()
     if pid is None:
         return None
-    os.kill(pid, signal.SIGTERM)
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except PermissionError:
+        raise ConfigurationError(
+            f"the agent running on {home.folder} (pid {pid}) belongs to another user: run "
+            "deregister as that user or as root, or stop it first (`tentacle-poll service stop`)"
+        ) from None
     patience = settings.drain_seconds + settings.cancel_grace_seconds + STOP_MARGIN_SECONDS
     try:
         async with asyncio.timeout(patience):

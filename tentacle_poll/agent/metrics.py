@@ -22,6 +22,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from tentacle_poll.agent.status import ANSWERED_LATELY_SECONDS
+from tentacle_poll.exceptions import ConfigurationError
 from tentacle_poll.tls.files import CERT_FILE
 
 if TYPE_CHECKING:
@@ -49,7 +50,14 @@ class MetricsEndpoint:
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self._port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            raise ConfigurationError(
+                f"cannot serve metrics on 127.0.0.1:{self._port}: {exc.strerror or exc}; choose "
+                "another metrics_port in agent.toml (or remove it)"
+            ) from exc
         self.port = int(self._runner.addresses[0][1])
         logger.info("metrics and health on http://127.0.0.1:{}/metrics", self.port)
 

@@ -196,7 +196,7 @@ class AdminClient:
         )
 
     async def prune(self, dry_run: bool, older_than_days: float | None = None) -> PruneView:
-        query = {"older_than_days": str(older_than_days)} if older_than_days else {}
+        query = {} if older_than_days is None else {"older_than_days": str(older_than_days)}
         method = "GET" if dry_run else "POST"
         return await self._call(method, routes.ADMIN_PRUNE, TypeAdapter(PruneView), query=query)
 

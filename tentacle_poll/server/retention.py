@@ -82,6 +82,8 @@ def _cutoff(request: web.Request) -> tuple[float, float]:
     days = optional_float_query(request, "older_than_days", 0, MAX_DAYS)
     if days is None:
         days = request.app[STATE].settings.retention_days
-    if days <= 0:
-        raise malformed("retention is off (retention_days = 0): give older_than_days (> 0)")
+        if days <= 0:
+            raise malformed("retention is off (retention_days = 0): give older_than_days (> 0)")
+    elif days <= 0:
+        raise malformed("older_than_days must be more than 0")
     return days, time.time() - days * DAY

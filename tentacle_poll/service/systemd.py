@@ -7,11 +7,12 @@ stop say why they cannot work instead of printing systemctl's own confusion.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tentacle_poll.exceptions import ConfigurationError
@@ -29,6 +30,11 @@ def systemd_is_running() -> bool:
 def install(spec: ServiceSpec, folder: Path, *, start: bool, create_user: bool, say: Say) -> None:
     """Writes the unit (refusing to replace one this command did not write), makes the home
     the service user's own, then enables (and starts) it when systemd runs here."""
+    with _files_named(folder):
+        _install(spec, folder, start=start, create_user=create_user, say=say)
+
+
+def _install(spec: ServiceSpec, folder: Path, *, start: bool, create_user: bool, say: Say) -> None:
     path = folder / spec.unit_file
     _refuse_foreign_unit(path)
     user = _service_user(spec.user, spec.home, create_user, say)
@@ -55,7 +61,8 @@ def uninstall(name: str, folder: Path, *, say: Say) -> None:
     _refuse_foreign_unit(path)
     if systemd_is_running():
         _systemctl("disable", "--now", path.name)
-    path.unlink()
+    with _files_named(folder):
+        path.unlink()
     say(f"removed {path}")
     if systemd_is_running():
         _systemctl("daemon-reload")
@@ -73,6 +80,20 @@ def control(action: str, name: str) -> int:
             "directly, or under the supervisor this machine uses"
         )
     return subprocess.run(["systemctl", action, f"{name}.service"], check=False).returncode
+
+
+@contextlib.contextmanager
+def _files_named(folder: Path) -> Iterator[None]:
+    """A unit folder or home this user may not write: one line saying so, not a traceback."""
+    try:
+        yield
+    except PermissionError as exc:
+        raise ConfigurationError(
+            f"cannot write {exc.filename}: permission denied; run it as root (sudo), or give "
+            f"another --unit-dir than {folder}"
+        ) from exc
+    except OSError as exc:
+        raise ConfigurationError(f"cannot write {exc.filename}: {exc.strerror or exc}") from exc
 
 
 def _refuse_foreign_unit(path: Path) -> None:
