@@ -49,6 +49,15 @@ def exposure(unit: Path) -> float:
     return float(match.group(1))
 
 
+def registered_home(folder: Path) -> Path:
+    """An agent home as `register` leaves it (install checks it is registered; nothing here
+    contacts that server)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    server = f'[[servers]]\nurl = "https://deploy.example:10943"\nthumbprint = "{"A" * 64}"\n'
+    (folder / "agent.toml").write_text(server)
+    return folder
+
+
 def verify(unit: Path) -> None:
     result = subprocess.run(
         [ANALYZE, "verify", str(unit)], capture_output=True, text=True, timeout=60, check=False
@@ -70,6 +79,21 @@ def test_the_default_units_pass_verify_and_are_rated_safe(
         assert directive in result.stdout
     assert "User=tentacle-poll" in result.stdout
     assert not list(tmp_path.glob(".tentacle_poll*")), "a dry run created a home"
+
+
+def test_the_interpreter_stays_visible_behind_protect_home(tmp_path: Path) -> None:
+    """A virtualenv made from pyenv's Python under /root (as on this project's machines) runs
+    from folders ProtectHome= hides: each is bound back in, read-only."""
+    result = run_cli("--home", str(tmp_path / "agent"), "service", "install", "--dry-run",
+                     home=tmp_path)  # fmt: skip
+    needed = {Path(sys.prefix), Path(sys.base_prefix), Path(sys.executable).resolve().parents[1]}
+    hidden = {p for p in needed if p.parts[1:2] in (("root",), ("home",))}
+    bound = re.search(r"^BindReadOnlyPaths=(.*)$", result.stdout, re.MULTILINE)
+    if hidden:
+        assert bound and {Path(p) for p in shlex.split(bound.group(1))} == hidden, result.stdout
+        assert "ProtectHome=tmpfs" in result.stdout
+    else:
+        assert bound is None and "ProtectHome=yes" in result.stdout
 
 
 def test_the_stop_timeout_covers_the_agents_drain(tmp_path: Path) -> None:
@@ -113,7 +137,7 @@ def test_any_home_path_keeps_its_meaning_or_is_refused_clearly(tmp_path: Path, h
     path = tmp_path / "srv" / home.replace("/", "_")
     spec = ServiceSpec(
         role="agent", name="t", home=path, user="tentacle-poll", python=Path(sys.executable),
-        python_prefix=Path(sys.prefix), stop_timeout_seconds=60,
+        python_paths=(Path(sys.prefix),), stop_timeout_seconds=60,
     )  # fmt: skip
     try:
         text = render_unit(spec)
@@ -135,7 +159,7 @@ def test_any_home_path_keeps_its_meaning_or_is_refused_clearly(tmp_path: Path, h
 
 @pytest.mark.skipif(systemd.systemd_is_running(), reason="would run systemctl for real")
 def test_install_writes_the_unit_and_uninstall_removes_it(tmp_path: Path) -> None:
-    units, home = tmp_path / "units", tmp_path / "agent-home"
+    units, home = tmp_path / "units", registered_home(tmp_path / "agent-home")
     args = ["--home", str(home), "service", "install", "--user", "nobody", "--unit-dir", str(units)]
     result = run_cli(*args, home=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -166,7 +190,7 @@ def test_units_it_did_not_write_are_never_replaced_or_removed(tmp_path: Path) ->
 @pytest.mark.parametrize(
     ("args", "says"),
     [
-        (["service", "install", "--user", "no-such-user-here"], "--create-user"),
+        (["service", "install", "--user", "nobody"], "not registered with a server yet"),
         (["service", "install", "--name", "web/../../x"], "not a unit name"),
         (["service", "uninstall", "--name", "never-installed"], "there is no"),
         (["service", "status"], "systemd is not the init system"),
@@ -188,7 +212,7 @@ def test_a_unit_folder_that_cannot_be_written_is_one_clear_line(tmp_path: Path) 
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     args = ["service", "install", "--user", "nobody", "--unit-dir", str(blocker / "units")]
-    result = run_cli("--home", str(tmp_path / "agent"), *args, home=tmp_path)
+    result = run_cli("--home", str(registered_home(tmp_path / "agent")), *args, home=tmp_path)
     assert result.returncode == 1 and "cannot write" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
 
@@ -197,9 +221,7 @@ def test_a_unit_folder_that_cannot_be_written_is_one_clear_line(tmp_path: Path) 
 @pytest.mark.skipif(systemd.systemd_is_running(), reason="would run systemctl for real")
 def test_create_user_makes_a_system_user_that_owns_the_home(tmp_path: Path) -> None:
     user = f"tp-test-{os.getpid() % 100000}"
-    home = tmp_path / "agent"
-    home.mkdir()
-    (home / "agent.toml").write_text("")  # made by root, as `register` would have
+    home = registered_home(tmp_path / "agent")  # made by root, as `register` would have
     args = ["--home", str(home), "service", "install", "--user", user, "--create-user"]
     try:
         result = run_cli(*args, "--unit-dir", str(tmp_path / "units"), home=tmp_path)
@@ -210,3 +232,11 @@ def test_create_user_makes_a_system_user_that_owns_the_home(tmp_path: Path) -> N
         assert f"User={user}" in (tmp_path / "units" / "tentacle-poll-agent.service").read_text()
     finally:
         subprocess.run(["userdel", user], capture_output=True, check=False)
+
+
+def test_a_missing_user_is_named_with_the_flag_that_creates_it(tmp_path: Path) -> None:
+    home = registered_home(tmp_path / "agent")
+    args = ["service", "install", "--user", "no-such-user-here", "--unit-dir", str(tmp_path)]
+    result = run_cli("--home", str(home), *args, home=tmp_path)
+    assert result.returncode == 1 and "--create-user" in result.stderr, result.stderr
+    assert not (tmp_path / "tentacle-poll-agent.service").exists()

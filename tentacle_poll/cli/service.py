@@ -17,6 +17,7 @@ from tentacle_poll.config import (
     default_server_home,
     load_settings,
 )
+from tentacle_poll.exceptions import ConfigurationError
 from tentacle_poll.service import systemd
 from tentacle_poll.service.units import (
     DEFAULT_USER,
@@ -80,6 +81,11 @@ async def install_service(args: argparse.Namespace) -> int:
     if args.dry_run:
         sys.stdout.write(render_unit(spec))
         return 0
+    if not args.server and not load_settings(AgentSettings, spec.home / AGENT_FILE).servers:
+        raise ConfigurationError(
+            f"the agent home {spec.home} is not registered with a server yet: run "
+            f"`tentacle-poll --home {spec.home} register ...` first, then install the service"
+        )
     systemd.install(
         spec, args.unit_dir, start=not args.no_start, create_user=args.create_user, say=print
     )
@@ -121,10 +127,16 @@ def _spec(args: argparse.Namespace) -> ServiceSpec:
         home=home,
         user=args.user,
         python=Path(sys.executable),
-        python_prefix=Path(sys.prefix),
+        python_paths=_python_paths(),
         stop_timeout_seconds=stop_seconds,
         low_ports=low_ports,
     )
+
+
+def _python_paths() -> tuple[Path, ...]:
+    """The virtualenv, the installation it was made from, and the real interpreter's."""
+    real = Path(sys.executable).resolve().parent.parent
+    return tuple(dict.fromkeys([Path(sys.prefix), Path(sys.base_prefix), real]))
 
 
 def _home(args: argparse.Namespace) -> Path:

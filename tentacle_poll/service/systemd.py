@@ -39,6 +39,7 @@ def _install(spec: ServiceSpec, folder: Path, *, start: bool, create_user: bool,
     _refuse_foreign_unit(path)
     user = _service_user(spec.user, spec.home, create_user, say)
     spec.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    spec.home.chmod(0o700)  # it holds the private key: the service user's alone
     _give_home_to(spec.home, user)
     _write_atomically(path, render_unit(spec))
     say(f"wrote {path}")

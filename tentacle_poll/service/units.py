@@ -81,7 +81,7 @@ class ServiceSpec:
     home: Path
     user: str
     python: Path
-    python_prefix: Path
+    python_paths: tuple[Path, ...]  # what the interpreter reads: its venv, its installation
     stop_timeout_seconds: int
     low_ports: bool = False  # the server listens under 1024 (e.g. 443)
 
@@ -151,16 +151,17 @@ def _command(spec: ServiceSpec) -> list[str]:
 
 
 def _paths(spec: ServiceSpec) -> list[str]:
-    """The home is the one folder the server writes; homes and interpreters under /home or
-    /root are bound into an otherwise empty /home and /root."""
+    """The home is the one folder the server writes; a home, a virtualenv or an interpreter
+    (pyenv's) under /home or /root is bound into an otherwise empty /home and /root."""
     lines = [f"ReadWritePaths={_quoted(spec.home)}"]
-    if not _under_home_folders(spec.home) and not _under_home_folders(spec.python_prefix):
+    hidden = [path for path in spec.python_paths if _under_home_folders(path)]
+    if not hidden and not _under_home_folders(spec.home):
         return [*lines, "ProtectHome=yes"]
     lines.append("ProtectHome=tmpfs")
     if _under_home_folders(spec.home):
         lines.append(f"BindPaths={_quoted(spec.home)}")
-    if _under_home_folders(spec.python_prefix):
-        lines.append(f"BindReadOnlyPaths={_quoted(spec.python_prefix)}")
+    if hidden:
+        lines.append("BindReadOnlyPaths=" + " ".join(_quoted(path) for path in hidden))
     return lines
 
 
