@@ -170,6 +170,8 @@ def test_install_writes_the_unit_and_uninstall_removes_it(tmp_path: Path) -> Non
     assert not systemd.systemd_is_running() and "systemctl was not run" in result.stdout
     again = run_cli(*args, home=tmp_path)
     assert again.returncode == 0, "reinstalling over its own unit must work"
+    assert systemd.units_running(home, units) == ["tentacle-poll-agent"]
+    assert systemd.units_running(tmp_path / "other", units) == []
     result = run_cli("service", "uninstall", "--unit-dir", str(units), home=tmp_path)
     assert result.returncode == 0, result.stderr
     assert not unit.exists() and home.exists(), "uninstall removes the unit, never the home"

@@ -20,6 +20,7 @@ from tentacle_poll.agent.reload import reload_settings
 from tentacle_poll.cli.context import setup_logging_from
 from tentacle_poll.config import ENV_PREFIX, AgentSettings, default_agent_home
 from tentacle_poll.exceptions import ConfigurationError
+from tentacle_poll.service.systemd import units_running
 from tentacle_poll.tls import (
     certificate_expiry,
     expiry_warning,
@@ -204,4 +205,7 @@ async def deregister_agent(args: argparse.Namespace) -> int:
     else:
         delete_home(home)
         print(f"deleted {home.folder}")
+    for unit in units_running(home.folder):
+        print(f"the service {unit} ran this agent: remove it with "
+              f"`tentacle-poll service uninstall --name {unit}`")  # fmt: skip
     return 0

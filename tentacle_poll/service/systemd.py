@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tentacle_poll.exceptions import ConfigurationError
-from tentacle_poll.service.units import MARKER, ServiceSpec, render_unit
+from tentacle_poll.service.units import MARKER, ServiceSpec, home_line, render_unit
 
 UNIT_FOLDER = Path("/etc/systemd/system")
 SYSTEMD_RUNNING_MARK = Path("/run/systemd/system")  # sd_booted(3)'s test
@@ -165,3 +165,13 @@ def _not_running(then: str) -> str:
         f"systemd is not the init system here (no {SYSTEMD_RUNNING_MARK}): systemctl was not "
         f"run; on a systemd machine: {then}"
     )
+
+
+def units_running(home: Path, folder: Path = UNIT_FOLDER) -> list[str]:
+    """Names of the units this command wrote that run ``home``."""
+    found = []
+    for unit in sorted(folder.glob("*.service")) if folder.is_dir() else []:
+        text = unit.read_text(errors="replace")
+        if MARKER in text and f"{home_line(home)}\n" in text:
+            found.append(unit.name.removesuffix(".service"))
+    return found

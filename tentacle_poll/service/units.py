@@ -122,6 +122,8 @@ def _unit_section(spec: ServiceSpec) -> str:
         f"[Unit]\nDescription=tentacle-poll {spec.role} ({_specifiers_escaped(spec.home)})\n"
         "Documentation=https://github.com/tentacle-poll/tentacle_poll/blob/main/docs/operations.md\n"
         f"After={after}\nWants=network-online.target\n"
+        # A unit that keeps failing (a home deleted, settings broken) stops being restarted.
+        "StartLimitIntervalSec=300\nStartLimitBurst=5\n"
     )
 
 
@@ -153,7 +155,7 @@ def _command(spec: ServiceSpec) -> list[str]:
 def _paths(spec: ServiceSpec) -> list[str]:
     """The home is the one folder the server writes; a home, a virtualenv or an interpreter
     (pyenv's) under /home or /root is bound into an otherwise empty /home and /root."""
-    lines = [f"ReadWritePaths={_quoted(spec.home)}"]
+    lines = [home_line(spec.home)]
     hidden = [path for path in spec.python_paths if _under_home_folders(path)]
     if not hidden and not _under_home_folders(spec.home):
         return [*lines, "ProtectHome=yes"]
@@ -163,6 +165,11 @@ def _paths(spec: ServiceSpec) -> list[str]:
     if hidden:
         lines.append("BindReadOnlyPaths=" + " ".join(_quoted(path) for path in hidden))
     return lines
+
+
+def home_line(home: Path) -> str:
+    """The line naming the home a unit writes: also how a unit of a home is found again."""
+    return f"ReadWritePaths={_quoted(home)}"
 
 
 def _capabilities(spec: ServiceSpec) -> list[str]:
