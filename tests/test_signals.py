@@ -41,3 +41,24 @@ async def test_sighup_reloads_the_settings_that_can_change_and_says_so(
     await agent.wait_for("interrupted (Ctrl-C): stopping")
     assert await agent.stop() == 0
     assert "Traceback" not in agent.output and "Event loop is closed" not in agent.output
+
+
+async def test_sighup_moves_the_log_to_a_file_as_json(
+    server: Server, api_key: str, admin: AdminClient, tmp_path: Path, processes: list[Daemon]
+) -> None:
+    home = await register_agent(server, api_key, tmp_path / "web1", "web1")
+    agent = await start_agent_process(home.folder)
+    processes.append(agent)
+    log_file = tmp_path / "logs" / "agent.log"
+    update_config_file(home.config_file, log_file=str(log_file), log_format="json")
+    agent.process.send_signal(signal.SIGHUP)
+    await agent.wait_for(f"SIGHUP: logging to {log_file} from now on")  # the last on stderr
+    final, _ = await run_and_follow(
+        admin, SubmitTask(target="web1", kind="health", health=HealthSpec())
+    )
+    assert await agent.stop() == 0
+    records = [json.loads(line) for line in log_file.read_text().splitlines()]
+    ended = [r for r in records if r.get("event") == "task_ended"]
+    assert [r["task_id"] for r in ended] == [final.id], records
+    assert ended[0]["server"] == f"https://127.0.0.1:{server.comms_port}"
+    assert log_file.stat().st_mode & 0o777 == 0o600

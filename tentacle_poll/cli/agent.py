@@ -17,7 +17,7 @@ from tentacle_poll.agent.home import AgentHome
 from tentacle_poll.agent.leaving import delete_home, deregister, stop_daemon
 from tentacle_poll.agent.registration import Registration, register
 from tentacle_poll.agent.reload import reload_settings
-from tentacle_poll.cli.context import setup_logging_from
+from tentacle_poll.cli.context import log_file_of, setup_logging_from
 from tentacle_poll.config import ENV_PREFIX, AgentSettings, default_agent_home
 from tentacle_poll.exceptions import ConfigurationError
 from tentacle_poll.service.systemd import units_running
@@ -107,6 +107,8 @@ def install_reload_signal(agent: Agent, args: argparse.Namespace) -> None:
     """SIGHUP re-reads the settings (agent/reload.py); a --log-level flag keeps winning."""
 
     def apply_logging(settings: AgentSettings) -> None:
+        # Said where the log was, so whoever watches it learns where it went.
+        logger.info("SIGHUP: logging to {} from now on", log_file_of(args, settings) or "stderr")
         setup_logging_from(args, settings)
 
     asyncio.get_running_loop().add_signal_handler(

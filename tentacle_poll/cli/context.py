@@ -56,11 +56,16 @@ def server_home(args: argparse.Namespace) -> Path:
 
 def setup_logging_from(args: argparse.Namespace, settings: LoggingSettings) -> None:
     """The logging the settings ask for; flags given on the command line win."""
-    log_file = getattr(args, "log_file", None) or settings.log_file
     setup_logging(
         args.log_level or settings.log_level,
         args.log_format or settings.log_format,
-        log_file=Path(log_file).expanduser().absolute() if log_file else None,
+        log_file=log_file_of(args, settings),
         rotation_mb=settings.log_rotation_mb,
         retention_files=settings.log_retention_files,
     )
+
+
+def log_file_of(args: argparse.Namespace, settings: LoggingSettings) -> Path | None:
+    """The --log-file flag, else the log_file setting; None: stderr."""
+    given = getattr(args, "log_file", None) or settings.log_file
+    return Path(given).expanduser().absolute() if given else None
