@@ -29,6 +29,7 @@ from tentacle_poll.service.units import (
     unit_name,
 )
 
+CONTROLS = ("status", "start", "stop")
 SERVER_STOP_SECONDS = 30
 STOP_MARGIN_SECONDS = 15  # past the agent's drain and cancel grace: time to post the results
 
@@ -38,7 +39,25 @@ def add_commands(commands: Any, add_common: Any) -> None:
         "service", help="install and run the agent or server as a systemd service"
     )
     sub = service.add_subparsers(title="service commands", metavar="COMMAND", required=True)
-    install = sub.add_parser("install", help="write a hardened unit, enable and start it")
+    parsers = [_install_parser(sub)]
+    uninstall = sub.add_parser(
+        "uninstall", help="stop, disable and remove the unit (the home stays)"
+    )
+    uninstall.set_defaults(command=uninstall_service)
+    parsers.append(uninstall)
+    for action in CONTROLS:
+        control = sub.add_parser(action, help=f"systemctl {action} for the unit")
+        control.set_defaults(command=control_service, action=action)
+        parsers.append(control)
+    for parser in parsers:
+        _add_service_options(parser)
+        add_common(parser)
+
+
+def _install_parser(sub: Any) -> argparse.ArgumentParser:
+    install: argparse.ArgumentParser = sub.add_parser(
+        "install", help="write a hardened unit, enable and start it"
+    )
     install.add_argument(
         "--user", default=DEFAULT_USER, help=f"run as this user (default {DEFAULT_USER})"
     )
@@ -48,16 +67,7 @@ def add_commands(commands: Any, add_common: Any) -> None:
     install.add_argument("--dry-run", action="store_true", help="print the unit; change nothing")
     install.add_argument("--no-start", action="store_true", help="enable but do not start it now")
     install.set_defaults(command=install_service)
-    uninstall = sub.add_parser(
-        "uninstall", help="stop, disable and remove the unit (the home stays)"
-    )
-    uninstall.set_defaults(command=uninstall_service)
-    for action in ("status", "start", "stop"):
-        control = sub.add_parser(action, help=f"systemctl {action} for the unit")
-        control.set_defaults(command=control_service, action=action)
-    for parser in (install, uninstall, *(sub.choices[a] for a in ("status", "start", "stop"))):
-        _add_service_options(parser)
-        add_common(parser)
+    return install
 
 
 def _add_service_options(parser: argparse.ArgumentParser) -> None:
