@@ -7,14 +7,23 @@ from __future__ import annotations
 
 import asyncio
 import os
+import tomllib
 from pathlib import Path
 
 import pytest
 
+from tentacle_poll.config import update_config_file
 from tentacle_poll.server import Server
 from tentacle_poll.server.admin_client import AdminClient
 
-from .conftest import RunningAgent, comms_url, register_agent, script_task, wait_for_line
+from .conftest import (
+    RunningAgent,
+    comms_url,
+    free_port,
+    register_agent,
+    script_task,
+    wait_for_line,
+)
 from .processes import CLI, start_agent_process
 
 EXIT_UNREGISTERED = 78
@@ -123,3 +132,17 @@ async def test_deregister_of_a_home_never_registered_is_one_clear_line(
 ) -> None:
     code, output = await deregister(tmp_path / "nothing-here", *([flag] if flag else []))
     assert code == 1 and "registered with no server" in output and "Traceback" not in output
+
+
+async def test_one_node_of_a_cluster_answering_is_enough(
+    server: Server, api_key: str, tmp_path: Path
+) -> None:
+    """A node that is down (listed first) does not keep the agent registered: the nodes of one
+    cluster (one certificate) share the database, so the live one removes the target."""
+    home = await register_agent(server, api_key, tmp_path / "web1", "web1")
+    [live] = tomllib.loads(home.config_file.read_text())["servers"]
+    down = {**live, "url": f"https://127.0.0.1:{free_port()}", "discovered": True}
+    update_config_file(home.config_file, servers=[down, live])
+    code, output = await deregister(home.folder)
+    assert code == 0 and f"{comms_url(server)}: target web1 removed" in output, output
+    assert await server.state.store.agent_by_name("web1") is None

@@ -76,8 +76,9 @@ def _settle(future: asyncio.Future[None]) -> None:
 
 
 async def deregister(home: AgentHome, settings: AgentSettings) -> list[str]:
-    """Removes this agent's target from every configured server; a line per server. Raises
-    ServerUnavailable naming those that could not be reached."""
+    """Removes this agent's target from every server it polls; a line per server. The nodes
+    of one cluster share a certificate and a database: one of them answering is enough.
+    Raises ServerUnavailable naming the servers none of whose nodes could be reached."""
     if not settings.servers:
         raise ConfigurationError(f"the agent home {home.folder} is registered with no server")
     if not home.has_identity():
@@ -86,11 +87,11 @@ async def deregister(home: AgentHome, settings: AgentSettings) -> list[str]:
             "it is; delete its target on the server instead (`tentacle-poll targets delete NAME`)"
         )
     said, unreachable = [], []
-    for node in settings.servers:
+    for cluster in _clusters(settings.servers):
         try:
-            said.append(f"{node.url}: {await _deregister_at(home, settings, node)}")
+            said.append(await _deregister_from_cluster(home, settings, cluster))
         except ServerUnavailable as exc:
-            unreachable.append(f"{node.url} ({exc})")
+            unreachable.append(str(exc))
     if unreachable:
         raise ServerUnavailable(
             f"could not reach {'; '.join(unreachable)}; nothing was deleted here. Run "
@@ -98,6 +99,26 @@ async def deregister(home: AgentHome, settings: AgentSettings) -> list[str]:
             "(`tentacle-poll targets delete NAME`)"
         )
     return said
+
+
+def _clusters(nodes: list[ServerNode]) -> list[list[ServerNode]]:
+    """Nodes grouped by the server certificate they present (one per cluster)."""
+    groups: dict[str, list[ServerNode]] = {}
+    for node in nodes:
+        groups.setdefault(node.thumbprint, []).append(node)
+    return list(groups.values())
+
+
+async def _deregister_from_cluster(
+    home: AgentHome, settings: AgentSettings, cluster: list[ServerNode]
+) -> str:
+    failures = []
+    for node in cluster:
+        try:
+            return f"{node.url}: {await _deregister_at(home, settings, node)}"
+        except ServerUnavailable as exc:
+            failures.append(f"{node.url} ({exc})")
+    raise ServerUnavailable("; ".join(failures))
 
 
 async def _deregister_at(home: AgentHome, settings: AgentSettings, node: ServerNode) -> str:
