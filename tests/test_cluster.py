@@ -175,6 +175,23 @@ async def test_a_task_queued_through_one_node_wakes_the_poll_another_holds(
             assert time.monotonic() - started < 10
 
 
+async def test_every_node_lists_an_agent_that_polls_only_another_as_connected(
+    two_nodes: Cluster, tmp_path: Path, processes: list[Daemon]
+) -> None:
+    a, b = two_nodes.nodes
+    await register_with(two_nodes, a, tmp_path / "web1", "web1")
+    await register_with(two_nodes, a, tmp_path / "web2", "web2")  # registered, never started
+    agent = await start_agent_process(tmp_path / "web1", discover_nodes="false")
+    processes.append(agent)
+    async with two_nodes.admin(b) as admin:
+
+        async def b_sees_web1_connected() -> bool:
+            return [t.name for t in await admin.targets(connected="true")] == ["web1"]
+
+        await eventually(b_sees_web1_connected, 15)  # within a sweep of A
+        assert [t.name for t in await admin.targets(connected="false")] == ["web2"]
+
+
 async def test_a_target_deleted_through_one_node_is_refused_by_every_node(
     two_nodes: Cluster, tmp_path: Path
 ) -> None:

@@ -3,8 +3,8 @@ targets.
 
 ``GET /api/targets?environment=&role=&tenant=&connected=&after=NAME&limit=N``: targets by name,
 a page at a time (the store reads one page, not the fleet). A full page carries
-``Link: <...after=LAST>; rel="next"``; a shorter one is the last. ``connected`` is this node's
-view (an agent polling another node of a cluster is shown there).
+``Link: <...after=LAST>; rel="next"``; a shorter one is the last. ``connected``: polling this
+node, or (in a cluster) seen by any node within one hold and a margin.
 
 ``GET /api/tasks?target=&state=a,b&since=EPOCH&limit=N``: newest first.
 """
@@ -57,7 +57,7 @@ async def _page(state: ServerState, query: AgentQuery, connected: bool | None) -
     chunk = dataclasses.replace(query, limit=SCAN_CHUNK)
     while len(found) < query.limit:
         agents = await state.store.agents_page(chunk)
-        found += [a for a in agents if state.dispatcher.is_connected(a.id) == connected]
+        found += [a for a in agents if state.is_connected(a) == connected]
         if len(agents) < chunk.limit:
             break
         chunk = dataclasses.replace(chunk, after=agents[-1].name)

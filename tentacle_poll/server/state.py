@@ -29,6 +29,7 @@ from tentacle_poll.store.blobs import Blobs
 from tentacle_poll.tls import TrustedClientCertificates, certificate_expiry_fast
 
 M = TypeVar("M", bound=BaseModel)
+CLUSTER_SEEN_MARGIN_SECONDS = 10.0  # a sweep (at most 5 s) and a slow database
 
 
 async def _nothing() -> None:
@@ -139,6 +140,17 @@ class ServerState:
         """Announced in every poll answer: current first, then the prepared next one."""
         return [self.thumbprint, *([self.next_thumbprint] if self.next_thumbprint else [])]
 
+    def is_connected(self, agent: AgentRecord) -> bool:
+        """Polling this node now; or, in a cluster, seen by any node lately: an agent held
+        by another node was seen when its poll came in, and that node records it within a
+        sweep (so within one hold and a margin)."""
+        if self.dispatcher.is_connected(agent.id):
+            return True
+        if not self.node_urls():
+            return False
+        seen = self._unwritten_seen.get(agent.id, (agent.last_seen, ""))[0] or 0.0
+        return time.time() - seen < self.settings.hold_seconds + CLUSTER_SEEN_MARGIN_SECONDS
+
     def target_view(self, agent: AgentRecord) -> TargetView:
         return TargetView(
             name=agent.name,
@@ -147,7 +159,7 @@ class ServerState:
             tenants=agent.tenants,
             tenant_tags=agent.tenant_tags,
             thumbprint=agent.thumbprint,
-            connected=self.dispatcher.is_connected(agent.id),
+            connected=self.is_connected(agent),
             last_seen=self._unwritten_seen.get(agent.id, (agent.last_seen, ""))[0],
             agent_version=agent.agent_version,
             certificate_expires_at=certificate_expiry_fast(
