@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tentacle_poll.server import Server
+from tentacle_poll.store.base import TaskQuery
 
 from .processes import CLI
 from .test_deadlines import cli
@@ -34,7 +35,7 @@ async def test_flags_the_server_would_refuse_are_refused_here_first(
 ) -> None:
     code, output = await cli(server, api_key, *args)
     assert code == 2 and says in output and "Traceback" not in output
-    assert await server.state.store.list_tasks(None, 10) == []
+    assert await server.state.store.list_tasks(TaskQuery(limit=10)) == []
     assert await server.state.store.list_packages() == []
 
 
@@ -56,7 +57,7 @@ async def test_local_files_are_checked_before_the_target_works(
         code, output = await cli(server, api_key, *args)
         assert code == 1 and says in output and "Traceback" not in output, output
     assert existing.read_text() == "keep me"
-    assert await server.state.store.list_tasks(None, 10) == []
+    assert await server.state.store.list_tasks(TaskQuery(limit=10)) == []
 
 
 async def test_a_closed_pipe_ends_quietly(server: Server, api_key: str) -> None:

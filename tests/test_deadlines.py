@@ -14,6 +14,7 @@ from tentacle_poll.protocol.models import PollRequest, PollResponse, TaskState
 from tentacle_poll.protocol.routes import POLL
 from tentacle_poll.server import Server
 from tentacle_poll.server.admin_client import AdminClient
+from tentacle_poll.store.base import TaskQuery
 
 from .conftest import RunningAgent, client_for, register_agent, script_task, start_server
 from .processes import CLI
@@ -86,7 +87,7 @@ async def test_wait_bounds_a_command_whose_task_goes_on(
     assert code == 75  # EX_TEMPFAIL: not the task's outcome
     assert "stopped waiting after 1 s" in output and "is queued" in output
     assert "tentacle-poll task follow" in output
-    tasks = await quick_server.state.store.list_tasks(None, 10)
+    tasks = await quick_server.state.store.list_tasks(TaskQuery(limit=10))
     assert [t.state for t in tasks] == [TaskState.QUEUED]  # it goes on
 
 

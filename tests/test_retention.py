@@ -18,6 +18,7 @@ from tentacle_poll.server.admin_client import AdminClient
 from tentacle_poll.server.identity import ServerHome
 from tentacle_poll.server.retention import DAY, prune
 from tentacle_poll.store import NewAgent, NewTask, Store
+from tentacle_poll.store.base import TaskQuery
 from tentacle_poll.tls import generate_identity
 
 from .conftest import start_server
@@ -101,14 +102,16 @@ async def test_prune_dry_run_then_prune_from_the_command_line(tmp_path: Path) ->
         key = await server.state.store.create_api_key("ops")
         code, output = await cli(server, key, "server", "prune", "--dry-run", "--older-than", "7")
         assert code == 0 and "would remove 2 tasks" in output, output
-        assert len(await server.state.store.list_tasks(None, 10)) == 4, "a dry run removes nothing"
+        assert len(await server.state.store.list_tasks(TaskQuery(limit=10))) == 4, (
+            "a dry run removes nothing"
+        )
         code, output = await cli(server, key, "server", "prune")
         assert code == 1 and "retention is off" in output and "Traceback" not in output
         code, output = await cli(server, key, "server", "prune", "--older-than", "0")
         assert code == 1 and "must be more than 0" in output, output
         code, output = await cli(server, key, "server", "prune", "--older-than", "7")
         assert code == 0 and "removed 2 tasks" in output, output
-        assert len(await server.state.store.list_tasks(None, 10)) == 2
+        assert len(await server.state.store.list_tasks(TaskQuery(limit=10))) == 2
     finally:
         await server.shutdown()
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from tentacle_poll.exceptions import StoreError
 from tentacle_poll.protocol.models import Event, PackageView, ResultRequest, TaskState
 from tentacle_poll.store import AuditEntry, DeploymentEntry, NewAgent, NewTask, Store
-from tentacle_poll.store.base import AgentQuery, Prunable
+from tentacle_poll.store.base import AgentQuery, Prunable, TaskQuery
 from tentacle_poll.store.blobs import DatabaseBlobs
 from tentacle_poll.store.opening import open_store
 from tentacle_poll.store.pg_schema import MIGRATIONS
@@ -250,7 +250,9 @@ async def test_a_deployment_is_queued_whole_or_not_at_all(store: Store) -> None:
         assert (task.created_at, task.expires_at, task.deployment_id) == (NOW, NOW + 60, deployment)
     with pytest.raises(StoreError, match="deleted while its task was being queued"):
         await store.create_tasks([NewTask(agents[0].id, "{}"), NewTask("no-such-agent", "{}")], NOW)
-    assert len(await store.list_tasks(None, 100)) == 3  # the first one was not kept either
+    assert (
+        len(await store.list_tasks(TaskQuery(limit=100))) == 3
+    )  # the first one was not kept either
 
 
 async def ended(store: Store, agent_id: str, at: float, **extra: object) -> str:
@@ -269,10 +271,14 @@ async def test_counts_filters_and_the_write_probe(store: Store) -> None:
     waiting = await queued(store, other.id, NOW - 50)
     assert await store.task_counts() == {"succeeded": 1, "queued": 1}
     assert await store.oldest_queued_at() == NOW - 50
-    assert [t.id for t in await store.list_tasks(None, 10, states=("queued",))] == [waiting]
-    assert [t.id for t in await store.list_tasks(None, 10, since=NOW - 60)] == [waiting]
-    assert [t.id for t in await store.list_tasks("web1", 10, ("succeeded", "failed"))] == [old]
-    assert await store.list_tasks("web1", 10, ("queued",)) == []
+    assert [t.id for t in await store.list_tasks(TaskQuery(limit=10, states=("queued",)))] == [
+        waiting
+    ]
+    assert [t.id for t in await store.list_tasks(TaskQuery(limit=10, since=NOW - 60))] == [waiting]
+    assert [
+        t.id for t in await store.list_tasks(TaskQuery("web1", 10, ("succeeded", "failed")))
+    ] == [old]
+    assert await store.list_tasks(TaskQuery("web1", 10, ("queued",))) == []
     await store.probe_write()  # a real write: no error on a healthy database
 
 
@@ -311,7 +317,7 @@ async def test_retention_prunes_old_ended_tasks_and_their_deployments_in_batches
     assert [await store.get_task(task_id) for task_id in old] == [None] * 5
     assert await store.events_after(old[0], 0, 10) == []
     assert await store.deployment(deployment) is None
-    assert {t.id for t in await store.list_tasks(None, 10)} == {recent, still_queued}
+    assert {t.id for t in await store.list_tasks(TaskQuery(limit=10))} == {recent, still_queued}
     assert len(await store.events_after(recent, 0, 10)) == 1
 
 

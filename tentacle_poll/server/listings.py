@@ -19,7 +19,7 @@ from tentacle_poll.protocol import routes
 from tentacle_poll.server.query import bool_query, int_query, optional_float_query, states_query
 from tentacle_poll.server.state import STATE, ServerState, task_view
 from tentacle_poll.store import AgentRecord
-from tentacle_poll.store.base import AgentQuery
+from tentacle_poll.store.base import AgentQuery, TaskQuery
 
 PAGE_SIZE = 500
 MAX_PAGE_SIZE = 1000
@@ -66,10 +66,11 @@ async def _page(state: ServerState, query: AgentQuery, connected: bool | None) -
 
 async def list_tasks(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    tasks = await state.store.list_tasks(
-        request.query.get("target"),
-        int_query(request, "limit", 50, 1, MAX_TASKS),
-        states_query(request),
-        optional_float_query(request, "since", 0, 2**40),
+    query = TaskQuery(
+        target=request.query.get("target"),
+        limit=int_query(request, "limit", 50, 1, MAX_TASKS),
+        states=states_query(request),
+        since=optional_float_query(request, "since", 0, 2**40),
     )
+    tasks = await state.store.list_tasks(query)
     return web.json_response([task_view(t).model_dump(mode="json") for t in tasks])

@@ -98,6 +98,17 @@ class AgentQuery:
 
 
 @dataclass(frozen=True)
+class TaskQuery:
+    """Tasks newest first: of ``target`` (any if None), in ``states`` (any if empty), created
+    at ``since`` or later (any if None), at most ``limit``."""
+
+    target: str | None = None
+    limit: int = 50
+    states: tuple[str, ...] = ()
+    since: float | None = None
+
+
+@dataclass(frozen=True)
 class Prunable:
     """What retention would remove now: tasks (with their output) and deployments."""
 
@@ -183,15 +194,7 @@ class Store(Protocol):
         ...
 
     async def get_task(self, task_id: str) -> TaskRecord | None: ...
-    async def list_tasks(
-        self,
-        target: str | None,
-        limit: int,
-        states: tuple[str, ...] = (),
-        since: float | None = None,
-    ) -> list[TaskRecord]:
-        """Newest first; only ``states`` (all if empty), only created at ``since`` or later."""
-        ...
+    async def list_tasks(self, query: TaskQuery) -> list[TaskRecord]: ...
 
     async def lease_tasks(
         self, agent_id: str, limit: int, now: float, lease_seconds: float

@@ -19,7 +19,14 @@ import asyncpg
 
 from tentacle_poll.exceptions import StoreError
 from tentacle_poll.protocol.models import ResultRequest, TaskState
-from tentacle_poll.store.base import TARGET_GONE, AgentRecord, NewAgent, NewTask, TaskRecord
+from tentacle_poll.store.base import (
+    TARGET_GONE,
+    AgentRecord,
+    NewAgent,
+    NewTask,
+    TaskQuery,
+    TaskRecord,
+)
 from tentacle_poll.store.operations import PgOperations
 from tentacle_poll.store.pg_cluster import PgCluster
 from tentacle_poll.store.pg_connection import described, open_pool, translated
@@ -336,19 +343,13 @@ class PostgresStore(
         row = await self._one(f"{TASK} WHERE t.id = $1", task_id)
         return task_from_row(row) if row else None
 
-    async def list_tasks(
-        self,
-        target: str | None,
-        limit: int,
-        states: tuple[str, ...] = (),
-        since: float | None = None,
-    ) -> list[TaskRecord]:
+    async def list_tasks(self, query: TaskQuery) -> list[TaskRecord]:
         rows = await self._all(
             f"{TASK} WHERE ($1::text IS NULL OR a.name = $1) "
             "AND ($2::float8 IS NULL OR t.created_at >= $2) "
             "AND (cardinality($3::text[]) = 0 OR t.state = ANY($3)) "
             "ORDER BY t.created_at DESC LIMIT $4",
-            target, since, list(states), limit,
+            query.target, query.since, list(query.states), query.limit,
         )  # fmt: skip
         return [task_from_row(row) for row in rows]
 

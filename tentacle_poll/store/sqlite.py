@@ -18,7 +18,14 @@ from pathlib import Path
 
 from tentacle_poll.exceptions import StoreError
 from tentacle_poll.protocol.models import Event, ResultRequest, TaskState
-from tentacle_poll.store.base import TARGET_GONE, AgentRecord, NewAgent, NewTask, TaskRecord
+from tentacle_poll.store.base import (
+    TARGET_GONE,
+    AgentRecord,
+    NewAgent,
+    NewTask,
+    TaskQuery,
+    TaskRecord,
+)
 from tentacle_poll.store.credentials import SqliteCredentials
 from tentacle_poll.store.deployments import SqliteDeployments
 from tentacle_poll.store.operations import SqliteOperations
@@ -295,19 +302,13 @@ class SqliteStore(SqliteCredentials, SqlitePackages, SqliteDeployments, SqliteOp
         ).fetchone()
         return task_from_row(row) if row else None
 
-    async def list_tasks(
-        self,
-        target: str | None,
-        limit: int,
-        states: tuple[str, ...] = (),
-        since: float | None = None,
-    ) -> list[TaskRecord]:
-        marks = ",".join(f"?{5 + i}" for i in range(len(states)))
+    async def list_tasks(self, query: TaskQuery) -> list[TaskRecord]:
+        marks = ",".join(f"?{5 + i}" for i in range(len(query.states)))
         rows = self._db.execute(
             f"SELECT {TASK_COLUMNS} FROM tasks t JOIN agents a ON a.id = t.agent_id "
             "WHERE (?1 IS NULL OR a.name = ?1) AND (?2 IS NULL OR t.created_at >= ?2) "
             f"AND (?3 = 0 OR t.state IN ({marks or 'NULL'})) ORDER BY t.created_at DESC LIMIT ?4",
-            (target, since, len(states), limit, *states),
+            (query.target, query.since, len(query.states), query.limit, *query.states),
         )
         return [task_from_row(row) for row in rows.fetchall()]
 
