@@ -4,10 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-# Real proxies the tests start on loopback ports (Debian packages).
-SYSTEM_TOOLS := tinyproxy squid haproxy
+# Real proxies the tests start on loopback ports, and the browser the portal tests drive
+# (Debian packages).
+SYSTEM_TOOLS := tinyproxy squid haproxy chromium
 
-.PHONY: run test lint fuzz bench bench-quick profile clean system-deps
+.PHONY: run test lint fuzz bench bench-quick profile clean system-deps screenshots
 
 # The project's own bytecode is compiled once here: an editable install has none (and
 # PYTHONDONTWRITEBYTECODE may forbid writing it later); with it every start is ~200 ms faster.
@@ -26,11 +27,15 @@ run: $(STAMP)
 test: $(STAMP) system-deps
 	$(BIN)/pytest
 
+## screenshots: the portal tests, keeping their pictures in docs/portal/ (for docs/portal.md)
+screenshots: $(STAMP) system-deps
+	TENTACLE_POLL_SCREENSHOTS=1 $(BIN)/pytest tests/test_portal.py
+
 ## fuzz: the property-based wire tests with a long profile (20,000 generated requests; about 4 minutes)
 fuzz: $(STAMP)
 	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest tests/test_wire_fuzz.py
 
-## system-deps: install the proxies the tests run (and systemd-analyze), with apt-get, when missing
+## system-deps: install the proxies and the browser the tests run (and systemd-analyze), with apt-get, when missing
 system-deps:
 	@missing=""; for tool in $(SYSTEM_TOOLS); do \
 	  command -v $$tool >/dev/null 2>&1 || [ -x /usr/sbin/$$tool ] || missing="$$missing $$tool"; \

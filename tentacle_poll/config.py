@@ -229,6 +229,8 @@ class ServerSettings(LoggingSettings):
     retention_days: float = Field(default=30.0, ge=0)
     # /readyz answers 503 under this much free space on the server home's disk.
     min_free_disk_mb: float = Field(default=256.0, ge=0)
+    # A portal session ends this long after sign-in.
+    portal_session_minutes: float = Field(default=480.0, gt=0, le=7 * 24 * 60)
     # /metrics without an API key (e.g. the admin listener is reachable by Prometheus only).
     metrics_without_key: bool = False
 

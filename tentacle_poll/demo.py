@@ -178,6 +178,7 @@ def _print_next_steps(admin_url: str, folder: Path) -> None:
     key_file = folder / "api-key"
     print(
         f"The server and agent keep running. Admin API: {admin_url} (key in {key_file}).\n"
+        f"Web portal: {admin_url}/portal (sign in with that key).\n"
         "Submit another task from a second terminal:\n"
         f"  export TENTACLE_POLL_ADMIN_URL={admin_url} TENTACLE_POLL_API_KEY=$(cat {key_file})\n"
         f"  .venv/bin/tentacle-poll task run --target {AGENT_NAME} --script 'uname -a; df -h .'\n"

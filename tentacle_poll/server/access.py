@@ -35,7 +35,8 @@ ADMIN_ONLY = {
 DEPLOY_READS = {("GET", routes.ADMIN_FILE)}  # bytes fetched from targets: not for read keys
 CALLER = web.RequestKey("caller", ApiKeyRecord)
 UNAUTHENTICATED = {routes.ADMIN_HEALTH, routes.ADMIN_ALIVE, routes.ADMIN_READY}
-BEARER = "Bearer "  # Prometheus sends a key as `Authorization: Bearer KEY`
+BEARER = "Bearer "
+PORTAL = "/portal"  # Prometheus sends a key as `Authorization: Bearer KEY`
 
 
 def _bearer(request: web.Request) -> str:
@@ -70,6 +71,8 @@ async def require_api_key(request: web.Request, handler: Handler) -> web.StreamR
 
 
 def _needs_key(request: web.Request, template: str) -> bool:
+    if template.startswith(PORTAL):  # signed-in sessions, checked by the portal itself
+        return False
     if template == routes.ADMIN_METRICS:
         return not request.app[STATE].settings.metrics_without_key
     return template not in UNAUTHENTICATED

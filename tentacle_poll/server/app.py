@@ -35,6 +35,8 @@ from tentacle_poll.server.packages import (
     add_package_admin_routes,
     add_package_comms_routes,
 )
+from tentacle_poll.server.portal import add_portal_routes
+from tentacle_poll.server.portal.security import portal_headers
 from tentacle_poll.server.problems import PROTOCOL_REQUIRED, SHORTAGE, problem_middleware
 from tentacle_poll.server.retention import add_retention_routes, prune_forever
 from tentacle_poll.server.rotation import add_rotation_routes
@@ -177,12 +179,13 @@ class Server:
 
     def _admin_app(self) -> web.Application:
         app = web.Application(
-            middlewares=[problem_middleware, require_api_key],
+            middlewares=[portal_headers, problem_middleware, require_api_key],
             client_max_size=self.settings.max_body_bytes,
         )
         app[STATE] = self.state
         app[SHORTAGE] = self.state.shortage
         add_health_routes(app)
+        add_portal_routes(app, self.settings.portal_session_minutes)
         add_admin_routes(app)
         add_listing_routes(app)
         add_retention_routes(app)

@@ -42,7 +42,7 @@ async def list_targets(request: web.Request) -> web.Response:
         role=request.query.get("role"),
         tenant=request.query.get("tenant"),
     )
-    agents = await _page(state, query, bool_query(request, "connected"))
+    agents = await fleet_page(state, query, bool_query(request, "connected"))
     response = web.json_response([state.target_view(a).model_dump(mode="json") for a in agents])
     if len(agents) == query.limit:
         following = request.rel_url.update_query(after=agents[-1].name)
@@ -50,7 +50,9 @@ async def list_targets(request: web.Request) -> web.Response:
     return response
 
 
-async def _page(state: ServerState, query: AgentQuery, connected: bool | None) -> list[AgentRecord]:
+async def fleet_page(
+    state: ServerState, query: AgentQuery, connected: bool | None
+) -> list[AgentRecord]:
     if connected is None:
         return await state.store.agents_page(query)
     found: list[AgentRecord] = []

@@ -1,0 +1,11 @@
+"""The web portal, served by the server on its admin listener (docs/portal.md).
+
+Server-rendered pages (Jinja2, escaping every value) with a little vanilla JavaScript from
+``static/``; no CDN, no build step. An API key is exchanged once for a session cookie
+(``sessions``); every form carries a CSRF token; every answer carries a strict
+Content-Security-Policy (no inline script, no framing) (``security``).
+"""
+
+from tentacle_poll.server.portal.pages import add_portal_routes
+
+__all__ = ["add_portal_routes"]

@@ -1,0 +1,156 @@
+"""The web portal in a real browser: Debian's headless Chromium driven by Playwright against a
+real server and agent. Sign-in with a key (a wrong one refused), the fleet with a connection
+that turns live, labels full of markup shown as text, a form posted from another site refused,
+an expired session sent back to sign-in, sign-out; and the security headers on every page."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from tentacle_poll.server import Server
+from tentacle_poll.server.portal.pages import SESSIONS
+
+from .conftest import AgentFactory, register_agent
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# As the machine notes say: no sandbox as root, and nothing that reaches for the network.
+FLAGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+SCRIPT_LABEL = "<script>alert(1)</script>"
+IMG_LABEL = '"><img src=x onerror=alert(2)>'
+# `make screenshots` sets this: the pictures in docs/portal.md are taken by these tests.
+SCREENSHOTS = Path(__file__).parent.parent / "docs" / "portal"
+KEEP_SCREENSHOTS = bool(os.environ.get("TENTACLE_POLL_SCREENSHOTS"))
+
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="Debian's chromium is installed by `make system-deps`"
+)
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield launched
+        await launched.close()
+
+
+@pytest.fixture
+async def page(browser: Browser) -> AsyncIterator[Page]:
+    context = await browser.new_context()
+    opened = await context.new_page()
+    dialogs: list[str] = []
+    opened.on("dialog", lambda dialog: dialogs.append(dialog.message))
+    yield opened
+    await context.close()
+    assert dialogs == [], "a script injected through a label ran"
+
+
+def portal(server: Server, path: str = "/portal") -> str:
+    return f"http://127.0.0.1:{server.admin_port}{path}"
+
+
+async def screenshot(page: Page, name: str, tmp_path: Path) -> None:
+    folder = SCREENSHOTS if KEEP_SCREENSHOTS else tmp_path
+    folder.mkdir(exist_ok=True)
+    await page.screenshot(path=folder / name, full_page=True)
+    assert (folder / name).stat().st_size > 1000
+
+
+async def sign_in(page: Page, server: Server, key: str) -> None:
+    await page.goto(portal(server))
+    await page.fill("input[name=api_key]", key)
+    await page.click("button[type=submit]")
+
+
+async def test_sign_in_see_an_agent_connect_live_and_sign_out(
+    server: Server, api_key: str, page: Page, start_agent: AgentFactory, tmp_path: Path
+) -> None:
+    await register_agent(server, api_key, tmp_path / "web1", "web1")
+    await sign_in(page, server, api_key)
+    await expect(page.locator("h1")).to_have_text("Fleet")
+    connected = page.locator('tr[data-name="web1"] td.connected')
+    await expect(connected).to_have_text("no")
+    await start_agent("web1")  # it connects after the page was rendered: the cell follows
+    await expect(connected).to_have_text("yes", timeout=15_000)
+    await screenshot(page, "fleet.png", tmp_path)
+    await page.click("text=Sign out")
+    await expect(page.locator("h1")).to_have_text("Sign in")
+    await page.goto(portal(server, "/portal/fleet"))
+    await expect(page.locator("h1")).to_have_text("Sign in"), "signed out means signed out"
+
+
+async def test_a_wrong_key_is_refused_and_nothing_is_shown(
+    server: Server, page: Page, tmp_path: Path
+) -> None:
+    await sign_in(page, server, "API-not-a-real-key")
+    await expect(page.locator(".problem")).to_have_text("That API key is unknown or revoked.")
+    await screenshot(page, "sign-in.png", tmp_path)
+    await page.goto(portal(server, "/portal/fleet"))
+    await expect(page.locator("h1")).to_have_text("Sign in")
+
+
+async def test_labels_full_of_markup_are_shown_as_text(
+    server: Server, api_key: str, page: Page, tmp_path: Path
+) -> None:
+    await register_agent(server, api_key, tmp_path / "web1", "web1",
+                         environments=[SCRIPT_LABEL], roles=[IMG_LABEL])  # fmt: skip
+    await sign_in(page, server, api_key)
+    row = page.locator('tr[data-name="web1"]')
+    await expect(row).to_contain_text(SCRIPT_LABEL)
+    await expect(row).to_contain_text(IMG_LABEL)
+    assert await page.locator("main img").count() == 0, "the label became an element"
+
+
+async def test_a_form_posted_from_another_site_is_refused(
+    server: Server, api_key: str, page: Page
+) -> None:
+    await sign_in(page, server, api_key)
+    await expect(page.locator("h1")).to_have_text("Fleet")
+    # Another site (localhost is not 127.0.0.1) makes the signed-in browser post sign-out.
+    attacker = await page.context.new_page()
+    await attacker.goto(f"http://localhost:{server.admin_port}/api/health")
+    await attacker.set_content(
+        f'<form method="post" action="{portal(server, "/portal/sign-out")}">'
+        '<input name="csrf" value="guessed"></form>'
+    )
+    async with attacker.expect_navigation():
+        await attacker.evaluate("document.forms[0].submit()")
+    await expect(attacker.locator("h1")).to_have_text("Sign in")  # no cookie went with it
+    # The same post from the portal's own origin, with a guessed token: refused too.
+    forged = await page.request.post(portal(server, "/portal/sign-out"), form={"csrf": "guessed"})
+    assert forged.status == 403 and "refused" in await forged.text()
+    await page.reload()
+    await expect(page.locator("h1")).to_have_text("Fleet"), "still signed in"
+
+
+async def test_an_expired_session_is_sent_back_to_sign_in(
+    server: Server, api_key: str, page: Page
+) -> None:
+    await sign_in(page, server, api_key)
+    await expect(page.locator("h1")).to_have_text("Fleet")
+    server.applications["admin"][SESSIONS].expire_all()
+    await page.reload()
+    await expect(page.locator("h1")).to_have_text("Sign in")
+
+
+async def test_every_portal_answer_carries_the_security_headers(server: Server) -> None:
+    async with aiohttp.ClientSession() as http:
+        for path in ("/portal/sign-in", "/portal/fleet.json", "/portal/static/fleet.js"):
+            async with http.get(portal(server, path), allow_redirects=False) as response:
+                policy = response.headers.get("Content-Security-Policy", "")
+                assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
+                assert "unsafe-inline" not in policy
+                assert response.headers["X-Frame-Options"] == "DENY"
+        async with http.get(portal(server, "/portal/sign-in")) as response:
+            cookie = response.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
