@@ -13,11 +13,15 @@ from pathlib import Path
 import pytest
 
 from tentacle_poll.config import update_config_file
+from tentacle_poll.exceptions import RequestRejected
+from tentacle_poll.protocol.models import DeregisterResponse
+from tentacle_poll.protocol.routes import DEREGISTER
 from tentacle_poll.server import Server
 from tentacle_poll.server.admin_client import AdminClient
 
 from .conftest import (
     RunningAgent,
+    client_for,
     comms_url,
     free_port,
     register_agent,
@@ -146,3 +150,18 @@ async def test_one_node_of_a_cluster_answering_is_enough(
     code, output = await deregister(home.folder)
     assert code == 0 and f"{comms_url(server)}: target web1 removed" in output, output
     assert await server.state.store.agent_by_name("web1") is None
+
+
+@pytest.mark.parametrize("body", [b"", b"null", b"[]", b'{"agent_version": 7}', b"\xff"])
+async def test_a_malformed_deregistration_is_a_400_and_removes_nothing(
+    server: Server, api_key: str, tmp_path: Path, body: bytes
+) -> None:
+    home = await register_agent(server, api_key, tmp_path / "web1", "web1")
+    client = client_for(server, home)
+    try:
+        with pytest.raises(RequestRejected) as refused:
+            await client.post(DEREGISTER, body, DeregisterResponse)
+    finally:
+        await client.close()
+    assert refused.value.status == 400
+    assert await server.state.store.agent_by_name("web1") is not None

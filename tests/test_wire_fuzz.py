@@ -19,7 +19,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tentacle_poll.protocol.models import Problem, TaskState
-from tentacle_poll.protocol.routes import API_KEY_HEADER, PROBLEM_CONTENT_TYPE, PROTOCOL_HEADER
+from tentacle_poll.protocol.routes import (
+    API_KEY_HEADER,
+    DEREGISTER,
+    PROBLEM_CONTENT_TYPE,
+    PROTOCOL_HEADER,
+)
 from tentacle_poll.server import Server
 from tentacle_poll.server.admin_client import AdminClient
 from tentacle_poll.tls import pinned_client_context
@@ -228,7 +233,9 @@ async def test_generated_requests_to_every_route_never_get_a_5xx(
     # Ids that exist, or look as if they might; never "web1" itself: a generated DELETE of the
     # target this test talks as would (rightly) cut it off.
     known = {"ids": [real.id, "0" * 64, "nobody", "../web1", "sink/../web1"]}
-    routes = routes_of(server)
+    # Not deregistration: a generated one with web1's certificate would (rightly) remove the
+    # target this test talks as; tests/test_leaving.py sends it malformed bodies instead.
+    routes = [route for route in routes_of(server) if route[2] != DEREGISTER]
     assert len(routes) >= 20  # both ports, every route
     wire = Wire(server, api_key, tmp_path / "web1" / "identity")
     loop = asyncio.get_running_loop()
