@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from tentacle_poll.logs import hide_secret
 from tentacle_poll.protocol.models import TargetView
 from tentacle_poll.server.access import record
 from tentacle_poll.server.listings import fleet_page
@@ -66,6 +67,7 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
     ):
         return await sign_in_form(request, "This form expired; sign in again.", 403)
     secret = str(form.get("api_key", "")).strip()
+    hide_secret(secret)  # never in a log line, whatever happens next
     state = request.app[STATE]
     key = await state.store.api_key(secret, now()) if secret else None
     if key is None:
