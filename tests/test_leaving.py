@@ -28,7 +28,7 @@ from .conftest import (
     script_task,
     wait_for_line,
 )
-from .processes import CLI, start_agent_process
+from .processes import CLI, Daemon, start_agent_process
 
 EXIT_UNREGISTERED = 78
 
@@ -45,10 +45,11 @@ async def deregister(home: Path, *flags: str) -> tuple[int, str]:
 
 
 async def test_deregister_drains_the_daemon_removes_the_target_and_deletes_the_home(
-    server: Server, api_key: str, admin: AdminClient, tmp_path: Path
+    server: Server, api_key: str, admin: AdminClient, tmp_path: Path, processes: list[Daemon]
 ) -> None:
     home = await register_agent(server, api_key, tmp_path / "web1", "web1")
     daemon = await start_agent_process(home.folder)
+    processes.append(daemon)  # stopped after the test whatever happens
     gate = tmp_path / "gate"
     task = await admin.submit(script_task("web1", f"echo started; while [ ! -e {gate} ]; "
                                           "do sleep 0.02; done; echo finished"))  # fmt: skip
@@ -97,12 +98,13 @@ async def test_a_home_without_an_identity_is_never_deleted(tmp_path: Path) -> No
 
 
 async def test_an_agent_whose_target_was_deleted_stops_and_says_why(
-    server: Server, api_key: str, admin: AdminClient, tmp_path: Path
+    server: Server, api_key: str, admin: AdminClient, tmp_path: Path, processes: list[Daemon]
 ) -> None:
     home = await register_agent(server, api_key, tmp_path / "web1", "web1")
     daemon = await start_agent_process(
         home.folder, unregistered_give_up_seconds="1", backoff_max_seconds="0.3"
     )
+    processes.append(daemon)
     await admin.delete_target("web1")
     async with asyncio.timeout(60):
         code = await daemon.process.wait()
