@@ -84,7 +84,7 @@ async def _agent_process(
 
 
 async def _server_and_agent_processes(
-    tmp_path: Path, processes: list[Daemon]
+    tmp_path: Path, processes: list[Daemon], **agent_settings: str
 ) -> tuple[Daemon, str, tuple[int, int]]:
     """A server process and an agent process "web1"; the server, its API key, its ports."""
     ports = free_port(), free_port()
@@ -94,7 +94,7 @@ async def _server_and_agent_processes(
     _, thumbprint = ServerHome(tmp_path / "server").ensure_identity()
     url = f"https://127.0.0.1:{ports[0]}"
     agent_home = await register_at(url, thumbprint, key, tmp_path / "web1", "web1")
-    processes.append(await start_agent_process(agent_home.folder, **FAST_AGENT))
+    processes.append(await start_agent_process(agent_home.folder, **FAST_AGENT, **agent_settings))
     return server, key, ports
 
 
@@ -246,6 +246,34 @@ async def test_second_sigterm_cancels_running_tasks_and_reports_them(
     await agent.wait_for("waiting for 1 tasks")
     assert await agent.stop(signal.SIGTERM) == 0
     final = await admin.task(task.id)
+    assert final.state == TaskState.CANCELLED and final.reason == "the agent is stopping"
+
+
+async def test_a_drain_with_the_server_away_ends_at_its_deadline_and_keeps_the_result(
+    tmp_path: Path, processes: list[Daemon]
+) -> None:
+    """SIGTERM while a task runs and the server is down: at the drain deadline the task is
+    cancelled, its result spooled, and the agent exits (it used to retry the delivery for
+    ever); started again, it delivers the result."""
+    server, key, ports = await _server_and_agent_processes(tmp_path, processes, drain_seconds="1")
+    agent_home = tmp_path / "web1"
+    admin_url = f"http://127.0.0.1:{ports[1]}"
+    async with AdminClient(admin_url, key) as admin:
+        task = await admin.submit(script_task("web1", "echo started; sleep 300"))
+        await wait_for_line(admin, task.id, "started")
+    await server.kill()
+    agent = processes[-1]
+    agent.process.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(30):  # drain 1 s + cancel grace 1 s + spool margin 5 s
+        code = await agent.process.wait()
+    await agent.stop()
+    assert code == 0, agent.output
+    assert "results not yet delivered stay in" in agent.output
+    assert list((agent_home / "spool").iterdir()), "the result waits in the spool"
+    processes.append(await start_server_process(tmp_path / "server", *ports))
+    processes.append(await start_agent_process(agent_home, **FAST_AGENT))
+    async with AdminClient(admin_url, key) as admin:
+        final = await admin.follow(task.id, lambda _: None)
     assert final.state == TaskState.CANCELLED and final.reason == "the agent is stopping"
 
 

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from tentacle_poll.agent.metrics import MetricsEndpoint
 
 MB = 1024 * 1024
+SPOOL_MARGIN_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -254,11 +255,18 @@ class Agent:
             logger.warning("cancelling {} running tasks", len(self.slots.tasks()))
             for runner in list(self._runners.values()):
                 runner.cancel("the agent is stopping")
-            await self._wait_for(self.slots.tasks(), self.give_up, None)
+            # Long enough for each tree to end and its result to be spooled; not for ever: a
+            # server that is away would keep the delivery retrying (it is made at next start).
+            patience = self.settings.cancel_grace_seconds + SPOOL_MARGIN_SECONDS
+            await self._wait_for(self.slots.tasks(), self.give_up, patience)
         remaining = max(deadline - asyncio.get_running_loop().time(), 1.0)
         if not await self._wait_for([backlog], self.give_up, remaining):
             logger.warning("spooled results not yet delivered stay in {}", self.home.spool_folder)
-        for task in [*self.slots.tasks(), backlog]:
+        undelivered = [task for task in self.slots.tasks() if not task.done()]
+        if undelivered:
+            logger.warning("{} results not yet delivered stay in {}; sent at the next start",
+                           len(undelivered), self.home.spool_folder)  # fmt: skip
+        for task in [*undelivered, backlog]:
             task.cancel()
 
     async def _wait_for(
