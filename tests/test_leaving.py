@@ -14,8 +14,8 @@ import pytest
 
 from tentacle_poll.config import update_config_file
 from tentacle_poll.exceptions import RequestRejected
-from tentacle_poll.protocol.models import DeregisterResponse
-from tentacle_poll.protocol.routes import DEREGISTER
+from tentacle_poll.protocol.models import DeregisterResponse, PollRequest, PollResponse
+from tentacle_poll.protocol.routes import DEREGISTER, POLL
 from tentacle_poll.server import Server
 from tentacle_poll.server.admin_client import AdminClient
 
@@ -167,3 +167,22 @@ async def test_a_malformed_deregistration_is_a_400_and_removes_nothing(
         await client.close()
     assert refused.value.status == 400
     assert await server.state.store.agent_by_name("web1") is not None
+
+
+async def test_an_agent_deregisters_only_its_own_target(
+    server: Server, api_key: str, tmp_path: Path
+) -> None:
+    """Its certificate names the target: web1 leaving leaves web2 (same labels, same host) in
+    place, and web2 still polls."""
+    home = await register_agent(server, api_key, tmp_path / "web1", "web1")
+    other = await register_agent(server, api_key, tmp_path / "web2", "web2")
+    code, output = await deregister(home.folder)
+    assert code == 0, output
+    assert await server.state.store.agent_by_name("web1") is None
+    assert await server.state.store.agent_by_name("web2") is not None
+    client = client_for(server, other)
+    try:
+        request = PollRequest(free_slots=0, hold_seconds=0)
+        assert (await client.post(POLL, request, PollResponse)).envelopes == []
+    finally:
+        await client.close()

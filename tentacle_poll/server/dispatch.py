@@ -182,10 +182,9 @@ class Dispatcher:
             return True
         return time.time() - self._last_poll_end.get(agent_id, 0.0) < grace_seconds
 
-    def connected_count(self, grace_seconds: float = 5.0) -> int:
-        since = time.time() - grace_seconds
-        between = {a for a, ended in self._last_poll_end.items() if ended > since}
-        return len(between | self._held.keys())
+    def connected_count(self) -> int:
+        known = self._held.keys() | self._last_poll_end.keys()
+        return sum(1 for agent_id in known if self.is_connected(agent_id))
 
     def held_count(self) -> int:
         return sum(len(polls) for polls in self._held.values())

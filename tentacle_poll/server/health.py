@@ -74,7 +74,10 @@ async def readiness_problems(state: ServerState) -> list[str]:
 
 
 def _disk_problems(state: ServerState) -> list[str]:
-    free = shutil.disk_usage(state.home.folder).free
+    try:
+        free = shutil.disk_usage(state.home.folder).free
+    except OSError as exc:  # the home is gone or unreadable: not ready, and say why
+        return [f"cannot read the free space of {state.home.folder}: {exc.strerror or exc}"]
     floor = state.settings.min_free_disk_mb * MB
     if free >= floor:
         return []

@@ -35,19 +35,27 @@ def add_listing_routes(app: web.Application) -> None:
 
 async def list_targets(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    query = AgentQuery(
-        after=request.query.get("after", ""),
-        limit=int_query(request, "limit", PAGE_SIZE, 1, MAX_PAGE_SIZE),
-        environment=request.query.get("environment"),
-        role=request.query.get("role"),
-        tenant=request.query.get("tenant"),
-    )
-    agents = await fleet_page(state, query, bool_query(request, "connected"))
+    agents, following = await requested_page(request, PAGE_SIZE, MAX_PAGE_SIZE)
     response = web.json_response([state.target_view(a).model_dump(mode="json") for a in agents])
-    if len(agents) == query.limit:
-        following = request.rel_url.update_query(after=agents[-1].name)
+    if following is not None:
         response.headers["Link"] = f'<{following}>; rel="next"'
     return response
+
+
+async def requested_page(
+    request: web.Request, page_size: int, max_page_size: int
+) -> tuple[list[AgentRecord], str | None]:
+    """The page of targets the request's filters ask for (also the portal's), and the address
+    of the next page when this one is full. An empty filter is no filter (as forms send it)."""
+    query = AgentQuery(
+        after=request.query.get("after", ""),
+        limit=int_query(request, "limit", page_size, 1, max_page_size),
+        **{name: request.query.get(name) or None for name in ("environment", "role", "tenant")},
+    )
+    agents = await fleet_page(request.app[STATE], query, bool_query(request, "connected"))
+    if len(agents) < query.limit:
+        return agents, None
+    return agents, str(request.rel_url.update_query(after=agents[-1].name))
 
 
 async def fleet_page(

@@ -98,10 +98,11 @@ class _Levels(Collector):
         yield from self._connections()
         yield from self._tasks()
         yield self._refusals()
-        free = shutil.disk_usage(self._state.home.folder).free
-        yield GaugeMetricFamily(
-            f"{PREFIX}_disk_free_bytes", "Free space on the server home's disk", value=free
-        )
+        with contextlib.suppress(OSError):  # a home gone: no figure, rather than no scrape
+            free = shutil.disk_usage(self._state.home.folder).free
+            yield GaugeMetricFamily(
+                f"{PREFIX}_disk_free_bytes", "Free space on the server home's disk", value=free
+            )
 
     def _connections(self) -> Iterator[Metric]:
         dispatcher = self._state.dispatcher

@@ -32,8 +32,9 @@ def optional_float_query(request: web.Request, name: str, low: float, high: floa
 
 
 def bool_query(request: web.Request, name: str) -> bool | None:
+    """True, False, or None when not given (or given empty, as a form's "any" sends it)."""
     raw = request.query.get(name)
-    if raw is None:
+    if not raw:
         return None
     if raw.lower() in TRUE + FALSE:
         return raw.lower() in TRUE

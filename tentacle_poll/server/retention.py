@@ -15,12 +15,12 @@ import time
 from aiohttp import web
 from loguru import logger
 
-from tentacle_poll.exceptions import StorageFull, StoreUnavailable
 from tentacle_poll.protocol import routes
 from tentacle_poll.protocol.models import PruneView
 from tentacle_poll.server.access import audit
 from tentacle_poll.server.query import malformed, optional_float_query
 from tentacle_poll.server.state import STATE, ServerState, json_response
+from tentacle_poll.server.sweeper import periodically
 
 DAY = 86400.0
 PRUNE_BATCH = 200
@@ -35,13 +35,12 @@ def add_retention_routes(app: web.Application) -> None:
 
 
 async def prune_forever(state: ServerState) -> None:
-    while not state.dispatcher.stopping:
-        if state.settings.retention_days > 0:
-            try:
-                await prune(state, time.time() - state.settings.retention_days * DAY)
-            except (StorageFull, StoreUnavailable) as exc:  # reported; the next round tries
-                state.shortage.hit("prune old tasks", exc)
-        await asyncio.sleep(PRUNE_EVERY_SECONDS)
+    if state.settings.retention_days > 0:
+        await periodically(state, "prune old tasks", lambda: prune_old(state), PRUNE_EVERY_SECONDS)
+
+
+async def prune_old(state: ServerState) -> int:
+    return await prune(state, time.time() - state.settings.retention_days * DAY)
 
 
 async def prune(state: ServerState, cutoff: float) -> int:
@@ -60,22 +59,23 @@ async def prune(state: ServerState, cutoff: float) -> int:
 
 
 async def prunable(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    days, cutoff = _cutoff(request)
-    found = await state.store.prunable(cutoff)
-    return json_response(PruneView(older_than_days=days, cutoff=cutoff, tasks=found.tasks,
-                                   deployments=found.deployments))  # fmt: skip
+    return json_response(await _prunable_view(request))
 
 
 async def prune_now(request: web.Request) -> web.Response:
-    state = request.app[STATE]
+    view = await _prunable_view(request)
+    await prune(request.app[STATE], view.cutoff)
+    await audit(request, "pruned", f"older than {view.older_than_days:g} days",
+                f"{view.tasks} tasks, {view.deployments} deployments")  # fmt: skip
+    return json_response(view.model_copy(update={"removed": True}))
+
+
+async def _prunable_view(request: web.Request) -> PruneView:
     days, cutoff = _cutoff(request)
-    found = await state.store.prunable(cutoff)
-    await prune(state, cutoff)
-    await audit(request, "pruned", f"older than {days:g} days",
-                f"{found.tasks} tasks, {found.deployments} deployments")  # fmt: skip
-    return json_response(PruneView(older_than_days=days, cutoff=cutoff, tasks=found.tasks,
-                                   deployments=found.deployments, removed=True))  # fmt: skip
+    found = await request.app[STATE].store.prunable(cutoff)
+    return PruneView(
+        older_than_days=days, cutoff=cutoff, tasks=found.tasks, deployments=found.deployments
+    )
 
 
 def _cutoff(request: web.Request) -> tuple[float, float]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 from loguru import logger
 
@@ -34,15 +35,23 @@ def sweep_interval(state: ServerState) -> float:
 
 
 async def sweep_forever(state: ServerState) -> None:
+    what = "sweep (expire leases, record last-seen times)"
+    await periodically(state, what, lambda: sweep_once(state), sweep_interval(state))
+
+
+async def periodically(
+    state: ServerState, what: str, work: Callable[[], Awaitable[object]], seconds: float
+) -> None:
+    """``work`` every ``seconds`` until the server stops; a full disk or a database away is
+    reported (``what`` could not be done) and the next round tries again."""
     while not state.dispatcher.stopping:
         try:
-            await sweep_once(state)
-        # a full disk, a database away: reported, and the next sweep tries
+            await work()
         except (OSError, StorageFull, StoreUnavailable) as exc:
             if condition_of(exc) is None:
                 raise
-            state.shortage.hit("sweep (expire leases, record last-seen times)", exc)
-        await asyncio.sleep(sweep_interval(state))
+            state.shortage.hit(what, exc)
+        await asyncio.sleep(seconds)
 
 
 async def trusted_certificates(store: Store) -> list[bytes]:

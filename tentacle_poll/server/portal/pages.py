@@ -14,7 +14,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from tentacle_poll.logs import hide_secret
 from tentacle_poll.protocol.models import TargetView
 from tentacle_poll.server.access import record
-from tentacle_poll.server.listings import fleet_page
+from tentacle_poll.server.listings import requested_page
 from tentacle_poll.server.portal.security import from_another_site
 from tentacle_poll.server.portal.sessions import (
     SESSION_COOKIE,
@@ -24,9 +24,7 @@ from tentacle_poll.server.portal.sessions import (
     same_token,
     set_cookie,
 )
-from tentacle_poll.server.query import bool_query
 from tentacle_poll.server.state import STATE, now
-from tentacle_poll.store.base import AgentQuery
 
 SESSIONS = web.AppKey("portal_sessions", Sessions)
 PAGE_SIZE = 100
@@ -105,18 +103,8 @@ async def fleet_json(request: web.Request) -> web.Response:
 
 
 async def _fleet(request: web.Request) -> tuple[list[TargetView], str | None]:
-    state = request.app[STATE]
-    query = AgentQuery(
-        after=request.query.get("after", ""), limit=PAGE_SIZE,
-        **{name: request.query.get(name) or None for name in ("environment", "role", "tenant")},
-    )  # fmt: skip
-    # The filter form sends connected="" for "any".
-    connected = bool_query(request, "connected") if request.query.get("connected") else None
-    agents = await fleet_page(state, query, connected)
-    following = None
-    if len(agents) == PAGE_SIZE:
-        following = str(request.rel_url.update_query(after=agents[-1].name))
-    return [state.target_view(a) for a in agents], following
+    agents, following = await requested_page(request, PAGE_SIZE, PAGE_SIZE)
+    return [request.app[STATE].target_view(a) for a in agents], following
 
 
 def _row(target: TargetView) -> dict[str, Any]:
