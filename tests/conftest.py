@@ -35,6 +35,7 @@ from tentacle_poll.server.admin_client import AdminClient
 from tentacle_poll.store import AgentRecord
 from tentacle_poll.tls import generate_identity, save_identity
 
+from .browser import browser, page  # noqa: F401  (fixtures of the portal tests)
 from .processes import Daemon
 
 C = TypeVar("C", bound=CommsClient)
@@ -279,11 +280,11 @@ async def wait_for_line(admin: AdminClient, task_id: str, text: str) -> list[Eve
     seen: list[Event] = []
     after = 0
     while True:
-        page = await admin.events(task_id, after, 10)
-        seen.extend(page.events)
-        if any(text in e.text for e in page.events):
+        batch = await admin.events(task_id, after, 10)
+        seen.extend(batch.events)
+        if any(text in e.text for e in batch.events):
             return seen
-        if page.task.state.is_final:
+        if batch.task.state.is_final:
             raise AssertionError(f"task ended {page.task.state} before printing {text!r}: {seen}")
         after = seen[-1].seq if seen else after
 

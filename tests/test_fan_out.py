@@ -100,3 +100,25 @@ async def test_stop_on_first_failure_cancels_the_rest_and_offline_targets_are_re
     for agent in agents:
         if not agent.task.done():
             await agent.stop()
+
+
+async def test_deployments_are_listed_and_a_script_deployment_does_not_roll_back(
+    server: Server, admin: AdminClient, api_key: str, tmp_path: Path
+) -> None:
+    agents = await fleet(server, api_key, tmp_path)
+    try:
+        view = await admin.fan_out(FanOut(environment="Prod", roles=["db"], task=script("true")))
+        await follow_all(admin, view.id)
+        listed = await admin.deployments(5)
+        assert [(d.id, d.description, d.state, d.counts) for d in listed] == [
+            (view.id, "bash script to Prod (db)", "succeeded", {"succeeded": 1})
+        ]
+        with pytest.raises(RequestRejected) as refused:
+            await admin.roll_back_deployment(view.id)
+        assert refused.value.status == 400 and "only a package rolls back" in refused.value.detail
+        with pytest.raises(RequestRejected) as unknown:
+            await admin.roll_back_deployment("D-nothing")
+        assert unknown.value.status == 400
+    finally:
+        for agent in agents:
+            await agent.stop(levels=3)

@@ -255,6 +255,23 @@ async def test_a_deployment_is_queued_whole_or_not_at_all(store: Store) -> None:
     )  # the first one was not kept either
 
 
+async def test_deployments_are_listed_newest_first_with_their_tasks_by_state(
+    store: Store,
+) -> None:
+    agent = await store.save_agent(new_agent("web1"), replace=False, now=NOW)
+    older = await store.create_deployment("deploy app 1.0 to Test", False, NOW - 10)
+    await ended(store, agent.id, NOW - 10, deployment_id=older)
+    await queued(store, agent.id, NOW - 10, deployment_id=older)
+    newer = await store.create_deployment("bash script to Test", False, NOW)
+    emptied = await store.create_deployment("pruned long ago", False, NOW - 20)
+    listed = await store.list_deployments(10)
+    assert [(d.id, d.counts) for d in listed] == [
+        (newer, {}), (older, {"succeeded": 1, "queued": 1}), (emptied, {}),
+    ]  # fmt: skip
+    assert (listed[1].description, listed[1].created_at) == ("deploy app 1.0 to Test", NOW - 10)
+    assert [d.id for d in await store.list_deployments(1)] == [newer]
+
+
 async def ended(store: Store, agent_id: str, at: float, **extra: object) -> str:
     task_id = await queued(store, agent_id, at, **extra)
     await store.lease_tasks(agent_id, 10, at, 30)
@@ -300,6 +317,9 @@ async def test_targets_are_paged_by_name_and_filtered_by_label(store: Store) -> 
     ]  # fmt: skip
     assert await store.agents_page(AgentQuery(role="Production")) == [], "labels are per column"
     assert await store.agents_page(AgentQuery(environment="Prod")) == [], "whole labels only"
+    assert [a.name for a in await store.agents_page(AgentQuery(search="eb5"))] == ["web5"]
+    assert await store.agents_page(AgentQuery(search="%")) == [], "no wildcards in a search"
+    assert await store.agents_page(AgentQuery(search="web_")) == [], "no wildcards in a search"
 
 
 async def test_retention_prunes_old_ended_tasks_and_their_deployments_in_batches(

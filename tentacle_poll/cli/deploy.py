@@ -43,9 +43,12 @@ def add_commands(commands: Any, add_common: Any, add_admin: Any) -> None:
         "--retain", type=positive_int, default=3, help="releases to keep on each target (1-100)"
     )
     rollback = commands.add_parser("rollback", help="switch back to an earlier release")
-    rollback.add_argument("--package", required=True, type=package_name)
+    rollback.add_argument("--package", type=package_name)
     rollback.add_argument(
         "--version", type=package_name, help="default: the release before the current one"
+    )
+    rollback.add_argument(
+        "--deployment", help="roll back every target of this deployment (D-...) instead"
     )
     health = commands.add_parser("health", help="check targets: version, OS, disk, certificate")
     _add_file_commands(commands, add_common, add_admin)
@@ -143,8 +146,22 @@ async def run_deploy(args: argparse.Namespace) -> int:
 
 
 async def run_rollback(args: argparse.Namespace) -> int:
+    if args.deployment:
+        return await _roll_back_deployment(args)
+    if not args.package:
+        raise ConfigurationError("give --package NAME (or --deployment D-... to undo one)")
     rollback = RollbackSpec(package_id=args.package, version=args.version)
     return await _run(args, {"kind": "rollback", "rollback": rollback})
+
+
+async def _roll_back_deployment(args: argparse.Namespace) -> int:
+    """Each target of the deployment back to the release it had before, followed."""
+    if args.target or args.environment or args.package:
+        raise ConfigurationError("--deployment names the targets and package; leave out the rest")
+    async with admin_client(args) as client:
+        view = await client.roll_back_deployment(args.deployment)
+        print(f"deployment {view.id}: {view.description}, {len(view.targets)} targets")
+        return await follow_deployment(client, view, args.wait)
 
 
 async def run_health(args: argparse.Namespace) -> int:

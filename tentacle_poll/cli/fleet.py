@@ -1,4 +1,5 @@
-"""Fleet and task listings: `targets` (filters, pages, --json), `targets delete`, `task list`."""
+"""Fleet and task listings: `targets` (filters, pages, --json), `targets delete`, `task list`,
+`deployments`."""
 
 from __future__ import annotations
 
@@ -24,7 +25,11 @@ def add_commands(commands: Any, task_commands: Any, add_common: Any, add_admin: 
     """`targets` (and `targets delete`) at the top, `task list` among the task commands."""
     listing = task_commands.add_parser("list", help="list recent tasks")
     _add_task_list_filters(listing)
-    for parser in [*_add_target_commands(commands), listing]:
+    deployments = commands.add_parser("deployments", help="list recent deployments")
+    deployments.add_argument("--limit", type=int, default=20, help="at most this many (1-1000)")
+    deployments.add_argument("--json", action="store_true", help="a JSON array, every field")
+    deployments.set_defaults(command=list_deployments)
+    for parser in [*_add_target_commands(commands), listing, deployments]:
         add_common(parser)
         add_admin(parser)
 
@@ -142,6 +147,18 @@ async def list_tasks(args: argparse.Namespace) -> int:
         return 0
     for task in tasks:
         print(f"{task.id:<22} {task.target:<20} {task.state:<10} {local_time(task.created_at)}")
+    return 0
+
+
+async def list_deployments(args: argparse.Namespace) -> int:
+    async with admin_client(args) as client:
+        listed = await client.deployments(args.limit)
+    if args.json:
+        print(json.dumps([d.model_dump(mode="json") for d in listed], indent=2))
+        return 0
+    for d in listed:
+        counts = ", ".join(f"{count} {state}" for state, count in sorted(d.counts.items()))
+        print(f"{d.id:<24} {d.state:<10} {local_time(d.created_at)}  {d.description} [{counts}]")
     return 0
 
 

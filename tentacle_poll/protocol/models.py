@@ -402,13 +402,26 @@ class DeploymentTarget(WireModel):
     connected: bool
 
 
+DeploymentState = Literal["running", "succeeded", "failed"]
+
+
 class DeploymentView(WireModel):
     id: str
     description: str
-    state: Literal["running", "succeeded", "failed"]
+    state: DeploymentState
     counts: dict[str, int]
     targets: list[DeploymentTarget]
     offline: list[str]
+
+
+class DeploymentSummaryView(WireModel):
+    """A deployment in the list (``GET /api/deployments``): newest first, tasks by state."""
+
+    id: str
+    description: str
+    created_at: float
+    state: DeploymentState
+    counts: dict[str, int]
 
 
 class PruneView(WireModel):

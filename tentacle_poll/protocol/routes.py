@@ -37,6 +37,7 @@ ADMIN_AUDIT = "/api/audit"
 ADMIN_SERVER_CERTIFICATE = "/api/server-certificate"
 ADMIN_DEPLOYMENTS = "/api/deployments"
 ADMIN_DEPLOYMENT = "/api/deployments/{deployment_id}"
+ADMIN_DEPLOYMENT_ROLLBACK = "/api/deployments/{deployment_id}/rollback"
 ADMIN_FILES = "/api/files"
 ADMIN_FILE = "/api/files/{sha256}"
 ADMIN_PRUNE = "/api/prune"  # GET: what retention would remove now; POST: remove it

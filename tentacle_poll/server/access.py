@@ -35,8 +35,8 @@ ADMIN_ONLY = {
 DEPLOY_READS = {("GET", routes.ADMIN_FILE)}  # bytes fetched from targets: not for read keys
 CALLER = web.RequestKey("caller", ApiKeyRecord)
 UNAUTHENTICATED = {routes.ADMIN_HEALTH, routes.ADMIN_ALIVE, routes.ADMIN_READY}
-BEARER = "Bearer "
-PORTAL = "/portal"  # Prometheus sends a key as `Authorization: Bearer KEY`
+BEARER = "Bearer "  # Prometheus sends a key as `Authorization: Bearer KEY`
+PORTAL = "/portal"
 
 
 def _bearer(request: web.Request) -> str:

@@ -28,7 +28,7 @@ from tentacle_poll.server.problems import ProblemError
 from tentacle_poll.server.query import float_query, int_query
 from tentacle_poll.server.queueing import queue_task
 from tentacle_poll.server.state import STATE, ServerState, json_response, now, read_model, task_view
-from tentacle_poll.store import AgentRecord
+from tentacle_poll.store import AgentRecord, TaskRecord
 
 MAX_FOLLOW_WAIT = 60.0
 DEFAULT_TOKEN_TTL = 24 * 3600.0
@@ -60,8 +60,14 @@ async def delete_target(request: web.Request) -> web.Response:
 
 
 async def submit_task(request: web.Request) -> web.Response:
+    task = await submit(request, await read_model(request, SubmitTask))
+    return json_response(task_view(task), status=201)
+
+
+async def submit(request: web.Request, body: SubmitTask) -> TaskRecord:
+    """Queues ``body`` as the caller's key (its environments respected): the admin API's and
+    the portal's way to run a task on one target."""
     state = request.app[STATE]
-    body = await read_model(request, SubmitTask)
     agent = await state.store.agent_by_name(body.target)
     if agent is None:
         detail = f"no target named {body.target}; list them with `tentacle-poll targets`"
@@ -78,7 +84,7 @@ async def submit_task(request: web.Request) -> web.Response:
     about("task_queued", task_id=task.id, target=agent.name).info(
         "queued task {} for {} (key {})", task.id, agent.name, who
     )
-    return json_response(task_view(task), status=201)
+    return task
 
 
 async def resolved_spec(state: ServerState, spec: TaskSpec, agent: AgentRecord) -> TaskSpec:
@@ -128,8 +134,13 @@ async def task_events(request: web.Request) -> web.Response:
 
 
 async def cancel_task(request: web.Request) -> web.Response:
+    return json_response(task_view(await cancel(request, request.match_info["task_id"])))
+
+
+async def cancel(request: web.Request, task_id: str) -> TaskRecord:
+    """Asks for ``task_id`` to be cancelled, as the caller's key (its environments respected)."""
     state = request.app[STATE]
-    task = await state.task_or_404(request.match_info["task_id"])
+    task = await state.task_or_404(task_id)
     agent = await state.store.agent_by_name(task.target)
     if agent is not None:
         require_target(request, agent)
@@ -141,7 +152,7 @@ async def cancel_task(request: web.Request) -> web.Response:
     about("task_cancel_requested", task_id=task.id, target=task.target).info(
         "cancel requested for task {} ({})", task.id, updated.state
     )
-    return json_response(task_view(updated))
+    return updated
 
 
 async def create_token(request: web.Request) -> web.Response:

@@ -24,6 +24,7 @@ from tentacle_poll.protocol.models import (
     ApiKeyCreated,
     ApiKeyView,
     AuditEntryView,
+    DeploymentSummaryView,
     DeploymentView,
     Event,
     EventsPage,
@@ -199,6 +200,16 @@ class AdminClient:
         query = {} if older_than_days is None else {"older_than_days": str(older_than_days)}
         method = "GET" if dry_run else "POST"
         return await self._call(method, routes.ADMIN_PRUNE, TypeAdapter(PruneView), query=query)
+
+    async def deployments(self, limit: int) -> list[DeploymentSummaryView]:
+        answer = TypeAdapter(list[DeploymentSummaryView])
+        return await self._call(
+            "GET", routes.ADMIN_DEPLOYMENTS, answer, query={"limit": str(limit)}
+        )
+
+    async def roll_back_deployment(self, deployment_id: str) -> DeploymentView:
+        path = routes.ADMIN_DEPLOYMENT_ROLLBACK.format(deployment_id=deployment_id)
+        return await self._call("POST", path, TypeAdapter(DeploymentView))
 
     async def deployment(self, deployment_id: str) -> DeploymentView:
         path = routes.ADMIN_DEPLOYMENT.format(deployment_id=deployment_id)

@@ -1,7 +1,8 @@
 """The fleet and task listings of the admin API: filters, and pages that stay fast at 10,000
 targets.
 
-``GET /api/targets?environment=&role=&tenant=&connected=&after=NAME&limit=N``: targets by name,
+``GET /api/targets?environment=&role=&tenant=&connected=&search=&after=NAME&limit=N``: targets
+by name (``search``: names holding that text),
 a page at a time (the store reads one page, not the fleet). A full page carries
 ``Link: <...after=LAST>; rel="next"``; a shorter one is the last. ``connected``: polling this
 node, or (in a cluster) seen by any node within one hold and a margin.
@@ -26,6 +27,7 @@ MAX_PAGE_SIZE = 1000
 # With ?connected=, pages are read in chunks this big until the page is full or none is left.
 SCAN_CHUNK = 1000
 MAX_TASKS = 10_000
+AGENT_FILTERS = ("environment", "role", "tenant", "search")
 
 
 def add_listing_routes(app: web.Application) -> None:
@@ -50,7 +52,7 @@ async def requested_page(
     query = AgentQuery(
         after=request.query.get("after", ""),
         limit=int_query(request, "limit", page_size, 1, max_page_size),
-        **{name: request.query.get(name) or None for name in ("environment", "role", "tenant")},
+        **{name: request.query.get(name) or None for name in AGENT_FILTERS},
     )
     agents = await fleet_page(request.app[STATE], query, bool_query(request, "connected"))
     if len(agents) < query.limit:

@@ -33,7 +33,7 @@ class ProblemError(Exception):
 def problem_response(problem: Problem, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(
         status=problem.status,
-        body=problem.model_dump_json(),
+        body=problem.model_dump_json().encode(),
         content_type=PROBLEM_CONTENT_TYPE,
         headers=headers,
     )

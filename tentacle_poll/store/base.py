@@ -82,13 +82,15 @@ class DeploymentEntry:
 
 @dataclass(frozen=True)
 class AgentQuery:
-    """A page of targets: by name after ``after``, with the labels given (None: any)."""
+    """A page of targets: by name after ``after``, with the labels given (None: any), whose
+    name holds ``search`` (None: any)."""
 
     after: str = ""
     limit: int = 100
     environment: str | None = None
     role: str | None = None
     tenant: str | None = None
+    search: str | None = None
 
     def labels(self) -> list[tuple[str, str]]:
         """(column, label) pairs to match; each column holds a JSON list of labels."""
@@ -106,6 +108,16 @@ class TaskQuery:
     limit: int = 50
     states: tuple[str, ...] = ()
     since: float | None = None
+
+
+@dataclass(frozen=True)
+class DeploymentSummary:
+    """A deployment as a list shows it: what it does, when, and its tasks counted by state."""
+
+    id: str
+    description: str
+    created_at: float
+    counts: dict[str, int]
 
 
 @dataclass(frozen=True)
@@ -189,6 +201,7 @@ class Store(Protocol):
     ) -> str: ...
     async def deployment(self, deployment_id: str) -> tuple[str, bool, float] | None: ...
     async def deployment_tasks(self, deployment_id: str) -> list[TaskRecord]: ...
+    async def list_deployments(self, limit: int) -> list[DeploymentSummary]: ...
     async def deployment_entries(self, deployment_id: str) -> list[DeploymentEntry]:
         """Its tasks' progress, by target name."""
         ...

@@ -4,9 +4,31 @@ from __future__ import annotations
 
 import secrets
 import sqlite3
+from collections.abc import Iterable
+from typing import Any
 
-from tentacle_poll.store.base import DeploymentEntry, TaskRecord
+from tentacle_poll.store.base import DeploymentEntry, DeploymentSummary, TaskRecord
 from tentacle_poll.store.rows import ENTRY_COLUMNS, TASK_COLUMNS, entry_from_row, task_from_row
+
+# The newest deployments ({limit}: the driver's placeholder), their tasks counted by state.
+NEWEST_DEPLOYMENTS = (
+    "SELECT d.id, d.description, d.created_at, t.state, COUNT(t.id) FROM (SELECT id, "
+    "description, created_at FROM deployments ORDER BY created_at DESC, id DESC LIMIT {limit}) d "
+    "LEFT JOIN tasks t ON t.deployment_id = d.id GROUP BY d.id, d.description, d.created_at, "
+    "t.state ORDER BY d.created_at DESC, d.id DESC"
+)
+
+
+def summaries(rows: Iterable[Iterable[Any]]) -> list[DeploymentSummary]:
+    """Folds (id, description, created_at, state, count) rows into one summary per id."""
+    found: dict[str, DeploymentSummary] = {}
+    for deployment_id, description, created_at, state, count in rows:
+        summary = found.setdefault(
+            deployment_id, DeploymentSummary(deployment_id, description, float(created_at), {})
+        )
+        if state is not None:  # a deployment whose tasks were all pruned has none
+            summary.counts[str(state)] = int(count)
+    return list(found.values())
 
 
 class SqliteDeployments:
@@ -30,6 +52,9 @@ class SqliteDeployments:
             (deployment_id,),
         ).fetchone()
         return (str(row[0]), bool(row[1]), float(row[2])) if row else None
+
+    async def list_deployments(self, limit: int) -> list[DeploymentSummary]:
+        return summaries(self._db.execute(NEWEST_DEPLOYMENTS.format(limit="?"), (limit,)))
 
     async def deployment_tasks(self, deployment_id: str) -> list[TaskRecord]:
         return [task_from_row(row) for row in self._deployment_rows(TASK_COLUMNS, deployment_id)]

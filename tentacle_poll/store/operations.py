@@ -58,6 +58,9 @@ class SqliteOperations:
         for column, label in query.labels():
             where.append(f"EXISTS (SELECT 1 FROM json_each({column}) WHERE value = ?)")
             params.append(label)
+        if query.search:
+            where.append("instr(name, ?) > 0")  # not LIKE: a name's % and _ are no wildcards
+            params.append(query.search)
         rows = self._db.execute(
             f"{AGENTS} WHERE {' AND '.join(where)} ORDER BY name LIMIT ?", (*params, query.limit)
         )
@@ -111,6 +114,9 @@ class PgOperations(_PgBase):
         for column, label in query.labels():
             params.append(label)
             where.append(f"{column}::jsonb ? ${len(params)}")
+        if query.search:
+            params.append(query.search)
+            where.append(f"strpos(name, ${len(params)}) > 0")
         sql = f"{AGENTS} WHERE {' AND '.join(where)} ORDER BY name LIMIT ${len(params) + 1}"
         return [agent_from_row(row) for row in await self._all(sql, *params, query.limit)]
 

@@ -18,7 +18,7 @@ import asyncpg
 
 from tentacle_poll.exceptions import StoreError
 from tentacle_poll.protocol.models import Event, PackageView
-from tentacle_poll.store.base import DeploymentEntry, TaskRecord
+from tentacle_poll.store.base import DeploymentEntry, DeploymentSummary, TaskRecord
 from tentacle_poll.store.blocks import TEXT_ERRORS, contiguous_end, uncovered_parts
 from tentacle_poll.store.credentials import (
     KEY_COLUMNS,
@@ -29,6 +29,7 @@ from tentacle_poll.store.credentials import (
     hashed,
     token_id_of,
 )
+from tentacle_poll.store.deployments import NEWEST_DEPLOYMENTS, summaries
 from tentacle_poll.store.packages import COLUMNS as PACKAGE_COLUMNS
 from tentacle_poll.store.rows import ENTRY_COLUMNS, TASK_COLUMNS, entry_from_row, task_from_row
 
@@ -204,6 +205,9 @@ class PgDeployments(_Base):
             deployment_id,
         )
         return (row[0], row[1], row[2]) if row else None
+
+    async def list_deployments(self, limit: int) -> list[DeploymentSummary]:
+        return summaries(await self._all(NEWEST_DEPLOYMENTS.format(limit="$1"), limit))
 
     async def deployment_tasks(self, deployment_id: str) -> list[TaskRecord]:
         rows = await self._deployment_rows(TASK_COLUMNS, deployment_id)

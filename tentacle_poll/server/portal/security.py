@@ -1,11 +1,15 @@
 """The headers every portal answer carries: scripts and styles only from the portal's own
 static files (no inline script, so injected markup cannot run), no framing, no sniffing, no
-referrer beyond the portal; and a refusal of any form posted from another site."""
+referrer beyond the portal; a refusal of any form posted from another site; and errors shown
+to people as a page, not as the API's JSON problem."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
+from tentacle_poll.protocol.models import Problem
+from tentacle_poll.protocol.routes import PROBLEM_CONTENT_TYPE
+from tentacle_poll.server.portal.rendering import problem_page
 from tentacle_poll.server.problems import Handler
 
 CONTENT_SECURITY_POLICY = (
@@ -32,8 +36,16 @@ async def portal_headers(request: web.Request, handler: Handler) -> web.StreamRe
     except web.HTTPException as exc:
         exc.headers.update(HEADERS)
         raise
+    if response.content_type == PROBLEM_CONTENT_TYPE and not for_scripts(request):
+        assert isinstance(response, web.Response) and isinstance(response.body, bytes)
+        response = problem_page(Problem.model_validate_json(response.body))
     response.headers.update(HEADERS)
     return response
+
+
+def for_scripts(request: web.Request) -> bool:
+    """What the portal's scripts read (data and streams) keeps the API's JSON problems."""
+    return request.path.endswith((".json", "/stream"))
 
 
 def from_another_site(request: web.Request) -> bool:

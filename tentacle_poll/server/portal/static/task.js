@@ -1,0 +1,131 @@
+// Streams a task's output into the page (server-sent events). A cut stream resumes by itself
+// from the last line received (the browser sends it back as Last-Event-ID); a line is never
+// shown twice (its number is checked). Lines are rendered once per frame, however many
+// arrived: 10,000 lines a second cost a few DOM updates a second, and the page stays usable.
+// Everything received is set as text, never as markup.
+"use strict";
+
+const MAX_SHOWN_LINES = 20000; // older lines leave the page; the text download keeps them
+
+function follower(output) {
+  const counter = document.getElementById("output-lines");
+  const status = document.getElementById("output-status");
+  let lastSeq = 0;
+  let shownLines = 0;
+  let pending = [];
+  let scheduled = false;
+
+  function render() {
+    scheduled = false;
+    if (pending.length === 0) return;
+    const atBottom = window.innerHeight + window.scrollY >= document.body.scrollHeight - 40;
+    output.append(runsOf(pending));
+    shownLines += pending.length;
+    pending = [];
+    while (shownLines > MAX_SHOWN_LINES && output.firstChild) {
+      shownLines -= Number(output.firstChild.dataset.lines);
+      output.firstChild.remove();
+      output.classList.add("trimmed");
+    }
+    counter.textContent = String(lastSeq);
+    output.dataset.lastSeq = String(lastSeq);
+    if (atBottom) window.scrollTo(0, document.body.scrollHeight);
+  }
+
+  function schedule() {
+    if (scheduled) return;
+    scheduled = true;
+    if (document.hidden) setTimeout(render, 250); // no frames in a background tab
+    else requestAnimationFrame(render);
+  }
+
+  return {
+    add(lines) {
+      for (const line of lines) {
+        if (line[0] <= lastSeq) continue;
+        lastSeq = line[0];
+        pending.push(line);
+      }
+      schedule();
+    },
+    flush: render,
+    say(text) { status.textContent = text; },
+  };
+}
+
+// One <span> per run of lines from the same stream (stdout, stderr), its text set at once.
+function runsOf(lines) {
+  const fragment = document.createDocumentFragment();
+  let span = null;
+  let text = "";
+  let count = 0;
+  const close = () => {
+    if (!span) return;
+    span.textContent = text;
+    span.dataset.lines = String(count);
+    fragment.append(span);
+  };
+  for (const [, stream, line, continues] of lines) {
+    if (!span || span.className !== stream) {
+      close();
+      span = document.createElement("span");
+      span.className = stream;
+      text = "";
+      count = 0;
+    }
+    text += continues ? line : line + "\n";
+    count += 1;
+  }
+  close();
+  return fragment;
+}
+
+// As the server writes a moment: local time, to the second.
+function when(stamp) {
+  if (!stamp) return "-";
+  const t = new Date(stamp * 1000);
+  const two = (n) => String(n).padStart(2, "0");
+  return `${t.getFullYear()}-${two(t.getMonth() + 1)}-${two(t.getDate())} ` +
+    `${two(t.getHours())}:${two(t.getMinutes())}:${two(t.getSeconds())}`;
+}
+
+function showTask(task) {
+  const state = document.getElementById("task-state");
+  state.textContent = task.state;
+  state.className = `state ${task.state}`;
+  document.getElementById("task-exit-code").textContent = task.exit_code ?? "-";
+  document.getElementById("task-reason").textContent = task.reason || "-";
+  document.getElementById("task-started").textContent = when(task.started_at);
+  document.getElementById("task-finished").textContent = when(task.finished_at);
+  const cancel = document.querySelector("#cancel button");
+  if (cancel && task.cancel_requested) cancel.textContent = "Cancel requested";
+  if (cancel && ["succeeded", "failed", "cancelled", "timed_out", "lost", "expired"].includes(task.state)) {
+    cancel.closest("form").remove();
+  }
+}
+
+function follow(output) {
+  const lines = follower(output);
+  const source = new EventSource(output.dataset.stream);
+  source.addEventListener("open", () => lines.say("(live)"));
+  source.addEventListener("lines", (message) => lines.add(JSON.parse(message.data)));
+  source.addEventListener("task", (message) => showTask(JSON.parse(message.data)));
+  source.addEventListener("end", () => {
+    source.close();
+    lines.flush();
+    lines.say("(ended)");
+    output.dataset.ended = "true";
+  });
+  source.addEventListener("signed-out", () => {
+    source.close();
+    window.location.assign("/portal/sign-in");
+  });
+  source.addEventListener("error", () => {
+    lines.say(source.readyState === EventSource.CLOSED ? "(stopped: reload the page)" : "(reconnecting…)");
+  });
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  const output = document.getElementById("output");
+  if (output) follow(output);
+});
