@@ -24,6 +24,7 @@ from tentacle_poll.protocol.models import (
     PollRequest,
     PollResponse,
     ScriptSpec,
+    ScriptSyntax,
     SubmitTask,
 )
 from tentacle_poll.protocol.routes import POLL
@@ -111,8 +112,8 @@ class Bench:
             await self.server.stop()
 
 
-def script_task(target: str, body: str) -> SubmitTask:
-    return SubmitTask(target=target, script=ScriptSpec(syntax="bash", body=body))
+def script_task(target: str, body: str, syntax: ScriptSyntax = "bash") -> SubmitTask:
+    return SubmitTask(target=target, script=ScriptSpec(syntax=syntax, body=body))
 
 
 # --- dispatch latency ----------------------------------------------------------------------
@@ -250,9 +251,10 @@ async def idle_and_storm(
     await agent.wait_for("polling")
     latency = await dispatch_latency(bench, "lat", latency_runs)
     await agent.stop()
-    from .listings import listing_rows  # it imports this module
+    from .listings import listing_rows  # they import this module
+    from .portal import fleet_page_rows
 
-    listings = await listing_rows(bench, count)
+    listings = await listing_rows(bench, count) + await fleet_page_rows(bench, count)
     await bench.server.kill()
     restarted = time.time()
     bench.server = await start_server_process(bench.server_home, bench.comms, bench.admin_port)

@@ -31,11 +31,14 @@ from .figures import (
     package_transfer,
     throughput,
 )
+from .portal import live_output_rows
 
 HEADERS = ["figure", "value", "reference (same run)", "ratio", "target", "verdict"]
 
 
-GROUPS = ["latency", "throughput", "streaming", "footprint", "package", "fleet", "cluster"]
+GROUPS = [
+    "latency", "throughput", "streaming", "footprint", "package", "portal", "fleet", "cluster",
+]  # fmt: skip
 
 
 async def run_all(quick: bool, groups: list[str]) -> list[Row]:
@@ -79,6 +82,8 @@ async def _run_groups(folder: Path, sizes: dict[str, Any], groups: list[str]) ->
             rows += await agent_memory(bench, sizes["stream_mb"], sizes["tiny_tasks"])
         if "package" in groups:
             rows += await package_transfer(bench, sizes["package_mb"])
+        if "portal" in groups:
+            rows += await live_output_rows(bench)
     finally:
         await bench.stop()
     if "cluster" in groups:

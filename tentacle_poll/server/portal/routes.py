@@ -12,6 +12,10 @@ from tentacle_poll.server.portal.sessions import Sessions
 from tentacle_poll.server.portal.signing import HOME, sign_in, sign_in_form, sign_out
 
 STATIC = Path(__file__).parent / "static"
+STATIC_TYPES = {".js": "text/javascript", ".css": "text/css"}
+# The few static files, read once: served from memory, no file is left open when a browser
+# drops a request half way (aiohttp's file responses were seen to leak one then).
+STATIC_FILES = web.AppKey("portal_static_files", dict[str, tuple[bytes, str]])
 
 
 def add_portal_routes(app: web.Application, session_minutes: float) -> None:
@@ -35,8 +39,20 @@ def add_portal_routes(app: web.Application, session_minutes: float) -> None:
     add.add_get("/portal/packages", packages.package_list)
     add.add_get("/portal/run", running.run_form)
     add.add_post("/portal/run", running.run)
-    add.add_static("/portal/static", STATIC, append_version=True)
+    app[STATIC_FILES] = {
+        path.name: (path.read_bytes(), STATIC_TYPES[path.suffix])
+        for path in STATIC.iterdir() if path.suffix in STATIC_TYPES
+    }  # fmt: skip
+    add.add_get("/portal/static/{name}", static_file)
 
 
 async def to_home(request: web.Request) -> web.StreamResponse:
     raise web.HTTPSeeOther(HOME)
+
+
+async def static_file(request: web.Request) -> web.Response:
+    found = request.app[STATIC_FILES].get(request.match_info["name"])
+    if found is None:
+        raise web.HTTPNotFound(text="no such file", content_type="text/plain")
+    body, content_type = found
+    return web.Response(body=body, content_type=content_type, charset="utf-8")

@@ -36,6 +36,7 @@ class Sessions:
     _by_id: dict[str, Session] = field(default_factory=dict)
 
     def open(self, key: ApiKeyRecord, secret: str) -> tuple[str, Session]:
+        self._forget_expired()  # sign-ins are rare: a sweep each keeps memory bounded
         session_id = secrets.token_urlsafe(32)
         session = Session(
             key, secret, secrets.token_urlsafe(32), time.time() + self.lifetime_seconds
@@ -52,6 +53,14 @@ class Sessions:
 
     def close(self, session_id: str | None) -> None:
         self._by_id.pop(session_id or "", None)
+
+    def _forget_expired(self) -> None:
+        moment = time.time()
+        for session_id in [i for i, s in self._by_id.items() if s.expires_at <= moment]:
+            del self._by_id[session_id]
+
+    def __len__(self) -> int:
+        return len(self._by_id)
 
     def expire_all(self) -> None:
         """For tests: every session is past its end now."""

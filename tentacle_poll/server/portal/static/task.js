@@ -1,11 +1,13 @@
 // Streams a task's output into the page (server-sent events). A cut stream resumes by itself
 // from the last line received (the browser sends it back as Last-Event-ID); a line is never
 // shown twice (its number is checked). Lines are rendered once per frame, however many
-// arrived: 10,000 lines a second cost a few DOM updates a second, and the page stays usable.
+// arrived, as one block per frame: the browser lays out only the new block (and skips the
+// blocks out of sight, `content-visibility`), so 10,000 lines a second leave the page usable.
 // Everything received is set as text, never as markup.
 "use strict";
 
 const MAX_SHOWN_LINES = 20000; // older lines leave the page; the text download keeps them
+const LINE_HEIGHT_EM = 1.2;
 
 function follower(output) {
   const counter = document.getElementById("output-lines");
@@ -15,13 +17,16 @@ function follower(output) {
   let pending = [];
   let scheduled = false;
 
-  function render() {
+  function render(ended = false) {
     scheduled = false;
-    if (pending.length === 0) return;
+    // A line cut by the agent goes on in the next one: keep its start until that arrives.
+    const held = !ended && pending.length && pending[pending.length - 1][3] ? 1 : 0;
+    const ready = pending.slice(0, pending.length - held);
+    if (ready.length === 0) return;
     const atBottom = window.innerHeight + window.scrollY >= document.body.scrollHeight - 40;
-    output.append(runsOf(pending));
-    shownLines += pending.length;
-    pending = [];
+    output.append(blockOf(ready));
+    shownLines += ready.length;
+    pending = pending.slice(ready.length);
     while (shownLines > MAX_SHOWN_LINES && output.firstChild) {
       shownLines -= Number(output.firstChild.dataset.lines);
       output.firstChild.remove();
@@ -35,8 +40,8 @@ function follower(output) {
   function schedule() {
     if (scheduled) return;
     scheduled = true;
-    if (document.hidden) setTimeout(render, 250); // no frames in a background tab
-    else requestAnimationFrame(render);
+    if (document.hidden) setTimeout(() => render(), 250); // no frames in a background tab
+    else requestAnimationFrame(() => render());
   }
 
   return {
@@ -48,22 +53,23 @@ function follower(output) {
       }
       schedule();
     },
-    flush: render,
+    flush: () => render(true),
     say(text) { status.textContent = text; },
   };
 }
 
-// One <span> per run of lines from the same stream (stdout, stderr), its text set at once.
-function runsOf(lines) {
-  const fragment = document.createDocumentFragment();
+// One block of lines, a <span> per run of lines from the same stream, its text set at once.
+function blockOf(lines) {
+  const block = document.createElement("div");
+  block.dataset.lines = String(lines.length);
+  // Its height until it is first laid out (it may be out of sight): a line each.
+  block.style.containIntrinsicSize = `auto ${lines.length * LINE_HEIGHT_EM}em`;
   let span = null;
   let text = "";
-  let count = 0;
   const close = () => {
     if (!span) return;
     span.textContent = text;
-    span.dataset.lines = String(count);
-    fragment.append(span);
+    block.append(span);
   };
   for (const [, stream, line, continues] of lines) {
     if (!span || span.className !== stream) {
@@ -71,13 +77,11 @@ function runsOf(lines) {
       span = document.createElement("span");
       span.className = stream;
       text = "";
-      count = 0;
     }
     text += continues ? line : line + "\n";
-    count += 1;
   }
   close();
-  return fragment;
+  return block;
 }
 
 // As the server writes a moment: local time, to the second.

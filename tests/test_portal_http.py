@@ -1,6 +1,7 @@
-"""The portal's output stream as a script reads it (no browser): server-sent events that resume
-after the ``Last-Event-ID`` they are given, end once the task has ended and every line went,
-and refuse what they cannot serve with a clear status."""
+"""The portal over plain HTTP (no browser): the output stream as a script reads it (server-sent
+events that resume after the ``Last-Event-ID`` they are given, end once the task has ended and
+every line went, and refuse what they cannot serve with a clear status); sessions that ended
+are forgotten."""
 
 from __future__ import annotations
 
@@ -84,3 +85,14 @@ async def test_what_the_stream_cannot_serve_is_refused_clearly(
         async with http.get(f"{base}/no-such-task") as response:
             assert response.status == 404 and "text/html" in response.headers["Content-Type"]
             assert "there is no task no-such-task" in await response.text()
+
+
+async def test_ended_sessions_are_forgotten_at_the_next_sign_in(
+    server: Server, api_key: str
+) -> None:
+    sessions = server.applications["admin"][SESSIONS]
+    for _ in range(3):
+        await session_cookie(server, api_key)
+    sessions.expire_all()
+    await session_cookie(server, api_key)
+    assert len(sessions) == 1, "only the live one is kept"

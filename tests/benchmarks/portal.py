@@ -1,0 +1,124 @@
+"""What the portal costs: the fleet page (100 of 10,000 targets) and its live refresh, beside a
+trivial request in the same run; and Debian's headless Chromium following a task that prints
+10,000 lines a second: how far the page lags behind the task, and how long its main thread was
+ever kept busy, beside the same page idle."""
+
+from __future__ import annotations
+
+import re
+import statistics
+import time
+
+import aiohttp
+from playwright.async_api import Page, async_playwright
+
+from tentacle_poll.server.admin_client import AdminClient
+
+from ..browser import CHROMIUM, FLAGS
+from ..processes import Daemon
+from .figures import Bench, Row, script_task
+
+TARGET_SECONDS = 0.300
+FREEZE_TARGET_MS = 100.0
+LINES_PER_SECOND = 10_000
+STREAM_SECONDS = 5
+CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+# The longest gap a 20 ms timer saw on the page's main thread (milliseconds past its 20).
+WATCH_THE_MAIN_THREAD = """() => {
+  window.longestFreeze = 0;
+  let last = performance.now();
+  setInterval(() => {
+    const now = performance.now();
+    window.longestFreeze = Math.max(window.longestFreeze, now - last - 20);
+    last = now;
+  }, 20);
+}"""
+# Prints LINES_PER_SECOND lines a second for STREAM_SECONDS, a tenth of a second at a time.
+PACED = (
+    "import sys, time\nstart = time.monotonic()\nfor tick in range({ticks}):\n"
+    "    lines = (f'line {{tick * {per_tick} + i}}\\n' for i in range({per_tick}))\n"
+    "    sys.stdout.write(''.join(lines))\n    sys.stdout.flush()\n"
+    "    time.sleep(max(0, start + (tick + 1) / 10 - time.monotonic()))\n"
+)
+
+
+async def fleet_page_rows(bench: Bench, count: int, runs: int = 15) -> list[Row]:
+    """The portal's fleet page and its refresh (100 targets of ``count``), signed in."""
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        await sign_in(http, bench)
+        reference = await median_get(http, bench.admin_url + "/healthz", runs)
+        page = await median_get(http, bench.admin_url + "/portal/fleet", runs)
+        refresh = await median_get(http, bench.admin_url + "/portal/fleet.json", runs)
+    scale = "" if count == 10000 else f" (measured at {count})"
+    ref = f"/healthz {reference * 1000:.1f} ms"
+    return [
+        Row(f"portal fleet page, first 100 of {count}", f"{page * 1000:.0f} ms", ref,
+            f"{page / reference:.0f}x", f"<= 300 ms at 10,000{scale}", page <= TARGET_SECONDS),
+        Row(f"portal fleet live refresh, 100 of {count}", f"{refresh * 1000:.0f} ms", ref,
+            f"{refresh / reference:.0f}x", "", None),
+    ]  # fmt: skip
+
+
+async def sign_in(http: aiohttp.ClientSession, bench: Bench) -> None:
+    async with http.get(bench.admin_url + "/portal/sign-in") as response:
+        found = CSRF.search(await response.text())
+    assert found is not None, "the sign-in form carries its token"
+    form = {"csrf": found.group(1), "api_key": bench.key}
+    async with http.post(bench.admin_url + "/portal/sign-in", data=form) as response:
+        assert response.url.path == "/portal/fleet", "signed in"
+
+
+async def median_get(http: aiohttp.ClientSession, url: str, runs: int) -> float:
+    samples = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        async with http.get(url, allow_redirects=False) as response:
+            await response.read()
+            assert response.status == 200, (url, response.status)
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples)
+
+
+async def live_output_rows(bench: Bench) -> list[Row]:
+    home = await bench.agent_home("portal")
+    agent = await Daemon.start("--home", str(home.folder))
+    await agent.wait_for("polling")
+    try:
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            page = await (await browser.new_context()).new_page()
+            idle_freeze, freeze, lag, lines = await _follow_in_browser(bench, page)
+            await browser.close()
+    finally:
+        await agent.stop()
+    total = LINES_PER_SECOND * STREAM_SECONDS
+    return [
+        Row(f"portal live output at {LINES_PER_SECOND:,} lines/s: longest main-thread freeze",
+            f"{freeze:.0f} ms", f"same page idle {idle_freeze:.0f} ms", "",
+            f"<= {FREEZE_TARGET_MS:.0f} ms", freeze <= FREEZE_TARGET_MS and lines == total),
+        Row("portal live output: last line on the page after the task ended",
+            f"{lag * 1000:.0f} ms", f"{lines}/{total} lines shown", "", "", None),
+    ]  # fmt: skip
+
+
+async def _follow_in_browser(bench: Bench, page: Page) -> tuple[float, float, float, int]:
+    await page.goto(bench.admin_url + "/portal/sign-in")
+    await page.fill("input[name=api_key]", bench.key)
+    await page.click("button[type=submit]")
+    ticks, per_tick = STREAM_SECONDS * 10, LINES_PER_SECOND // 10
+    async with AdminClient(bench.admin_url, bench.key) as admin:
+        waiting = await admin.submit(script_task("portal", "sleep 2"))  # the page, idle
+        await page.goto(f"{bench.admin_url}/portal/tasks/{waiting.id}")
+        await page.evaluate(WATCH_THE_MAIN_THREAD)
+        await admin.follow(waiting.id, lambda _: None)
+        idle_freeze = float(await page.evaluate("window.longestFreeze"))
+        body = PACED.format(ticks=ticks, per_tick=per_tick)
+        task = await admin.submit(script_task("portal", body, "python"))
+        await page.goto(f"{bench.admin_url}/portal/tasks/{task.id}")
+        await page.evaluate(WATCH_THE_MAIN_THREAD)
+        await admin.follow(task.id, lambda _: None)
+        ended = time.monotonic()
+    await page.wait_for_selector("#output[data-ended=true]", timeout=60_000)
+    lag = time.monotonic() - ended
+    lines = int(await page.get_attribute("#output", "data-last-seq") or 0)
+    return idle_freeze, float(await page.evaluate("window.longestFreeze")), lag, lines
