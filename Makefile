@@ -29,7 +29,7 @@ test: $(STAMP) system-deps
 
 ## screenshots: the portal tests, keeping their pictures in docs/portal/ (for docs/portal.md)
 screenshots: $(STAMP) system-deps
-	TENTACLE_POLL_SCREENSHOTS=1 $(BIN)/pytest tests/test_portal.py
+	TENTACLE_POLL_SCREENSHOTS=1 $(BIN)/pytest tests/test_portal.py tests/test_portal_work.py
 
 ## fuzz: the property-based wire tests with a long profile (20,000 generated requests; about 4 minutes)
 fuzz: $(STAMP)

@@ -25,6 +25,18 @@ IMG_LABEL = '"><img src=x onerror=alert(2)>'
 SCREENSHOTS = Path(__file__).parent.parent / "docs" / "portal"
 KEEP_SCREENSHOTS = bool(os.environ.get("TENTACLE_POLL_SCREENSHOTS"))
 
+# The longest a 20 ms timer on the page was held up (milliseconds past its 20): how long the
+# page's main thread was ever kept busy, as a person would feel it.
+WATCH_THE_MAIN_THREAD = """() => {
+  window.longestFreeze = 0;
+  let last = performance.now();
+  setInterval(() => {
+    const now = performance.now();
+    window.longestFreeze = Math.max(window.longestFreeze, now - last - 20);
+    last = now;
+  }, 20);
+}"""
+
 NEEDS_CHROMIUM = pytest.mark.skipif(
     not Path(CHROMIUM).exists(), reason="Debian's chromium is installed by `make system-deps`"
 )

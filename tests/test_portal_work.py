@@ -16,7 +16,15 @@ from tentacle_poll.server import Server
 from tentacle_poll.server.admin_client import AdminClient
 from tentacle_poll.store.base import TaskQuery
 
-from .browser import IMG_LABEL, NEEDS_CHROMIUM, SCRIPT_LABEL, portal, screenshot, sign_in
+from .browser import (
+    IMG_LABEL,
+    NEEDS_CHROMIUM,
+    SCRIPT_LABEL,
+    WATCH_THE_MAIN_THREAD,
+    portal,
+    screenshot,
+    sign_in,
+)
 from .conftest import AgentFactory, register_agent, script_task
 from .relay import CuttingRelay
 from .test_deploy import web_app
@@ -152,18 +160,6 @@ async def test_tens_of_thousands_of_lines_arrive_whole_and_the_page_stays_usable
     assert longest_freeze < 2000, f"the page froze for {longest_freeze} ms"
 
 
-# How long the page's main thread was kept from running a 20 ms timer, at the worst.
-WATCH_THE_MAIN_THREAD = """() => {
-  window.longestFreeze = 0;
-  let last = performance.now();
-  setInterval(() => {
-    const now = performance.now();
-    window.longestFreeze = Math.max(window.longestFreeze, now - last - 20);
-    last = now;
-  }, 20);
-}"""
-
-
 async def test_a_read_key_sees_everything_and_runs_nothing(
     server: Server, admin: AdminClient, page: Page, start_agent: AgentFactory
 ) -> None:
@@ -186,6 +182,8 @@ async def test_a_read_key_sees_everything_and_runs_nothing(
     assert cancel.status == 403
     assert len(await server.state.store.list_tasks(TaskQuery())) == 1, "nothing was queued"
     assert not (await admin.task(task.id)).cancel_requested
+    await page.goto(portal(server, "/portal/run"))
+    await expect(page.locator(".problem")).to_contain_text("has the read scope")
 
 
 async def test_a_deploy_key_runs_only_in_its_environments(

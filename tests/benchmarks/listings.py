@@ -22,10 +22,10 @@ TARGET_SECONDS = 0.300
 
 async def listing_rows(bench: Bench, count: int, runs: int = 15) -> list[Row]:
     async with aiohttp.ClientSession(headers={API_KEY_HEADER: bench.key}) as http:
-        reference = await _median_get(http, bench.admin_url + "/healthz", runs)
-        first = await _median_get(http, bench.admin_url + FIRST_PAGE, runs)
-        scan = await _median_get(http, bench.admin_url + WHOLE_SCAN, max(runs // 3, 3))
-        scrape = await _median_get(http, bench.admin_url + "/metrics", max(runs // 3, 3))
+        reference = await median_get(http, bench.admin_url + "/healthz", runs)
+        first = await median_get(http, bench.admin_url + FIRST_PAGE, runs)
+        scan = await median_get(http, bench.admin_url + WHOLE_SCAN, max(runs // 3, 3))
+        scrape = await median_get(http, bench.admin_url + "/metrics", max(runs // 3, 3))
     scale = "" if count == 10000 else f" (measured at {count})"
     ref = f"/healthz {reference * 1000:.1f} ms"
     return [
@@ -38,11 +38,11 @@ async def listing_rows(bench: Bench, count: int, runs: int = 15) -> list[Row]:
     ]  # fmt: skip
 
 
-async def _median_get(http: aiohttp.ClientSession, url: str, runs: int) -> float:
+async def median_get(http: aiohttp.ClientSession, url: str, runs: int) -> float:
     samples = []
     for _ in range(runs):
         started = time.perf_counter()
-        async with http.get(url) as response:
+        async with http.get(url, allow_redirects=False) as response:
             await response.read()
             assert response.status == 200, (url, response.status)
         samples.append(time.perf_counter() - started)

@@ -6,7 +6,6 @@ ever kept busy, beside the same page idle."""
 from __future__ import annotations
 
 import re
-import statistics
 import time
 
 import aiohttp
@@ -14,25 +13,16 @@ from playwright.async_api import Page, async_playwright
 
 from tentacle_poll.server.admin_client import AdminClient
 
-from ..browser import CHROMIUM, FLAGS
+from ..browser import CHROMIUM, FLAGS, WATCH_THE_MAIN_THREAD
 from ..processes import Daemon
 from .figures import Bench, Row, script_task
+from .listings import median_get
 
 TARGET_SECONDS = 0.300
 FREEZE_TARGET_MS = 100.0
 LINES_PER_SECOND = 10_000
 STREAM_SECONDS = 5
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
-# The longest gap a 20 ms timer saw on the page's main thread (milliseconds past its 20).
-WATCH_THE_MAIN_THREAD = """() => {
-  window.longestFreeze = 0;
-  let last = performance.now();
-  setInterval(() => {
-    const now = performance.now();
-    window.longestFreeze = Math.max(window.longestFreeze, now - last - 20);
-    last = now;
-  }, 20);
-}"""
 # Prints LINES_PER_SECOND lines a second for STREAM_SECONDS, a tenth of a second at a time.
 PACED = (
     "import sys, time\nstart = time.monotonic()\nfor tick in range({ticks}):\n"
@@ -66,17 +56,6 @@ async def sign_in(http: aiohttp.ClientSession, bench: Bench) -> None:
     form = {"csrf": found.group(1), "api_key": bench.key}
     async with http.post(bench.admin_url + "/portal/sign-in", data=form) as response:
         assert response.url.path == "/portal/fleet", "signed in"
-
-
-async def median_get(http: aiohttp.ClientSession, url: str, runs: int) -> float:
-    samples = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        async with http.get(url, allow_redirects=False) as response:
-            await response.read()
-            assert response.status == 200, (url, response.status)
-        samples.append(time.perf_counter() - started)
-    return statistics.median(samples)
 
 
 async def live_output_rows(bench: Bench) -> list[Row]:

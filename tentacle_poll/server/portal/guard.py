@@ -56,9 +56,14 @@ def may(session: Session, scope: str) -> bool:
     return RANK[session.key.scope] >= RANK[scope]
 
 
-def acting_as(request: web.Request, session: Session, scope: str = "deploy") -> None:
-    """The request acts as the session's key from here on, which must have ``scope``."""
+def require(session: Session, scope: str) -> None:
+    """A 403 that says why unless the session's key has ``scope``."""
     if not may(session, scope):
         detail = f"the key {session.key.name} has the {session.key.scope} scope; this needs {scope}"
         raise ProblemError(403, "key not allowed", detail)
+
+
+def acting_as(request: web.Request, session: Session, scope: str = "deploy") -> None:
+    """The request acts as the session's key from here on, which must have ``scope``."""
+    require(session, scope)
     request[CALLER] = session.key

@@ -19,7 +19,7 @@ from tentacle_poll.protocol.models import FanOut, SubmitTask, TaskSpec
 from tentacle_poll.server.access import require_environment, require_target
 from tentacle_poll.server.admin import submit
 from tentacle_poll.server.deployments import deploy, matching_targets
-from tentacle_poll.server.portal.guard import acting_as, form_of, signed_in
+from tentacle_poll.server.portal.guard import acting_as, form_of, require, signed_in
 from tentacle_poll.server.portal.rendering import page
 from tentacle_poll.server.portal.sessions import Session
 from tentacle_poll.server.portal.tasks import task_page_of
@@ -47,6 +47,7 @@ class Order:
 
 async def run_form(request: web.Request) -> web.Response:
     session = await signed_in(request)
+    require(session, "deploy")
     return _form_page(session, {name: request.query.get(name, "") for name in FIELDS})
 
 
@@ -60,16 +61,18 @@ async def run(request: web.Request) -> web.StreamResponse:
         if form.get("confirmed") != "yes":
             return await _confirmation(request, session, order, values)
         where = await _run(request, order)
-    except (ProblemError, ProtocolError) as exc:
-        problem = exc.problem.detail if isinstance(exc, ProblemError) else str(exc)
-        status = exc.problem.status if isinstance(exc, ProblemError) else 400
-        return _form_page(session, values, problem, status)
+    except ProblemError as exc:
+        return _form_page(session, values, exc.problem.detail, exc.problem.status)
+    except ProtocolError as exc:
+        return _form_page(session, values, str(exc), 400)
     raise web.HTTPSeeOther(where)
 
 
 def order_from(values: dict[str, str]) -> Order:
     target, environment = values["target"].strip(), values["environment"].strip()
-    if bool(target) == bool(environment):
+    if not target and not environment:
+        raise ProtocolError("name a target, or an environment (and roles) to run on")
+    if target and environment:
         raise ProtocolError("name one target, or an environment (and roles), not both")
     roles = [role.strip() for role in values["roles"].split(",") if role.strip()]
     return Order(decode_object(TaskSpec, _task(values)), target, environment, roles)
