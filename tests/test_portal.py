@@ -29,6 +29,7 @@ async def test_sign_in_see_an_agent_connect_live_and_sign_out(
     await expect(connected).to_have_text("no")
     await start_agent("web1")  # it connects after the page was rendered: the cell follows
     await expect(connected).to_have_text("yes", timeout=15_000)
+    await expect(page.locator('tr[data-name="web1"] td.health')).to_have_text("healthy")
     await screenshot(page, "fleet.png", tmp_path)
     await page.click("text=Sign out")
     await expect(page.locator("h1")).to_have_text("Sign in")

@@ -43,6 +43,7 @@ async def test_run_a_script_after_confirming_and_watch_its_lines_arrive(
     await expect(page.locator("input[name=target]")).to_have_value("web1")
     await page.fill("textarea[name=body]", (
         f"echo first\necho '{SCRIPT_LABEL}'\necho '{IMG_LABEL}' >&2\n"
+        "printf '\\033[1;31mred alert\\033[0m\\n'\n"
         f"while [ ! -e {gate} ]; do sleep 0.05; done\necho second\n"
     ))  # fmt: skip
     await screenshot(page, "run.png", tmp_path)
@@ -56,6 +57,8 @@ async def test_run_a_script_after_confirming_and_watch_its_lines_arrive(
     await expect(output).to_contain_text(SCRIPT_LABEL)
     await expect(page.locator("#task-state")).to_have_text("running")
     assert "second" not in (await output.text_content() or ""), "the task waits for the gate"
+    await expect(output).to_contain_text("red alert\n")  # its colour codes left out
+    assert "[1;31m" not in (await output.text_content() or "")
     gate.touch()  # the rest of its output arrives on the page that is already open
     await expect(output).to_contain_text("second", timeout=LIVE)
     await expect(page.locator("#task-state")).to_have_text("succeeded")
@@ -158,6 +161,10 @@ async def test_tens_of_thousands_of_lines_arrive_whole_and_the_page_stays_usable
     assert shown == [str(i) for i in range(count - len(shown) + 1, count + 1)]
     longest_freeze = await page.evaluate("window.longestFreeze")
     assert longest_freeze < 2000, f"the page froze for {longest_freeze} ms"
+    await page.reload()  # opened again, it starts near the end instead of sending it all
+    await expect(output).to_have_attribute("data-ended", "true", timeout=LIVE)
+    reopened = (await output.text_content() or "").splitlines()
+    assert reopened == [str(i) for i in range(count - 20_000 + 1, count + 1)]
 
 
 async def test_a_read_key_sees_everything_and_runs_nothing(

@@ -14,6 +14,7 @@ from tentacle_poll.server.state import STATE, task_view
 from tentacle_poll.store.base import TaskQuery
 
 LISTED = 100
+SHOWN_LINES = 20_000  # the page keeps this many (static/task.js); a longer output opens at its end
 
 
 def task_page_of(task_id: str) -> str:
@@ -36,7 +37,9 @@ async def task_page(request: web.Request) -> web.Response:
     session = await signed_in(request)
     task = task_view(await request.app[STATE].task_or_404(request.match_info["task_id"]))
     may_cancel = may(session, "deploy") and not task.state.is_final
-    return page("task.html", session=session, task=task, may_cancel=may_cancel)
+    start_after = max(0, task.last_seq - SHOWN_LINES)
+    return page("task.html", session=session, task=task, may_cancel=may_cancel,
+                start_after=start_after)  # fmt: skip
 
 
 async def cancel_task(request: web.Request) -> web.StreamResponse:

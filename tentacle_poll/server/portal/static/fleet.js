@@ -1,4 +1,4 @@
-// Keeps the fleet table's connection state live: asks the portal for the same page every few
+// Keeps the fleet table's connection state (and health, last seen) live: asks the portal for the same page every few
 // seconds and updates the cells in place (text only: nothing received becomes markup).
 "use strict";
 
@@ -18,6 +18,7 @@ async function refresh(table) {
     cell.textContent = target.connected ? "yes" : "no";
     cell.className = `connected ${target.connected ? "yes" : "no"}`;
     row.querySelector("td.last-seen").textContent = target.last_seen;
+    row.querySelector("td.health").textContent = target.health;
   }
 }
 

@@ -8,11 +8,14 @@
 
 const MAX_SHOWN_LINES = 20000; // older lines leave the page; the text download keeps them
 const LINE_HEIGHT_EM = 1.2;
+// Terminal colour and cursor sequences (CSI, OSC, and two-character escapes): a deploy tool's
+// colours would show as "[31m" noise. The text download keeps them.
+const TERMINAL_SEQUENCES = /\x1b\[[0-?]*[ -\/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]/g;
 
 function follower(output) {
   const counter = document.getElementById("output-lines");
   const status = document.getElementById("output-status");
-  let lastSeq = 0;
+  let lastSeq = Number(output.dataset.lastSeq); // a long output opens near its end
   let shownLines = 0;
   let pending = [];
   let scheduled = false;
@@ -78,7 +81,8 @@ function blockOf(lines) {
       span.className = stream;
       text = "";
     }
-    text += continues ? line : line + "\n";
+    const shown = line.replace(TERMINAL_SEQUENCES, "");
+    text += continues ? shown : shown + "\n";
   }
   close();
   return block;
