@@ -16,6 +16,7 @@ class CuttingRelay:
         self.port = 0
         self._refuse_after_cut = False
         self.refusing = False  # every connection is closed at once, as a dead network would
+        self.bad_gateway = False  # every request is answered 502, as a proxy whose server is down
         self._writers: list[asyncio.StreamWriter] = []
 
     async def __aenter__(self) -> CuttingRelay:
@@ -38,7 +39,13 @@ class CuttingRelay:
         self._armed, self._refuse_after_cut = True, True
 
     def restore(self) -> None:
-        self.refusing = False
+        self.refusing = self.bad_gateway = False
+
+    def cut_all_and_answer_bad_gateway(self) -> None:
+        """Every open connection is cut now, and every new request answered 502 until
+        ``restore``: a reverse proxy in front of a server that went away."""
+        self.cut_all_and_refuse()
+        self.refusing, self.bad_gateway = False, True
 
     def cut_all_and_refuse(self) -> None:
         """Every open connection is cut now and new ones closed at once, until ``restore``: the
@@ -60,6 +67,12 @@ class CuttingRelay:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.refusing:
+            writer.close()
+            return
+        if self.bad_gateway:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(BAD_GATEWAY)
+            await writer.drain()
             writer.close()
             return
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._upstream_port)
@@ -129,3 +142,4 @@ class _ClientHandshake:
 
 
 CHANGE_CIPHER_SPEC = 0x14
+BAD_GATEWAY = b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"

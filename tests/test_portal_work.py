@@ -120,27 +120,33 @@ async def test_a_cut_stream_resumes_without_losing_or_repeating_a_line(
     server: Server, admin: AdminClient, api_key: str, page: Page, start_agent: AgentFactory,
     tmp_path: Path,
 ) -> None:  # fmt: skip
+    """Cut twice: once with the way to the server dead for a while (the browser reconnects by
+    itself), once behind a proxy answering 502 (the browser gives up; the page tries again)."""
     await start_agent("web1")
-    gate = tmp_path / "gate"
-    body = (
-        "import os, time\nfor i in range(1, 3001): print(f'line {i}')\n"
+    gates = [tmp_path / "first", tmp_path / "second"]
+    body = "import os, time\nfor i in range(1, 3001): print(f'line {i}')\n" + "".join(
         f"while not os.path.exists({str(gate)!r}): time.sleep(0.05)\n"
-        "for i in range(3001, 6001): print(f'line {i}')\n"
+        f"for i in range({3001 + 3000 * n}, {6001 + 3000 * n}): print(f'line {{i}}')\n"
+        for n, gate in enumerate(gates)
     )
     task = await admin.submit(script_task("web1", body, syntax="python"))
     async with CuttingRelay(server.admin_port) as relay:  # the browser's way to the server
         base = f"http://127.0.0.1:{relay.port}"
         await sign_in(page, server, api_key, base)
         await page.goto(f"{base}/portal/tasks/{task.id}")
-        output = page.locator("#output")
-        await expect(output).to_have_attribute("data-last-seq", "3000", timeout=LIVE)
-        relay.cut_all_and_refuse()  # the stream breaks; its reconnections fail for a while
-        await expect(page.locator("#output-status")).to_have_text("(reconnecting…)")
-        relay.restore()
-        gate.touch()
+        output, status = page.locator("#output"), page.locator("#output-status")
+        cuts = [(relay.cut_all_and_refuse, "(reconnecting…)"),
+                (relay.cut_all_and_answer_bad_gateway, "(server away: trying again)")]  # fmt: skip
+        for n, (cut, said) in enumerate(cuts):
+            await expect(output).to_have_attribute("data-last-seq", str(3000 * (n + 1)),
+                                                   timeout=LIVE)  # fmt: skip
+            cut()
+            await expect(status).to_have_text(said)
+            relay.restore()
+            gates[n].touch()
         await expect(output).to_have_attribute("data-ended", "true", timeout=LIVE)
     lines = (await output.text_content() or "").splitlines()
-    assert lines == [f"line {i}" for i in range(1, 6001)]
+    assert lines == [f"line {i}" for i in range(1, 9001)]
 
 
 async def test_tens_of_thousands_of_lines_arrive_whole_and_the_page_stays_usable(

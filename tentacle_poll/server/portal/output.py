@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 
 from aiohttp import web
+from loguru import logger
 
+from tentacle_poll.exceptions import StorageFull, StoreUnavailable
 from tentacle_poll.protocol.models import Event, TaskView
 from tentacle_poll.server.dispatch import wait_for_bell
 from tentacle_poll.server.portal.guard import live_session, signed_in
@@ -40,6 +42,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
         await _follow(request, response, task_id, after)
     except ConnectionResetError:  # the browser left or the connection was cut: it resumes
         pass
+    except (StoreUnavailable, StorageFull, OSError) as exc:  # the answer has begun: no 503 now
+        logger.warning("output stream of task {} ended: {}", task_id, exc)
     return response
 
 

@@ -57,6 +57,7 @@ function follower(output) {
       schedule();
     },
     flush: () => render(true),
+    last: () => lastSeq,
     say(text) { status.textContent = text; },
   };
 }
@@ -112,25 +113,60 @@ function showTask(task) {
   }
 }
 
+// The browser reconnects by itself after a cut, but gives up for good when an answer is not a
+// stream (a 503 while the server restarts, a 502 from a proxy, a 401 once signed out): then
+// the page asks whether it is still signed in and, if so, opens the stream again after the last
+// line it has, until the task's end is seen.
+const RETRY_AFTER_MS = 3000;
+
 function follow(output) {
   const lines = follower(output);
-  const source = new EventSource(output.dataset.stream);
-  source.addEventListener("open", () => lines.say("(live)"));
-  source.addEventListener("lines", (message) => lines.add(JSON.parse(message.data)));
-  source.addEventListener("task", (message) => showTask(JSON.parse(message.data)));
-  source.addEventListener("end", () => {
-    source.close();
-    lines.flush();
-    lines.say("(ended)");
-    output.dataset.ended = "true";
-  });
-  source.addEventListener("signed-out", () => {
-    source.close();
-    window.location.assign("/portal/sign-in");
-  });
-  source.addEventListener("error", () => {
-    lines.say(source.readyState === EventSource.CLOSED ? "(stopped: reload the page)" : "(reconnecting…)");
-  });
+  const open = () => {
+    const source = new EventSource(streamAfter(output.dataset.stream, lines.last()));
+    source.addEventListener("open", () => lines.say("(live)"));
+    source.addEventListener("lines", (message) => lines.add(JSON.parse(message.data)));
+    source.addEventListener("task", (message) => showTask(JSON.parse(message.data)));
+    source.addEventListener("end", () => {
+      source.close();
+      lines.flush();
+      lines.say("(ended)");
+      output.dataset.ended = "true";
+    });
+    source.addEventListener("signed-out", () => {
+      source.close();
+      window.location.assign("/portal/sign-in");
+    });
+    source.addEventListener("error", () => {
+      if (source.readyState !== EventSource.CLOSED) {
+        lines.say("(reconnecting…)");
+        return;
+      }
+      lines.say("(server away: trying again)");
+      setTimeout(() => stillSignedIn().then((yes) => { if (yes) open(); }), RETRY_AFTER_MS);
+    });
+  };
+  open();
+}
+
+function streamAfter(stream, lastSeq) {
+  const url = new URL(stream, window.location.href);
+  url.searchParams.set("after", String(lastSeq));
+  return url.pathname + url.search;
+}
+
+// False (and off to sign-in) once the session is gone; true otherwise, even if the server is
+// still away (the next try will tell).
+async function stillSignedIn() {
+  try {
+    const response = await fetch("/portal/fleet.json?limit=1", { credentials: "same-origin" });
+    if (response.status === 401) {
+      window.location.assign("/portal/sign-in");
+      return false;
+    }
+  } catch (away) {
+    // the server cannot be reached yet: try the stream again anyway
+  }
+  return true;
 }
 
 document.addEventListener("DOMContentLoaded", () => {
