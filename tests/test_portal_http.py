@@ -9,9 +9,11 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from tentacle_poll.server import Server
 from tentacle_poll.server.admin_client import AdminClient
+from tentacle_poll.server.portal import output
 from tentacle_poll.server.portal.guard import SESSIONS
 
 from .conftest import AgentFactory, run_and_follow, script_task
@@ -96,3 +98,24 @@ async def test_ended_sessions_are_forgotten_at_the_next_sign_in(
     sessions.expire_all()
     await session_cookie(server, api_key)
     assert len(sessions) == 1, "only the live one is kept"
+
+
+async def test_a_busy_stream_stops_once_its_key_is_revoked(
+    server: Server, admin: AdminClient, api_key: str, start_agent: AgentFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.setattr(output, "SESSION_CHECK_SECONDS", 0.2)
+    await start_agent("web1")
+    watcher = await server.state.store.create_api_key("watcher", scope="read")
+    task = await admin.submit(script_task("web1", "while true; do echo busy; sleep 0.01; done"))
+    url = f"http://127.0.0.1:{server.admin_port}/portal/tasks/{task.id}/stream"
+    cookies = await session_cookie(server, watcher)
+    async with aiohttp.ClientSession(cookies=cookies) as http, http.get(url) as response:
+        async for raw in response.content:
+            if raw.startswith(b"event: lines"):
+                break  # the output flows
+        assert await server.state.store.revoke_api_key("watcher")
+        got = await messages(response)
+    assert got[-1][0] == "signed-out", "the stream ended because its key went"
+    await admin.cancel(task.id)
+    await admin.follow(task.id, lambda _: None)  # ended before the agent is stopped

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from tentacle_poll.agent.transport import CommsClient
-from tentacle_poll.exceptions import LeaseLost, RequestRejected
+from tentacle_poll.exceptions import LeaseLost, RequestRejected, ServerUnavailable
 from tentacle_poll.protocol.models import (
     AcceptRequest,
     AcceptResponse,
@@ -309,3 +309,14 @@ async def test_last_seen_of_many_agents_is_written_in_several_transactions(
         assert {a.agent_version for a in stored.values()} == {"9.9"}
     finally:
         await store.close()
+
+
+async def test_a_client_shut_down_sends_nothing_and_opens_no_connection(
+    agent_client: CommsClient,
+) -> None:
+    """An agent's delivery that outlives its stop (it is shielded from cancellation) must fail
+    at once, not open a connection that nobody will close."""
+    await agent_client.shut_down()
+    with pytest.raises(ServerUnavailable, match="the agent is stopping"):
+        await agent_client.post(POLL, PollRequest(free_slots=1), PollResponse)
+    assert agent_client._session is None

@@ -106,7 +106,7 @@ class Agent:
             await self._run(journal, spool, clients)
         finally:
             for client in clients.values():
-                await client.close()
+                await client.shut_down()
             journal.close()
             if endpoint is not None:
                 await endpoint.stop()

@@ -82,10 +82,19 @@ class CommsClient:
         self._connect_timeout = connect_timeout
         self._session: aiohttp.ClientSession | None = None
         self._retired: list[aiohttp.ClientSession] = []
+        self._closed = False
         self.thumbprints = list(thumbprints)
         self.last_date_header: str | None = None
 
+    async def shut_down(self) -> None:
+        """Closes, and from then on a request fails at once: a delivery that outlived the
+        daemon's stop (it is shielded) must not open a connection nobody closes; its result
+        stays spooled for the next start."""
+        self._closed = True
+        await self.close()
+
     async def close(self) -> None:
+        """Ends every connection; the next request opens a new one (a new handshake)."""
         for session in [*self._retired, self._session]:
             if session is not None:
                 await session.close()
@@ -188,6 +197,8 @@ class CommsClient:
         }
 
     def _open_session(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise ServerUnavailable(f"{self.url}: not sent, the agent is stopping")
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 headers={

@@ -10,6 +10,7 @@ line was sent (the browser stops reconnecting then).
 from __future__ import annotations
 
 import json
+import time
 
 from aiohttp import web
 from loguru import logger
@@ -25,6 +26,7 @@ from tentacle_poll.server.state import STATE, task_view
 BATCH_LINES = 2000
 TEXT_PAGE_LINES = 5000
 KEEPALIVE_SECONDS = 15.0  # a comment now and then keeps proxies from closing an idle stream
+SESSION_CHECK_SECONDS = 15.0  # a busy stream, too, stops soon after its session has ended
 RETRY_MS = 1000  # how soon the browser reconnects after a cut
 MAX_SEQ_TEXT = 20
 
@@ -62,15 +64,20 @@ async def _follow(
 ) -> None:
     state = request.app[STATE]
     shown: tuple[object, ...] = ()
+    session_checked = time.monotonic()
     while not state.dispatcher.stopping:
+        if time.monotonic() - session_checked >= SESSION_CHECK_SECONDS:
+            if await live_session(request) is None:  # signed out, expired or key revoked
+                return await _send(response, "signed-out", "{}")
+            session_checked = time.monotonic()
         bell = state.dispatcher.tasks.current(task_id)
         task = await state.store.get_task(task_id)  # before its lines, as the API's follow
         if task is None:  # pruned or its target deleted while watched
             return await _send(response, "end", "{}")
         lines = await state.store.events_after(task_id, after, BATCH_LINES)
         view = task_view(task)
-        if _changes(view) != shown:
-            shown = _changes(view)
+        if (changes := _changes(view)) != shown:
+            shown = changes
             await _send(response, "task", view.model_dump_json())
         if lines:
             after = lines[-1].seq
@@ -78,8 +85,6 @@ async def _follow(
         elif task.state.is_final:
             return await _send(response, "end", "{}")
         elif not await wait_for_bell(bell, KEEPALIVE_SECONDS):
-            if await live_session(request) is None:  # signed out, expired or key revoked
-                return await _send(response, "signed-out", "{}")
             await response.write(b": still here\n\n")
 
 
@@ -116,4 +121,6 @@ async def output_text(request: web.Request) -> web.StreamResponse:
         await response.write_eof()
     except ConnectionResetError:  # the browser stopped the download
         pass
+    except (StoreUnavailable, StorageFull, OSError) as exc:  # the answer has begun: no 503 now
+        logger.warning("output download of task {} ended: {}", task_id, exc)
     return response

@@ -19,6 +19,7 @@ from tentacle_poll.protocol.models import FanOut, SubmitTask, TaskSpec
 from tentacle_poll.server.access import require_environment, require_target
 from tentacle_poll.server.admin import submit
 from tentacle_poll.server.deployments import deploy, matching_targets
+from tentacle_poll.server.portal.deployments import deployment_page_of
 from tentacle_poll.server.portal.guard import acting_as, form_of, require, signed_in
 from tentacle_poll.server.portal.rendering import page
 from tentacle_poll.server.portal.sessions import Session
@@ -116,7 +117,7 @@ async def _run(request: web.Request, order: Order) -> str:
     if order.target:
         body = SubmitTask.model_validate({**order.task.model_dump(), "target": order.target})
         return task_page_of((await submit(request, body)).id)
-    return f"/portal/deployments/{await deploy(request, order.fan_out())}"
+    return deployment_page_of(await deploy(request, order.fan_out()))
 
 
 def _form_page(
