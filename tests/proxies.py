@@ -171,3 +171,29 @@ async def sni_router(folder: Path, routes: dict[str, int]) -> AsyncIterator[Runn
     command = [*AS_NOBODY, require("haproxy"), "-db", "-f", str(config)]
     async with run_proxy(command, port, folder / "haproxy.log") as proxy:
         yield proxy
+
+
+@contextlib.asynccontextmanager
+async def tls_terminating_proxy(
+    folder: Path, backend_port: int, certificate_pem: bytes
+) -> AsyncIterator[RunningProxy]:
+    """haproxy ending TLS in front of a plain HTTP listener (as in front of the admin port),
+    telling it so with ``X-Forwarded-Proto: https``. ``certificate_pem``: certificate and key."""
+    folder = _world_writable(folder)
+    bundle = folder / "site.pem"
+    bundle.write_bytes(certificate_pem)
+    bundle.chmod(0o644)
+    port = free_port()
+    lines = [
+        "global", "  maxconn 256",
+        "defaults", "  mode http", "  timeout connect 5s", "  timeout client 120s",
+        "  timeout server 120s",
+        "frontend https", f"  bind 127.0.0.1:{port} ssl crt {bundle}",
+        "  http-request set-header X-Forwarded-Proto https", "  default_backend admin",
+        "backend admin", f"  server s0 127.0.0.1:{backend_port}",
+    ]  # fmt: skip
+    config = folder / "haproxy.cfg"
+    config.write_text("\n".join(lines) + "\n")
+    command = [*AS_NOBODY, require("haproxy"), "-db", "-f", str(config)]
+    async with run_proxy(command, port, folder / "haproxy.log") as proxy:
+        yield proxy

@@ -8,13 +8,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import aiohttp
-from playwright.async_api import Page, expect
+from playwright.async_api import Browser, Page, expect
 
 from tentacle_poll.server import Server
 from tentacle_poll.server.portal.guard import SESSIONS
+from tentacle_poll.tls import generate_identity
 
 from .browser import IMG_LABEL, NEEDS_CHROMIUM, SCRIPT_LABEL, portal, screenshot, sign_in
 from .conftest import AgentFactory, register_agent
+from .proxies import tls_terminating_proxy
 
 pytestmark = NEEDS_CHROMIUM
 
@@ -102,3 +104,21 @@ async def test_every_portal_answer_carries_the_security_headers(server: Server) 
         async with http.get(portal(server, "/portal/sign-in")) as response:
             cookie = response.headers["Set-Cookie"]
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+
+
+async def test_behind_a_proxy_that_ends_tls_the_cookies_are_secure_and_forms_work(
+    server: Server, api_key: str, browser: Browser, tmp_path: Path
+) -> None:
+    site = generate_identity("portal.example")
+    async with tls_terminating_proxy(tmp_path / "haproxy", server.admin_port,
+                                     site.cert_pem + site.key_pem) as proxy:  # fmt: skip
+        context = await browser.new_context(ignore_https_errors=True)  # a self-signed site
+        page = await context.new_page()
+        await sign_in(page, server, api_key, f"https://127.0.0.1:{proxy.port}")
+        await expect(page.locator("h1")).to_have_text("Fleet")
+        cookies = {cookie["name"]: cookie for cookie in await context.cookies()}
+        assert cookies["tp_session"]["secure"] and cookies["tp_session"]["httpOnly"]
+        assert cookies["tp_session"]["sameSite"] == "Strict"
+        await page.click("text=Sign out")  # a form post through the proxy
+        await expect(page.locator("h1")).to_have_text("Sign in")
+        await context.close()

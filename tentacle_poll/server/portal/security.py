@@ -54,4 +54,13 @@ def from_another_site(request: web.Request) -> bool:
     if site is not None:
         return site not in ("same-origin", "none")
     origin = request.headers.get("Origin")  # older ones
-    return origin is not None and origin != f"{request.scheme}://{request.host}"
+    scheme = "https" if over_https(request) else "http"
+    return origin is not None and origin != f"{scheme}://{request.host}"
+
+
+def over_https(request: web.Request) -> bool:
+    """Reached over TLS: directly, or through a reverse proxy that ends TLS and says so
+    (``X-Forwarded-Proto: https``). Believing the header can only make cookies stricter, and a
+    page of another site cannot set it on a victim's form post."""
+    forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+    return request.secure or forwarded == "https"

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from tentacle_poll.server.portal.security import over_https
 from tentacle_poll.store import ApiKeyRecord
 
 SESSION_COOKIE = "tp_session"
@@ -74,5 +75,5 @@ def same_token(given: str, expected: str) -> bool:
 
 def set_cookie(response: web.StreamResponse, request: web.Request, name: str, value: str) -> None:
     response.set_cookie(
-        name, value, path=PATH, httponly=True, samesite="Strict", secure=request.secure
+        name, value, path=PATH, httponly=True, samesite="Strict", secure=over_https(request)
     )

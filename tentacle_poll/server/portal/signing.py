@@ -12,6 +12,7 @@ from tentacle_poll.server.portal.guard import SESSIONS, SIGN_IN, form_of, signed
 from tentacle_poll.server.portal.rendering import page
 from tentacle_poll.server.portal.security import from_another_site
 from tentacle_poll.server.portal.sessions import (
+    PATH,
     SESSION_COOKIE,
     SIGN_IN_COOKIE,
     same_token,
@@ -52,5 +53,5 @@ async def sign_out(request: web.Request) -> web.StreamResponse:
     await form_of(request, await signed_in(request))
     request.app[SESSIONS].close(request.cookies.get(SESSION_COOKIE))
     response = web.HTTPSeeOther(SIGN_IN)
-    response.del_cookie(SESSION_COOKIE, path="/portal")
+    response.del_cookie(SESSION_COOKIE, path=PATH)
     raise response
