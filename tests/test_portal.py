@@ -44,6 +44,7 @@ async def test_a_wrong_key_is_refused_and_nothing_is_shown(
 ) -> None:
     await sign_in(page, server, "API-not-a-real-key")
     await expect(page.locator(".problem")).to_have_text("That API key is unknown or revoked.")
+    assert server.state.refusals.counts["admin:key"] == 1, "counted (and logged) as a refusal"
     await screenshot(page, "sign-in.png", tmp_path)
     await page.goto(portal(server, "/portal/fleet"))
     await expect(page.locator("h1")).to_have_text("Sign in")

@@ -18,6 +18,7 @@ from tentacle_poll.server.portal.sessions import (
     same_token,
     set_cookie,
 )
+from tentacle_poll.server.refusals import peer_of
 from tentacle_poll.server.state import STATE, now
 
 HOME = "/portal/fleet"
@@ -41,6 +42,10 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     key = await state.store.api_key(secret, now()) if secret else None
     if key is None:
+        state.refusals.refused(
+            "admin:key", f"portal: refused a sign-in from {peer_of(request.transport)}: "
+            f"{'an unknown or revoked' if secret else 'no'} API key",
+        )  # fmt: skip
         return await sign_in_form(request, "That API key is unknown or revoked.", 401)
     session_id, _ = request.app[SESSIONS].open(key, secret)
     await record(state, f"key {key.name}", "portal sign-in", key.name)
