@@ -27,6 +27,7 @@ from tentacle_poll.protocol.models import (
     TaskView,
 )
 from tentacle_poll.protocol.routes import (
+    API_KEY_HEADER,
     POLL,
     PROTOCOL_HEADER,
     TASK_ACCEPT,
@@ -37,10 +38,11 @@ from tentacle_poll.protocol.routes import (
 from tentacle_poll.server import Server
 from tentacle_poll.server.admin_client import AdminClient
 from tentacle_poll.store import NewAgent
+from tentacle_poll.store.base import AgentQuery
 from tentacle_poll.store.sqlite import SqliteStore
 from tentacle_poll.tls import pinned_client_context
 
-from .conftest import comms_url, script_task
+from .conftest import comms_url, register_agent, script_task, start_server
 
 
 async def poll(
@@ -320,3 +322,29 @@ async def test_a_client_shut_down_sends_nothing_and_opens_no_connection(
     with pytest.raises(ServerUnavailable, match="the agent is stopping"):
         await agent_client.post(POLL, PollRequest(free_slots=1), PollResponse)
     assert agent_client._session is None
+
+
+async def test_a_nul_in_a_path_a_query_or_a_label_is_a_400_on_postgresql_too(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """PostgreSQL cannot even be asked about a text holding NUL: refused before the store."""
+    server = await start_server(tmp_path / "server", store_url=pg_url)
+    try:
+        key = await server.state.store.create_api_key("tests")
+        base = f"http://127.0.0.1:{server.admin_port}"
+        async with aiohttp.ClientSession(headers={API_KEY_HEADER: key}) as http:
+            for path in ("/api/targets?search=a%00b", "/api/tasks/a%00b",
+                         "/api/tasks?target=%00", "/portal/fleet?role=%00"):  # fmt: skip
+                async with http.get(base + path, allow_redirects=False) as response:
+                    assert response.status == 400, path
+                    assert "NUL" in await response.text()
+            fan_out = {"environment": "Test\u0000", "task": {"script": {"body": "true"}}}
+            async with http.post(base + "/api/deployments", json=fan_out) as response:
+                assert response.status == 400  # jsonb could never filter on such a label
+                assert "environment" in (await response.json())["detail"]
+        await register_agent(server, key, tmp_path / "web1", "web1", roles=["<web>"])
+        assert [t.name for t in await server.state.store.agents_page(AgentQuery(role="<web>"))] == [
+            "web1"
+        ]
+    finally:
+        await server.shutdown()

@@ -9,7 +9,14 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 PROTOCOL_VERSION = "1"
 # Every integer on the wire fits the stores' 64-bit columns, with room for seq + lines.
@@ -24,7 +31,21 @@ Stream = Literal["stdout", "stderr", "system"]
 MAX_EVENT_CHARS = 256 * 1024
 
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,99}$")]
-Label = Annotated[str, StringConstraints(min_length=1, max_length=100, strip_whitespace=True)]
+
+
+def _plain_text(label: str) -> str:
+    """No control characters: a label is shown and filtered on, and PostgreSQL's jsonb cannot
+    hold a NUL (one stored would break every filtered listing of the fleet)."""
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in label):
+        raise ValueError("holds a control character; a label is plain text")
+    return label
+
+
+Label = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=100, strip_whitespace=True),
+    AfterValidator(_plain_text),
+]
 TaskId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]{1,64}$")]
 PackageFormat = Literal["zip", "tar.gz"]
 PACKAGE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"  # package ids and versions

@@ -44,6 +44,7 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
     try:
         if request.match_info.http_exception is None:  # an unknown route is a 404 first
             _check_protocol_version(request, required=request.app.get(PROTOCOL_REQUIRED, False))
+            _refuse_nul(request)
         return await handler(request)
     except ProblemError as exc:
         return problem_response(exc.problem, exc.headers)
@@ -79,6 +80,16 @@ PROTOCOL_REQUIRED = web.AppKey("protocol_required", bool)
 # Set on both: where a request that failed for want of descriptors is reported.
 SHORTAGE = web.AppKey("shortage", Shortage)
 RETRY_SHORTAGE_SECONDS = 2
+
+
+def _refuse_nul(request: web.Request) -> None:
+    """No name, id or filter holds a NUL, and PostgreSQL cannot even be asked about one: a 400
+    here, not a 500 from the store."""
+    if "\x00" in request.path or "\x00" in request.query_string or any(
+        "\x00" in value for value in request.query.values()
+    ):
+        detail = "the request's path or query holds a NUL character (%00); remove it"
+        raise ProblemError(400, "malformed request", detail)
 
 
 def _check_protocol_version(request: web.Request, required: bool) -> None:
