@@ -31,8 +31,6 @@ from tentacle_poll.store import AgentRecord, DeploymentEntry, TaskRecord
 from tentacle_poll.store.base import DeploymentSummary
 
 FAILED = {TaskState.FAILED, TaskState.TIMED_OUT, TaskState.LOST, TaskState.EXPIRED}
-
-
 MAX_LISTED = 1000
 
 
@@ -156,7 +154,7 @@ async def deployment_view(state: ServerState, deployment_id: str) -> DeploymentV
     return DeploymentView.model_construct(
         id=deployment_id,
         description=found[0],
-        state=_aggregate(entries),
+        state=aggregate_of(counts),
         counts=dict(counts),
         targets=targets,
         offline=offline,
@@ -202,10 +200,6 @@ def _target(state: ServerState, entry: DeploymentEntry) -> DeploymentTarget:
         target=entry.target, task_id=entry.task_id, state=entry.state, reason=entry.reason,
         connected=state.dispatcher.is_connected(entry.agent_id),
     )  # fmt: skip
-
-
-def _aggregate(entries: list[DeploymentEntry]) -> DeploymentState:
-    return aggregate_of(Counter(entry.state.value for entry in entries))
 
 
 def aggregate_of(counts: Mapping[str, int]) -> DeploymentState:

@@ -9,8 +9,10 @@ line was sent (the browser stops reconnecting then).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 
 from aiohttp import web
 from loguru import logger
@@ -38,15 +40,23 @@ async def stream(request: web.Request) -> web.StreamResponse:
     after = _resume_point(request)
     response = web.StreamResponse(headers={"X-Accel-Buffering": "no"})
     response.content_type = "text/event-stream"
-    try:
+    with _ending_quietly(f"output stream of task {task_id}"):  # the browser resumes
         await response.prepare(request)
         await response.write(f"retry: {RETRY_MS}\n\n".encode())
         await _follow(request, response, task_id, after)
-    except ConnectionResetError:  # the browser left or the connection was cut: it resumes
-        pass
-    except (StoreUnavailable, StorageFull, OSError) as exc:  # the answer has begun: no 503 now
-        logger.warning("output stream of task {} ended: {}", task_id, exc)
     return response
+
+
+@contextlib.contextmanager
+def _ending_quietly(what: str) -> Iterator[None]:
+    """Once an answer has begun no error status can be sent: a browser that left (or a cut
+    connection) just ends it, and so does a failing store, with a line in the log."""
+    try:
+        yield
+    except ConnectionResetError:
+        pass
+    except (StoreUnavailable, StorageFull, OSError) as exc:
+        logger.warning("{} ended: {}", what, exc)
 
 
 def _resume_point(request: web.Request) -> int:
@@ -111,7 +121,7 @@ async def output_text(request: web.Request) -> web.StreamResponse:
     await request.app[STATE].task_or_404(task_id)
     response = web.StreamResponse()
     response.content_type, response.charset = "text/plain", "utf-8"
-    try:
+    with _ending_quietly(f"output download of task {task_id}"):
         await response.prepare(request)
         after = 0
         while lines := await request.app[STATE].store.events_after(task_id, after, TEXT_PAGE_LINES):
@@ -119,8 +129,4 @@ async def output_text(request: web.Request) -> web.StreamResponse:
             await response.write(text.encode())
             after = lines[-1].seq
         await response.write_eof()
-    except ConnectionResetError:  # the browser stopped the download
-        pass
-    except (StoreUnavailable, StorageFull, OSError) as exc:  # the answer has begun: no 503 now
-        logger.warning("output download of task {} ended: {}", task_id, exc)
     return response
