@@ -47,9 +47,14 @@ class AcceptLoop:
         self._task = asyncio.create_task(self._accept_forever(), name=f"accept {self._listener}")
 
     def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-        self._sock.close()
+        if self._task is None or self._task.done():
+            self._sock.close()
+            return
+        # The socket goes once the task has ended: closed under a pending accept, Python 3.11's
+        # selector callback sets an error on the cancelled future and prints a traceback
+        # (InvalidStateError; seen at a server's stop in tests/test_cluster.py).
+        self._task.add_done_callback(lambda _: self._sock.close())
+        self._task.cancel()
 
     async def wait_closed(self) -> None:
         if self._task is not None:
