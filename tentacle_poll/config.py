@@ -33,6 +33,7 @@ ENV_PREFIX = "TENTACLE_POLL_"
 AGENT_FILE = "agent.toml"
 SERVER_FILE = "server.toml"
 DEFAULT_COMMS_PORT = 10943
+DEFAULT_LISTENING_PORT = 10933
 DEFAULT_ADMIN_PORT = 10944
 
 LogFormat = Literal["text", "json"]
@@ -104,6 +105,31 @@ class ServerNode(BaseModel):
         return [self.thumbprint, *(t for t in self.also_trusted if t != self.thumbprint)]
 
 
+class ListeningSettings(BaseModel):
+    """Listening mode: the agent waits on ``host:port`` for its server to connect, and talks
+    only to a server presenting one of these thumbprints (docs/listening.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field(default="0.0.0.0", pattern=r"^[A-Za-z0-9.:-]{1,253}$")
+    port: int = Field(default=DEFAULT_LISTENING_PORT, ge=0, le=65535)
+    server_thumbprint: Thumbprint
+    # A rotated server certificate announced over the pinned channel, or added by hand.
+    also_trusted: list[Thumbprint] = []
+
+    @property
+    def thumbprints(self) -> list[str]:
+        return [
+            self.server_thumbprint,
+            *(t for t in self.also_trusted if t != self.server_thumbprint),
+        ]
+
+    @property
+    def label(self) -> str:
+        """How logs, the journal and the spool name this server: it has no address here."""
+        return f"https://listening:{self.port}"
+
+
 class ProxySettings(BaseModel):
     """How the agent reaches its servers: directly, through HTTPS_PROXY/NO_PROXY, or through
     one explicit HTTP CONNECT proxy."""
@@ -154,6 +180,7 @@ class LoggingSettings(BaseSettings):
 class AgentSettings(LoggingSettings):
     name: str | None = None
     servers: list[ServerNode] = []
+    listen: ListeningSettings | None = None  # listening mode, beside or instead of polling
     proxy: ProxySettings = ProxySettings()
     # Poll every node a server cluster announces (docs/high-availability.md); false: only the
     # nodes configured here (e.g. when each node is reached through a route of its own).
@@ -198,6 +225,16 @@ def _store_url(value: object) -> object:
 POSTGRESQL_SCHEMES = ("postgresql://", "postgres://")
 
 
+def _proxy_url(value: object) -> object:
+    """An HTTP CONNECT proxy's address, refused before anything starts (never echoed: it may
+    hold a password)."""
+    if isinstance(value, str) and value and not re.fullmatch(r"http://[^/\s]+:\d{1,5}/?", value):
+        raise ValueError(
+            "must be empty or http://[user:password@]host:port (an HTTP CONNECT proxy)"
+        )
+    return value
+
+
 class ServerSettings(LoggingSettings):
     comms_host: str = "0.0.0.0"
     comms_port: int = Field(default=DEFAULT_COMMS_PORT, ge=0, le=65535)
@@ -233,6 +270,12 @@ class ServerSettings(LoggingSettings):
     portal_session_minutes: float = Field(default=480.0, gt=0, le=7 * 24 * 60)
     # /metrics without an API key (e.g. the admin listener is reachable by Prometheus only).
     metrics_without_key: bool = False
+    # Listening targets (docs/listening.md): reached through this HTTP CONNECT proxy when set
+    # (http://[user:password@]host:port; the password better in $TENTACLE_POLL_LISTENING_PROXY_
+    # PASSWORD), given up on after this long per connection, retried with jittered backoff.
+    listening_proxy: Annotated[str, BeforeValidator(_proxy_url)] = ""
+    listening_connect_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    listening_backoff_max_seconds: float = Field(default=60.0, ge=0.1, le=3600)
 
 
 S = TypeVar("S", bound=LoggingSettings)
@@ -255,9 +298,12 @@ def load_settings(settings_type: type[S], toml_path: Path, **overrides: Any) -> 
 
 
 def update_config_file(toml_path: Path, **values: Any) -> None:
-    """Merge ``values`` into the TOML file and write it atomically (temp file + rename)."""
+    """Merge ``values`` into the TOML file (a None removes its key) and write it atomically
+    (temp file + rename)."""
     current = tomllib.loads(toml_path.read_text()) if toml_path.exists() else {}
     current.update({k: v for k, v in values.items() if v is not None})
+    for key in [k for k, v in values.items() if v is None]:
+        current.pop(key, None)
     toml_path.parent.mkdir(parents=True, exist_ok=True)
     temporary = toml_path.with_suffix(".tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # may hold a password

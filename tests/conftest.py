@@ -24,16 +24,24 @@ from tentacle_poll.agent.home import AgentHome
 from tentacle_poll.agent.registration import Registration, register
 from tentacle_poll.agent.transport import CommsClient
 from tentacle_poll.config import (
+    ListeningSettings,
     ProxySettings,
     ServerSettings,
     toml_data,
     update_config_file,
 )
-from tentacle_poll.protocol.models import Event, ScriptSpec, SubmitTask, TaskView, Variable
+from tentacle_poll.protocol.models import (
+    AddListeningTarget,
+    Event,
+    ScriptSpec,
+    SubmitTask,
+    TaskView,
+    Variable,
+)
 from tentacle_poll.server import Server
 from tentacle_poll.server.admin_client import AdminClient
 from tentacle_poll.store import AgentRecord
-from tentacle_poll.tls import generate_identity, save_identity
+from tentacle_poll.tls import generate_identity, load_identity, save_identity
 
 from .browser import browser, page  # noqa: F401  (fixtures of the portal tests)
 from .processes import Daemon
@@ -133,6 +141,7 @@ def server_settings(**overrides: object) -> ServerSettings:
         "admin_host": "127.0.0.1",
         "admin_port": 0,
         "hold_seconds": 5.0,
+        "listening_backoff_max_seconds": 0.5,
     }
     values.update(overrides)
     return ServerSettings.model_validate(values)
@@ -244,12 +253,56 @@ class RunningAgent:
 AgentFactory = Callable[..., Awaitable[RunningAgent]]
 
 
+async def add_listening_agent(
+    server: Server, api_key: str, folder: Path, name: str, **extra: object
+) -> AgentHome:
+    admin_url = f"http://127.0.0.1:{server.admin_port}"
+    return await listen_at(admin_url, server.state.thumbprint, api_key, folder, name, **extra)
+
+
+async def listen_at(
+    admin_url: str, server_thumbprint: str, api_key: str, folder: Path, name: str,
+    **extra: object,
+) -> AgentHome:  # fmt: skip
+    """Listening mode's registration: the agent listens on a free loopback port (or
+    ``listening_url``'s, e.g. a relay in front of it) and trusts the server's thumbprint; the
+    server is told its address and thumbprint (``targets add``)."""
+    home = AgentHome(folder) if (folder / "identity").exists() else new_agent_home(folder)
+    port = int(str(extra.pop("port", 0))) or free_port()
+    listening = ListeningSettings(host="127.0.0.1", port=port, server_thumbprint=server_thumbprint)
+    update_config_file(home.config_file, listen=toml_data(listening), name=name)
+    target = AddListeningTarget(
+        name=name, listening_url=str(extra.pop("listening_url", f"https://127.0.0.1:{port}")),
+        thumbprint=load_identity(home.identity_folder).thumbprint,
+        environments=extra.pop("environments", ["Test"]), roles=extra.pop("roles", ["web"]),
+    )  # fmt: skip
+    async with AdminClient(admin_url, api_key) as client:
+        await client.add_listening_target(target)
+    return home
+
+
+async def agent_in_mode(
+    mode: str, server: Server, api_key: str, folder: Path, name: str, **extra: object
+) -> AgentHome:
+    """An agent set up to poll the server, or to be connected to by it (``mode``)."""
+    add = add_listening_agent if mode == "listening" else register_agent
+    return await add(server, api_key, folder, name, **extra)
+
+
 @pytest.fixture
-async def start_agent(server: Server, api_key: str, tmp_path: Path) -> AsyncIterator[AgentFactory]:
+def mode() -> str:
+    """How agents reach the server; test modules parametrise it to run in both modes."""
+    return "polling"
+
+
+@pytest.fixture
+async def start_agent(
+    server: Server, api_key: str, tmp_path: Path, mode: str
+) -> AsyncIterator[AgentFactory]:
     agents: list[RunningAgent] = []
 
     async def start(name: str = "web1", **settings: object) -> RunningAgent:
-        home = await register_agent(server, api_key, tmp_path / name, name)
+        home = await agent_in_mode(mode, server, api_key, tmp_path / name, name)
         running = RunningAgent(home, **settings)
         agents.append(running)
         return running

@@ -59,6 +59,7 @@ async def deploy(
     return final.state, [e.text for e in events], final.reason
 
 
+@pytest.mark.parametrize("mode", ["polling", "listening"])
 async def test_deploy_switches_current_and_runs_the_scripts_with_variables(
     start_agent: AgentFactory, admin: AdminClient, tmp_path: Path
 ) -> None:
@@ -91,6 +92,7 @@ async def test_deploy_switches_current_and_runs_the_scripts_with_variables(
     assert "deploying 1.0.0 to Test with ********" in [e.text for e in events]
 
 
+@pytest.mark.parametrize("mode", ["polling", "listening"])
 async def test_failing_deploy_script_leaves_current_on_the_previous_release(
     start_agent: AgentFactory, admin: AdminClient, tmp_path: Path
 ) -> None:
@@ -103,6 +105,7 @@ async def test_failing_deploy_script_leaves_current_on_the_previous_release(
     assert not (app_folder(agent) / "2.0.0").exists()
 
 
+@pytest.mark.parametrize("mode", ["polling", "listening"])
 async def test_rollback_and_retention(
     start_agent: AgentFactory, admin: AdminClient, tmp_path: Path
 ) -> None:
@@ -234,6 +237,7 @@ def test_links_inside_the_release_are_kept(tmp_path: Path) -> None:
     assert (destination / "a" / "link").read_bytes() == b"data"
 
 
+@pytest.mark.parametrize("mode", ["polling", "listening"])
 async def test_a_hostile_package_fails_its_deploy_with_the_reason(
     start_agent: AgentFactory, admin: AdminClient, tmp_path: Path
 ) -> None:

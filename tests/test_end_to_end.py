@@ -4,12 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tentacle_poll.protocol.models import EventsPage, TaskState
 from tentacle_poll.server import Server
 from tentacle_poll.server.admin_client import FOLLOW_PAGE_LINES, AdminClient
 from tentacle_poll.tls import load_identity
 
 from .conftest import AgentFactory, run_and_follow, script_task, wait_for_line
+
+# Every test here in both modes: the agent polling the server, and the server connecting to the
+# listening agent (one exchange over either, docs/protocol.md "Listening mode").
+pytestmark = pytest.mark.parametrize("mode", ["polling", "listening"])
 
 
 async def test_script_output_arrives_in_order_with_exit_code(

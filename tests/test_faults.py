@@ -44,8 +44,10 @@ from .conftest import (
     AgentFactory,
     RunningAgent,
     _working_in,
+    agent_in_mode,
     client_for,
     free_port,
+    listen_at,
     register_agent,
     register_at,
     run_and_follow,
@@ -59,6 +61,8 @@ from .processes import Daemon, start_agent_process, start_server_process
 from .relay import CuttingRelay
 
 FAST_AGENT = {"backoff_max_seconds": "0.3", "cancel_grace_seconds": "1"}
+FAST_SERVER = {"listening_backoff_max_seconds": "0.3"}
+MODES = pytest.mark.parametrize("mode", ["polling", "listening"])
 
 
 async def all_events(admin: AdminClient, task_id: str) -> list[Event]:
@@ -74,34 +78,40 @@ async def wait_for_state(admin: AdminClient, task_id: str, wanted: TaskState) ->
 
 
 async def _agent_process(
-    server: Server, api_key: str, tmp_path: Path, processes: list[Daemon]
+    server: Server, api_key: str, tmp_path: Path, processes: list[Daemon], mode: str = "polling"
 ) -> tuple[AgentHome, Daemon]:
-    """Target "web1" registered with the in-process server, its agent a real process."""
-    home = await register_agent(server, api_key, tmp_path / "web1", "web1")
+    """Target "web1" of the in-process server (polling it, or listening), a real process."""
+    home = await agent_in_mode(mode, server, api_key, tmp_path / "web1", "web1")
     agent = await start_agent_process(home.folder, **FAST_AGENT)
     processes.append(agent)
     return home, agent
 
 
 async def _server_and_agent_processes(
-    tmp_path: Path, processes: list[Daemon], **agent_settings: str
+    tmp_path: Path, processes: list[Daemon], mode: str = "polling", **agent_settings: str
 ) -> tuple[Daemon, str, tuple[int, int]]:
-    """A server process and an agent process "web1"; the server, its API key, its ports."""
+    """A server process and an agent process "web1" (polling, or listening); the server, its
+    API key, its ports."""
     ports = free_port(), free_port()
-    server = await start_server_process(tmp_path / "server", *ports)
+    server = await start_server_process(tmp_path / "server", *ports, **FAST_SERVER)
     processes.append(server)
     key = await _api_key(tmp_path / "server")
     _, thumbprint = ServerHome(tmp_path / "server").ensure_identity()
-    url = f"https://127.0.0.1:{ports[0]}"
-    agent_home = await register_at(url, thumbprint, key, tmp_path / "web1", "web1")
+    if mode == "listening":
+        admin_url = f"http://127.0.0.1:{ports[1]}"
+        agent_home = await listen_at(admin_url, thumbprint, key, tmp_path / "web1", "web1")
+    else:
+        url = f"https://127.0.0.1:{ports[0]}"
+        agent_home = await register_at(url, thumbprint, key, tmp_path / "web1", "web1")
     processes.append(await start_agent_process(agent_home.folder, **FAST_AGENT, **agent_settings))
     return server, key, ports
 
 
+@MODES
 async def test_server_killed_while_tasks_run_loses_no_line_and_no_result(
-    tmp_path: Path, processes: list[Daemon]
+    tmp_path: Path, processes: list[Daemon], mode: str
 ) -> None:
-    server, key, ports = await _server_and_agent_processes(tmp_path, processes)
+    server, key, ports = await _server_and_agent_processes(tmp_path, processes, mode)
     gate = tmp_path / "gate"
     body = (
         'for i in $(seq 1 100); do echo "$1 before $i"; done\n'
@@ -118,7 +128,7 @@ async def test_server_killed_while_tasks_run_loses_no_line_and_no_result(
             await wait_for_line(admin, task.id, "before 100")
     await server.kill()
     gate.touch()  # the tasks finish while the server is dead
-    server = await start_server_process(tmp_path / "server", *ports)
+    server = await start_server_process(tmp_path / "server", *ports, **FAST_SERVER)
     processes.append(server)
     async with AdminClient(admin_url, key) as admin:
         for n, task in enumerate(tasks):
@@ -133,12 +143,13 @@ async def test_server_killed_while_tasks_run_loses_no_line_and_no_result(
 
 # 600,000: the second half (3.8 MB of output, printed while the server is dead) is more than
 # the agent keeps in memory, so it is read back from the spool once the server returns.
-@pytest.mark.parametrize("total", [100_000, 600_000])
+@pytest.mark.parametrize(("total", "mode"), [(100_000, "polling"), (600_000, "polling"),
+                                             (100_000, "listening")])  # fmt: skip
 @pytest.mark.timeout(150)  # 600,000 lines take 50 s here: most of the 60 s default
 async def test_server_killed_mid_stream_loses_no_block_of_lines(
-    tmp_path: Path, processes: list[Daemon], total: int
+    tmp_path: Path, processes: list[Daemon], total: int, mode: str
 ) -> None:
-    server, key, ports = await _server_and_agent_processes(tmp_path, processes)
+    server, key, ports = await _server_and_agent_processes(tmp_path, processes, mode)
     gate = tmp_path / "gate"
     body = f"seq 1 50000\nwhile [ ! -e {gate} ]; do sleep 0.02; done\nseq 50001 {total}\n"
     admin_url = f"http://127.0.0.1:{ports[1]}"
@@ -148,7 +159,7 @@ async def test_server_killed_mid_stream_loses_no_block_of_lines(
             pass  # each call is held until the task changes
     await server.kill()
     gate.touch()  # the second half is printed, in blocks, while the server is dead
-    processes.append(await start_server_process(tmp_path / "server", *ports))
+    processes.append(await start_server_process(tmp_path / "server", *ports, **FAST_SERVER))
     async with AdminClient(admin_url, key) as admin:
         lines: list[Event] = []
         final = await admin.follow(task.id, lines.append)
@@ -157,10 +168,16 @@ async def test_server_killed_mid_stream_loses_no_block_of_lines(
     assert final.state == TaskState.SUCCEEDED and final.last_seq == total
 
 
+@MODES
 async def test_agent_killed_mid_task_reports_it_failed_and_never_reruns_it(
-    tmp_path: Path, server: Server, api_key: str, admin: AdminClient, processes: list[Daemon]
+    tmp_path: Path,
+    server: Server,
+    api_key: str,
+    admin: AdminClient,
+    processes: list[Daemon],
+    mode: str,
 ) -> None:
-    home, agent = await _agent_process(server, api_key, tmp_path, processes)
+    home, agent = await _agent_process(server, api_key, tmp_path, processes, mode)
     runs = tmp_path / "runs"
     pid_file = tmp_path / "script.pid"
     body = f'echo run >> {runs}; echo "started with $TOKEN"; echo $$ > {pid_file}; sleep 300'
@@ -217,10 +234,16 @@ async def test_connection_cut_right_after_the_poll_answer_runs_the_task_at_most_
         await server.shutdown()
 
 
+@MODES
 async def test_sigterm_drains_a_running_task_then_exits_zero(
-    tmp_path: Path, server: Server, api_key: str, admin: AdminClient, processes: list[Daemon]
+    tmp_path: Path,
+    server: Server,
+    api_key: str,
+    admin: AdminClient,
+    processes: list[Daemon],
+    mode: str,
 ) -> None:
-    _, agent = await _agent_process(server, api_key, tmp_path, processes)
+    _, agent = await _agent_process(server, api_key, tmp_path, processes, mode)
     gate = tmp_path / "gate"
     body = f"echo started; while [ ! -e {gate} ]; do sleep 0.02; done; echo finished"
     task = await admin.submit(script_task("web1", body))
@@ -270,7 +293,7 @@ async def test_a_drain_with_the_server_away_ends_at_its_deadline_and_keeps_the_r
     assert code == 0, agent.output
     assert "results not yet delivered stay in" in agent.output
     assert list((agent_home / "spool").iterdir()), "the result waits in the spool"
-    processes.append(await start_server_process(tmp_path / "server", *ports))
+    processes.append(await start_server_process(tmp_path / "server", *ports, **FAST_SERVER))
     processes.append(await start_agent_process(agent_home, **FAST_AGENT))
     async with AdminClient(admin_url, key) as admin:
         final = await admin.follow(task.id, lambda _: None)

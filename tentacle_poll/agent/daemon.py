@@ -21,7 +21,8 @@ from tentacle_poll.agent.failover import ClusterClient
 from tentacle_poll.agent.home import AgentHome
 from tentacle_poll.agent.isolation import IsolationMutexes
 from tentacle_poll.agent.journal import Journal
-from tentacle_poll.agent.nodes import learn_server_thumbprints
+from tentacle_poll.agent.listening import ListeningClient
+from tentacle_poll.agent.nodes import learn_listening_thumbprints, learn_server_thumbprints
 from tentacle_poll.agent.packages import PackageCache
 from tentacle_poll.agent.poll_loop import PollLoop
 from tentacle_poll.agent.recovery import (
@@ -103,6 +104,7 @@ class Agent:
         }
         endpoint = await self._serve_metrics()
         try:
+            await self._listen_for_the_server(clients)
             await self._run(journal, spool, clients)
         finally:
             for client in clients.values():
@@ -111,6 +113,13 @@ class Agent:
             if endpoint is not None:
                 await endpoint.stop()
         logger.info("agent stopped")
+
+    async def _listen_for_the_server(self, clients: dict[str, CommsClient]) -> None:
+        """Listening mode: one more client, whose connections the server opens."""
+        if self.settings.listen is not None:
+            client = ListeningClient(self.settings.listen, self.home.identity_folder)
+            clients[client.url] = client  # first: shut down with the others if start fails
+            await client.start()
 
     async def _serve_metrics(self) -> MetricsEndpoint | None:
         if self.settings.metrics_port is None:
@@ -187,7 +196,9 @@ class Agent:
             self.stop_polling.set()
 
     def _learn_nodes(self, client: CommsClient, announced: list[str]) -> None:
-        if self.settings.discover_nodes and not self.stop_polling.is_set():
+        # A listening agent is reached by the server, it does not dial: nothing to poll.
+        listening = isinstance(client, ListeningClient)
+        if self.settings.discover_nodes and not self.stop_polling.is_set() and not listening:
             self._discovery.heard(client.url, announced)
 
     def _poll_new_node(self, node: ServerNode) -> None:
@@ -244,7 +255,10 @@ class Agent:
         """The server announced its certificates over the pinned channel: trust exactly those,
         from now on and after a restart."""
         client.trust(thumbprints)
-        learn_server_thumbprints(self.home, client.url, thumbprints)
+        if isinstance(client, ListeningClient):
+            learn_listening_thumbprints(self.home, thumbprints)
+        else:
+            learn_server_thumbprints(self.home, client.url, thumbprints)
         logger.info("server {} now pinned to {}", client.url, ", ".join(thumbprints))
 
     async def _drain(self, backlog: asyncio.Task[None]) -> None:

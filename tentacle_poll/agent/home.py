@@ -83,10 +83,11 @@ class AgentHome:
                 f"`tentacle-poll new-certificate --home {self.folder}` first, then `register`"
             )
         settings = self.settings(**overrides)
-        if not settings.servers:
+        if not settings.servers and settings.listen is None:
             raise ConfigurationError(
                 "this agent is not registered with any server; run `tentacle-poll register "
                 "--server https://HOST:10943 --server-thumbprint THUMBPRINT --api-key KEY "
-                "--name NAME --environment ENV --role ROLE` first"
+                "--name NAME --environment ENV --role ROLE` first (polling mode), or `tentacle-"
+                "poll listen --server-thumbprint THUMBPRINT` (listening mode)"
             )
         return settings

@@ -15,8 +15,9 @@ import signal
 
 from tentacle_poll import __version__
 from tentacle_poll.agent.home import AgentHome
-from tentacle_poll.agent.transport import client_for
-from tentacle_poll.config import AgentSettings, ServerNode
+from tentacle_poll.agent.listening import ListeningClient
+from tentacle_poll.agent.transport import CommsClient, client_for
+from tentacle_poll.config import AgentSettings, ListeningSettings, ServerNode
 from tentacle_poll.exceptions import (
     CertificateRejected,
     ConfigurationError,
@@ -27,6 +28,8 @@ from tentacle_poll.protocol.models import DeregisterRequest, DeregisterResponse
 from tentacle_poll.protocol.routes import DEREGISTER
 
 STOP_MARGIN_SECONDS = 15.0
+# Up to the server's refused-connection backoff cap (15 s) after the daemon stopped, and more.
+LISTENING_PATIENCE_SECONDS = 60.0
 
 
 async def stop_daemon(home: AgentHome, settings: AgentSettings) -> int | None:
@@ -79,7 +82,7 @@ async def deregister(home: AgentHome, settings: AgentSettings) -> list[str]:
     """Removes this agent's target from every server it polls; a line per server. The nodes
     of one cluster share a certificate and a database: one of them answering is enough.
     Raises ServerUnavailable naming the servers none of whose nodes could be reached."""
-    if not settings.servers:
+    if not settings.servers and settings.listen is None:
         raise ConfigurationError(f"the agent home {home.folder} is registered with no server")
     if not home.has_identity():
         raise ConfigurationError(
@@ -87,6 +90,11 @@ async def deregister(home: AgentHome, settings: AgentSettings) -> list[str]:
             "it is; delete its target on the server instead (`tentacle-poll targets delete NAME`)"
         )
     said, unreachable = [], []
+    if settings.listen is not None:
+        try:
+            said.append(await _deregister_listening(home, settings.listen))
+        except ServerUnavailable as exc:
+            unreachable.append(str(exc))
     for cluster in _clusters(settings.servers):
         try:
             said.append(await _deregister_from_cluster(home, settings, cluster))
@@ -121,8 +129,32 @@ async def _deregister_from_cluster(
     raise ServerUnavailable("; ".join(failures))
 
 
+async def _deregister_listening(home: AgentHome, listening: ListeningSettings) -> str:
+    """Listening mode: the same request, over the next connection the server opens (the
+    daemon's port is free again: it was stopped first)."""
+    client = ListeningClient(listening, home.identity_folder)
+    await client.start()
+    try:
+        async with asyncio.timeout(LISTENING_PATIENCE_SECONDS):
+            return f"{listening.label}: {await _deregister_with(client)}"
+    except TimeoutError:
+        raise ServerUnavailable(
+            f"the server that connects to port {listening.port} (none came within "
+            f"{LISTENING_PATIENCE_SECONDS:g} s)"
+        ) from None
+    finally:
+        await client.shut_down()
+
+
 async def _deregister_at(home: AgentHome, settings: AgentSettings, node: ServerNode) -> str:
     client = client_for(node, settings, home.identity_folder)
+    try:
+        return await _deregister_with(client)
+    finally:
+        await client.close()
+
+
+async def _deregister_with(client: CommsClient) -> str:
     try:
         request = DeregisterRequest(agent_version=__version__)
         answer = await client.post(DEREGISTER, request, DeregisterResponse)
@@ -132,8 +164,6 @@ async def _deregister_at(home: AgentHome, settings: AgentSettings, node: ServerN
         if exc.status != 403:
             raise
         return "this agent is not registered there (already removed)"
-    finally:
-        await client.close()
     return f"target {answer.name} removed"
 
 

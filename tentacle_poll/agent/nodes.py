@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from tentacle_poll.agent.home import AgentHome
 from tentacle_poll.config import (
+    ListeningSettings,
     ProxySettings,
     ServerNode,
     given_thumbprint,
@@ -51,6 +52,18 @@ def learn_server_thumbprints(home: AgentHome, url: str, thumbprints: list[str]) 
         home,
         node.model_copy(update={"thumbprint": thumbprints[0], "also_trusted": thumbprints[1:]}),
     )
+
+
+def set_listening(home: AgentHome, listening: ListeningSettings | None) -> None:
+    """Listening mode's settings; None: the agent no longer listens."""
+    update_config_file(home.config_file, listen=toml_data(listening) if listening else None)
+
+
+def learn_listening_thumbprints(home: AgentHome, thumbprints: list[str]) -> None:
+    listening = home.settings().listen
+    if listening is not None:
+        update = {"server_thumbprint": thumbprints[0], "also_trusted": thumbprints[1:]}
+        set_listening(home, listening.model_copy(update=update))
 
 
 def set_trust(home: AgentHome, url: str, add: list[str], remove: list[str]) -> ServerNode:

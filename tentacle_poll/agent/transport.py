@@ -71,7 +71,7 @@ class CommsClient:
         *,
         server_name: str | None = None,
         proxy: ProxyRoute | None = None,
-        connect_timeout: float = 10.0,
+        connect_timeout: float | None = 10.0,
     ) -> None:
         self.url = url.rstrip("/")
         self._ssl = pinned_client_context(thumbprints, identity_folder)
@@ -205,11 +205,12 @@ class CommsClient:
                     PROTOCOL_HEADER: PROTOCOL_VERSION,
                     "User-Agent": f"tentacle-poll/{__version__}",
                 },
-                connector=aiohttp.TCPConnector(
-                    keepalive_timeout=60, socket_factory=keepalive_socket
-                ),
+                connector=self._new_connector(),
             )
         return self._session
+
+    def _new_connector(self) -> aiohttp.BaseConnector:
+        return aiohttp.TCPConnector(keepalive_timeout=60, socket_factory=keepalive_socket)
 
     def _answer(
         self, status: int, headers: Mapping[str, str], payload: bytes, answer_type: type[M]

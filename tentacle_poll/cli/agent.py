@@ -149,6 +149,13 @@ async def new_certificate(args: argparse.Namespace) -> int:
     return 0
 
 
+def ensure_identity(home: AgentHome) -> str:
+    """This agent's thumbprint, making its key and certificate first if it has none."""
+    if not home.has_identity():
+        save_identity(home.identity_folder, generate_identity(os.uname().nodename))
+    return load_identity(home.identity_folder).thumbprint
+
+
 async def register_agent(args: argparse.Namespace) -> int:
     home = agent_home(args)
     if not home.has_identity():

@@ -1,4 +1,5 @@
-"""Agent configuration commands: proxy, poll-server, trust, rotate-certificate, diagnose."""
+"""Agent configuration commands: proxy, poll-server, trust, listen, rotate-certificate,
+diagnose."""
 
 from __future__ import annotations
 
@@ -8,10 +9,23 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from tentacle_poll.agent.nodes import add_node, find_node, remove_node, set_proxy, set_trust
+from tentacle_poll.agent.nodes import (
+    add_node,
+    find_node,
+    remove_node,
+    set_listening,
+    set_proxy,
+    set_trust,
+)
 from tentacle_poll.agent.rotation import rotate_certificate
-from tentacle_poll.cli.agent import agent_home
-from tentacle_poll.config import ENV_PREFIX, ProxySettings, ServerNode
+from tentacle_poll.cli.agent import agent_home, ensure_identity
+from tentacle_poll.config import (
+    DEFAULT_LISTENING_PORT,
+    ENV_PREFIX,
+    ListeningSettings,
+    ProxySettings,
+    ServerNode,
+)
 from tentacle_poll.exceptions import ConfigurationError
 from tentacle_poll.protocol.codec import describe_validation_error
 
@@ -50,13 +64,56 @@ def add_commands(commands: Any, add_common: Any) -> None:
     trust.add_argument("--add", action="append", default=[], metavar="THUMBPRINT")
     trust.add_argument("--remove", action="append", default=[], metavar="THUMBPRINT")
     trust.set_defaults(command=change_trust)
+    listen = _add_listen(commands)
     rotate = commands.add_parser("rotate-certificate", help="replace this agent's certificate")
     rotate.set_defaults(command=rotate_agent_certificate)
     check = commands.add_parser("diagnose", help="check the way to each server, step by step")
     check.add_argument("--server", help="only this node")
     check.set_defaults(command=run_diagnostics)
-    for parser in (proxy, add, remove, listing, trust, rotate, check):
+    for parser in (proxy, add, remove, listing, trust, listen, rotate, check):
         add_common(parser)
+
+
+def _add_listen(commands: Any) -> argparse.ArgumentParser:
+    listen: argparse.ArgumentParser = commands.add_parser(
+        "listen", help="listening mode: the server connects to this agent (docs/listening.md)"
+    )
+    listen.add_argument(
+        "--server-thumbprint", help="the server's thumbprint (server show-thumbprint)"
+    )
+    listen.add_argument(
+        "--port", type=int, default=DEFAULT_LISTENING_PORT, help="the port (default 10933)"
+    )
+    listen.add_argument("--host", default="0.0.0.0", help="the address to listen on (default: all)")
+    listen.add_argument("--off", action="store_true", help="stop listening (polling stays)")
+    listen.set_defaults(command=configure_listening)
+    return listen
+
+
+async def configure_listening(args: argparse.Namespace) -> int:
+    home = agent_home(args)
+    if args.off:
+        set_listening(home, None)
+        print("not listening from the next start of the agent")
+        return 0
+    if not args.server_thumbprint:
+        raise ConfigurationError(
+            "--server-thumbprint is needed: the agent talks only to the server presenting it "
+            "(`tentacle-poll server show-thumbprint` on the server)"
+        )
+    values = {"host": args.host, "port": args.port, "server_thumbprint": args.server_thumbprint}
+    try:
+        listening = ListeningSettings.model_validate(values)
+    except ValidationError as exc:
+        raise ConfigurationError(f"listen: {describe_validation_error(exc)}") from None
+    thumbprint = ensure_identity(home)
+    set_listening(home, listening)
+    print(f"listening on {listening.host}:{listening.port} from the next start of the agent, "
+          f"for the server {listening.server_thumbprint}")  # fmt: skip
+    print(f"this agent's thumbprint: {thumbprint}")
+    print(f"on the server: tentacle-poll targets add NAME --listening https://{os.uname().nodename}"
+          f":{listening.port} --thumbprint {thumbprint} --environment ENV --role ROLE")  # fmt: skip
+    return 0
 
 
 async def configure_proxy(args: argparse.Namespace) -> int:

@@ -13,8 +13,9 @@ import time
 from typing import Any
 
 from tentacle_poll.cli.context import admin_client
-from tentacle_poll.exceptions import RequestRejected
-from tentacle_poll.protocol.models import TargetView, TaskState
+from tentacle_poll.config import DEFAULT_LISTENING_PORT, given_thumbprint
+from tentacle_poll.exceptions import ConfigurationError, RequestRejected
+from tentacle_poll.protocol.models import AddListeningTarget, TargetView, TaskState
 
 SINCE = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -48,7 +49,24 @@ def _add_target_commands(commands: Any) -> list[argparse.ArgumentParser]:
     delete = sub.add_parser("delete", help="remove targets: their certificates are refused")
     delete.add_argument("names", nargs="+", metavar="NAME")
     delete.set_defaults(command=delete_targets)
-    return [targets, delete]
+    return [targets, delete, _add_listening_target_command(sub)]
+
+
+def _add_listening_target_command(sub: Any) -> argparse.ArgumentParser:
+    add: argparse.ArgumentParser = sub.add_parser(
+        "add", help="add a listening target: the server connects to it (docs/listening.md)"
+    )
+    add.add_argument("name", metavar="NAME")
+    add.add_argument("--listening", required=True, metavar="URL",
+                     help="where the agent listens, https://HOST:10933")  # fmt: skip
+    add.add_argument("--thumbprint", required=True, help="the agent's (its show-thumbprint)")
+    add.add_argument("--environment", action="append", required=True, help="repeat for several")
+    add.add_argument("--role", action="append", required=True, help="repeat for several")
+    add.add_argument("--tenant", action="append", default=[])
+    add.add_argument("--tenant-tag", action="append", default=[])
+    add.add_argument("--replace", action="store_true", help="take over a name in use")
+    add.set_defaults(command=add_listening_target)
+    return add
 
 
 def _add_task_list_filters(listing: argparse.ArgumentParser) -> None:
@@ -104,6 +122,8 @@ async def list_targets(args: argparse.Namespace) -> int:
         async for page in client.target_pages(filters):  # each page printed as it comes
             for target in page:
                 print(_target_row(target))
+                if target.listening_url:
+                    print(f"  {_listening_line(target)}")
     return 0
 
 
@@ -117,6 +137,50 @@ def _target_row(t: TargetView) -> str:
         "yes" if t.connected else "no", local_time(t.last_seen), t.agent_version or "-",
         local_time(t.certificate_expires_at)[:10], t.thumbprint,
     )  # fmt: skip
+
+
+async def add_listening_target(args: argparse.Namespace) -> int:
+    body = AddListeningTarget(
+        name=args.name, listening_url=listening_url(args.listening),
+        thumbprint=given_thumbprint(args.thumbprint, "--thumbprint"),
+        environments=args.environment, roles=args.role, tenants=args.tenant,
+        tenant_tags=args.tenant_tag, replace=args.replace,
+    )  # fmt: skip
+    async with admin_client(args) as client:
+        target = await client.add_listening_target(body)
+    where, certificate = target.listening_url, target.thumbprint
+    print(f"added {target.name}: the server connects to {where} and trusts the certificate "
+          f"{certificate} there; `tentacle-poll targets` shows how it goes")  # fmt: skip
+    return 0
+
+
+def listening_url(text: str) -> str:
+    """``https://HOST:PORT`` of a listening agent (the port defaults to 10933)."""
+    scheme, has_scheme, rest = text.strip().rstrip("/").partition("://")
+    if not has_scheme or scheme.lower() != "https":
+        raise ConfigurationError(
+            f"--listening {text!r}: give the agent's address as https://HOST:"
+            f"{DEFAULT_LISTENING_PORT} (the port it listens on, `tentacle-poll listen` there)"
+        )
+    if not re.fullmatch(r"([A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]+\])(:\d{1,5})?", rest):
+        raise ConfigurationError(f"--listening {text!r} is not https://HOST:PORT (no path)")
+    return (
+        f"https://{rest}"
+        if re.search(r":\d{1,5}$", rest)
+        else f"https://{rest}:{DEFAULT_LISTENING_PORT}"
+    )
+
+
+def _listening_line(t: TargetView) -> str:
+    """A listening target's second line: where, and how the last connection went."""
+    last = t.last_connection
+    if last is None:
+        how = "not tried yet"
+    elif last.ok:
+        how = f"last connection worked at {local_time(last.at)}"
+    else:
+        how = f"unreachable at {local_time(last.at)}: {last.detail}"
+    return f"listening at {t.listening_url}; {how}"
 
 
 async def delete_targets(args: argparse.Namespace) -> int:

@@ -364,6 +364,33 @@ class TaskView(WireModel):
     expires_at: float | None = None
 
 
+# Where a listening target waits for the server: https://HOST:PORT, no path.
+ListeningUrl = Annotated[
+    str, StringConstraints(pattern=r"^https://([A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]+\]):\d{1,5}$")
+]
+
+
+class AddListeningTarget(WireModel):
+    """A target the server connects to (listening mode), known by its certificate thumbprint."""
+
+    name: Name
+    listening_url: ListeningUrl
+    thumbprint: Thumbprint
+    environments: list[Label] = Field(min_length=1, max_length=100)
+    roles: list[Label] = Field(min_length=1, max_length=100)
+    tenants: list[Label] = Field(default=[], max_length=1000)
+    tenant_tags: list[Label] = Field(default=[], max_length=1000)
+    replace: bool = False
+
+
+class ConnectionView(WireModel):
+    """How this server's last attempt to connect to a listening target went."""
+
+    ok: bool
+    at: float
+    detail: str  # why not, in words
+
+
 class TargetView(WireModel):
     name: str
     environments: list[str]
@@ -378,6 +405,8 @@ class TargetView(WireModel):
     previous_thumbprint: str | None = None
     previous_valid_until: float | None = None
     trusts_next_server_certificate: bool | None = None
+    listening_url: str | None = None  # None: the target polls
+    last_connection: ConnectionView | None = None  # listening targets, on the node asked
 
 
 class PackageView(WireModel):

@@ -18,6 +18,14 @@ DEREGISTER = "/v1/deregister"  # the agent's own target removed, by its certific
 PACKAGE_BLOB = "/v1/packages/{sha256}"
 TASK_FILE = "/v1/tasks/{task_id}/file"
 
+# Listening mode (docs/protocol.md): on a connection the server opened to an agent's listening
+# port, the server's first bytes say what the connection is for. DIAL: the agent starts TLS as
+# the client, pinned as always, and sends its v1 requests over it. CERTIFICATE: the agent shows
+# its certificate (as a TLS server) so that a target added by thumbprint can be trusted.
+DIAL_PREAMBLE = b"TENTACLE/1 DIAL\n"
+CERTIFICATE_PREAMBLE = b"TENTACLE/1 CERT\n"
+PREAMBLE_BYTES = 16
+
 # admin API (HTTP on loopback by default, API key header)
 ADMIN_HEALTH = "/api/health"
 ADMIN_ALIVE = "/healthz"  # 200 while the process answers

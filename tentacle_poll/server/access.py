@@ -12,14 +12,15 @@ from aiohttp import web
 
 from tentacle_poll.logs import hide_secret
 from tentacle_poll.protocol import routes
+from tentacle_poll.refusals import peer_of
 from tentacle_poll.server.credentials import Credentials
 from tentacle_poll.server.problems import Handler, ProblemError
-from tentacle_poll.server.refusals import peer_of
 from tentacle_poll.server.state import STATE, ServerState, now
 from tentacle_poll.store import AgentRecord, ApiKeyRecord
 
 RANK = {"read": 0, "deploy": 1, "admin": 2}
 ADMIN_ONLY = {
+    ("POST", routes.ADMIN_TARGETS),  # a listening target: a certificate trusted by thumbprint
     ("DELETE", routes.ADMIN_TARGET),
     ("GET", routes.ADMIN_TOKENS),
     ("POST", routes.ADMIN_TOKENS),

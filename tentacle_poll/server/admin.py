@@ -8,9 +8,11 @@ from collections.abc import Sequence
 from aiohttp import web
 from pydantic import BaseModel
 
+from tentacle_poll.exceptions import StoreError
 from tentacle_poll.logs import about
 from tentacle_poll.protocol import routes
 from tentacle_poll.protocol.models import (
+    AddListeningTarget,
     ApiKeyCreate,
     EventsPage,
     SubmitTask,
@@ -28,13 +30,14 @@ from tentacle_poll.server.problems import ProblemError
 from tentacle_poll.server.query import float_query, int_query
 from tentacle_poll.server.queueing import queue_task
 from tentacle_poll.server.state import STATE, ServerState, json_response, now, read_model, task_view
-from tentacle_poll.store import AgentRecord, TaskRecord
+from tentacle_poll.store import AgentRecord, NewAgent, TaskRecord
 
 MAX_FOLLOW_WAIT = 60.0
 DEFAULT_TOKEN_TTL = 24 * 3600.0
 
 
 def add_admin_routes(app: web.Application) -> None:
+    app.router.add_post(routes.ADMIN_TARGETS, add_listening_target)
     app.router.add_delete(routes.ADMIN_TARGET, delete_target)
     app.router.add_post(routes.ADMIN_TASKS, submit_task)
     app.router.add_get(routes.ADMIN_TASK, show_task)
@@ -47,6 +50,35 @@ def add_admin_routes(app: web.Application) -> None:
     app.router.add_post(routes.ADMIN_KEYS, create_key)
     app.router.add_delete(routes.ADMIN_KEY, revoke_key)
     app.router.add_get(routes.ADMIN_AUDIT, list_audit)
+
+
+async def add_listening_target(request: web.Request) -> web.Response:
+    """A target in listening mode: this server connects to it (server/listening.py)."""
+    state = request.app[STATE]
+    body = await read_model(request, AddListeningTarget)
+    for environment in body.environments:
+        require_environment(request, environment)
+    before = await state.store.agent_by_name(body.name)
+    kept_certificate = (
+        before.certificate_pem if before and before.thumbprint == body.thumbprint else ""
+    )
+    new = NewAgent(
+        name=body.name, thumbprint=body.thumbprint, certificate_pem=kept_certificate,
+        environments=body.environments, roles=body.roles, tenants=body.tenants,
+        tenant_tags=body.tenant_tags, listening_url=body.listening_url,
+    )  # fmt: skip
+    try:
+        agent = await state.store.save_agent(new, body.replace, now())
+    except StoreError as exc:
+        raise ProblemError(409, "name or certificate already registered", str(exc)) from exc
+    if before is not None and before.thumbprint != agent.thumbprint:
+        await state.stop_trusting(before, "replaced")
+    state.registrations_changed()
+    assert state.listening is not None  # set at startup, before any request
+    state.listening.watch(agent)
+    await audit(request, "target added", agent.name, f"listening at {agent.listening_url}, "
+                f"certificate {agent.thumbprint}")  # fmt: skip
+    return json_response(state.target_view(agent), status=201)
 
 
 async def delete_target(request: web.Request) -> web.Response:

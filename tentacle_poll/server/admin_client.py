@@ -20,6 +20,7 @@ from tentacle_poll.exceptions import ProtocolError, RequestRejected, ServerUnava
 from tentacle_poll.protocol import routes
 from tentacle_poll.protocol.codec import decode
 from tentacle_poll.protocol.models import (
+    AddListeningTarget,
     ApiKeyCreate,
     ApiKeyCreated,
     ApiKeyView,
@@ -85,6 +86,9 @@ class AdminClient:
             if len(page) < page_size:
                 return
             query["after"] = page[-1].name
+
+    async def add_listening_target(self, target: AddListeningTarget) -> TargetView:
+        return await self._call("POST", routes.ADMIN_TARGETS, TypeAdapter(TargetView), body=target)
 
     async def delete_target(self, name: str) -> TargetView:
         return await self._call(

@@ -28,6 +28,7 @@ from tentacle_poll.server.handshakes import Gate
 from tentacle_poll.server.health import add_health_routes
 from tentacle_poll.server.identity import ServerHome
 from tentacle_poll.server.leaving import deregister
+from tentacle_poll.server.listening import Listening, counting_requests
 from tentacle_poll.server.listings import add_listing_routes
 from tentacle_poll.server.memory import shrink_tls_read_buffers
 from tentacle_poll.server.packages import (
@@ -74,6 +75,8 @@ class Server:
         self._lock: IO[str] | None = None  # the home's lock, held from startup to shutdown
         self._cluster: Cluster | None = None  # with a PostgreSQL store
         self._store: Store | None = None
+        self._comms_site: MutualTlsSite | None = None
+        self._listening: Listening | None = None
 
     @property
     def state(self) -> ServerState:
@@ -122,10 +125,17 @@ class Server:
         )
         if isinstance(store, ClusterStore):
             await self._join_cluster(store)
+        await self._keep_listening_targets()
         await warn_expiring_certificates(self.state)
         self._sweeper = asyncio.create_task(sweep_forever(self.state), name="sweeper")
         self._pruner = asyncio.create_task(prune_forever(self.state), name="retention")
         self.started.set()
+
+    async def _keep_listening_targets(self) -> None:
+        assert self._comms_site is not None
+        listening = self._listening = Listening(self.state, self._comms_site)
+        self.state.listening = listening
+        await listening.start()
 
     async def _join_cluster(self, store: ClusterStore) -> None:
         from tentacle_poll.server.cluster import Cluster  # lazy: one-node servers skip it
@@ -143,6 +153,8 @@ class Server:
                 periodic.cancel()
         if self._cluster is not None:
             await self._cluster.stop()
+        if self._listening is not None:
+            await self._listening.stop()
         if self._state is not None:
             try:
                 await self._state.flush_seen()
@@ -166,7 +178,7 @@ class Server:
 
     def _comms_app(self) -> web.Application:
         app = web.Application(
-            middlewares=[problem_middleware, talking],
+            middlewares=[problem_middleware, talking, counting_requests],
             client_max_size=self.settings.max_body_bytes,
         )
         app[STATE] = self.state
@@ -226,4 +238,6 @@ class Server:
             else PlainSite(runner, sock, state.shortage)
         )
         await site.start()
+        if isinstance(site, MutualTlsSite):
+            self._comms_site = site
         return int(runner.addresses[-1][1])

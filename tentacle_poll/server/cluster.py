@@ -27,7 +27,7 @@ from loguru import logger
 from tentacle_poll.exceptions import StorageFull, StoreUnavailable
 from tentacle_poll.server.cluster_identity import adopt_identity, publish_identity
 from tentacle_poll.server.state import ServerState
-from tentacle_poll.server.sweeper import trusted_certificates
+from tentacle_poll.server.sweeper import certificates_of
 from tentacle_poll.store.base import ClusterStore
 from tentacle_poll.tls import load_identity
 from tentacle_poll.tls.certs import thumbprint_of_pem
@@ -118,10 +118,13 @@ class Cluster:
     async def _reload_trust(self) -> None:
         self._trust_reload = None
         try:
-            pems = await trusted_certificates(self._store)
+            agents = await self._store.list_agents()
         except (StoreUnavailable, StorageFull) as exc:
             logger.warning("could not reload the registered certificates: {}", exc)
             return
+        pems = certificates_of(agents)
+        if self._state.listening is not None:
+            self._state.listening.sync(agents)  # listening targets added or removed elsewhere
         self._state.forget_agents()
         dropped = await self._state.trust.replace_all(pems)
         if dropped:

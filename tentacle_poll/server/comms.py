@@ -28,11 +28,11 @@ from tentacle_poll.protocol.models import (
     ResultRequest,
 )
 from tentacle_poll.protocol.tokens import token_secret
+from tentacle_poll.refusals import peer_of
 from tentacle_poll.server.access import record
 from tentacle_poll.server.deployments import stop_rest_if_failed
 from tentacle_poll.server.dispatch import HeldPoll, wait_for_bell
 from tentacle_poll.server.problems import Handler, ProblemError
-from tentacle_poll.server.refusals import peer_of
 from tentacle_poll.server.state import (
     STATE,
     ServerState,

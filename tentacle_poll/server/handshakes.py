@@ -17,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from tentacle_poll.refusals import RefusalLog, host_of, peer_of
 from tentacle_poll.server.connections import OpenConnections
-from tentacle_poll.server.refusals import RefusalLog, host_of, peer_of
 from tentacle_poll.server.strangers import Strangers
 from tentacle_poll.tls import thumbprint_of_der
 
@@ -35,6 +35,19 @@ class Gate:
     strangers: Strangers  # connections without a certificate: limited
 
 
+@dataclass
+class Dialled:
+    """A connection this server opened to a listening target (server/listening.py): told when
+    it is handed over (``up``: its TLS transport, or why not) and when it ends (``lost``)."""
+
+    up: asyncio.Future[asyncio.Transport]
+    lost: Callable[[], None]
+
+    def failed(self, reason: str) -> None:
+        if not self.up.done():
+            self.up.set_exception(ConnectionError(reason))
+
+
 class Handshake(asyncio.Protocol):
     """A new connection's protocol until its handshake is done; then aiohttp's handler takes
     over. It also holds the plaintext that arrived with the handshake's last flight (a TLS 1.3
@@ -45,7 +58,9 @@ class Handshake(asyncio.Protocol):
         handler_factory: Callable[[], asyncio.Protocol],
         gate: Gate,
         track: Callable[[asyncio.Task[None]], None],
+        dialled: Dialled | None = None,
     ) -> None:
+        self._dialled = dialled
         self._handler_factory = handler_factory
         self._gate = gate
         self._track = track
@@ -56,7 +71,11 @@ class Handshake(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         transport.pause_reading()  # the ClientHello is for the TLS layer, not for this protocol
-        self._track(asyncio.ensure_future(self._upgrade(transport)))
+        upgrade = asyncio.ensure_future(self._upgrade(transport))
+        if self._dialled is not None:
+            dialled = self._dialled
+            upgrade.add_done_callback(lambda _: dialled.failed("the TLS handshake did not finish"))
+        self._track(upgrade)
 
     def data_received(self, data: bytes) -> None:
         self._early.append(data)
@@ -70,10 +89,13 @@ class Handshake(asyncio.Protocol):
 
     async def _upgrade(self, transport: asyncio.Transport) -> None:
         peer = peer_of(transport)
+        lost = self._dialled.lost if self._dialled else None
         try:
-            tls = await start_tls_telling_refusals(transport, self, self._gate.context)
+            tls = await start_tls_telling_refusals(transport, self, self._gate.context, lost)
         except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
             kind, reason = describe_handshake_failure(exc)
+            if self._dialled is not None:
+                self._dialled.failed(f"the TLS handshake failed: {reason}")
             # A connection closed before it said anything is a TCP health check or a scan.
             level = "DEBUG" if kind == "handshake:closed" else "WARNING"
             message = f"comms port: refused a TLS handshake from {peer}: {reason}"
@@ -86,6 +108,10 @@ class Handshake(asyncio.Protocol):
 
     def _hand_over(self, tls: asyncio.Transport) -> None:
         der = tls.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        if self._dialled is not None and not der:
+            self._dialled.failed("it presented no certificate")  # a listening agent always does
+            tls.abort()
+            return
         if der:
             self._gate.connections.add(thumbprint_of_der(der), tls)
         elif not self._gate.strangers.admit(tls, host_of(tls)):  # registration, or a stranger
@@ -97,6 +123,8 @@ class Handshake(asyncio.Protocol):
             handler.data_received(data)
         if self._eof:
             handler.eof_received()
+        if self._dialled is not None and not self._dialled.up.done():
+            self._dialled.up.set_result(tls)
 
 
 def describe_handshake_failure(exc: BaseException) -> tuple[str, str]:
@@ -124,6 +152,13 @@ class _AlertingSSLProtocol(sslproto.SSLProtocol):
     connection closes (asyncio drops it): the agent then reads "certificate unknown" and can say
     so, instead of guessing from a reset. Private hooks, checked by ``test_connection_causes``."""
 
+    lost: Callable[[], None] | None = None  # told when the connection ends (a dialled one)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        super().connection_lost(exc)
+        if self.lost is not None:
+            self.lost()
+
     def _on_handshake_complete(self, handshake_exc: BaseException | None) -> None:
         if handshake_exc is not None:
             with contextlib.suppress(Exception):
@@ -132,7 +167,10 @@ class _AlertingSSLProtocol(sslproto.SSLProtocol):
 
 
 async def start_tls_telling_refusals(
-    transport: asyncio.Transport, protocol: asyncio.BaseProtocol, context: ssl.SSLContext
+    transport: asyncio.Transport,
+    protocol: asyncio.BaseProtocol,
+    context: ssl.SSLContext,
+    lost: Callable[[], None] | None = None,
 ) -> asyncio.Transport:
     """``loop.start_tls(server_side=True)`` with ``_AlertingSSLProtocol``: the same steps as
     asyncio's own (Python 3.11-3.13)."""
@@ -147,6 +185,7 @@ async def start_tls_telling_refusals(
         ssl_handshake_timeout=HANDSHAKE_SECONDS,  # type: ignore[arg-type]  # a float works
         call_connection_made=False,
     )
+    tls.lost = lost
     transport.pause_reading()
     transport.set_protocol(tls)
     made = loop.call_soon(tls.connection_made, transport)

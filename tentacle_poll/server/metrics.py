@@ -116,6 +116,16 @@ class _Levels(Collector):
             "Polls held open, waiting for work",
             value=dispatcher.held_count(),
         )
+        listening = self._state.listening
+        targets, unreachable = listening.counts() if listening else (0, 0)
+        yield GaugeMetricFamily(
+            f"{PREFIX}_listening_targets", "Listening targets this node connects to", value=targets
+        )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_listening_targets_unreachable",
+            "Listening targets whose last connection attempt from this node failed",
+            value=unreachable,
+        )
 
     def _tasks(self) -> Iterator[Metric]:
         counts = GaugeMetricFamily(

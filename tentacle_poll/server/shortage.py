@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tentacle_poll.exceptions import StorageFull, StoreUnavailable
-from tentacle_poll.server.refusals import RefusalLog
+from tentacle_poll.refusals import RefusalLog
 
 RECENT_SECONDS = 60.0
 OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})

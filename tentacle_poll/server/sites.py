@@ -15,7 +15,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from tentacle_poll.server.accepting import AcceptLoop
-from tentacle_poll.server.handshakes import Gate, Handshake
+from tentacle_poll.server.handshakes import Dialled, Gate, Handshake
 from tentacle_poll.server.problems import answering_problems
 from tentacle_poll.server.shortage import Shortage
 
@@ -76,6 +76,13 @@ class MutualTlsSite(PlainSite):
 
     def _accept(self) -> asyncio.Protocol:
         return Handshake(self._new_handler, self._gate, self._track)
+
+    async def take_dialled(self, sock: socket.socket, dialled: Dialled) -> None:
+        """A connection this server opened to a listening target, handled from here on as if
+        this port had accepted it: the same handshake, trust, limits and routes."""
+        await asyncio.get_running_loop().connect_accepted_socket(
+            lambda: Handshake(self._new_handler, self._gate, self._track, dialled), sock
+        )
 
     def _track(self, handshake: asyncio.Task[None]) -> None:
         self._handshakes.add(handshake)

@@ -6,7 +6,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel
@@ -15,18 +15,21 @@ from tentacle_poll.config import ServerSettings
 from tentacle_poll.logs import about
 from tentacle_poll.protocol.codec import decode, encode
 from tentacle_poll.protocol.models import TargetView, TaskView
+from tentacle_poll.refusals import RefusalLog
 from tentacle_poll.server.connections import OpenConnections
 from tentacle_poll.server.dispatch import Dispatcher
 from tentacle_poll.server.identity import ServerHome
 from tentacle_poll.server.metrics import ServerMetrics
 from tentacle_poll.server.problems import ProblemError, refuse_oversized
-from tentacle_poll.server.refusals import RefusalLog
 from tentacle_poll.server.shortage import Shortage
 from tentacle_poll.server.strangers import Strangers
 from tentacle_poll.server.vault import Vault
 from tentacle_poll.store import AgentRecord, Store, TaskRecord
 from tentacle_poll.store.blobs import Blobs
 from tentacle_poll.tls import TrustedClientCertificates, certificate_expiry_fast
+
+if TYPE_CHECKING:
+    from tentacle_poll.server.listening import Listening
 
 M = TypeVar("M", bound=BaseModel)
 CLUSTER_SEEN_MARGIN_SECONDS = 10.0  # a sweep (at most 5 s) and a slow database
@@ -63,6 +66,8 @@ class ServerState:
     # The comms URLs of the cluster's live nodes, announced to agents (none: one server).
     node_urls: Callable[[], list[str]] = list
     _nodes_told: dict[str, list[str]] = field(default_factory=dict)  # per agent
+    # The connections this node keeps to listening targets (set once the comms port is up).
+    listening: Listening | None = None
 
     def __post_init__(self) -> None:
         self.strangers = Strangers(self.settings, self.refusals)
@@ -90,6 +95,8 @@ class ServerState:
         """A target left (deleted, or deregistered itself): routes refuse it and its
         connections close first, then its certificate leaves the trust store."""
         self.cut_off(agent.thumbprint, agent.previous_thumbprint)
+        if self.listening is not None:
+            self.listening.forget(agent.id)
         await self.trust.remove(agent.certificate_pem.encode())
         about("target_removed", target=agent.name).info(
             "target {} {}; its certificate is no longer trusted", agent.name, why
@@ -164,7 +171,9 @@ class ServerState:
             agent_version=agent.agent_version,
             certificate_expires_at=certificate_expiry_fast(
                 agent.certificate_pem.encode()
-            ).timestamp(),
+            ).timestamp()
+            if agent.certificate_pem
+            else None,
             previous_thumbprint=agent.previous_thumbprint,
             previous_valid_until=agent.previous_valid_until,
             trusts_next_server_certificate=(
@@ -172,6 +181,8 @@ class ServerState:
                 if self.next_thumbprint
                 else None
             ),
+            listening_url=agent.listening_url,
+            last_connection=self.listening.last_connection(agent.id) if self.listening else None,
         )
 
     async def task_or_404(self, task_id: str) -> TaskRecord:

@@ -17,7 +17,7 @@ import weakref
 from tentacle_poll.config import ServerSettings
 from tentacle_poll.protocol.models import Problem
 from tentacle_poll.protocol.routes import PROBLEM_CONTENT_TYPE
-from tentacle_poll.server.refusals import RefusalLog
+from tentacle_poll.refusals import RefusalLog
 
 RETRY_AFTER_SECONDS = 5
 

@@ -19,7 +19,7 @@ from tentacle_poll.logs import about
 from tentacle_poll.server.deployments import stop_rest_if_failed
 from tentacle_poll.server.shortage import condition_of
 from tentacle_poll.server.state import ServerState, task_fields
-from tentacle_poll.store import Store
+from tentacle_poll.store import AgentRecord, Store
 from tentacle_poll.tls import (
     certificate_expiry_fast,
     expiry_warning,
@@ -55,10 +55,15 @@ async def periodically(
 
 
 async def trusted_certificates(store: Store) -> list[bytes]:
+    return certificates_of(await store.list_agents())
+
+
+def certificates_of(agents: list[AgentRecord]) -> list[bytes]:
     """Every agent's certificate, and the previous one of agents in a rotation overlap."""
     pems = []
-    for agent in await store.list_agents():
-        pems.append(agent.certificate_pem.encode())
+    for agent in agents:
+        if agent.certificate_pem:  # a listening target added by thumbprint has none yet
+            pems.append(agent.certificate_pem.encode())
         if agent.previous_certificate_pem:
             pems.append(agent.previous_certificate_pem.encode())
     return pems
@@ -67,7 +72,7 @@ async def trusted_certificates(store: Store) -> list[bytes]:
 async def warn_expiring_certificates(state: ServerState) -> None:
     server_pem = load_identity(state.home.identity_folder).cert_pem
     warnings = [expiry_warning(certificate_expiry_fast(server_pem), "the server certificate")]
-    for agent in await state.store.list_agents():
+    for agent in [a for a in await state.store.list_agents() if a.certificate_pem]:
         expires = certificate_expiry_fast(agent.certificate_pem.encode())
         warnings.append(expiry_warning(expires, f"target {agent.name}'s certificate"))
     for warning in filter(None, warnings):

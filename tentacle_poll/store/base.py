@@ -20,6 +20,8 @@ class NewAgent:
     tenants: list[str] = field(default_factory=list)
     tenant_tags: list[str] = field(default_factory=list)
     agent_version: str = ""
+    # Listening mode: where the server connects to it (https://host:port); None: it polls.
+    listening_url: str | None = None
 
 
 @dataclass(frozen=True)

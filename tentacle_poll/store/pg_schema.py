@@ -140,5 +140,10 @@ CREATE TABLE cluster_secrets (
 );
 """
 
-MIGRATIONS = [VERSION_1, VERSION_2]
+VERSION_3 = """
+-- Listening mode: where the server connects to a target (NULL: the target polls).
+ALTER TABLE agents ADD COLUMN listening_url TEXT;
+"""
+
+MIGRATIONS = [VERSION_1, VERSION_2, VERSION_3]
 LATEST = len(MIGRATIONS)

@@ -191,14 +191,15 @@ class PostgresStore(
             if existing:
                 await db.execute(
                     "UPDATE agents SET thumbprint = $1, certificate_pem = $2, environments = $3, "
-                    "roles = $4, tenants = $5, tenant_tags = $6, agent_version = $7 WHERE id = $8",
-                    *values, existing.id,
+                    "roles = $4, tenants = $5, tenant_tags = $6, agent_version = $7, "
+                    "listening_url = $8 WHERE id = $9",
+                    *values, agent.listening_url, existing.id,
                 )  # fmt: skip
             else:
                 await db.execute(
                     f"INSERT INTO agents ({AGENT_COLUMNS}) "
-                    "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)",
-                    agent.name, *values, uuid.uuid4().hex, now, None,
+                    "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)",
+                    agent.name, *values, uuid.uuid4().hex, now, None, agent.listening_url,
                 )  # fmt: skip
             found = await _agent_on(db, "name = $1", agent.name)
         assert found is not None

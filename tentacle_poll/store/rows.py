@@ -15,7 +15,7 @@ TASK_COLUMNS = (
 )
 AGENT_COLUMNS = (
     "name, thumbprint, certificate_pem, environments, roles, tenants, tenant_tags, agent_version, "
-    "id, registered_at, last_seen"
+    "id, registered_at, last_seen, listening_url"
 )
 ROTATION_COLUMNS = (
     "previous_thumbprint, previous_certificate_pem, previous_valid_until, "
@@ -42,6 +42,7 @@ def agent_from_row(row: tuple[object, ...]) -> AgentRecord:
         agent_id,
         reg,
         seen,
+        listening_url,
         prev_thumb,
         prev_pem,
         prev_until,
@@ -63,6 +64,7 @@ def agent_from_row(row: tuple[object, ...]) -> AgentRecord:
         id=str(agent_id),
         registered_at=float(str(reg)),
         last_seen=float(str(seen)) if seen is not None else None,
+        listening_url=str(listening_url) if listening_url else None,
     )
 
 

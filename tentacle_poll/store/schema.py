@@ -1,13 +1,14 @@
 """The SQLite schema and its versions (``PRAGMA user_version``).
 
 Version 1 is every database made before versions were recorded (whatever columns it had);
-version 2 is the layout of this release. ``migrate`` brings any earlier one up to date.
+version 2 the layout up to issue 18; version 3 adds ``agents.listening_url`` (listening mode).
+``migrate`` brings any earlier one up to date.
 """
 
 import sqlite3
 from pathlib import Path
 
-LATEST = 2
+LATEST = 3
 
 PRAGMAS = """
 PRAGMA journal_mode = WAL;
@@ -108,6 +109,7 @@ ADDED_COLUMNS = [
     ("tasks", "submitted_by", "TEXT NOT NULL DEFAULT ''"),
     ("tasks", "serial", "TEXT"),
     ("tasks", "expires_at", "REAL"),
+    ("agents", "listening_url", "TEXT"),
 ]
 
 

@@ -139,13 +139,14 @@ class SqliteStore(SqliteCredentials, SqlitePackages, SqliteDeployments, SqliteOp
         if existing:
             self._db.execute(
                 "UPDATE agents SET thumbprint = ?, certificate_pem = ?, environments = ?, "
-                "roles = ?, tenants = ?, tenant_tags = ?, agent_version = ? WHERE id = ?",
-                (*values, existing.id),
+                "roles = ?, tenants = ?, tenant_tags = ?, agent_version = ?, listening_url = ? "
+                "WHERE id = ?",
+                (*values, agent.listening_url, existing.id),
             )
         else:
             self._db.execute(
-                f"INSERT INTO agents ({AGENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (agent.name, *values, uuid.uuid4().hex, now, None),
+                f"INSERT INTO agents ({AGENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (agent.name, *values, uuid.uuid4().hex, now, None, agent.listening_url),
             )
         found = await self.agent_by_name(agent.name)
         assert found is not None

@@ -48,6 +48,7 @@ def _row(target: TargetView) -> dict[str, Any]:
         "connected": target.connected, "version": target.agent_version,
         "last_seen": when(target.last_seen) if target.last_seen else "never",
         "health": health_of(target),
+        "mode": "listening" if target.listening_url else "polling",
     }  # fmt: skip
 
 
@@ -58,4 +59,7 @@ def health_of(target: TargetView) -> str:
         return f"certificate expires {when(expires)}"
     if target.trusts_next_server_certificate is False:
         return "does not trust the server's next certificate yet"
+    last = target.last_connection
+    if not target.connected and last is not None and not last.ok:
+        return f"unreachable: {last.detail}"  # listening mode: the server cannot connect
     return "healthy" if target.connected else "offline"

@@ -7,6 +7,7 @@ import secrets
 from aiohttp import web
 
 from tentacle_poll.logs import hide_secret
+from tentacle_poll.refusals import peer_of
 from tentacle_poll.server.access import record
 from tentacle_poll.server.portal.guard import SESSIONS, SIGN_IN, form_of, signed_in
 from tentacle_poll.server.portal.rendering import page
@@ -18,7 +19,6 @@ from tentacle_poll.server.portal.sessions import (
     same_token,
     set_cookie,
 )
-from tentacle_poll.server.refusals import peer_of
 from tentacle_poll.server.state import STATE, now
 
 HOME = "/portal/fleet"

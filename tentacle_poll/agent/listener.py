@@ -1,0 +1,204 @@
+"""Listening mode's port: the server opens TCP connections to it, the agent makes each one a
+pinned TLS connection of its own, ready for the next v1 request (agent/listening.py).
+
+The TCP direction is all that differs from polling. On a connection the server opened, the
+server first says what it is for (``protocol.routes``' preambles): DIAL, and the agent starts
+TLS as the client, with its certificate, accepting only the pinned server thumbprints, exactly
+as when it dials out; CERTIFICATE, and the agent shows its certificate as a TLS server and
+closes (how a server that was given only the thumbprint learns the certificate: public data).
+Anything else is refused and logged, rate-limited, with the peer's address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from collections import deque
+from pathlib import Path
+
+from aiohttp import ClientConnectionError
+from aiohttp.client_proto import ResponseHandler
+from loguru import logger
+
+from tentacle_poll.config import ListeningSettings
+from tentacle_poll.exceptions import ConfigurationError
+from tentacle_poll.keepalive import listening_socket
+from tentacle_poll.protocol.routes import CERTIFICATE_PREAMBLE, DIAL_PREAMBLE, PREAMBLE_BYTES
+from tentacle_poll.refusals import RefusalLog
+from tentacle_poll.tls import PinnedServerMismatch
+from tentacle_poll.tls.files import identity_paths
+from tentacle_poll.tls.policy import apply_policy
+
+PREAMBLE_SECONDS = 10.0
+HANDSHAKE_SECONDS = 10.0
+MAX_READY = 64  # connections kept ready for requests; the server is asked for spares only
+MAX_STARTING = 32  # connections between accept and ready: beyond, a flood is refused at once
+
+
+class NoServerConnection(ClientConnectionError):
+    """The listener closed while a request waited for the server to connect."""
+
+
+class Listener:
+    def __init__(self, settings: ListeningSettings, client_context: ssl.SSLContext,
+                 identity_folder: Path) -> None:  # fmt: skip
+        self.settings = settings
+        self._client_context = client_context  # the client's own: pins and rotation apply
+        self._identity_folder = identity_folder
+        self._ready: deque[ResponseHandler] = deque()
+        self._arrived = asyncio.Event()
+        self._starting: set[asyncio.Task[None]] = set()
+        self._socket: socket.socket | None = None
+        self._accepting: asyncio.Task[None] | None = None
+        self._closed = False
+        self.refusals = RefusalLog()
+        self.port = 0
+
+    async def start(self) -> None:
+        host, port = self.settings.host, self.settings.port
+        try:
+            self._socket = listening_socket(host, port, backlog=128)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot listen on {host}:{port} for the server: {exc.strerror or exc}; stop what "
+                "uses the port, or choose another with `tentacle-poll listen --port PORT` (and "
+                "give the server the new address with `tentacle-poll targets add ... --replace`)"
+            ) from exc
+        self.port = self._socket.getsockname()[1]
+        self._accepting = asyncio.create_task(self._accept_forever(), name="listener")
+        logger.info("listening for the server on {}:{}", host, self.port)
+
+    async def close(self) -> None:
+        """Stops accepting, closes every ready connection, fails every waiting request."""
+        self._closed = True
+        self._arrived.set()
+        for task in [*self._starting, *([self._accepting] if self._accepting else [])]:
+            task.cancel()
+        await asyncio.gather(*self._starting, return_exceptions=True)
+        if self._accepting is not None:
+            await asyncio.gather(self._accepting, return_exceptions=True)
+        if self._socket is not None:
+            self._socket.close()
+        while self._ready:
+            self._ready.popleft().close()
+
+    async def connection(self) -> ResponseHandler:
+        """The next ready connection, waiting for the server to open one."""
+        while True:
+            while self._ready:
+                handler = self._ready.popleft()
+                if handler.is_connected():
+                    return handler
+            if self._closed:
+                raise NoServerConnection("the agent is stopping: no connection to the server")
+            self._arrived.clear()
+            await self._arrived.wait()
+
+    def give_back(self, handler: ResponseHandler) -> None:
+        """A connection a request is done with: first in line (warm) for the next."""
+        if self._closed:
+            handler.close()
+            return
+        self._ready.appendleft(handler)
+        self._arrived.set()
+
+    def ready_count(self) -> int:
+        return sum(1 for handler in self._ready if handler.is_connected())
+
+    async def _accept_forever(self) -> None:
+        assert self._socket is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, address = await loop.sock_accept(self._socket)
+            except OSError as exc:  # out of descriptors: survived, as the server's port does
+                logger.warning("listening port: accept failed ({}); retrying in 1 s", exc)
+                await asyncio.sleep(1.0)
+                continue
+            self._take(sock, _peer(address))
+
+    def _take(self, sock: socket.socket, peer: str) -> None:
+        if len(self._starting) >= MAX_STARTING or self.ready_count() >= MAX_READY:
+            why = f"{MAX_STARTING} starting or {MAX_READY} ready already"
+            self.refusals.refused(
+                "listening:full", f"listening port: refused a connection from {peer}: {why}"
+            )
+            sock.close()
+            return
+        sock.setblocking(False)
+        task = asyncio.create_task(self._start_connection(sock, peer))
+        self._starting.add(task)
+        task.add_done_callback(self._starting.discard)
+
+    async def _start_connection(self, sock: socket.socket, peer: str) -> None:
+        try:
+            async with asyncio.timeout(PREAMBLE_SECONDS):
+                purpose = await _read_preamble(sock)
+            if purpose == DIAL_PREAMBLE:
+                await self._make_ready(sock)
+            elif purpose == CERTIFICATE_PREAMBLE:
+                await self._show_certificate(sock, peer)
+            else:
+                raise _NotTheServer("it did not start as a tentacle-poll server does")
+        except (OSError, TimeoutError, _NotTheServer) as exc:
+            sock.close()
+            self._refused(peer, exc)
+        except BaseException:  # cancelled: the agent is stopping
+            sock.close()
+            raise
+
+    async def _make_ready(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        _, handler = await loop.create_connection(
+            lambda: ResponseHandler(loop), sock=sock, ssl=self._client_context,
+            server_hostname="", ssl_handshake_timeout=HANDSHAKE_SECONDS,
+        )  # fmt: skip
+        if self._closed:
+            handler.close()
+            return
+        self._ready.append(handler)
+        self._arrived.set()
+
+    async def _show_certificate(self, sock: socket.socket, peer: str) -> None:
+        context = apply_policy(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
+        context.load_cert_chain(*identity_paths(self._identity_folder))
+        transport, _ = await asyncio.get_running_loop().connect_accepted_socket(
+            asyncio.Protocol, sock, ssl=context, ssl_handshake_timeout=HANDSHAKE_SECONDS
+        )
+        transport.close()
+        self.refusals.refused("listening:certificate", f"listening port: showed this agent's "
+                              f"certificate to {peer} (a server enrolling it)", "INFO")  # fmt: skip
+
+    def _refused(self, peer: str, exc: BaseException) -> None:
+        if isinstance(exc, PinnedServerMismatch):
+            kind, reason = "listening:impostor", f"not the pinned server: {exc}"
+        elif isinstance(exc, ssl.SSLError):
+            kind, reason = "listening:tls", f"TLS failed ({exc.reason or exc})"
+        elif isinstance(exc, TimeoutError):
+            kind, reason = "listening:timeout", "it said nothing within the time allowed"
+        else:
+            kind, reason = "listening:closed", str(exc) or type(exc).__name__
+        self.refusals.refused(kind, f"listening port: refused a connection from {peer}: {reason}")
+
+
+class _NotTheServer(Exception):
+    pass
+
+
+async def _read_preamble(sock: socket.socket) -> bytes:
+    loop = asyncio.get_running_loop()
+    received = b""
+    while len(received) < PREAMBLE_BYTES:
+        chunk = await loop.sock_recv(sock, PREAMBLE_BYTES - len(received))
+        if not chunk:
+            raise _NotTheServer("it closed the connection before saying what it wanted")
+        received += chunk
+    return received
+
+
+def _peer(address: object) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:
+        host = f"[{address[0]}]" if ":" in str(address[0]) else str(address[0])
+        return f"{host}:{address[1]}"
+    return "an unknown address"

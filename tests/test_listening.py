@@ -1,0 +1,322 @@
+"""Listening mode at its edges: the server connects to the agent through a CONNECT proxy; an
+impostor server, a wrong thumbprint, an unreachable target and cut connections. The same
+exchange in both modes is tested by the end-to-end, deploy and fault tests (parametrised)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tentacle_poll.agent.home import AgentHome
+from tentacle_poll.cli.fleet import listening_url
+from tentacle_poll.exceptions import ConfigurationError
+from tentacle_poll.protocol.models import AddListeningTarget, TargetView, TaskState
+from tentacle_poll.server import Server
+from tentacle_poll.server.admin_client import AdminClient
+from tentacle_poll.tls import load_identity
+
+from .conftest import (
+    RunningAgent,
+    add_listening_agent,
+    free_port,
+    new_agent_home,
+    run_and_follow,
+    script_task,
+    start_server,
+    wait_for_line,
+)
+from .processes import Daemon
+from .proxies import tinyproxy
+from .relay import CuttingRelay
+from .test_deadlines import cli
+from .test_metrics import scrape, value
+
+
+async def target(admin: AdminClient, name: str) -> TargetView:
+    [found] = [t async for page in admin.target_pages({}) for t in page if t.name == name]
+    return found
+
+
+async def last_connection_failed(admin: AdminClient, name: str, failed: asyncio.Event) -> str:
+    """The reason the server gives for its failed connection to ``name``, once ``failed``
+    (the log line saying it is unreachable) is set."""
+    await asyncio.wait_for(failed.wait(), 20)
+    last = (await target(admin, name)).last_connection
+    assert last is not None and not last.ok
+    return last.detail
+
+
+@contextlib.asynccontextmanager
+async def running(home: AgentHome) -> AsyncIterator[RunningAgent]:
+    agent = RunningAgent(home)
+    try:
+        yield agent
+    finally:
+        await agent.stop(levels=3)
+
+
+async def test_a_listening_agent_is_reached_through_a_connect_proxy_with_credentials(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    agent_port = free_port()
+    async with tinyproxy(tmp_path / "proxy", ("deploy", "pr0xy-pass"), [agent_port]) as proxy:
+        url = f"http://deploy:pr0xy-pass@127.0.0.1:{proxy.port}"
+        server = await start_server(tmp_path / "server", listening_proxy=url)
+        try:
+            key = await server.state.store.create_api_key("tests")
+            home = await add_listening_agent(server, key, tmp_path / "web1", "web1",
+                                             port=agent_port)  # fmt: skip
+            async with (
+                running(home),
+                AdminClient(f"http://127.0.0.1:{server.admin_port}", key) as admin,
+            ):
+                final, events = await run_and_follow(admin, script_task("web1", "echo via proxy"))
+                assert final.state == TaskState.SUCCEEDED
+                assert [e.text for e in events] == ["via proxy"]
+                assert (await target(admin, "web1")).last_connection.ok  # type: ignore[union-attr]
+        finally:
+            await server.shutdown()
+        assert f"CONNECT 127.0.0.1:{agent_port}" in proxy.log_text()  # it went through the proxy
+    assert "pr0xy-pass" not in caplog.text
+
+
+async def test_a_proxy_refusing_the_credentials_is_the_target_s_reason(
+    tmp_path: Path, log_seen: Callable[[str], asyncio.Event]
+) -> None:
+    unreachable = log_seen("target web1 unreachable")
+    agent_port = free_port()
+    async with tinyproxy(tmp_path / "proxy", ("deploy", "right"), [agent_port]) as proxy:
+        server = await start_server(
+            tmp_path / "server", listening_proxy=f"http://deploy:wrong@127.0.0.1:{proxy.port}"
+        )
+        try:
+            key = await server.state.store.create_api_key("tests")
+            await add_listening_agent(server, key, tmp_path / "web1", "web1", port=agent_port)
+            async with AdminClient(f"http://127.0.0.1:{server.admin_port}", key) as admin:
+                reason = await last_connection_failed(admin, "web1", unreachable)
+        finally:
+            await server.shutdown()
+    assert "refused a tunnel" in reason and "401 Unauthorized" in reason and "password" in reason
+
+
+async def test_an_impostor_server_is_refused_and_gets_no_task_to_the_agent(
+    server: Server, api_key: str, admin: AdminClient, tmp_path: Path,
+    log_seen: Callable[[str], asyncio.Event],
+) -> None:  # fmt: skip
+    """Another server (its own certificate) told the agent's address and thumbprint: it may
+    fetch the agent's certificate (public), but the agent pins the real server and refuses it
+    in the handshake; the impostor's task never runs."""
+    home = await add_listening_agent(server, api_key, tmp_path / "web1", "web1")
+    listening = home.settings().listen
+    assert listening is not None
+    impostor = await start_server(tmp_path / "impostor")
+    refused = log_seen("not the pinned server")
+    unreachable = log_seen("target web1 unreachable")
+    try:
+        impostor_key = await impostor.state.store.create_api_key("impostor")
+        async with (
+            running(home),
+            AdminClient(f"http://127.0.0.1:{impostor.admin_port}", impostor_key) as impostor_admin,
+        ):
+            await impostor_admin.add_listening_target(AddListeningTarget(
+                name="web1", listening_url=f"https://127.0.0.1:{listening.port}",
+                thumbprint=load_identity(home.identity_folder).thumbprint,
+                environments=["Test"], roles=["web"],
+            ))  # fmt: skip
+            stolen = await impostor_admin.submit(script_task("web1", "echo stolen"))
+            await asyncio.wait_for(refused.wait(), 10)
+            reason = await last_connection_failed(impostor_admin, "web1", unreachable)
+            assert "TLS handshake failed" in reason
+            # Meanwhile the real server's work runs: the agent was not disturbed.
+            final, _ = await run_and_follow(admin, script_task("web1", "echo real"))
+            assert final.state == TaskState.SUCCEEDED
+            assert (await impostor_admin.task(stolen.id)).state == TaskState.QUEUED
+    finally:
+        await impostor.shutdown()
+
+
+async def test_a_wrong_thumbprint_is_refused_before_anything_is_trusted(
+    server: Server, api_key: str, admin: AdminClient, tmp_path: Path,
+    log_seen: Callable[[str], asyncio.Event],
+) -> None:  # fmt: skip
+    unreachable = log_seen("given to `targets add`")
+    home = await add_listening_agent(server, api_key, tmp_path / "web1", "web1")
+    listening = home.settings().listen
+    assert listening is not None
+    other = load_identity(new_agent_home(tmp_path / "other").identity_folder).thumbprint
+    await admin.add_listening_target(AddListeningTarget(
+        name="web1", listening_url=f"https://127.0.0.1:{listening.port}", thumbprint=other,
+        environments=["Test"], roles=["web"], replace=True,
+    ))  # fmt: skip
+    async with running(home):
+        reason = await last_connection_failed(admin, "web1", unreachable)
+    assert f"not {other} given to `targets add`" in reason
+    assert "show-thumbprint" in reason
+    record = await server.state.store.agent_by_name("web1")
+    assert record is not None and record.certificate_pem == ""  # nothing was trusted
+
+
+async def test_an_unreachable_target_is_shown_so_and_its_task_s_deadline_applies(
+    server: Server, api_key: str, admin: AdminClient, tmp_path: Path,
+    log_seen: Callable[[str], asyncio.Event],
+) -> None:  # fmt: skip
+    unreachable = log_seen("target web1 unreachable")
+    await add_listening_agent(server, api_key, tmp_path / "web1", "web1")  # never started
+    task = await admin.submit(script_task("web1", "echo never", expires_seconds=1.0))
+    reason = await last_connection_failed(admin, "web1", unreachable)
+    assert "connection refused" in reason and "tentacle-poll listen" in reason
+    shown = await target(admin, "web1")
+    assert not shown.connected and shown.listening_url is not None
+    metrics = await scrape(server, api_key)
+    assert value(metrics["tentacle_poll_listening_targets_unreachable"],
+                 "tentacle_poll_listening_targets_unreachable") == 1  # fmt: skip
+    final = await admin.follow(task.id, lambda _: None)
+    assert final.state == TaskState.EXPIRED
+
+
+async def test_connections_cut_mid_task_lose_no_line_and_run_it_once(
+    server: Server, api_key: str, admin: AdminClient, tmp_path: Path,
+    log_seen: Callable[[str], asyncio.Event],
+) -> None:  # fmt: skip
+    """The server reaches the agent through a relay that cuts every connection mid-task and
+    refuses new ones for a while: the output arrives whole, once, and the result lands."""
+    port = free_port()
+    async with CuttingRelay(port) as relay:
+        home = await add_listening_agent(
+            server, api_key, tmp_path / "web1", "web1", port=port,
+            listening_url=f"https://127.0.0.1:{relay.port}",
+        )  # fmt: skip
+        gate, runs = tmp_path / "gate", tmp_path / "runs"
+        body = (f"echo run >> {runs}; seq 1 500\n"
+                f"while [ ! -e {gate} ]; do sleep 0.02; done\nseq 501 1000\n")  # fmt: skip
+        async with running(home):
+            task = await admin.submit(script_task("web1", body))
+            await wait_for_line(admin, task.id, "500")
+            unreachable = log_seen("target web1 unreachable")
+            relay.cut_all_and_refuse()
+            gate.touch()  # the second half is printed while the server cannot reach the agent
+            await asyncio.wait_for(unreachable.wait(), 20)  # the keeper's dials fail meanwhile
+            relay.restore()
+            final = await admin.follow(task.id, lambda _: None)
+            events = (await admin.events(task.id, 0, 0)).events
+    assert final.state == TaskState.SUCCEEDED
+    assert [e.text for e in events] == [str(i) for i in range(1, 1001)]
+    assert runs.read_text() == "run\n"
+
+
+@pytest.mark.parametrize(
+    "said",
+    [b"", b"TENTACLE/1 DI", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"\x16\x03\x01\x02\x00\x01",
+     b"TENTACLE/1 NOPE\n", bytes(range(256))],
+)  # fmt: skip
+async def test_whatever_a_scanner_sends_the_listening_port_is_refused_and_work_goes_on(
+    server: Server, api_key: str, admin: AdminClient, tmp_path: Path, said: bytes,
+    log_seen: Callable[[str], asyncio.Event],
+) -> None:  # fmt: skip
+    home = await add_listening_agent(server, api_key, tmp_path / "web1", "web1")
+    listening = home.settings().listen
+    assert listening is not None
+    refused = log_seen("listening port: refused a connection from 127.0.0.1")
+    async with running(home):
+        final, _ = await run_and_follow(admin, script_task("web1", "echo before"))
+        reader, writer = await asyncio.open_connection("127.0.0.1", listening.port)
+        writer.write(said)
+        writer.write_eof()
+        with contextlib.suppress(ConnectionResetError):  # closed with bytes unread: a reset
+            assert await reader.read() == b""  # closed by the agent, nothing said back
+        writer.close()
+        await asyncio.wait_for(refused.wait(), 15)
+        final, events = await run_and_follow(admin, script_task("web1", "echo after"))
+    assert final.state == TaskState.SUCCEEDED and [e.text for e in events] == ["after"]
+
+
+async def test_the_command_line_sets_up_a_listening_target_end_to_end(
+    server: Server, api_key: str, tmp_path: Path, processes: list[Daemon]
+) -> None:
+    """`listen` on the target, `targets add` on the server's side, the daemon as a process:
+    `targets` shows the listening target connected, and a task runs."""
+    home, port = tmp_path / "web1", free_port()
+    code, said = await cli(
+        server, api_key, "listen", "--home", str(home), "--host", "127.0.0.1", "--port",
+        str(port), "--server-thumbprint", server.state.thumbprint,
+    )  # fmt: skip
+    assert code == 0, said
+    thumbprint = said.split("this agent's thumbprint: ")[1].split()[0]
+    assert f"--thumbprint {thumbprint}" in said  # the command to give the server
+    code, said = await cli(server, api_key, "targets", "add", "web1", "--listening",
+                           f"https://127.0.0.1:{port}", "--thumbprint", thumbprint.lower(),
+                           "--environment", "Test", "--role", "web")  # fmt: skip
+    assert code == 0 and "added web1" in said, said
+    agent = await Daemon.start("--home", str(home))
+    processes.append(agent)
+    await agent.wait_for("listening for the server on 127.0.0.1")
+    code, said = await cli(server, api_key, "task", "run", "--target", "web1", "--script",
+                           "echo from the command line")  # fmt: skip
+    assert code == 0 and "from the command line" in said, said
+    code, said = await cli(server, api_key, "targets")
+    assert f"listening at https://127.0.0.1:{port}; last connection worked" in said, said
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["listen"], "--server-thumbprint is needed"),
+        (["listen", "--server-thumbprint", "abc"], "thumbprint"),
+        (["listen", "--server-thumbprint", "A" * 64, "--port", "70000"], "port"),
+        (["targets", "add", "w", "--listening", "http://h:10933", "--thumbprint", "A" * 64,
+          "--environment", "T", "--role", "r"], "https://HOST:10933"),
+        (["targets", "add", "w", "--listening", "https://h:1/x", "--thumbprint", "A" * 64,
+          "--environment", "T", "--role", "r"], "is not https://HOST:PORT"),
+        (["targets", "add", "w", "--listening", "https://h", "--thumbprint", "xyz",
+          "--environment", "T", "--role", "r"], "--thumbprint"),
+    ],
+)  # fmt: skip
+async def test_listening_mistakes_are_one_clear_line(
+    server: Server, api_key: str, tmp_path: Path, args: list[str], says: str
+) -> None:
+    code, said = await cli(server, api_key, *args, "--home", str(tmp_path / "h"))
+    assert code != 0 and says in said and "Traceback" not in said, said
+    assert await server.state.store.list_agents() == []
+
+
+async def test_only_an_admin_key_adds_a_listening_target(server: Server, tmp_path: Path) -> None:
+    key = await server.state.store.create_api_key("ci", scope="deploy")
+    code, said = await cli(
+        server, key, "targets", "add", "w", "--listening", "https://h:1", "--thumbprint",
+        "A" * 64, "--environment", "T", "--role", "r",
+    )  # fmt: skip
+    assert code != 0 and "has the deploy scope" in said, said
+    assert await server.state.store.list_agents() == []
+
+
+@given(text=st.text(max_size=60))
+def test_any_listening_address_is_taken_or_refused_in_words(text: str) -> None:
+    try:
+        url = listening_url(text)
+    except ConfigurationError as exc:
+        assert "--listening" in str(exc)
+    else:  # what the command line takes, the API takes too
+        AddListeningTarget(name="w", listening_url=url, thumbprint="A" * 64,
+                           environments=["T"], roles=["r"])  # fmt: skip
+
+
+async def test_a_listening_agent_deregisters_itself_over_the_server_s_connection(
+    server: Server, api_key: str, admin: AdminClient, tmp_path: Path, processes: list[Daemon]
+) -> None:
+    """`deregister` stops the daemon, then sends the same request as in polling mode over the
+    next connection the server opens: the target goes, then the home."""
+    home = await add_listening_agent(server, api_key, tmp_path / "web1", "web1")
+    agent = await Daemon.start("--home", str(home.folder))
+    processes.append(agent)
+    final, _ = await run_and_follow(admin, script_task("web1", "echo here"))
+    assert final.state == TaskState.SUCCEEDED
+    code, said = await cli(server, api_key, "deregister", "--home", str(home.folder))
+    assert code == 0 and "target web1 removed" in said and f"deleted {home.folder}" in said, said
+    assert await server.state.store.agent_by_name("web1") is None
+    assert not home.folder.exists()
