@@ -31,6 +31,7 @@ from .figures import (
     package_transfer,
     throughput,
 )
+from .listening import listening_latency_rows
 from .portal import live_output_rows
 
 HEADERS = ["figure", "value", "reference (same run)", "ratio", "target", "verdict"]
@@ -73,6 +74,7 @@ async def _run_groups(folder: Path, sizes: dict[str, Any], groups: list[str]) ->
             latencies = await dispatch_latency(bench, "lat", sizes["latency_runs"])
             rows += latency_rows("1 idle agent", latencies, local)
             await agent.stop()
+            rows += await listening_latency_rows(bench, sizes["latency_runs"], latencies, local)
         if "throughput" in groups:
             rows += await throughput(bench, sizes["agents"], sizes["tasks"])
         if "streaming" in groups:
