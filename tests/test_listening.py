@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -19,13 +20,14 @@ from tentacle_poll.exceptions import ConfigurationError
 from tentacle_poll.protocol.models import AddListeningTarget, TargetView, TaskState
 from tentacle_poll.server import Server
 from tentacle_poll.server.admin_client import AdminClient
-from tentacle_poll.tls import load_identity
+from tentacle_poll.tls import generate_identity, load_identity, save_identity
 
 from .conftest import (
     RunningAgent,
     add_listening_agent,
     free_port,
     new_agent_home,
+    register_agent,
     run_and_follow,
     script_task,
     start_server,
@@ -320,3 +322,62 @@ async def test_a_listening_agent_deregisters_itself_over_the_server_s_connection
     assert code == 0 and "target web1 removed" in said and f"deleted {home.folder}" in said, said
     assert await server.state.store.agent_by_name("web1") is None
     assert not home.folder.exists()
+
+
+async def test_one_agent_polls_one_server_and_listens_for_another(
+    server: Server, api_key: str, admin: AdminClient, tmp_path: Path
+) -> None:
+    """Both modes in one daemon: registered with the first server (polling), listening for the
+    second; each server's task runs, and each sees the target connected."""
+    home = await register_agent(server, api_key, tmp_path / "web1", "web1")
+    second = await start_server(tmp_path / "second")
+    try:
+        key = await second.state.store.create_api_key("tests")
+        await add_listening_agent(second, key, tmp_path / "web1", "web1")
+        async with (
+            running(home),
+            AdminClient(f"http://127.0.0.1:{second.admin_port}", key) as other,
+        ):
+            for each in (admin, other):
+                final, events = await run_and_follow(each, script_task("web1", "echo both"))
+                assert final.state == TaskState.SUCCEEDED and [e.text for e in events] == ["both"]
+            assert (await target(admin, "web1")).listening_url is None
+            assert (await target(other, "web1")).listening_url is not None
+    finally:
+        await second.shutdown()
+
+
+async def test_a_listening_port_in_use_stops_the_agent_with_what_to_do(
+    server: Server, api_key: str, tmp_path: Path
+) -> None:
+    home = await add_listening_agent(server, api_key, tmp_path / "web1", "web1")
+    listening = home.settings().listen
+    assert listening is not None
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", listening.port))
+        taken.listen()
+        agent = await Daemon.start("--home", str(home.folder))
+        code = await agent.process.wait()
+    assert code != 0
+    assert f"cannot listen on 127.0.0.1:{listening.port} for the server" in agent.output
+    assert "tentacle-poll listen --port" in agent.output and "Traceback" not in agent.output
+
+
+async def test_an_agent_with_a_new_certificate_is_told_the_server_does_not_trust_it(
+    server: Server, api_key: str, admin: AdminClient, tmp_path: Path,
+    log_seen: Callable[[str], asyncio.Event],
+) -> None:  # fmt: skip
+    """A target reinstalled with a new key (new-certificate --force) is refused by the server,
+    and both sides say why (the agent hears the server's alert on its first request, as a
+    polling agent does)."""
+    home = await add_listening_agent(server, api_key, tmp_path / "web1", "web1")
+    async with running(home):
+        final, _ = await run_and_follow(admin, script_task("web1", "echo enrolled"))
+        assert final.state == TaskState.SUCCEEDED
+    save_identity(home.identity_folder, generate_identity("web1"))
+    told = log_seen("did not accept this agent's certificate")
+    unreachable = log_seen("target web1 unreachable")
+    async with running(home):
+        await asyncio.wait_for(told.wait(), 20)
+        reason = await last_connection_failed(admin, "web1", unreachable)
+    assert "its client certificate is not registered here" in reason

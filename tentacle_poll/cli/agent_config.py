@@ -79,8 +79,9 @@ def _add_listen(commands: Any) -> argparse.ArgumentParser:
         "listen", help="listening mode: the server connects to this agent (docs/listening.md)"
     )
     listen.add_argument(
-        "--server-thumbprint", help="the server's thumbprint (server show-thumbprint)"
-    )
+        "--server-thumbprint", action="append", default=[], metavar="THUMBPRINT",
+        help="the server's (server show-thumbprint); repeat to trust several (a rotation)",
+    )  # fmt: skip
     listen.add_argument(
         "--port", type=int, default=DEFAULT_LISTENING_PORT, help="the port (default 10933)"
     )
@@ -101,7 +102,9 @@ async def configure_listening(args: argparse.Namespace) -> int:
             "--server-thumbprint is needed: the agent talks only to the server presenting it "
             "(`tentacle-poll server show-thumbprint` on the server)"
         )
-    values = {"host": args.host, "port": args.port, "server_thumbprint": args.server_thumbprint}
+    first, *others = args.server_thumbprint
+    values = {"host": args.host, "port": args.port, "server_thumbprint": first,
+              "also_trusted": others}  # fmt: skip
     try:
         listening = ListeningSettings.model_validate(values)
     except ValidationError as exc:
@@ -109,7 +112,7 @@ async def configure_listening(args: argparse.Namespace) -> int:
     thumbprint = ensure_identity(home)
     set_listening(home, listening)
     print(f"listening on {listening.host}:{listening.port} from the next start of the agent, "
-          f"for the server {listening.server_thumbprint}")  # fmt: skip
+          f"for the server {', '.join(listening.thumbprints)}")  # fmt: skip
     print(f"this agent's thumbprint: {thumbprint}")
     print(f"on the server: tentacle-poll targets add NAME --listening https://{os.uname().nodename}"
           f":{listening.port} --thumbprint {thumbprint} --environment ENV --role ROLE")  # fmt: skip

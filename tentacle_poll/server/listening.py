@@ -64,7 +64,8 @@ class Listening:
         for agent in wanted.values():
             keeper = self._keepers.get(agent.id)
             if keeper is None or (keeper.agent.listening_url, keeper.agent.thumbprint) != (
-                agent.listening_url, agent.thumbprint
+                agent.listening_url,
+                agent.thumbprint,
             ):
                 self.watch(agent)
             elif agent.certificate_pem and not keeper.agent.certificate_pem:
