@@ -112,7 +112,7 @@ class ListeningSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     host: str = Field(default="0.0.0.0", pattern=r"^[A-Za-z0-9.:-]{1,253}$")
-    port: int = Field(default=DEFAULT_LISTENING_PORT, ge=0, le=65535)
+    port: int = Field(default=DEFAULT_LISTENING_PORT, ge=1, le=65535)
     server_thumbprint: Thumbprint
     # A rotated server certificate announced over the pinned channel, or added by hand.
     also_trusted: list[Thumbprint] = []

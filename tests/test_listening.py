@@ -263,6 +263,8 @@ async def test_the_command_line_sets_up_a_listening_target_end_to_end(
     assert code == 0 and "from the command line" in said, said
     code, said = await cli(server, api_key, "targets")
     assert f"listening at https://127.0.0.1:{port}; last connection worked" in said, said
+    code, said = await cli(server, api_key, "diagnose", "--home", str(home))
+    assert code == 0 and "ok   port: held by the running agent" in said, said
 
 
 @pytest.mark.parametrize(
@@ -271,6 +273,7 @@ async def test_the_command_line_sets_up_a_listening_target_end_to_end(
         (["listen"], "--server-thumbprint is needed"),
         (["listen", "--server-thumbprint", "abc"], "thumbprint"),
         (["listen", "--server-thumbprint", "A" * 64, "--port", "70000"], "port"),
+        (["listen", "--server-thumbprint", "A" * 64, "--port", "0"], "port"),
         (["targets", "add", "w", "--listening", "http://h:10933", "--thumbprint", "A" * 64,
           "--environment", "T", "--role", "r"], "https://HOST:10933"),
         (["targets", "add", "w", "--listening", "https://h:1/x", "--thumbprint", "A" * 64,

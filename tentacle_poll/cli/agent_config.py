@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from tentacle_poll.agent.home import AgentHome
 from tentacle_poll.agent.nodes import (
     add_node,
     find_node,
@@ -27,6 +28,7 @@ from tentacle_poll.config import (
     ServerNode,
 )
 from tentacle_poll.exceptions import ConfigurationError
+from tentacle_poll.keepalive import listening_socket
 from tentacle_poll.protocol.codec import describe_validation_error
 
 
@@ -184,6 +186,8 @@ async def run_diagnostics(args: argparse.Namespace) -> int:
     settings = home.settings_ready_to_run()
     nodes = [find_node(home, args.server)] if args.server else settings.servers
     all_ok = True
+    if settings.listen is not None and not args.server:
+        all_ok = _diagnose_listening(home, settings.listen)
     for node in nodes:
         print(f"{node.url} (proxy: {_describe_proxy(settings.proxy)})")
         for step in await diagnose(home, settings, node):
@@ -192,6 +196,23 @@ async def run_diagnostics(args: argparse.Namespace) -> int:
                 print(f"       what to do: {step.advice}")
             all_ok = all_ok and step.ok
     return 0 if all_ok else 1
+
+
+def _diagnose_listening(home: AgentHome, listening: ListeningSettings) -> bool:
+    """The agent's side of listening mode: its port. The rest is the server's to see
+    (`tentacle-poll targets` there says how its last connection went)."""
+    where = f"{listening.host}:{listening.port}"
+    print(f"listening on {where} for the server {', '.join(listening.thumbprints)}")
+    pid = home.running_daemon()
+    try:
+        listening_socket(listening.host, listening.port).close()
+        ok, detail = True, "free: the agent daemon is not running (start it: `tentacle-poll`)"
+    except OSError as exc:
+        ok = pid is not None
+        detail = f"held by the running agent (pid {pid})" if ok else f"cannot be used: {exc}"
+    print(f"  {'ok  ' if ok else 'FAIL'} port: {detail}")
+    print("       the server's side: `tentacle-poll targets` there shows its last connection")
+    return ok
 
 
 def _describe_proxy(proxy: ProxySettings) -> str:
