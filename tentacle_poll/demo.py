@@ -15,8 +15,8 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+from tentacle_poll.agent.connections.registration import Registration, register
 from tentacle_poll.agent.home import AgentHome
-from tentacle_poll.agent.registration import Registration, register
 from tentacle_poll.cli.server import loopback_server_arguments
 from tentacle_poll.config import DEFAULT_ADMIN_PORT, DEFAULT_COMMS_PORT
 from tentacle_poll.exceptions import ConfigurationError

@@ -20,7 +20,7 @@
     └── StoreUnavailable            the database cannot be reached now: retry shortly
 
 Foreign exceptions (aiohttp, pydantic, OSError, ssl) are translated at one boundary per part
-with ``raise ... from exc``: ``agent/causes.py`` for the agent's HTTP client,
+with ``raise ... from exc``: ``agent/connections/causes.py`` for the agent's HTTP client,
 ``protocol/codec.py`` for decoding, ``tls/files.py`` for certificate files.
 Library code raises; only ``cli.py`` prints and exits.
 """

@@ -19,10 +19,10 @@ import pytest
 from hypothesis import HealthCheck, settings
 from loguru import logger
 
+from tentacle_poll.agent.connections.registration import Registration, register
+from tentacle_poll.agent.connections.transport import CommsClient
 from tentacle_poll.agent.daemon import Agent
 from tentacle_poll.agent.home import AgentHome
-from tentacle_poll.agent.registration import Registration, register
-from tentacle_poll.agent.transport import CommsClient
 from tentacle_poll.config import (
     ListeningSettings,
     ProxySettings,

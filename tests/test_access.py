@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tentacle_poll.agent.registration import Registration, register
-from tentacle_poll.agent.transport import CommsClient
+from tentacle_poll.agent.connections.registration import Registration, register
+from tentacle_poll.agent.connections.transport import CommsClient
 from tentacle_poll.exceptions import RequestRejected
 from tentacle_poll.protocol.models import (
     ApiKeyCreate,

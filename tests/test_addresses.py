@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tentacle_poll.agent.registration import Registration, register
+from tentacle_poll.agent.connections.registration import Registration, register
 from tentacle_poll.exceptions import ServerUnavailable
 from tentacle_poll.server import Server
 from tentacle_poll.tls.certs import normalised_thumbprint

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tentacle_poll.agent.backoff import REFUSED_MAX_SECONDS, retrying
-from tentacle_poll.agent.transport import CommsClient
+from tentacle_poll.agent.connections.backoff import REFUSED_MAX_SECONDS, retrying
+from tentacle_poll.agent.connections.transport import CommsClient
 from tentacle_poll.exceptions import RequestRejected, ServerUnavailable
 from tentacle_poll.protocol.models import PollRequest, PollResponse, TaskState
 from tentacle_poll.protocol.routes import POLL

@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 
+from tentacle_poll.agent.connections.transport import CommsClient
 from tentacle_poll.agent.home import AgentHome
-from tentacle_poll.agent.transport import CommsClient
 from tentacle_poll.cli.server import loopback_server_arguments
 from tentacle_poll.exceptions import CertificateRejected, RequestRejected
 from tentacle_poll.protocol.models import PollRequest, PollResponse, TaskState

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tentacle_poll.agent.causes import Route, communication_error
-from tentacle_poll.agent.proxy import ProxyRoute
-from tentacle_poll.agent.transport import CommsClient
+from tentacle_poll.agent.connections.causes import Route, communication_error
+from tentacle_poll.agent.connections.proxy import ProxyRoute
+from tentacle_poll.agent.connections.transport import CommsClient
 from tentacle_poll.exceptions import CertificateRejected, CommunicationError
 from tentacle_poll.protocol.models import PollRequest, PollResponse
 from tentacle_poll.protocol.routes import POLL

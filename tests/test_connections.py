@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from tentacle_poll.agent.reporter import MEMORY_QUEUE_BYTES, TaskReporter
-from tentacle_poll.agent.spool import Spool
-from tentacle_poll.agent.transport import CommsClient
+from tentacle_poll.agent.connections.transport import CommsClient
+from tentacle_poll.agent.running.reporter import MEMORY_QUEUE_BYTES, TaskReporter
+from tentacle_poll.agent.running.spool import Spool
 from tentacle_poll.protocol.models import PollRequest, PollResponse, ResultRequest, TaskView
 from tentacle_poll.protocol.routes import POLL, TASK_RESULT, task_path
 from tentacle_poll.server import Server

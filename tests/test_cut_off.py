@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tentacle_poll.agent.transport import CommsClient
+from tentacle_poll.agent.connections.transport import CommsClient
 from tentacle_poll.exceptions import CommunicationError
 from tentacle_poll.protocol.models import PollRequest, PollResponse, TaskState
 from tentacle_poll.protocol.routes import POLL

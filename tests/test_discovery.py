@@ -1,8 +1,9 @@
-"""Which nodes an agent adds and drops from a cluster's announcements (agent/discovery.py)."""
+"""Which nodes an agent adds and drops from a cluster's announcements
+(agent/connections/discovery.py)."""
 
 from __future__ import annotations
 
-from tentacle_poll.agent.discovery import discovered_changes
+from tentacle_poll.agent.connections.discovery import discovered_changes
 from tentacle_poll.config import ServerNode
 
 PIN, OTHER = "A" * 64, "B" * 64

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tentacle_poll.agent.connections.transport import CommsClient
 from tentacle_poll.agent.home import AgentHome
-from tentacle_poll.agent.transport import CommsClient
 from tentacle_poll.protocol.models import (
     AcceptRequest,
     AcceptResponse,

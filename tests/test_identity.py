@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from tentacle_poll.agent.connections.rotation import rotate_certificate
+from tentacle_poll.agent.connections.transport import CommsClient
 from tentacle_poll.agent.home import AgentHome
-from tentacle_poll.agent.rotation import rotate_certificate
-from tentacle_poll.agent.transport import CommsClient
 from tentacle_poll.exceptions import CertificateRejected, RequestRejected
 from tentacle_poll.protocol.models import PollRequest, PollResponse, TaskState
 from tentacle_poll.protocol.routes import POLL

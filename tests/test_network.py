@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from tentacle_poll.agent.connections.nodes import save_nodes, set_proxy
+from tentacle_poll.agent.connections.rotation import rotate_certificate
+from tentacle_poll.agent.connections.transport import CommsClient
 from tentacle_poll.agent.home import AgentHome
-from tentacle_poll.agent.nodes import save_nodes, set_proxy
-from tentacle_poll.agent.rotation import rotate_certificate
-from tentacle_poll.agent.transport import CommsClient
 from tentacle_poll.config import AgentSettings, ProxySettings
 from tentacle_poll.exceptions import CertificateRejected, RequestRejected, ServerIdentityMismatch
 from tentacle_poll.protocol.models import PollRequest, PollResponse, TaskState

@@ -9,7 +9,7 @@ import asyncio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tentacle_poll.agent.transport import CommsClient
+from tentacle_poll.agent.connections.transport import CommsClient
 from tentacle_poll.protocol.models import (
     Event,
     EventsRequest,

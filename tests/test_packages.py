@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tentacle_poll.agent.packages import PackageCache
-from tentacle_poll.agent.transport import CommsClient
+from tentacle_poll.agent.connections.transport import CommsClient
+from tentacle_poll.agent.kinds.packages import PackageCache
 from tentacle_poll.exceptions import CommunicationError, RequestRejected, TaskExecutionError
 from tentacle_poll.protocol.models import (
     AcceptResponse,

@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tentacle_poll.agent.transport import CommsClient
+from tentacle_poll.agent.connections.transport import CommsClient
 from tentacle_poll.exceptions import LeaseLost, RequestRejected, ServerUnavailable
 from tentacle_poll.protocol.models import (
     AcceptRequest,

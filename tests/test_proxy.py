@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from tentacle_poll.agent.connections.proxy import PROXY_PASSWORD_VARIABLE, bypassed, system_proxy
+from tentacle_poll.agent.connections.transport import CommsClient, client_for
 from tentacle_poll.agent.home import AgentHome
-from tentacle_poll.agent.proxy import PROXY_PASSWORD_VARIABLE, bypassed, system_proxy
-from tentacle_poll.agent.transport import CommsClient, client_for
 from tentacle_poll.config import (
     AgentSettings,
     ProxySettings,

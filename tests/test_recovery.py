@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tentacle_poll.agent.journal import Journal
-from tentacle_poll.agent.recovery import DIED_RUNNING, fail_interrupted_tasks
-from tentacle_poll.agent.spool import OLDER_RESULT_FILE, PROCESS_GROUP_FILE, Spool
+from tentacle_poll.agent.running.journal import Journal
+from tentacle_poll.agent.running.recovery import DIED_RUNNING, fail_interrupted_tasks
+from tentacle_poll.agent.running.spool import OLDER_RESULT_FILE, PROCESS_GROUP_FILE, Spool
 from tentacle_poll.protocol.models import Event, ResultRequest
 from tentacle_poll.workers.process_group import group_of_record, group_record
 
@@ -96,7 +96,7 @@ def test_the_result_is_read_from_the_end_of_a_long_output(tmp_path: Path) -> Non
 
 
 def test_the_journal_forgets_old_ended_tasks_but_never_an_unfinished_one(tmp_path: Path) -> None:
-    from tentacle_poll.agent.journal import KEEP_ENDED, Journal
+    from tentacle_poll.agent.running.journal import KEEP_ENDED, Journal
 
     journal = Journal(tmp_path / "journal.jsonl")
     journal.record("running", "accepted", "s")

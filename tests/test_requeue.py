@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tentacle_poll.agent import runner
-from tentacle_poll.agent.journal import Journal
-from tentacle_poll.agent.recovery import fail_interrupted_tasks
-from tentacle_poll.agent.spool import Spool
+from tentacle_poll.agent.running import runner
+from tentacle_poll.agent.running.journal import Journal
+from tentacle_poll.agent.running.recovery import fail_interrupted_tasks
+from tentacle_poll.agent.running.spool import Spool
 from tentacle_poll.exceptions import RequestRejected
 from tentacle_poll.protocol.models import (
     Event,

@@ -9,7 +9,7 @@ import asyncio
 import time
 from typing import Any
 
-from tentacle_poll.agent.transport import CommsClient
+from tentacle_poll.agent.connections.transport import CommsClient
 from tentacle_poll.protocol.models import PollRequest, PollResponse
 from tentacle_poll.protocol.routes import POLL
 from tentacle_poll.server import Server

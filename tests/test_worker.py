@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tentacle_poll.agent.reporter import TaskReporter
-from tentacle_poll.agent.spool import Spool
-from tentacle_poll.agent.transport import CommsClient
+from tentacle_poll.agent.connections.transport import CommsClient
+from tentacle_poll.agent.running.reporter import TaskReporter
+from tentacle_poll.agent.running.spool import Spool
 from tentacle_poll.protocol.models import MAX_EVENT_CHARS, ScriptSpec, Variable
 from tentacle_poll.workers import Outcome, ScriptJob, ScriptWorker
 from tentacle_poll.workers.lines import LineSplitter

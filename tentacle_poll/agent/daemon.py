@@ -15,27 +15,30 @@ from typing import TYPE_CHECKING
 
 from loguru import logger
 
-from tentacle_poll.agent.discovery import Discovery
-from tentacle_poll.agent.disk import HomeSpace
-from tentacle_poll.agent.failover import ClusterClient
+from tentacle_poll.agent.connections.discovery import Discovery
+from tentacle_poll.agent.connections.failover import ClusterClient
+from tentacle_poll.agent.connections.listening import ListeningClient
+from tentacle_poll.agent.connections.nodes import (
+    learn_listening_thumbprints,
+    learn_server_thumbprints,
+)
+from tentacle_poll.agent.connections.status import AgentStatus
+from tentacle_poll.agent.connections.transport import CommsClient, client_for
 from tentacle_poll.agent.home import AgentHome
-from tentacle_poll.agent.isolation import IsolationMutexes
-from tentacle_poll.agent.journal import Journal
-from tentacle_poll.agent.listening import ListeningClient
-from tentacle_poll.agent.nodes import learn_listening_thumbprints, learn_server_thumbprints
-from tentacle_poll.agent.packages import PackageCache
-from tentacle_poll.agent.poll_loop import PollLoop
-from tentacle_poll.agent.recovery import (
+from tentacle_poll.agent.kinds.packages import PackageCache
+from tentacle_poll.agent.running.disk import HomeSpace
+from tentacle_poll.agent.running.isolation import IsolationMutexes
+from tentacle_poll.agent.running.journal import Journal
+from tentacle_poll.agent.running.poll_loop import PollLoop
+from tentacle_poll.agent.running.recovery import (
     deliver_unreported,
     end_leftover_cgroups,
     fail_interrupted_tasks,
     repair_releases,
 )
-from tentacle_poll.agent.runner import RunnerContext, TaskRunner
-from tentacle_poll.agent.slots import Slots
-from tentacle_poll.agent.spool import Spool
-from tentacle_poll.agent.status import AgentStatus
-from tentacle_poll.agent.transport import CommsClient, client_for
+from tentacle_poll.agent.running.runner import RunnerContext, TaskRunner
+from tentacle_poll.agent.running.slots import Slots
+from tentacle_poll.agent.running.spool import Spool
 from tentacle_poll.config import AgentSettings, ServerNode
 from tentacle_poll.exceptions import AgentUnregistered
 from tentacle_poll.workers.cgroups import CgroupRoot, describe

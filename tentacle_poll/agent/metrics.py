@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from tentacle_poll.agent.status import ANSWERED_LATELY_SECONDS
+from tentacle_poll.agent.connections.status import ANSWERED_LATELY_SECONDS
 from tentacle_poll.exceptions import ConfigurationError
 from tentacle_poll.tls.files import CERT_FILE
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from loguru import logger
 
-from tentacle_poll.agent.proxy import proxy_for
+from tentacle_poll.agent.connections.proxy import proxy_for
 from tentacle_poll.config import AgentSettings
 from tentacle_poll.exceptions import ConfigurationError
 

@@ -12,10 +12,10 @@ from typing import Any
 
 from loguru import logger
 
+from tentacle_poll.agent.connections.leaving import delete_home, deregister, stop_daemon
+from tentacle_poll.agent.connections.registration import Registration, register
 from tentacle_poll.agent.daemon import Agent
 from tentacle_poll.agent.home import AgentHome
-from tentacle_poll.agent.leaving import delete_home, deregister, stop_daemon
-from tentacle_poll.agent.registration import Registration, register
 from tentacle_poll.agent.reload import reload_settings
 from tentacle_poll.cli.context import log_file_of, setup_logging_from
 from tentacle_poll.config import ENV_PREFIX, AgentSettings, default_agent_home

@@ -9,8 +9,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from tentacle_poll.agent.home import AgentHome
-from tentacle_poll.agent.nodes import (
+from tentacle_poll.agent.connections.nodes import (
     add_node,
     find_node,
     remove_node,
@@ -18,7 +17,8 @@ from tentacle_poll.agent.nodes import (
     set_proxy,
     set_trust,
 )
-from tentacle_poll.agent.rotation import rotate_certificate
+from tentacle_poll.agent.connections.rotation import rotate_certificate
+from tentacle_poll.agent.home import AgentHome
 from tentacle_poll.cli.agent import agent_home, ensure_identity
 from tentacle_poll.config import (
     DEFAULT_LISTENING_PORT,
@@ -180,7 +180,7 @@ async def rotate_agent_certificate(args: argparse.Namespace) -> int:
 
 
 async def run_diagnostics(args: argparse.Namespace) -> int:
-    from tentacle_poll.agent.diagnostics import diagnose  # only this command needs it
+    from tentacle_poll.agent.connections.diagnostics import diagnose  # only this command needs it
 
     home = agent_home(args)
     settings = home.settings_ready_to_run()

@@ -22,7 +22,8 @@ MAX_PROXY_ANSWER = 16 * 1024
 
 class DialFailed(Exception):
     """Why the target could not be reached, in words; ``refused``: nothing listens there (the
-    agent is restarting), retried sooner than a silent host (the agents' rule, agent/backoff.py)."""
+    agent is restarting), retried sooner than a silent host (the agents' rule,
+    agent/connections/backoff.py)."""
 
     def __init__(self, reason: str, refused: bool = False) -> None:
         super().__init__(reason)

@@ -258,8 +258,8 @@ def _retrieved(future: asyncio.Future[asyncio.Transport]) -> None:
 
 
 def _full_jitter(failures: int, refused: bool, max_seconds: float) -> float:
-    """The agents' retry rule (agent/backoff.py): random up to base x 2^n, capped; a refused
-    connection (nothing listening: a restart) with the lower cap."""
+    """The agents' retry rule (agent/connections/backoff.py): random up to base x 2^n, capped;
+    a refused connection (nothing listening: a restart) with the lower cap."""
     cap = min(max_seconds, REFUSED_MAX_SECONDS) if refused else max_seconds
     return random.uniform(0, min(cap, BACKOFF_BASE_SECONDS * 2 ** min(failures, 30)))
 

@@ -14,10 +14,10 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from tentacle_poll.agent.connections.registration import Registration, register
+from tentacle_poll.agent.connections.transport import CommsClient
 from tentacle_poll.agent.home import AgentHome
-from tentacle_poll.agent.packages import PackageCache
-from tentacle_poll.agent.registration import Registration, register
-from tentacle_poll.agent.transport import CommsClient
+from tentacle_poll.agent.kinds.packages import PackageCache
 from tentacle_poll.config import update_config_file
 from tentacle_poll.protocol.models import (
     DeploySpec,

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tentacle_poll.agent.backoff import BASE_SECONDS, REFUSED_MAX_SECONDS
+from tentacle_poll.agent.connections.backoff import BASE_SECONDS, REFUSED_MAX_SECONDS
 from tentacle_poll.protocol.routes import API_KEY_HEADER, PROTOCOL_HEADER, REGISTER
 from tentacle_poll.tls import generate_identity, thumbprint_of_der
 from tentacle_poll.tls.files import _write_private
@@ -176,7 +176,8 @@ class SimulatedAgent:
 
 
 def backoff(attempt: int, refused: bool) -> float:
-    """Full jitter, capped, exactly as the agent's retry rule (agent/backoff.py) does it."""
+    """Full jitter, capped, exactly as the agent's retry rule (agent/connections/backoff.py)
+    does it."""
     cap = min(BACKOFF_MAX, REFUSED_MAX_SECONDS) if refused else BACKOFF_MAX
     return random.uniform(0, min(cap, BASE_SECONDS * 2 ** (attempt - 1)))
 

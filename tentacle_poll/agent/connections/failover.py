@@ -15,8 +15,8 @@ from typing import BinaryIO, TypeVar
 
 from pydantic import BaseModel
 
-from tentacle_poll.agent.proxy import ProxyRoute
-from tentacle_poll.agent.transport import CommsClient
+from tentacle_poll.agent.connections.proxy import ProxyRoute
+from tentacle_poll.agent.connections.transport import CommsClient
 from tentacle_poll.exceptions import ServerUnavailable
 
 M = TypeVar("M", bound=BaseModel)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from loguru import logger
 
-from tentacle_poll.agent.transport import Channel
+from tentacle_poll.agent.connections.transport import Channel
 from tentacle_poll.exceptions import CommunicationError, TaskExecutionError
 from tentacle_poll.protocol.routes import PACKAGE_BLOB
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tentacle_poll.agent.packages import PackageCache, sha256_of
-from tentacle_poll.agent.transport import Channel
+from tentacle_poll.agent.connections.transport import Channel
+from tentacle_poll.agent.kinds.packages import PackageCache, sha256_of
 from tentacle_poll.exceptions import CommunicationError, TaskExecutionError
 from tentacle_poll.protocol.models import FetchFileSpec, FileView, SendFileSpec
 from tentacle_poll.protocol.routes import TASK_FILE, task_path

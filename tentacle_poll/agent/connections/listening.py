@@ -1,6 +1,7 @@
-"""Listening mode's client: the same ``CommsClient`` (the same v1 requests, pins, spool, retries),
-whose connections are the ones the server opened to the listening port instead of ones the
-agent dials. Only the connector differs: it takes the next ready connection (agent/listener.py).
+"""Listening mode's client: the same ``CommsClient`` (the same v1 requests, pins, spool,
+retries), whose connections are the ones the server opened to the listening port instead of
+ones the agent dials. Only the connector differs: it takes the next ready connection
+(agent/connections/listener.py).
 
 A request waits for a connection as long as it takes (no connect timeout): when the server is
 away the agent is simply not called, and the first request goes out the moment it calls again,
@@ -14,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from aiohttp.client_proto import ResponseHandler
 
-from tentacle_poll.agent.listener import Listener
-from tentacle_poll.agent.transport import CommsClient
+from tentacle_poll.agent.connections.listener import Listener
+from tentacle_poll.agent.connections.transport import CommsClient
 from tentacle_poll.config import ListeningSettings
 
 if TYPE_CHECKING:

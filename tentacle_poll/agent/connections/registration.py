@@ -12,10 +12,10 @@ from loguru import logger
 from pydantic import BaseModel
 
 from tentacle_poll import __version__
+from tentacle_poll.agent.connections.nodes import add_node
+from tentacle_poll.agent.connections.proxy import ProxyRoute, proxy_for
+from tentacle_poll.agent.connections.transport import CommsClient
 from tentacle_poll.agent.home import AgentHome
-from tentacle_poll.agent.nodes import add_node
-from tentacle_poll.agent.proxy import ProxyRoute, proxy_for
-from tentacle_poll.agent.transport import CommsClient
 from tentacle_poll.config import ServerNode, comms_url, given_thumbprint, update_config_file
 from tentacle_poll.exceptions import ConfigurationError, ServerIdentityMismatch, ServerUnavailable
 from tentacle_poll.logs import hide_secret

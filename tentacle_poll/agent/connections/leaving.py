@@ -14,9 +14,9 @@ import shutil
 import signal
 
 from tentacle_poll import __version__
+from tentacle_poll.agent.connections.listening import ListeningClient
+from tentacle_poll.agent.connections.transport import CommsClient, client_for
 from tentacle_poll.agent.home import AgentHome
-from tentacle_poll.agent.listening import ListeningClient
-from tentacle_poll.agent.transport import CommsClient, client_for
 from tentacle_poll.config import AgentSettings, ListeningSettings, ServerNode
 from tentacle_poll.exceptions import (
     CertificateRejected,

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from loguru import logger
 from pydantic import ValidationError
 
+from tentacle_poll.agent.connections.nodes import add_node, remove_node
 from tentacle_poll.agent.home import AgentHome
-from tentacle_poll.agent.nodes import add_node, remove_node
 from tentacle_poll.config import ServerNode
 
 

@@ -1,5 +1,5 @@
 """Listening mode's port: the server opens TCP connections to it, the agent makes each one a
-pinned TLS connection of its own, ready for the next v1 request (agent/listening.py).
+pinned TLS connection of its own, ready for the next v1 request (agent/connections/listening.py).
 
 The TCP direction is all that differs from polling. On a connection the server opened, the
 server first says what it is for (``protocol.routes``' preambles): DIAL, and the agent starts

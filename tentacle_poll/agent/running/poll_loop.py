@@ -15,12 +15,12 @@ from typing import Any
 from loguru import logger
 
 from tentacle_poll import __version__
-from tentacle_poll.agent.backoff import retrying
-from tentacle_poll.agent.memory import release_freed_memory
-from tentacle_poll.agent.runner import RunnerContext, TaskRunner
-from tentacle_poll.agent.slots import Slots
-from tentacle_poll.agent.status import NodeStatus
-from tentacle_poll.agent.transport import CommsClient
+from tentacle_poll.agent.connections.backoff import retrying
+from tentacle_poll.agent.connections.status import NodeStatus
+from tentacle_poll.agent.connections.transport import CommsClient
+from tentacle_poll.agent.running.memory import release_freed_memory
+from tentacle_poll.agent.running.runner import RunnerContext, TaskRunner
+from tentacle_poll.agent.running.slots import Slots
 from tentacle_poll.exceptions import (
     AgentUnregistered,
     CertificateRejected,

@@ -16,17 +16,17 @@ from pathlib import Path
 
 from loguru import logger
 
-from tentacle_poll.agent.backoff import retrying
-from tentacle_poll.agent.deploy import DeployContext, DeployJob
-from tentacle_poll.agent.disk import HomeSpace
-from tentacle_poll.agent.files import FileJob
-from tentacle_poll.agent.health import HealthJob
-from tentacle_poll.agent.isolation import IsolationMutexes, IsolationTimeout
-from tentacle_poll.agent.journal import Journal, Step, delivered_step
-from tentacle_poll.agent.packages import PackageCache
-from tentacle_poll.agent.reporter import TaskReporter
-from tentacle_poll.agent.spool import Spool
-from tentacle_poll.agent.transport import Channel
+from tentacle_poll.agent.connections.backoff import retrying
+from tentacle_poll.agent.connections.transport import Channel
+from tentacle_poll.agent.kinds.deploy import DeployContext, DeployJob
+from tentacle_poll.agent.kinds.files import FileJob
+from tentacle_poll.agent.kinds.health import HealthJob
+from tentacle_poll.agent.kinds.packages import PackageCache
+from tentacle_poll.agent.running.disk import HomeSpace
+from tentacle_poll.agent.running.isolation import IsolationMutexes, IsolationTimeout
+from tentacle_poll.agent.running.journal import Journal, Step, delivered_step
+from tentacle_poll.agent.running.reporter import TaskReporter
+from tentacle_poll.agent.running.spool import Spool
 from tentacle_poll.exceptions import CommunicationError, LeaseLost, ProtocolError
 from tentacle_poll.logs import hide_secret
 from tentacle_poll.protocol.codec import decode_object

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tentacle_poll.agent.packages import PackageCache
-from tentacle_poll.agent.transport import Channel
+from tentacle_poll.agent.connections.transport import Channel
+from tentacle_poll.agent.kinds.packages import PackageCache
 from tentacle_poll.exceptions import CommunicationError, TaskExecutionError
 from tentacle_poll.protocol.models import DeploySpec, RollbackSpec, ScriptSpec, Variable
 from tentacle_poll.workers import Outcome, OutputSink, ScriptJob, ScriptWorker

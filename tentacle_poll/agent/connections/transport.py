@@ -16,8 +16,8 @@ import aiohttp
 from pydantic import BaseModel
 
 from tentacle_poll import __version__
-from tentacle_poll.agent.causes import Route, communication_error
-from tentacle_poll.agent.proxy import ProxyRoute, proxy_for
+from tentacle_poll.agent.connections.causes import Route, communication_error
+from tentacle_poll.agent.connections.proxy import ProxyRoute, proxy_for
 from tentacle_poll.config import AgentSettings, ServerNode
 from tentacle_poll.exceptions import (
     CommunicationError,
@@ -40,7 +40,7 @@ DOWNLOAD_CHUNK = 256 * 1024
 
 class Channel(Protocol):
     """What a task needs to talk to its server: one node (CommsClient), or a cluster's nodes
-    in turn (agent/failover.py)."""
+    in turn (agent/connections/failover.py)."""
 
     @property
     def url(self) -> str: ...

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tentacle_poll import __version__
-from tentacle_poll.agent.disk import HomeSpace
+from tentacle_poll.agent.running.disk import HomeSpace
 from tentacle_poll.tls import certificate_expiry, load_identity
 from tentacle_poll.workers import Outcome, OutputSink
 

@@ -15,10 +15,10 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from tentacle_poll.agent.causes import DIAGNOSE, describe_cause
+from tentacle_poll.agent.connections.causes import DIAGNOSE, describe_cause
+from tentacle_poll.agent.connections.proxy import ProxyRoute, proxy_for
+from tentacle_poll.agent.connections.transport import client_for
 from tentacle_poll.agent.home import AgentHome
-from tentacle_poll.agent.proxy import ProxyRoute, proxy_for
-from tentacle_poll.agent.transport import client_for
 from tentacle_poll.config import AgentSettings, ServerNode
 from tentacle_poll.exceptions import (
     CommunicationError,

@@ -15,10 +15,10 @@ from pathlib import Path
 
 from loguru import logger
 
-from tentacle_poll.agent.journal import Journal, delivered_step
-from tentacle_poll.agent.reporter import TaskReporter
-from tentacle_poll.agent.spool import Spool
-from tentacle_poll.agent.transport import CommsClient
+from tentacle_poll.agent.connections.transport import CommsClient
+from tentacle_poll.agent.running.journal import Journal, delivered_step
+from tentacle_poll.agent.running.reporter import TaskReporter
+from tentacle_poll.agent.running.spool import Spool
 from tentacle_poll.protocol.models import Event, ResultRequest
 from tentacle_poll.workers.cgroups import CgroupRoot
 from tentacle_poll.workers.process_group import group_alive, group_of_record, signal_group

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from tentacle_poll.agent.proxy import ProxyRoute
+from tentacle_poll.agent.connections.proxy import ProxyRoute
 from tentacle_poll.exceptions import (
     CertificateRejected,
     CommunicationError,

@@ -13,8 +13,8 @@ import shutil
 
 from loguru import logger
 
+from tentacle_poll.agent.connections.transport import client_for
 from tentacle_poll.agent.home import AgentHome
-from tentacle_poll.agent.transport import client_for
 from tentacle_poll.config import AgentSettings
 from tentacle_poll.protocol.models import CertificateRequest, CertificateResponse
 from tentacle_poll.protocol.routes import CERTIFICATE

@@ -22,9 +22,9 @@ from typing import TypeVar
 
 from loguru import logger
 
-from tentacle_poll.agent.backoff import retrying
-from tentacle_poll.agent.spool import TaskSpool
-from tentacle_poll.agent.transport import Channel
+from tentacle_poll.agent.connections.backoff import retrying
+from tentacle_poll.agent.connections.transport import Channel
+from tentacle_poll.agent.running.spool import TaskSpool
 from tentacle_poll.exceptions import CommunicationError, RequestRejected
 from tentacle_poll.protocol.codec import encode
 from tentacle_poll.protocol.models import (

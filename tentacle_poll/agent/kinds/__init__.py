@@ -1,0 +1,1 @@
+"""What each kind of task does on the agent beyond a script: deploy, packages, files, health."""
