@@ -384,3 +384,27 @@ async def test_an_agent_with_a_new_certificate_is_told_the_server_does_not_trust
         await asyncio.wait_for(told.wait(), 20)
         reason = await last_connection_failed(admin, "web1", unreachable)
     assert "its client certificate is not registered here" in reason
+
+
+async def test_a_listening_agent_rotates_its_certificate_without_re_adding_its_target(
+    server: Server, api_key: str, admin: AdminClient, tmp_path: Path, processes: list[Daemon]
+) -> None:
+    """`rotate-certificate` sends the new certificate over a connection the server opens, so
+    the daemon must be stopped (it holds the port): refused with what to do while it runs;
+    stopped, the server trusts the new certificate and the next start works with it."""
+    home = await add_listening_agent(server, api_key, tmp_path / "web1", "web1")
+    before = load_identity(home.identity_folder).thumbprint
+    agent = await Daemon.start("--home", str(home.folder))
+    processes.append(agent)
+    final, _ = await run_and_follow(admin, script_task("web1", "echo old"))
+    code, said = await cli(server, api_key, "rotate-certificate", "--home", str(home.folder))
+    assert code != 0 and "holds: stop it" in said and "Traceback" not in said, said
+    assert await agent.stop() == 0
+    code, said = await cli(server, api_key, "rotate-certificate", "--home", str(home.folder))
+    assert code == 0, said
+    after = load_identity(home.identity_folder).thumbprint
+    record = await server.state.store.agent_by_name("web1")
+    assert record is not None and record.thumbprint == after != before
+    processes.append(await Daemon.start("--home", str(home.folder)))
+    final, events = await run_and_follow(admin, script_task("web1", "echo new"))
+    assert final.state == TaskState.SUCCEEDED and [e.text for e in events] == ["new"]

@@ -14,7 +14,7 @@ import shutil
 import signal
 
 from tentacle_poll import __version__
-from tentacle_poll.agent.connections.listening import ListeningClient
+from tentacle_poll.agent.connections.listening import over_the_next_connection
 from tentacle_poll.agent.connections.transport import CommsClient, client_for
 from tentacle_poll.agent.home import AgentHome
 from tentacle_poll.config import AgentSettings, ListeningSettings, ServerNode
@@ -28,8 +28,6 @@ from tentacle_poll.protocol.models import DeregisterRequest, DeregisterResponse
 from tentacle_poll.protocol.routes import DEREGISTER
 
 STOP_MARGIN_SECONDS = 15.0
-# Up to the server's refused-connection backoff cap (15 s) after the daemon stopped, and more.
-LISTENING_PATIENCE_SECONDS = 60.0
 
 
 async def stop_daemon(home: AgentHome, settings: AgentSettings) -> int | None:
@@ -132,18 +130,8 @@ async def _deregister_from_cluster(
 async def _deregister_listening(home: AgentHome, listening: ListeningSettings) -> str:
     """Listening mode: the same request, over the next connection the server opens (the
     daemon's port is free again: it was stopped first)."""
-    client = ListeningClient(listening, home.identity_folder)
-    await client.start()
-    try:
-        async with asyncio.timeout(LISTENING_PATIENCE_SECONDS):
-            return f"{listening.label}: {await _deregister_with(client)}"
-    except TimeoutError:
-        raise ServerUnavailable(
-            f"the server that connects to port {listening.port} (none came within "
-            f"{LISTENING_PATIENCE_SECONDS:g} s)"
-        ) from None
-    finally:
-        await client.shut_down()
+    said = await over_the_next_connection(listening, home.identity_folder, _deregister_with)
+    return f"{listening.label}: {said}"
 
 
 async def _deregister_at(home: AgentHome, settings: AgentSettings, node: ServerNode) -> str:

@@ -10,7 +10,10 @@ instead of after a backoff sleep.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 from aiohttp.client_proto import ResponseHandler
@@ -18,16 +21,18 @@ from aiohttp.client_proto import ResponseHandler
 from tentacle_poll.agent.connections.listener import Listener
 from tentacle_poll.agent.connections.transport import CommsClient
 from tentacle_poll.config import ListeningSettings
+from tentacle_poll.exceptions import ServerUnavailable
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from aiohttp.client_reqrep import ClientRequest, ConnectionKey
     from aiohttp.tracing import Trace
 
 # Below the server's keep-alive (aiohttp's 3,630 s) so that the agent ends an idle connection
 # first; the server opens another when the spares run short.
 IDLE_CONNECTION_SECONDS = 3000.0
+# A command's wait for the server: past its refused-connection backoff cap (15 s), and more.
+COMMAND_PATIENCE_SECONDS = 60.0
+T = TypeVar("T")
 
 
 class ListeningConnector(aiohttp.BaseConnector):
@@ -72,3 +77,23 @@ class ListeningClient(CommsClient):
 
     def _route(self) -> dict[str, Any]:
         return {}  # TLS, pins and route are the listener's
+
+
+async def over_the_next_connection(
+    listening: ListeningSettings, identity_folder: Path, send: Callable[[CommsClient], Awaitable[T]]
+) -> T:
+    """A command's own exchange in listening mode (deregister, rotate-certificate), run while
+    the daemon is stopped: the port is opened for it, and ``send`` goes over the first
+    connection the server opens."""
+    client = ListeningClient(listening, identity_folder)
+    await client.start()
+    try:
+        async with asyncio.timeout(COMMAND_PATIENCE_SECONDS):
+            return await send(client)
+    except TimeoutError:
+        raise ServerUnavailable(
+            f"the server that connects to port {listening.port} (none came within "
+            f"{COMMAND_PATIENCE_SECONDS:g} s)"
+        ) from None
+    finally:
+        await client.shut_down()
