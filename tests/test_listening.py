@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from tentacle_poll.agent.home import AgentHome
 from tentacle_poll.cli.fleet import listening_url
-from tentacle_poll.exceptions import ConfigurationError
+from tentacle_poll.exceptions import ConfigurationError, RequestRejected
 from tentacle_poll.protocol.models import AddListeningTarget, TargetView, TaskState
 from tentacle_poll.server import Server
 from tentacle_poll.server.admin_client import AdminClient
@@ -408,3 +408,15 @@ async def test_a_listening_agent_rotates_its_certificate_without_re_adding_its_t
     processes.append(await Daemon.start("--home", str(home.folder)))
     final, events = await run_and_follow(admin, script_task("web1", "echo new"))
     assert final.state == TaskState.SUCCEEDED and [e.text for e in events] == ["new"]
+
+
+@pytest.mark.parametrize("url", ["https://h:0", "https://h:99999", "https://h:1/x", "http://h:1"])
+async def test_the_api_refuses_an_address_it_could_not_dial(
+    admin: AdminClient, server: Server, url: str
+) -> None:
+    body = {"name": "w", "listening_url": url, "thumbprint": "A" * 64,
+            "environments": ["T"], "roles": ["r"]}  # fmt: skip
+    with pytest.raises(RequestRejected) as refused:
+        await admin.add_listening_target(AddListeningTarget.model_construct(**body))
+    assert refused.value.status == 400 and "listening_url" in str(refused.value)
+    assert await server.state.store.list_agents() == []

@@ -96,6 +96,14 @@ TEMPLATES: dict[str, Any] = {
     "deployments": {"environment": "Sink", "task": {"kind": "script", "script": SCRIPT}},
     "server-certificate": {"action": "cancel"},
     "certificate": {"certificate_pem": "x" * 120},
+    # A listening target where nothing listens: its keeper's dials are refused, nothing else.
+    "targets": {
+        "name": "fuzz-listening",
+        "listening_url": "https://127.0.0.1:1",
+        "thumbprint": "A" * 64,
+        "environments": ["T"],
+        "roles": ["r"],
+    },
 }
 
 
@@ -285,7 +293,7 @@ async def test_hostile_values_in_otherwise_valid_bodies_never_get_a_5xx(
             sent += 1
     finally:
         await wire.session.close()
-    assert sent >= 6  # poll, events, result, register, certificate, tasks, deployments...
+    assert sent >= 7  # poll, events, result, register, certificate, tasks, deployments, targets
     final, _ = await run_and_follow(admin, script_task("web1", "echo still standing"))
     assert final.state == TaskState.SUCCEEDED
 

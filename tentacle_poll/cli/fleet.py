@@ -164,11 +164,11 @@ def listening_url(text: str) -> str:
         )
     if not re.fullmatch(r"([A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]+\])(:\d{1,5})?", rest):
         raise ConfigurationError(f"--listening {text!r} is not https://HOST:PORT (no path)")
-    return (
-        f"https://{rest}"
-        if re.search(r":\d{1,5}$", rest)
-        else f"https://{rest}:{DEFAULT_LISTENING_PORT}"
-    )
+    if not re.search(r":\d{1,5}$", rest):
+        rest = f"{rest}:{DEFAULT_LISTENING_PORT}"
+    if not 1 <= int(rest.rpartition(":")[2]) <= 65535:
+        raise ConfigurationError(f"--listening {text!r}: the port must be 1-65535")
+    return f"https://{rest}"
 
 
 def _listening_line(t: TargetView) -> str:

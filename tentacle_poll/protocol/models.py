@@ -364,9 +364,17 @@ class TaskView(WireModel):
     expires_at: float | None = None
 
 
+def _port_in_range(url: str) -> str:
+    if not 1 <= int(url.rpartition(":")[2]) <= 65535:
+        raise ValueError("the port must be 1-65535")
+    return url
+
+
 # Where a listening target waits for the server: https://HOST:PORT, no path.
 ListeningUrl = Annotated[
-    str, StringConstraints(pattern=r"^https://([A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]+\]):\d{1,5}$")
+    str,
+    StringConstraints(pattern=r"^https://([A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]+\]):\d{1,5}$"),
+    AfterValidator(_port_in_range),
 ]
 
 
