@@ -101,13 +101,12 @@ class Listening:
     def keeper_of(self, transport: asyncio.BaseTransport | None) -> Keeper | None:
         return self._by_transport.get(transport) if transport is not None else None
 
-    async def open_one(self, keeper: Keeper, sock_url: str) -> asyncio.Transport:
+    async def open_one(self, keeper: Keeper, url: str) -> asyncio.Transport:
         """One connection to the target, handed to the comms port's handshake; its TLS
         transport once trusted both ways."""
-        sock = await dial(sock_url, self.proxy, DIAL_PREAMBLE, self._timeout())
-        loop = asyncio.get_running_loop()
+        sock = await dial(url, self.proxy, DIAL_PREAMBLE, self._timeout())
         holder: list[asyncio.Transport] = []
-        up: asyncio.Future[asyncio.Transport] = loop.create_future()
+        up: asyncio.Future[asyncio.Transport] = asyncio.get_running_loop().create_future()
         up.add_done_callback(_retrieved)  # a failure nobody awaits any more (a stop) is no error
         dialled = Dialled(up, lambda: self._lost(keeper, holder))
         try:
@@ -119,9 +118,10 @@ class Listening:
             async with asyncio.timeout(HANDSHAKE_SECONDS + 1):
                 tls = await asyncio.shield(dialled.up)
         except (ConnectionError, TimeoutError) as exc:
-            raise DialFailed(f"reached {sock_url}, but {exc}") from None
-        holder.append(tls)
-        self._by_transport[tls] = keeper
+            raise DialFailed(f"reached {url}, but {exc}") from None
+        if not tls.is_closing():  # lost meanwhile: its ``lost`` found nothing to forget
+            holder.append(tls)
+            self._by_transport[tls] = keeper
         return tls
 
     async def certificate_of(self, url: str) -> bytes:
@@ -188,6 +188,12 @@ class Keeper:
                 await self._keep_up()
             except DialFailed as exc:
                 await self._failed(exc)
+                continue
+            except Exception as exc:  # a store outage or a bug must not end the keeping for good
+                logger.opt(exception=exc).error(
+                    "target {}: keeping its connections failed", self.agent.name
+                )
+                await self._failed(DialFailed(f"the server failed connecting to it: {exc}"))
                 continue
             self.wake.clear()
             if self._wanted() <= 0:

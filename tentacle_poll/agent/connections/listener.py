@@ -144,6 +144,9 @@ class Listener:
         except (OSError, TimeoutError, _NotTheServer) as exc:
             sock.close()
             self._refused(peer, exc)
+        except Exception as exc:  # whatever else a peer may provoke: refused, and logged whole
+            sock.close()
+            logger.opt(exception=exc).warning("listening port: a connection from {} failed", peer)
         except BaseException:  # cancelled: the agent is stopping
             sock.close()
             raise
