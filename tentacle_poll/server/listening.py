@@ -40,6 +40,9 @@ MAX_CONNECTIONS = 64
 CHECK_SECONDS = 30.0  # an idle keeper looks at its connections this often anyway
 BACKOFF_BASE_SECONDS = 0.5
 REFUSED_MAX_SECONDS = 15.0
+# Connections being opened at once, all targets together: a node starting with thousands of
+# listening targets opens their connections in waves, not in one storm of handshakes.
+DIALS_AT_ONCE = 100
 
 
 class Listening:
@@ -51,6 +54,7 @@ class Listening:
         self._keepers: dict[str, Keeper] = {}
         self._by_transport: dict[asyncio.BaseTransport, Keeper] = {}
         self.proxy = listening_proxy(state.settings.listening_proxy)
+        self._dialling = asyncio.Semaphore(DIALS_AT_ONCE)
 
     async def start(self) -> None:
         self.sync(await self._state.store.list_agents())
@@ -104,6 +108,10 @@ class Listening:
     async def open_one(self, keeper: Keeper, url: str) -> asyncio.Transport:
         """One connection to the target, handed to the comms port's handshake; its TLS
         transport once trusted both ways."""
+        async with self._dialling:
+            return await self._open(keeper, url)
+
+    async def _open(self, keeper: Keeper, url: str) -> asyncio.Transport:
         sock = await dial(url, self.proxy, DIAL_PREAMBLE, self._timeout())
         holder: list[asyncio.Transport] = []
         up: asyncio.Future[asyncio.Transport] = asyncio.get_running_loop().create_future()
@@ -126,7 +134,8 @@ class Listening:
 
     async def certificate_of(self, url: str) -> bytes:
         """The DER certificate the agent at ``url`` shows (enrolment)."""
-        sock = await dial(url, self.proxy, CERTIFICATE_PREAMBLE, self._timeout())
+        async with self._dialling:
+            sock = await dial(url, self.proxy, CERTIFICATE_PREAMBLE, self._timeout())
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE  # compared with the thumbprint given, below

@@ -104,7 +104,9 @@ class Listener:
         self._arrived.set()
 
     def ready_count(self) -> int:
-        return sum(1 for handler in self._ready if handler.is_connected())
+        """Ready connections still open (the ones the server closed meanwhile are dropped)."""
+        self._ready = deque(handler for handler in self._ready if handler.is_connected())
+        return len(self._ready)
 
     async def _accept_forever(self) -> None:
         assert self._socket is not None
@@ -170,6 +172,7 @@ class Listener:
             asyncio.Protocol, sock, ssl=context, ssl_handshake_timeout=HANDSHAKE_SECONDS
         )
         transport.close()
+        # Not a refusal, but said as rarely: anyone may ask, and the certificate is public.
         self.refusals.refused("listening:certificate", f"listening port: showed this agent's "
                               f"certificate to {peer} (a server enrolling it)", "INFO")  # fmt: skip
 
