@@ -11,10 +11,12 @@ import socket
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tentacle_poll.cli.server import loopback_server_arguments
 from tentacle_poll.server import Server
 
-from .conftest import RunningAgent, free_port, register_agent
+from .conftest import RunningAgent, agent_in_mode, free_port
 from .helpers import process_running
 from .processes import CLI, Daemon, start_server_process
 
@@ -188,10 +190,12 @@ async def test_a_second_agent_on_the_same_home_is_refused(
     assert "another agent is already running with the home" in second.stderr
 
 
+@pytest.mark.parametrize("mode", ["polling", "listening"])
 async def test_package_deploy_health_and_files_from_the_command_line(
-    server: Server, api_key: str, tmp_path: Path
+    server: Server, api_key: str, tmp_path: Path, mode: str
 ) -> None:
-    agent = RunningAgent(await register_agent(server, api_key, tmp_path / "web1", "web1"))
+    """Every task kind but a script (test_end_to_end.py), in both modes."""
+    agent = RunningAgent(await agent_in_mode(mode, server, api_key, tmp_path / "web1", "web1"))
     env = {
         "TENTACLE_POLL_API_KEY": api_key,
         "TENTACLE_POLL_ADMIN_URL": f"http://127.0.0.1:{server.admin_port}",

@@ -6,6 +6,8 @@ import hashlib
 import os
 from pathlib import Path
 
+import pytest
+
 from tentacle_poll.protocol.models import FetchFileSpec, SendFileSpec, SubmitTask, TaskState
 from tentacle_poll.server.admin_client import AdminClient
 
@@ -21,6 +23,7 @@ def fetch(path: str) -> SubmitTask:
     return SubmitTask(target="web1", kind="fetch_file", fetch_file=FetchFileSpec(path=path))
 
 
+@pytest.mark.parametrize("mode", ["polling", "listening"])
 async def test_send_a_file_to_the_target_inside_its_roots(
     start_agent: AgentFactory, admin: AdminClient, tmp_path: Path
 ) -> None:
@@ -50,6 +53,7 @@ async def test_send_a_file_to_the_target_inside_its_roots(
     assert not (root.parent / "escaped.conf").exists()
 
 
+@pytest.mark.parametrize("mode", ["polling", "listening"])
 async def test_fetch_a_file_from_the_target_with_its_digest(
     start_agent: AgentFactory, admin: AdminClient, tmp_path: Path
 ) -> None:
