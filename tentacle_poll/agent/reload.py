@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from loguru import logger
 
+from tentacle_poll.agent.connections.listening import ListeningClient
 from tentacle_poll.agent.connections.proxy import proxy_for
 from tentacle_poll.config import AgentSettings
 from tentacle_poll.exceptions import ConfigurationError
@@ -57,7 +58,8 @@ def _apply(
         agent.slots.capacity = new.concurrency
     if "proxy" in changed:
         for client in agent.clients.values():
-            client.proxy = proxy_for(client.url, new.proxy)  # new connections go through it
+            if not isinstance(client, ListeningClient):  # the server's connections: no proxy
+                client.proxy = proxy_for(client.url, new.proxy)  # new connections go through it
 
 
 def _warn_about_restart(old: AgentSettings, new: AgentSettings) -> None:

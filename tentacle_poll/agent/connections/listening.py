@@ -27,9 +27,6 @@ if TYPE_CHECKING:
     from aiohttp.client_reqrep import ClientRequest, ConnectionKey
     from aiohttp.tracing import Trace
 
-# Below the server's keep-alive (aiohttp's 3,630 s) so that the agent ends an idle connection
-# first; the server opens another when the spares run short.
-IDLE_CONNECTION_SECONDS = 3000.0
 # A command's wait for the server: past its refused-connection backoff cap (15 s), and more.
 COMMAND_PATIENCE_SECONDS = 60.0
 T = TypeVar("T")
@@ -37,7 +34,7 @@ T = TypeVar("T")
 
 class ListeningConnector(aiohttp.BaseConnector):
     def __init__(self, listener: Listener) -> None:
-        super().__init__(keepalive_timeout=IDLE_CONNECTION_SECONDS)
+        super().__init__()
         self._listener = listener
 
     async def _create_connection(
