@@ -18,6 +18,7 @@ from tentacle_poll.agent.home import AgentHome
 from tentacle_poll.cli.fleet import listening_url
 from tentacle_poll.exceptions import ConfigurationError, RequestRejected
 from tentacle_poll.protocol.models import AddListeningTarget, TargetView, TaskState
+from tentacle_poll.protocol.routes import DIAL_PREAMBLE
 from tentacle_poll.server import Server
 from tentacle_poll.server.admin_client import AdminClient
 from tentacle_poll.tls import generate_identity, load_identity, save_identity
@@ -420,3 +421,40 @@ async def test_the_api_refuses_an_address_it_could_not_dial(
         await admin.add_listening_target(AddListeningTarget.model_construct(**body))
     assert refused.value.status == 400 and "listening_url" in str(refused.value)
     assert await server.state.store.list_agents() == []
+
+
+async def test_a_peer_stalling_many_connections_does_not_keep_the_server_out(
+    server: Server, api_key: str, admin: AdminClient, tmp_path: Path,
+    log_seen: Callable[[str], asyncio.Event],
+) -> None:  # fmt: skip
+    """40 connections from another address that say the server's preamble and then stall the
+    handshake: that address gets 8 places, the rest are refused, and the server (from its own
+    address) still connects and runs work."""
+    home = await add_listening_agent(server, api_key, tmp_path / "web1", "web1")
+    listening = home.settings().listen
+    assert listening is not None
+    limited = log_seen("of its connections are starting already")
+    stalled: list[socket.socket] = []
+    async with running(home) as agent:
+        await agent.agent.started.wait()  # listening by then
+        loop = asyncio.get_running_loop()
+        for _ in range(40):
+            sock = socket.socket()
+            sock.setblocking(False)
+            sock.bind(("127.0.0.2", 0))
+            stalled.append(sock)
+            await loop.sock_connect(sock, ("127.0.0.1", listening.port))
+            await loop.sock_sendall(sock, DIAL_PREAMBLE)
+        await asyncio.wait_for(limited.wait(), 10)
+        # Three tasks at once need more connections than the spares: the server opens them
+        # during the attack, well before the stalled handshakes time out (10 s).
+        async with asyncio.timeout(6):
+            runs = [
+                run_and_follow(admin, script_task("web1", "sleep 0.2; echo served"))
+                for _ in range(3)
+            ]
+            results = await asyncio.gather(*runs)
+    for sock in stalled:
+        sock.close()
+    for final, events in results:
+        assert final.state == TaskState.SUCCEEDED and [e.text for e in events] == ["served"]

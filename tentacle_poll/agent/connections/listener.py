@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from collections import deque
+from collections import Counter, deque
 from pathlib import Path
 
 from aiohttp import ClientConnectionError
@@ -34,6 +34,9 @@ PREAMBLE_SECONDS = 10.0
 HANDSHAKE_SECONDS = 10.0
 MAX_READY = 64  # connections kept ready for requests; the server is asked for spares only
 MAX_STARTING = 32  # connections between accept and ready: beyond, a flood is refused at once
+# ...and from one address: a peer that opens connections and stalls them cannot take every
+# place, so the server's own connections still get in.
+MAX_STARTING_PER_ADDRESS = 8
 
 
 class NoServerConnection(ClientConnectionError):
@@ -49,6 +52,7 @@ class Listener:
         self._ready: deque[ResponseHandler] = deque()
         self._arrived = asyncio.Event()
         self._starting: set[asyncio.Task[None]] = set()
+        self._starting_from: Counter[str] = Counter()  # by peer address
         self._socket: socket.socket | None = None
         self._accepting: asyncio.Task[None] | None = None
         self._closed = False
@@ -118,11 +122,12 @@ class Listener:
                 logger.warning("listening port: accept failed ({}); retrying in 1 s", exc)
                 await asyncio.sleep(1.0)
                 continue
-            self._take(sock, _peer(address))
+            self._take(sock, address)
 
-    def _take(self, sock: socket.socket, peer: str) -> None:
-        if len(self._starting) >= MAX_STARTING or self.ready_count() >= MAX_READY:
-            why = f"{MAX_STARTING} starting or {MAX_READY} ready already"
+    def _take(self, sock: socket.socket, address: object) -> None:
+        peer, host = _peer(address), str(address[0]) if isinstance(address, tuple) else "?"
+        why = self._why_full(host)
+        if why:
             self.refusals.refused(
                 "listening:full", f"listening port: refused a connection from {peer}: {why}"
             )
@@ -131,7 +136,21 @@ class Listener:
         sock.setblocking(False)
         task = asyncio.create_task(self._start_connection(sock, peer))
         self._starting.add(task)
-        task.add_done_callback(self._starting.discard)
+        self._starting_from[host] += 1
+        task.add_done_callback(lambda done: self._started(done, host))
+
+    def _why_full(self, host: str) -> str:
+        if self._starting_from[host] >= MAX_STARTING_PER_ADDRESS:
+            return f"{MAX_STARTING_PER_ADDRESS} of its connections are starting already"
+        if len(self._starting) >= MAX_STARTING or self.ready_count() >= MAX_READY:
+            return f"{MAX_STARTING} connections starting or {MAX_READY} ready already"
+        return ""
+
+    def _started(self, task: asyncio.Task[None], host: str) -> None:
+        self._starting.discard(task)
+        self._starting_from[host] -= 1
+        if not self._starting_from[host]:
+            del self._starting_from[host]
 
     async def _start_connection(self, sock: socket.socket, peer: str) -> None:
         try:
