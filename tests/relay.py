@@ -18,6 +18,7 @@ class CuttingRelay:
         self.refusing = False  # every connection is closed at once, as a dead network would
         self.bad_gateway = False  # every request is answered 502, as a proxy whose server is down
         self._writers: list[asyncio.StreamWriter] = []
+        self._closed = False
 
     async def __aenter__(self) -> CuttingRelay:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -25,6 +26,7 @@ class CuttingRelay:
         return self
 
     async def __aexit__(self, *_: object) -> None:
+        self._closed = True  # a connection still being set up closes itself (see _accept)
         self._server.close()
         for writer in self._writers:
             writer.close()
@@ -76,6 +78,10 @@ class CuttingRelay:
             writer.close()
             return
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._upstream_port)
+        if self._closed:  # the relay closed while this connection was being made
+            for w in (writer, up_writer):
+                w.close()
+            return
         self._writers += [writer, up_writer]
         upstream = asyncio.create_task(self._pipe(reader, up_writer, cut=False))
         downstream = asyncio.create_task(self._pipe(up_reader, writer, cut=True))

@@ -190,7 +190,7 @@ class Listener:
         transport, _ = await asyncio.get_running_loop().connect_accepted_socket(
             asyncio.Protocol, sock, ssl=context, ssl_handshake_timeout=HANDSHAKE_SECONDS
         )
-        transport.close()
+        transport.abort()  # shown: nothing else is said, no TLS shutdown to wait for
         # Not a refusal, but said as rarely: anyone may ask, and the certificate is public.
         self.refusals.refused("listening:certificate", f"listening port: showed this agent's "
                               f"certificate to {peer} (a server enrolling it)", "INFO")  # fmt: skip
