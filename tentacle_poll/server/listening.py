@@ -40,6 +40,8 @@ MAX_CONNECTIONS = 64
 CHECK_SECONDS = 30.0  # an idle keeper looks at its connections this often anyway
 BACKOFF_BASE_SECONDS = 0.5
 REFUSED_MAX_SECONDS = 15.0
+# A generator of its own: the module's shared state is left to whoever seeded it.
+JITTER = random.Random()
 # Connections being opened at once, all targets together: a node starting with thousands of
 # listening targets opens their connections in waves, not in one storm of handshakes.
 DIALS_AT_ONCE = 100
@@ -276,7 +278,7 @@ def _full_jitter(failures: int, refused: bool, max_seconds: float) -> float:
     """The agents' retry rule (agent/connections/backoff.py): random up to base x 2^n, capped;
     a refused connection (nothing listening: a restart) with the lower cap."""
     cap = min(max_seconds, REFUSED_MAX_SECONDS) if refused else max_seconds
-    return random.uniform(0, min(cap, BACKOFF_BASE_SECONDS * 2 ** min(failures, 30)))
+    return JITTER.uniform(0, min(cap, BACKOFF_BASE_SECONDS * 2 ** min(failures, 30)))
 
 
 @web.middleware
