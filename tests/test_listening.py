@@ -21,6 +21,7 @@ from tentacle_poll.protocol.models import AddListeningTarget, TargetView, TaskSt
 from tentacle_poll.protocol.routes import DIAL_PREAMBLE
 from tentacle_poll.server import Server
 from tentacle_poll.server.admin_client import AdminClient
+from tentacle_poll.server.listening import jittered_backoff
 from tentacle_poll.tls import generate_identity, load_identity, save_identity
 
 from .conftest import (
@@ -458,3 +459,15 @@ async def test_a_peer_stalling_many_connections_does_not_keep_the_server_out(
         sock.close()
     for final, events in results:
         assert final.state == TaskState.SUCCEEDED and [e.text for e in events] == ["served"]
+
+
+@given(failures=st.integers(1, 10_000), refused=st.booleans(),
+       cap=st.floats(0.1, 3600))  # fmt: skip
+def test_the_keeper_backs_off_with_the_agents_rule(
+    failures: int, refused: bool, cap: float
+) -> None:
+    """Full jitter: never negative, never past the cap (15 s when refused), and up to
+    0.5 s x 2^n before that."""
+    wait = jittered_backoff(failures, refused, cap)
+    limit = min(cap, 15.0) if refused else cap
+    assert 0 <= wait <= min(limit, 0.5 * 2 ** min(failures, 30))

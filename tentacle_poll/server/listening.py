@@ -260,7 +260,7 @@ class Keeper:
     async def _failed(self, exc: DialFailed) -> None:
         self._failures += 1
         self.last = ConnectionView(ok=False, at=time.time(), detail=str(exc))
-        wait = _full_jitter(
+        wait = jittered_backoff(
             self._failures, exc.refused, self._state.settings.listening_backoff_max_seconds
         )
         if self._failures == 1 or self._failures % 10 == 0:
@@ -274,7 +274,7 @@ def _retrieved(future: asyncio.Future[asyncio.Transport]) -> None:
         future.exception()
 
 
-def _full_jitter(failures: int, refused: bool, max_seconds: float) -> float:
+def jittered_backoff(failures: int, refused: bool, max_seconds: float) -> float:
     """The agents' retry rule (agent/connections/backoff.py): random up to base x 2^n, capped;
     a refused connection (nothing listening: a restart) with the lower cap."""
     cap = min(max_seconds, REFUSED_MAX_SECONDS) if refused else max_seconds
