@@ -82,12 +82,12 @@ async def start_server_process(
     env = {f"TENTACLE_POLL_{k.upper()}": v for k, v in settings.items()}
     arguments = loopback_server_arguments(home, comms_port, admin_port)
     server = await Daemon.start(*arguments, *flags, env=env)
-    await server.wait_for("listening")
+    await server.wait_for(" listening: comms ")
     return server
 
 
 async def start_agent_process(home: Path, **settings: str) -> Daemon:
     env = {f"TENTACLE_POLL_{k.upper()}": v for k, v in settings.items()}
     agent = await Daemon.start("--home", str(home), env=env)
-    await agent.wait_for("polling")
+    await agent.wait_for("polling https://")
     return agent

@@ -64,7 +64,7 @@ async def test_server_register_agent_and_task_from_the_command_line(
     )
     agent = await Daemon.start("--home", agent_home)
     processes.append(agent)
-    await agent.wait_for("polling")
+    await agent.wait_for("polling https://")
     admin_env = {
         "TENTACLE_POLL_API_KEY": key,
         "TENTACLE_POLL_ADMIN_URL": f"http://127.0.0.1:{admin}",
@@ -184,7 +184,7 @@ async def test_a_second_agent_on_the_same_home_is_refused(
     )  # fmt: skip
     first = await Daemon.start("--home", agent_home)
     processes.append(first)
-    await first.wait_for("polling")
+    await first.wait_for("polling https://")
     second = cli("--home", agent_home, check=False)
     assert second.returncode == 1
     assert "another agent is already running with the home" in second.stderr

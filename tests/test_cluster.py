@@ -28,7 +28,15 @@ from tentacle_poll.server.identity import ServerHome
 from tentacle_poll.server.vault import KEY_FILE
 from tentacle_poll.tls import load_identity
 
-from .conftest import free_port, new_agent_home, register_at, script_task, wait_for_line
+from .conftest import (
+    free_port,
+    listen_at,
+    new_agent_home,
+    register_at,
+    run_and_follow,
+    script_task,
+    wait_for_line,
+)
 from .helpers import eventually
 from .processes import Daemon, start_agent_process, start_server_process
 from .relay import CuttingRelay
@@ -410,3 +418,24 @@ async def test_a_node_whose_database_goes_away_says_so_serves_again_and_stops_cl
             await eventually(lambda: ready_is(503), 10)
         assert node.process is not None
         assert await asyncio.wait_for(node.process.stop(), 30) == 0
+
+
+async def test_a_listening_target_added_through_one_node_is_served_by_every_node(
+    two_nodes: Cluster, tmp_path: Path, processes: list[Daemon]
+) -> None:
+    """`targets add` through A: B learns the target at the cluster's trust echo and connects
+    to it too; a task submitted through B runs; deleted through B, both let it go."""
+    a, b = two_nodes.nodes
+    home = await listen_at(a.admin_url, a.thumbprint, two_nodes.api_key, tmp_path / "web1", "web1")
+    agent = await start_agent_process(home.folder)
+    processes.append(agent)
+    assert a.process is not None and b.process is not None
+    for node in (a, b):
+        await node.process.wait_for("target web1: connected to", timeout=30)
+    async with two_nodes.admin(b) as admin:
+        final, events = await run_and_follow(admin, script_task("web1", "echo through B"))
+        assert final.state == TaskState.SUCCEEDED and [e.text for e in events] == ["through B"]
+        await admin.delete_target("web1")
+    for node in (a, b):
+        async with two_nodes.admin(node) as admin:
+            assert [t async for page in admin.target_pages({}) for t in page] == []

@@ -140,7 +140,7 @@ async def _latencies(
 ) -> tuple[list[float], list[float]]:
     a, b = nodes
     agent = await Daemon.start("--home", str(home.folder))
-    await agent.wait_for("polling")
+    await agent.wait_for("polling https://")
     try:
         across = await dispatch_latency(a, "lat", runs, admin_url=b.admin_url)
         same = await dispatch_latency(a, "lat", runs)

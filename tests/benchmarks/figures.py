@@ -217,7 +217,7 @@ def fleet_reports(bench: Bench) -> list[dict]:  # type: ignore[type-arg]
 async def plain_tls_reference(bench: Bench, count: int, settle: float) -> float:
     """Bytes of RSS per idle connection for a plain asyncio TLS server (default buffers)."""
     server = await Daemon.run(sys.executable, "-m", "tests.benchmarks.plain_tls", str(bench.comms))
-    await server.wait_for("listening")
+    await server.wait_for(" listening: comms ")
     base = rss_bytes(server.process.pid)
     generators = await run_fleet(bench, count, seconds=settle + 60)
     await asyncio.sleep(settle)
@@ -248,7 +248,7 @@ async def idle_and_storm(
     cpu = (cpu_seconds(bench.server.process.pid) - cpu_start) / (time.monotonic() - wall_start)
     await bench.agent_home("lat")
     agent = await Daemon.start("--home", str(bench.folder / "lat"))
-    await agent.wait_for("polling")
+    await agent.wait_for("polling https://")
     latency = await dispatch_latency(bench, "lat", latency_runs)
     await agent.stop()
     from .listings import listing_rows  # they import this module
@@ -400,7 +400,7 @@ async def output_streaming(bench: Bench, megabytes: int, runs: int) -> list[Row]
     """Median of ``runs`` tasks, beside the median of as many raw TLS copies made in between."""
     home = await bench.agent_home("streamer")
     agent = await Daemon.start("--home", str(home.folder))
-    await agent.wait_for("polling")
+    await agent.wait_for("polling https://")
     lines = megabytes * MB // 100
     results, references = [], []
     for _ in range(runs):  # alternately, so that both sides see the machine in the same mood

@@ -56,7 +56,7 @@ async def sign_in(http: aiohttp.ClientSession, bench: Bench) -> None:
 async def live_output_rows(bench: Bench) -> list[Row]:
     home = await bench.agent_home("portal")
     agent = await Daemon.start("--home", str(home.folder))
-    await agent.wait_for("polling")
+    await agent.wait_for("polling https://")
     try:
         async with async_playwright() as playwright:
             browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)

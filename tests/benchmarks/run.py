@@ -70,7 +70,7 @@ async def _run_groups(folder: Path, sizes: dict[str, Any], groups: list[str]) ->
         if "latency" in groups:
             await bench.agent_home("lat")
             agent = await Daemon.start("--home", str(folder / "main" / "lat"))
-            await agent.wait_for("polling")
+            await agent.wait_for("polling https://")
             latencies = await dispatch_latency(bench, "lat", sizes["latency_runs"])
             rows += latency_rows("1 idle agent", latencies, local)
             await agent.stop()
