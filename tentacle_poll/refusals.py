@@ -44,13 +44,22 @@ class RefusalLog:
 def peer_of(transport: object) -> str:
     """``host:port`` of a transport's peer, for log lines."""
     get_extra_info = getattr(transport, "get_extra_info", None)
-    peer = get_extra_info("peername") if get_extra_info else None
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        host = f"[{peer[0]}]" if ":" in str(peer[0]) else str(peer[0])
-        return f"{host}:{peer[1]}"
+    return address_text(get_extra_info("peername") if get_extra_info else None)
+
+
+def address_text(address: object) -> str:
+    """``host:port`` of a socket address (an IPv6 host in brackets), for log lines."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        host = f"[{address[0]}]" if ":" in str(address[0]) else str(address[0])
+        return f"{host}:{address[1]}"
     return "an unknown address"
 
 
 def host_of(transport: object) -> str:
     """The peer's address without its port: what limits per address count by."""
-    return peer_of(transport).rpartition(":")[0].strip("[]") or "unknown"
+    return host_in(peer_of(transport))
+
+
+def host_in(address: str) -> str:
+    """The host of an ``address_text``, without port or brackets."""
+    return address.rpartition(":")[0].strip("[]") or "unknown"

@@ -12,11 +12,19 @@ import sys
 import time
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
+
 from tentacle_poll.cli.context import admin_client
 from tentacle_poll.config import DEFAULT_LISTENING_PORT, given_thumbprint
 from tentacle_poll.exceptions import ConfigurationError, RequestRejected
-from tentacle_poll.protocol.models import AddListeningTarget, TargetView, TaskState
+from tentacle_poll.protocol.models import (
+    AddListeningTarget,
+    ListeningUrl,
+    TargetView,
+    TaskState,
+)
 
+LISTENING_URL: TypeAdapter[str] = TypeAdapter(ListeningUrl)
 SINCE = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 TARGET_ROW = "{:<20} {:<16} {:<16} {:<14} {:<9} {:<19} {:<8} {:<10} {}"
@@ -155,20 +163,22 @@ async def add_listening_target(args: argparse.Namespace) -> int:
 
 
 def listening_url(text: str) -> str:
-    """``https://HOST:PORT`` of a listening agent (the port defaults to 10933)."""
+    """``https://HOST:PORT`` of a listening agent (the port defaults to 10933), checked as the
+    API checks it."""
     scheme, has_scheme, rest = text.strip().rstrip("/").partition("://")
     if not has_scheme or scheme.lower() != "https":
         raise ConfigurationError(
             f"--listening {text!r}: give the agent's address as https://HOST:"
             f"{DEFAULT_LISTENING_PORT} (the port it listens on, `tentacle-poll listen` there)"
         )
-    if not re.fullmatch(r"([A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]+\])(:\d{1,5})?", rest):
-        raise ConfigurationError(f"--listening {text!r} is not https://HOST:PORT (no path)")
     if not re.search(r":\d{1,5}$", rest):
         rest = f"{rest}:{DEFAULT_LISTENING_PORT}"
-    if not 1 <= int(rest.rpartition(":")[2]) <= 65535:
-        raise ConfigurationError(f"--listening {text!r}: the port must be 1-65535")
-    return f"https://{rest}"
+    try:
+        return LISTENING_URL.validate_python(f"https://{rest}")
+    except ValidationError:
+        raise ConfigurationError(
+            f"--listening {text!r} is not https://HOST:PORT (no path; a port of 1-65535)"
+        ) from None
 
 
 def _listening_line(t: TargetView) -> str:

@@ -44,12 +44,12 @@ from tentacle_poll.server.rotation import add_rotation_routes
 from tentacle_poll.server.sites import MutualTlsSite, PlainSite
 from tentacle_poll.server.state import STATE, ServerState
 from tentacle_poll.server.sweeper import (
+    certificates_of,
     sweep_forever,
-    trusted_certificates,
     warn_expiring_certificates,
 )
 from tentacle_poll.server.vault import Vault
-from tentacle_poll.store.base import ClusterStore, Store
+from tentacle_poll.store.base import AgentRecord, ClusterStore, Store
 from tentacle_poll.store.opening import open_store
 from tentacle_poll.tls import TrustedClientCertificates, load_identity
 
@@ -104,7 +104,8 @@ class Server:
         if isinstance(store, ClusterStore):
             await join_identity(self.home, vault, store)
         thumbprint = load_identity(identity_folder).thumbprint
-        trust = TrustedClientCertificates(identity_folder, await trusted_certificates(store))
+        agents = await store.list_agents()  # read once: trust, listening targets, expiries
+        trust = TrustedClientCertificates(identity_folder, certificates_of(agents))
         self._state = ServerState(
             self.settings, store, Dispatcher(), trust, thumbprint, self.home, vault, blobs
         )
@@ -125,17 +126,17 @@ class Server:
         )
         if isinstance(store, ClusterStore):
             await self._join_cluster(store)
-        await self._keep_listening_targets()
-        await warn_expiring_certificates(self.state)
+        self._keep_listening_targets(agents)
+        warn_expiring_certificates(self.state, agents)
         self._sweeper = asyncio.create_task(sweep_forever(self.state), name="sweeper")
         self._pruner = asyncio.create_task(prune_forever(self.state), name="retention")
         self.started.set()
 
-    async def _keep_listening_targets(self) -> None:
+    def _keep_listening_targets(self, agents: list[AgentRecord]) -> None:
         assert self._comms_site is not None
         listening = self._listening = Listening(self.state, self._comms_site)
         self.state.listening = listening
-        await listening.start()
+        listening.sync(agents)
 
     async def _join_cluster(self, store: ClusterStore) -> None:
         from tentacle_poll.server.cluster import Cluster  # lazy: one-node servers skip it

@@ -6,15 +6,13 @@ port's own handshake takes the socket (``MutualTlsSite.take_dialled``), as if it
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
 import socket
-from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
 from tentacle_poll.config import ENV_PREFIX
 from tentacle_poll.keepalive import enable_keepalive
-from tentacle_poll.logs import hide_secret
+from tentacle_poll.proxies import ProxyRoute, proxy_route
 
 PROXY_PASSWORD_VARIABLE = f"{ENV_PREFIX}LISTENING_PROXY_PASSWORD"
 MAX_PROXY_ANSWER = 16 * 1024
@@ -30,14 +28,7 @@ class DialFailed(Exception):
         self.refused = refused
 
 
-@dataclass(frozen=True)
-class ProxyAddress:
-    host: str
-    port: int
-    headers: dict[str, str] = field(default_factory=dict, repr=False)
-
-
-def listening_proxy(url: str, environ: dict[str, str] | None = None) -> ProxyAddress | None:
+def listening_proxy(url: str, environ: dict[str, str] | None = None) -> ProxyRoute | None:
     """The proxy of the ``listening_proxy`` setting; credentials go in a header, never in logs."""
     if not url:
         return None
@@ -45,13 +36,8 @@ def listening_proxy(url: str, environ: dict[str, str] | None = None) -> ProxyAdd
     password = (environ or dict(os.environ)).get(PROXY_PASSWORD_VARIABLE) or (
         unquote(parts.password) if parts.password else None
     )
-    headers = {}
-    if parts.username:
-        hide_secret(password)
-        credentials = f"{unquote(parts.username)}:{password or ''}".encode()
-        headers["Proxy-Authorization"] = "Basic " + base64.b64encode(credentials).decode()
-        hide_secret(headers["Proxy-Authorization"])
-    return ProxyAddress(parts.hostname or "", parts.port or 3128, headers)
+    user = unquote(parts.username) if parts.username else None
+    return proxy_route(parts.hostname or "", parts.port or 3128, user, password)
 
 
 def target_address(url: str) -> tuple[str, int]:
@@ -60,7 +46,7 @@ def target_address(url: str) -> tuple[str, int]:
 
 
 async def dial(
-    url: str, proxy: ProxyAddress | None, preamble: bytes, timeout: float
+    url: str, proxy: ProxyRoute | None, preamble: bytes, timeout: float
 ) -> socket.socket:
     """A connected socket to the target at ``url`` that has been told ``preamble``."""
     host, port = target_address(url)
@@ -117,7 +103,7 @@ async def _connect(
     )
 
 
-async def _through(sock: socket.socket, proxy: ProxyAddress, host: str, port: int) -> None:
+async def _through(sock: socket.socket, proxy: ProxyRoute, host: str, port: int) -> None:
     """An HTTP CONNECT tunnel to host:port through the proxy on ``sock``."""
     loop = asyncio.get_running_loop()
     authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

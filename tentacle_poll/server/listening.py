@@ -58,9 +58,6 @@ class Listening:
         self.proxy = listening_proxy(state.settings.listening_proxy)
         self._dialling = asyncio.Semaphore(DIALS_AT_ONCE)
 
-    async def start(self) -> None:
-        self.sync(await self._state.store.list_agents())
-
     def sync(self, agents: list[AgentRecord]) -> None:
         """Keeps exactly the listening targets among ``agents`` (all of them): at start, and
         when another node of a cluster changed the registrations."""

@@ -19,7 +19,7 @@ from tentacle_poll.logs import about
 from tentacle_poll.server.deployments import stop_rest_if_failed
 from tentacle_poll.server.shortage import condition_of
 from tentacle_poll.server.state import ServerState, task_fields
-from tentacle_poll.store import AgentRecord, Store
+from tentacle_poll.store import AgentRecord
 from tentacle_poll.tls import (
     certificate_expiry_fast,
     expiry_warning,
@@ -54,10 +54,6 @@ async def periodically(
         await asyncio.sleep(seconds)
 
 
-async def trusted_certificates(store: Store) -> list[bytes]:
-    return certificates_of(await store.list_agents())
-
-
 def certificates_of(agents: list[AgentRecord]) -> list[bytes]:
     """Every agent's certificate, and the previous one of agents in a rotation overlap."""
     pems = []
@@ -69,10 +65,10 @@ def certificates_of(agents: list[AgentRecord]) -> list[bytes]:
     return pems
 
 
-async def warn_expiring_certificates(state: ServerState) -> None:
+def warn_expiring_certificates(state: ServerState, agents: list[AgentRecord]) -> None:
     server_pem = load_identity(state.home.identity_folder).cert_pem
     warnings = [expiry_warning(certificate_expiry_fast(server_pem), "the server certificate")]
-    for agent in [a for a in await state.store.list_agents() if a.certificate_pem]:
+    for agent in [a for a in agents if a.certificate_pem]:
         expires = certificate_expiry_fast(agent.certificate_pem.encode())
         warnings.append(expiry_warning(expires, f"target {agent.name}'s certificate"))
     for warning in filter(None, warnings):

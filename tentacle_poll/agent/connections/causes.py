@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from tentacle_poll.agent.connections.proxy import ProxyRoute
 from tentacle_poll.exceptions import (
     CertificateRejected,
     CommunicationError,
@@ -25,6 +24,7 @@ from tentacle_poll.exceptions import (
     ServerIdentityMismatch,
     ServerUnavailable,
 )
+from tentacle_poll.proxies import ProxyRoute
 from tentacle_poll.tls import PinnedServerMismatch
 
 PROXY_HINTS = {

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from tentacle_poll.agent.connections.causes import DIAGNOSE, describe_cause
-from tentacle_poll.agent.connections.proxy import ProxyRoute, proxy_for
+from tentacle_poll.agent.connections.proxy import proxy_for
 from tentacle_poll.agent.connections.transport import client_for
 from tentacle_poll.agent.home import AgentHome
 from tentacle_poll.config import AgentSettings, ServerNode
@@ -28,6 +28,7 @@ from tentacle_poll.exceptions import (
 )
 from tentacle_poll.protocol.models import PollRequest, PollResponse
 from tentacle_poll.protocol.routes import POLL
+from tentacle_poll.proxies import ProxyRoute
 from tentacle_poll.tls import load_identity, thumbprint_of_der
 from tentacle_poll.tls.der import validity_of_der
 from tentacle_poll.tls.files import identity_paths

@@ -15,9 +15,9 @@ from typing import BinaryIO, TypeVar
 
 from pydantic import BaseModel
 
-from tentacle_poll.agent.connections.proxy import ProxyRoute
 from tentacle_poll.agent.connections.transport import CommsClient
 from tentacle_poll.exceptions import ServerUnavailable
+from tentacle_poll.proxies import ProxyRoute
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")

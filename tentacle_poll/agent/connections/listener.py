@@ -25,7 +25,7 @@ from tentacle_poll.config import ListeningSettings
 from tentacle_poll.exceptions import ConfigurationError
 from tentacle_poll.keepalive import listening_socket
 from tentacle_poll.protocol.routes import CERTIFICATE_PREAMBLE, DIAL_PREAMBLE, PREAMBLE_BYTES
-from tentacle_poll.refusals import RefusalLog
+from tentacle_poll.refusals import RefusalLog, address_text, host_in
 from tentacle_poll.tls import PinnedServerMismatch
 from tentacle_poll.tls.files import identity_paths
 from tentacle_poll.tls.policy import apply_policy
@@ -125,7 +125,8 @@ class Listener:
             self._take(sock, address)
 
     def _take(self, sock: socket.socket, address: object) -> None:
-        peer, host = _peer(address), str(address[0]) if isinstance(address, tuple) else "?"
+        peer = address_text(address)
+        host = host_in(peer)
         why = self._why_full(host)
         if why:
             self.refusals.refused(
@@ -220,10 +221,3 @@ async def _read_preamble(sock: socket.socket) -> bytes:
             raise _NotTheServer("it closed the connection before saying what it wanted")
         received += chunk
     return received
-
-
-def _peer(address: object) -> str:
-    if isinstance(address, tuple) and len(address) >= 2:
-        host = f"[{address[0]}]" if ":" in str(address[0]) else str(address[0])
-        return f"{host}:{address[1]}"
-    return "an unknown address"

@@ -2,35 +2,21 @@
 
 The system proxy comes from ``https_proxy``/``HTTPS_PROXY`` and ``no_proxy``/``NO_PROXY``, read
 here rather than by aiohttp (whose ``trust_env`` ignores ``https://`` proxy URLs silently and
-knows no CIDR ranges in NO_PROXY). Credentials never travel in the proxy URL, which ends up in
-error texts: they go in a ``Proxy-Authorization`` header.
+knows no CIDR ranges in NO_PROXY). Credentials go in a header (tentacle_poll/proxies.py).
 """
 
 from __future__ import annotations
 
-import base64
 import ipaddress
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
 from tentacle_poll.config import ENV_PREFIX, ProxySettings
 from tentacle_poll.exceptions import ConfigurationError
-from tentacle_poll.logs import hide_secret
+from tentacle_poll.proxies import ProxyRoute, proxy_route
 
 PROXY_PASSWORD_VARIABLE = f"{ENV_PREFIX}PROXY_PASSWORD"
-
-
-@dataclass(frozen=True)
-class ProxyRoute:
-    host: str
-    port: int
-    headers: dict[str, str] = field(default_factory=dict, repr=False)
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
 
 
 def proxy_for(
@@ -41,7 +27,7 @@ def proxy_for(
         stored = settings.password.get_secret_value() if settings.password else None
         # The environment wins, and is never written anywhere: a password can stay off disk.
         password = environ.get(PROXY_PASSWORD_VARIABLE) or stored
-        return _route(settings.host, settings.port, settings.username, password)
+        return proxy_route(settings.host, settings.port, settings.username, password)
     if settings.mode == "system":
         return system_proxy(target_url, environ)
     return None
@@ -65,7 +51,7 @@ def system_proxy(target_url: str, environ: Mapping[str, str]) -> ProxyRoute | No
         )
     user = unquote(proxy.username) if proxy.username else None
     password = unquote(proxy.password) if proxy.password else None
-    return _route(proxy.hostname or "", proxy.port or 3128, user, password)
+    return proxy_route(proxy.hostname or "", proxy.port or 3128, user, password)
 
 
 def bypassed(host: str, port: int, no_proxy: str) -> bool:
@@ -100,13 +86,3 @@ def _matches(host: str, entry: str) -> bool:
         return address in ipaddress.ip_network(entry, strict=False)
     except ValueError:
         return False
-
-
-def _route(host: str, port: int, user: str | None, password: str | None) -> ProxyRoute:
-    if user is None:
-        return ProxyRoute(host, port)
-    hide_secret(password)
-    credentials = f"{user}:{password or ''}".encode()
-    auth = "Basic " + base64.b64encode(credentials).decode()
-    hide_secret(auth)
-    return ProxyRoute(host, port, {"Proxy-Authorization": auth})

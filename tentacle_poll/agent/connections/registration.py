@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from tentacle_poll import __version__
 from tentacle_poll.agent.connections.nodes import add_node
-from tentacle_poll.agent.connections.proxy import ProxyRoute, proxy_for
+from tentacle_poll.agent.connections.proxy import proxy_for
 from tentacle_poll.agent.connections.transport import CommsClient
 from tentacle_poll.agent.home import AgentHome
 from tentacle_poll.config import ServerNode, comms_url, given_thumbprint, update_config_file
@@ -22,6 +22,7 @@ from tentacle_poll.logs import hide_secret
 from tentacle_poll.protocol.models import RegisterRequest, RegisterResponse
 from tentacle_poll.protocol.routes import API_KEY_HEADER, REGISTER, REGISTRATION_TOKEN_HEADER
 from tentacle_poll.protocol.tokens import parse_token
+from tentacle_poll.proxies import ProxyRoute
 from tentacle_poll.tls import load_identity
 
 UNPINNABLE = "0" * 64  # no certificate has this thumbprint

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from tentacle_poll import __version__
 from tentacle_poll.agent.connections.causes import Route, communication_error
-from tentacle_poll.agent.connections.proxy import ProxyRoute, proxy_for
+from tentacle_poll.agent.connections.proxy import proxy_for
 from tentacle_poll.config import AgentSettings, ServerNode
 from tentacle_poll.exceptions import (
     CommunicationError,
@@ -30,6 +30,7 @@ from tentacle_poll.keepalive import keepalive_socket
 from tentacle_poll.protocol.codec import decode, encode
 from tentacle_poll.protocol.models import PROTOCOL_VERSION, Problem
 from tentacle_poll.protocol.routes import PROTOCOL_HEADER
+from tentacle_poll.proxies import ProxyRoute
 from tentacle_poll.tls import pinned_client_context, update_pins
 from tentacle_poll.tls.files import identity_paths
 
