@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tentacle_poll.protocol.models import TaskState
 from tentacle_poll.server.admin_client import AdminClient
 
@@ -22,6 +24,7 @@ def tree_script(pids: Path) -> str:
     )
 
 
+@pytest.mark.parametrize("mode", ["polling", "listening"])
 async def test_cancel_ends_every_process_of_the_task(
     start_agent: AgentFactory, admin: AdminClient, tmp_path: Path
 ) -> None:
@@ -37,6 +40,7 @@ async def test_cancel_ends_every_process_of_the_task(
     assert [p for p in pids if process_running(p)] == []
 
 
+@pytest.mark.parametrize("mode", ["polling", "listening"])
 async def test_timeout_ends_every_process_of_the_task(
     start_agent: AgentFactory, admin: AdminClient, tmp_path: Path
 ) -> None:

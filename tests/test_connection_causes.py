@@ -16,11 +16,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tentacle_poll.agent.connections.causes import Route, communication_error
-from tentacle_poll.agent.connections.proxy import ProxyRoute
 from tentacle_poll.agent.connections.transport import CommsClient
 from tentacle_poll.exceptions import CertificateRejected, CommunicationError
 from tentacle_poll.protocol.models import PollRequest, PollResponse
 from tentacle_poll.protocol.routes import POLL
+from tentacle_poll.proxies import ProxyRoute
 from tentacle_poll.server import Server
 
 from .conftest import client_for, comms_url, new_agent_home, register_agent

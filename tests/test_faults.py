@@ -77,10 +77,15 @@ async def wait_for_state(admin: AdminClient, task_id: str, wanted: TaskState) ->
             return page.task
 
 
-async def _agent_process(
-    server: Server, api_key: str, tmp_path: Path, processes: list[Daemon], mode: str = "polling"
-) -> tuple[AgentHome, Daemon]:
-    """Target "web1" of the in-process server (polling it, or listening), a real process."""
+AgentProcess = tuple[AgentHome, Daemon]
+
+
+@pytest.fixture
+async def agent_process(
+    server: Server, api_key: str, tmp_path: Path, processes: list[Daemon], mode: str
+) -> AgentProcess:
+    """Target "web1" of the in-process server (polling it, or listening: ``mode``), its agent a
+    real process."""
     home = await agent_in_mode(mode, server, api_key, tmp_path / "web1", "web1")
     agent = await start_agent_process(home.folder, **FAST_AGENT)
     processes.append(agent)
@@ -170,14 +175,9 @@ async def test_server_killed_mid_stream_loses_no_block_of_lines(
 
 @MODES
 async def test_agent_killed_mid_task_reports_it_failed_and_never_reruns_it(
-    tmp_path: Path,
-    server: Server,
-    api_key: str,
-    admin: AdminClient,
-    processes: list[Daemon],
-    mode: str,
+    tmp_path: Path, admin: AdminClient, processes: list[Daemon], agent_process: AgentProcess
 ) -> None:
-    home, agent = await _agent_process(server, api_key, tmp_path, processes, mode)
+    home, agent = agent_process
     runs = tmp_path / "runs"
     pid_file = tmp_path / "script.pid"
     body = f'echo run >> {runs}; echo "started with $TOKEN"; echo $$ > {pid_file}; sleep 300'
@@ -236,14 +236,9 @@ async def test_connection_cut_right_after_the_poll_answer_runs_the_task_at_most_
 
 @MODES
 async def test_sigterm_drains_a_running_task_then_exits_zero(
-    tmp_path: Path,
-    server: Server,
-    api_key: str,
-    admin: AdminClient,
-    processes: list[Daemon],
-    mode: str,
+    tmp_path: Path, admin: AdminClient, agent_process: AgentProcess
 ) -> None:
-    _, agent = await _agent_process(server, api_key, tmp_path, processes, mode)
+    _, agent = agent_process
     gate = tmp_path / "gate"
     body = f"echo started; while [ ! -e {gate} ]; do sleep 0.02; done; echo finished"
     task = await admin.submit(script_task("web1", body))
@@ -259,10 +254,11 @@ async def test_sigterm_drains_a_running_task_then_exits_zero(
     assert (await admin.task(late.id)).state == TaskState.QUEUED  # no new work while draining
 
 
+@MODES
 async def test_second_sigterm_cancels_running_tasks_and_reports_them(
-    tmp_path: Path, server: Server, api_key: str, admin: AdminClient, processes: list[Daemon]
+    admin: AdminClient, agent_process: AgentProcess
 ) -> None:
-    _, agent = await _agent_process(server, api_key, tmp_path, processes)
+    _, agent = agent_process
     task = await admin.submit(script_task("web1", "echo started; sleep 300"))
     await wait_for_line(admin, task.id, "started")
     agent.process.send_signal(signal.SIGTERM)
