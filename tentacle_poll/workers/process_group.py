@@ -90,8 +90,12 @@ async def end_group(
     report = say or (lambda _: None)
     report(f"sending SIGTERM to {_count(group_members(pgid))} of the task")
     signal_group(pgid, signal.SIGTERM)
+    deadline = asyncio.get_running_loop().time() + grace_seconds
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(asyncio.shield(exited), grace_seconds)
+    # The others of the group may still be ending (a subshell whose child just died): they
+    # have what is left of the grace too, instead of being counted as survivors at once.
+    await _group_gone(pgid, max(deadline - asyncio.get_running_loop().time(), 0.0))
     remaining = group_members(pgid)
     if remaining:
         report(f"sending SIGKILL to {_count(remaining)} still running after the "
