@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from loguru import logger
 
+from tentacle_poll.keepalive import accept
 from tentacle_poll.server.shortage import OUT_OF_RESOURCES, Shortage
 
 FIRST_PAUSE_SECONDS = 0.05
@@ -50,9 +51,8 @@ class AcceptLoop:
         if self._task is None or self._task.done():
             self._sock.close()
             return
-        # The socket goes once the task has ended: closed under a pending accept, Python 3.11's
-        # selector callback sets an error on the cancelled future and prints a traceback
-        # (InvalidStateError; seen at a server's stop in tests/test_cluster.py).
+        # The socket goes once the task has ended, that is once its reader is removed
+        # (``keepalive.accept``: cancel-safe, unlike Python 3.11's ``sock_accept``).
         self._task.add_done_callback(lambda _: self._sock.close())
         self._task.cancel()
 
@@ -66,7 +66,7 @@ class AcceptLoop:
         pause = FIRST_PAUSE_SECONDS
         while True:
             try:
-                connection, _ = await loop.sock_accept(self._sock)
+                connection, _ = await accept(self._sock)
             except OSError as exc:
                 if exc.errno not in OUT_OF_RESOURCES:
                     continue  # one connection's trouble (aborted before accept): next

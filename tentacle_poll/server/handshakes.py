@@ -72,6 +72,7 @@ class Handshake(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         transport.pause_reading()  # the ClientHello is for the TLS layer, not for this protocol
         upgrade = asyncio.ensure_future(self._upgrade(transport))
+        upgrade.add_done_callback(lambda done: _abort_if_cancelled(done, transport))
         if self._dialled is not None:
             dialled = self._dialled
             upgrade.add_done_callback(lambda _: dialled.failed("the TLS handshake did not finish"))
@@ -125,6 +126,13 @@ class Handshake(asyncio.Protocol):
             handler.eof_received()
         if self._dialled is not None and not self._dialled.up.done():
             self._dialled.up.set_result(tls)
+
+
+def _abort_if_cancelled(upgrade: asyncio.Task[None], transport: asyncio.Transport) -> None:
+    """A stop can cancel an upgrade before its first step, and then none of its own cleanup
+    runs: the connection would be left open (a ResourceWarning at collection)."""
+    if upgrade.cancelled():
+        transport.abort()  # nothing if its cleanup closed it already
 
 
 def describe_handshake_failure(exc: BaseException) -> tuple[str, str]:

@@ -23,7 +23,7 @@ from loguru import logger
 
 from tentacle_poll.config import ListeningSettings
 from tentacle_poll.exceptions import ConfigurationError
-from tentacle_poll.keepalive import listening_socket
+from tentacle_poll.keepalive import accept, listening_socket
 from tentacle_poll.protocol.routes import CERTIFICATE_PREAMBLE, DIAL_PREAMBLE, PREAMBLE_BYTES
 from tentacle_poll.refusals import RefusalLog, address_text, host_in
 from tentacle_poll.tls import PinnedServerMismatch
@@ -114,10 +114,9 @@ class Listener:
 
     async def _accept_forever(self) -> None:
         assert self._socket is not None
-        loop = asyncio.get_running_loop()
         while True:
             try:
-                sock, address = await loop.sock_accept(self._socket)
+                sock, address = await accept(self._socket)
             except OSError as exc:  # out of descriptors: survived, as the server's port does
                 logger.warning("listening port: accept failed ({}); retrying in 1 s", exc)
                 await asyncio.sleep(1.0)
@@ -138,7 +137,7 @@ class Listener:
         task = asyncio.create_task(self._start_connection(sock, peer))
         self._starting.add(task)
         self._starting_from[host] += 1
-        task.add_done_callback(lambda done: self._started(done, host))
+        task.add_done_callback(lambda done: self._started(done, host, sock))
 
     def _why_full(self, host: str) -> str:
         if self._starting_from[host] >= MAX_STARTING_PER_ADDRESS:
@@ -147,7 +146,9 @@ class Listener:
             return f"{MAX_STARTING} connections starting or {MAX_READY} ready already"
         return ""
 
-    def _started(self, task: asyncio.Task[None], host: str) -> None:
+    def _started(self, task: asyncio.Task[None], host: str, sock: socket.socket) -> None:
+        if task.cancelled():  # perhaps before its first step, where its own cleanup is
+            sock.close()
         self._starting.discard(task)
         self._starting_from[host] -= 1
         if not self._starting_from[host]:
