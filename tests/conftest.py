@@ -271,7 +271,8 @@ async def listen_at(
     server is told its address and thumbprint (``targets add``)."""
     home = AgentHome(folder) if (folder / "identity").exists() else new_agent_home(folder)
     port = int(str(extra.pop("port", 0))) or free_port()
-    listening = ListeningSettings(host="127.0.0.1", port=port, server_thumbprint=server_thumbprint)
+    host = str(extra.pop("host", "127.0.0.1"))
+    listening = ListeningSettings(host=host, port=port, server_thumbprint=server_thumbprint)
     update_config_file(home.config_file, listen=toml_data(listening), name=name)
     target = AddListeningTarget(
         name=name, listening_url=str(extra.pop("listening_url", f"https://127.0.0.1:{port}")),

@@ -251,15 +251,15 @@ async def test_the_command_line_sets_up_a_listening_target_end_to_end(
         str(port), "--server-thumbprint", server.state.thumbprint,
     )  # fmt: skip
     assert code == 0, said
-    thumbprint = said.split("this agent's thumbprint: ")[1].split()[0]
-    assert f"--thumbprint {thumbprint}" in said  # the command to give the server
-    code, said = await cli(server, api_key, "targets", "add", "web1", "--listening",
-                           f"https://127.0.0.1:{port}", "--thumbprint", thumbprint.lower(),
-                           "--environment", "Test", "--role", "web")  # fmt: skip
+    # The command it prints for the server, run as printed (its placeholders filled in).
+    printed = said.split("on the server: tentacle-poll ")[1].split()
+    filled = {"NAME": "web1", "ENV": "Test", "ROLE": "web"}
+    code, said = await cli(server, api_key, *(filled.get(word, word) for word in printed))
     assert code == 0 and "added web1" in said, said
     agent = await Daemon.start("--home", str(home))
     processes.append(agent)
     await agent.wait_for("listening for the server on 127.0.0.1")
+    await agent.wait_for("agent started with")  # no name of its own: not "agent None started"
     code, said = await cli(server, api_key, "task", "run", "--target", "web1", "--script",
                            "echo from the command line")  # fmt: skip
     assert code == 0 and "from the command line" in said, said
@@ -410,6 +410,20 @@ async def test_a_listening_agent_rotates_its_certificate_without_re_adding_its_t
     processes.append(await Daemon.start("--home", str(home.folder)))
     final, events = await run_and_follow(admin, script_task("web1", "echo new"))
     assert final.state == TaskState.SUCCEEDED and [e.text for e in events] == ["new"]
+
+
+async def test_a_target_listening_on_ipv6_is_reached_and_its_absence_said_in_brackets(
+    server: Server, api_key: str, admin: AdminClient, tmp_path: Path,
+    log_seen: Callable[[str], asyncio.Event],
+) -> None:  # fmt: skip
+    port = free_port()
+    home = await add_listening_agent(server, api_key, tmp_path / "web1", "web1", host="::1",
+                                     port=port, listening_url=f"https://[::1]:{port}")  # fmt: skip
+    async with running(home):
+        final, events = await run_and_follow(admin, script_task("web1", "echo over v6"))
+        assert final.state == TaskState.SUCCEEDED and [e.text for e in events] == ["over v6"]
+    reason = await last_connection_failed(admin, "web1", log_seen("target web1 unreachable"))
+    assert f"cannot connect to [::1]:{port}: connection refused" in reason
 
 
 @pytest.mark.parametrize("url", ["https://h:0", "https://h:99999", "https://h:1/x", "http://h:1"])

@@ -159,8 +159,9 @@ class Agent:
         for client in clients.values():
             self._start_polling(client)
         self.started.set()
-        logger.info("agent {} started with {} slots; tasks run in {}", self.settings.name,
-                    self.slots.capacity, describe(self._cgroups))  # fmt: skip
+        named = f"agent {self.settings.name}" if self.settings.name else "agent"  # listening only
+        logger.info("{} started with {} slots; tasks run in {}", named, self.slots.capacity,
+                    describe(self._cgroups))  # fmt: skip
         await self.stop_polling.wait()
         for stop in self._loop_stops.values():
             stop.set()

@@ -116,9 +116,17 @@ async def configure_listening(args: argparse.Namespace) -> int:
     print(f"listening on {listening.host}:{listening.port} from the next start of the agent, "
           f"for the server {', '.join(listening.thumbprints)}")  # fmt: skip
     print(f"this agent's thumbprint: {thumbprint}")
-    print(f"on the server: tentacle-poll targets add NAME --listening https://{os.uname().nodename}"
-          f":{listening.port} --thumbprint {thumbprint} --environment ENV --role ROLE")  # fmt: skip
+    print(f"on the server: tentacle-poll targets add NAME --listening https://"
+          f"{_reachable_host(listening)}:{listening.port} --thumbprint {thumbprint} "
+          "--environment ENV --role ROLE")  # fmt: skip
     return 0
+
+
+def _reachable_host(listening: ListeningSettings) -> str:
+    """Where the server may reach this agent, as far as it can tell: the address it listens on,
+    or the host's name when it listens on every address."""
+    host = os.uname().nodename if listening.host in ("0.0.0.0", "::") else listening.host
+    return f"[{host}]" if ":" in host else host
 
 
 async def configure_proxy(args: argparse.Namespace) -> int:

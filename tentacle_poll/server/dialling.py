@@ -13,6 +13,7 @@ from urllib.parse import unquote, urlsplit
 from tentacle_poll.config import ENV_PREFIX
 from tentacle_poll.keepalive import enable_keepalive
 from tentacle_poll.proxies import ProxyRoute, proxy_route
+from tentacle_poll.refusals import address_text
 
 PROXY_PASSWORD_VARIABLE = f"{ENV_PREFIX}LISTENING_PROXY_PASSWORD"
 MAX_PROXY_ANSWER = 16 * 1024
@@ -63,8 +64,8 @@ async def dial(
             return sock
     except TimeoutError:
         raise DialFailed(
-            f"no connection to {host}:{port} within {timeout:g} s (the host is down, or a "
-            "firewall drops the packets: the server must be allowed to reach it)"
+            f"no connection to {address_text((host, port))} within {timeout:g} s (the host is "
+            "down, or a firewall drops the packets: the server must be allowed to reach it)"
         ) from None
     finally:  # a failure, a timeout or a stop (cancelled) half-way
         for sock in opened:
@@ -75,7 +76,7 @@ async def _connect(
     host: str, port: int, opened: list[socket.socket], via_proxy: bool = False
 ) -> socket.socket:
     loop = asyncio.get_running_loop()
-    what = f"the proxy {host}:{port}" if via_proxy else f"{host}:{port}"
+    what = f"the proxy {address_text((host, port))}" if via_proxy else address_text((host, port))
     try:
         addresses = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError as exc:
@@ -106,7 +107,7 @@ async def _connect(
 async def _through(sock: socket.socket, proxy: ProxyRoute, host: str, port: int) -> None:
     """An HTTP CONNECT tunnel to host:port through the proxy on ``sock``."""
     loop = asyncio.get_running_loop()
-    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    authority, via = address_text((host, port)), address_text((proxy.host, proxy.port))
     lines = [f"CONNECT {authority} HTTP/1.1", f"Host: {authority}"]
     lines += [f"{name}: {value}" for name, value in proxy.headers.items()]
     await loop.sock_sendall(sock, ("\r\n".join(lines) + "\r\n\r\n").encode())
@@ -114,16 +115,11 @@ async def _through(sock: socket.socket, proxy: ProxyRoute, host: str, port: int)
     while b"\r\n\r\n" not in answer:
         chunk = await loop.sock_recv(sock, 1024)  # byte by byte is not needed: the agent
         if not chunk or len(answer) > MAX_PROXY_ANSWER:  # speaks only after the preamble
-            raise DialFailed(
-                f"the proxy {proxy.host}:{proxy.port} closed the tunnel to {authority}"
-            )
+            raise DialFailed(f"the proxy {via} closed the tunnel to {authority}")
         answer += chunk
     status_line = answer.split(b"\r\n", 1)[0].decode(errors="replace")
     status = status_line.split(" ")[1] if status_line.count(" ") >= 1 else "?"
     if status != "200":
         refused_credentials = status in ("401", "407")
         advice = " (check listening_proxy's user and password)" if refused_credentials else ""
-        raise DialFailed(
-            f"the proxy {proxy.host}:{proxy.port} refused a tunnel to {authority}: "
-            f"{status_line}{advice}"
-        )
+        raise DialFailed(f"the proxy {via} refused a tunnel to {authority}: {status_line}{advice}")
