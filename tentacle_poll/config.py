@@ -27,6 +27,7 @@ from pydantic_settings import (
 
 from tentacle_poll.exceptions import ConfigurationError
 from tentacle_poll.protocol.codec import describe_validation_error
+from tentacle_poll.protocol.models import matching
 from tentacle_poll.tls.certs import normalised_thumbprint
 
 ENV_PREFIX = "TENTACLE_POLL_"
@@ -88,14 +89,19 @@ class ServerNode(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    url: str = Field(pattern=r"^https://[^/\s]+(:\d{1,5})?/?$")
+    url: Annotated[
+        str, matching(r"^https://[^/\s]+(:\d{1,5})?/?$", "https://HOST[:PORT], with no path")
+    ]
     thumbprint: Thumbprint
     # Also trusted: a rotated server certificate announced over the pinned channel, or one
     # added by `tentacle-poll trust`.
     also_trusted: list[Thumbprint] = []
     # TLS server name (SNI) to send when it differs from the URL's host, e.g. behind a
     # reverse proxy that routes port 443 by name.
-    server_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9.-]{1,253}$")
+    server_name: (
+        Annotated[str, matching(r"^[A-Za-z0-9.-]{1,253}$", "a host name: letters, digits, . and -")]
+        | None
+    ) = None
     # Learnt from a cluster's poll answers rather than configured by hand: dropped again when
     # the cluster stops announcing it (hand-configured nodes are never dropped).
     discovered: bool = False
@@ -111,7 +117,9 @@ class ListeningSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    host: str = Field(default="0.0.0.0", pattern=r"^[A-Za-z0-9.:-]{1,253}$")
+    host: Annotated[
+        str, matching(r"^[A-Za-z0-9.:-]{1,253}$", "an address or host name (0.0.0.0: all)")
+    ] = "0.0.0.0"
     port: int = Field(default=DEFAULT_LISTENING_PORT, ge=1, le=65535)
     server_thumbprint: Thumbprint
     # A rotated server certificate announced over the pinned channel, or added by hand.

@@ -282,6 +282,8 @@ async def test_the_command_line_sets_up_a_listening_target_end_to_end(
           "--environment", "T", "--role", "r"], "is not https://HOST:PORT"),
         (["targets", "add", "w", "--listening", "https://h", "--thumbprint", "xyz",
           "--environment", "T", "--role", "r"], "--thumbprint"),
+        (["targets", "add", "web 1!", "--listening", "https://h:1", "--thumbprint", "A" * 64,
+          "--environment", "T", "--role", "r"], "name: must be 1 to 100 letters, digits"),
     ],
 )  # fmt: skip
 async def test_listening_mistakes_are_one_clear_line(
@@ -426,15 +428,23 @@ async def test_a_target_listening_on_ipv6_is_reached_and_its_absence_said_in_bra
     assert f"cannot connect to [::1]:{port}: connection refused" in reason
 
 
-@pytest.mark.parametrize("url", ["https://h:0", "https://h:99999", "https://h:1/x", "http://h:1"])
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("https://h:0", "the port must be 1-65535"),
+        ("https://h:99999", "the port must be 1-65535"),
+        ("https://h:1/x", "must be https://HOST:PORT"),  # in words, not a regex
+        ("http://h:1", "must be https://HOST:PORT"),
+    ],
+)
 async def test_the_api_refuses_an_address_it_could_not_dial(
-    admin: AdminClient, server: Server, url: str
+    admin: AdminClient, server: Server, url: str, says: str
 ) -> None:
     body = {"name": "w", "listening_url": url, "thumbprint": "A" * 64,
             "environments": ["T"], "roles": ["r"]}  # fmt: skip
     with pytest.raises(RequestRejected) as refused:
         await admin.add_listening_target(AddListeningTarget.model_construct(**body))
-    assert refused.value.status == 400 and "listening_url" in str(refused.value)
+    assert refused.value.status == 400 and f"listening_url: {says}" in str(refused.value)
     assert await server.state.store.list_agents() == []
 
 

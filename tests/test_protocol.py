@@ -11,12 +11,21 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tentacle_poll.agent.connections.transport import CommsClient
-from tentacle_poll.exceptions import LeaseLost, RequestRejected, ServerUnavailable
+from tentacle_poll.exceptions import (
+    LeaseLost,
+    ProtocolError,
+    RequestRejected,
+    ServerUnavailable,
+)
+from tentacle_poll.protocol.codec import decode_object
 from tentacle_poll.protocol.models import (
     AcceptRequest,
     AcceptResponse,
+    AddListeningTarget,
     Event,
     EventsRequest,
     EventsResponse,
@@ -348,3 +357,16 @@ async def test_a_nul_in_a_path_a_query_or_a_label_is_a_400_on_postgresql_too(
         ]
     finally:
         await server.shutdown()
+
+
+@given(name=st.text(max_size=120), thumbprint=st.text(max_size=70), url=st.text(max_size=60))
+def test_a_refused_value_is_told_what_it_must_be_never_a_pattern(
+    name: str, thumbprint: str, url: str
+) -> None:
+    body = {"name": name, "listening_url": url, "thumbprint": thumbprint,
+            "environments": ["T"], "roles": ["r"]}  # fmt: skip
+    try:
+        decode_object(AddListeningTarget, body)
+    except ProtocolError as exc:
+        said = str(exc)
+        assert said and "should match pattern" not in said and "Value error" not in said, said

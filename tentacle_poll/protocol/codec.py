@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from tentacle_poll.exceptions import ProtocolError
+from tentacle_poll.protocol.models import PATTERN_WORDS
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -36,5 +38,16 @@ def describe_validation_error(exc: ValidationError) -> str:
     parts = []
     for error in exc.errors(include_url=False, include_input=False):
         where = ".".join(str(p) for p in error["loc"]) or "body"
-        parts.append(f"{where}: {error['msg']}")
+        parts.append(f"{where}: {_in_words(error)}")
     return "; ".join(parts)
+
+
+def _in_words(error: ErrorDetails) -> str:
+    """pydantic's message, but a pattern's says what the value must be instead, and our own
+    validators' reasons come without pydantic's "Value error, " in front."""
+    context = error.get("ctx") or {}
+    if error["type"] == "string_pattern_mismatch" and context.get("pattern") in PATTERN_WORDS:
+        return f"must be {PATTERN_WORDS[context['pattern']]}"
+    if error["type"] == "value_error" and "error" in context:
+        return str(context["error"])
+    return error["msg"]

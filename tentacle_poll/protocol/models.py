@@ -30,7 +30,23 @@ Stream = Literal["stdout", "stderr", "system"]
 # One event carries one line, or a block of consecutive lines of one stream read together.
 MAX_EVENT_CHARS = 256 * 1024
 
-Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,99}$")]
+# What each pattern means, in words: a refused value is told these, not the expression
+# (protocol/codec.py's describe_validation_error).
+PATTERN_WORDS: dict[str, str] = {}
+
+
+def matching(pattern: str, words: str) -> StringConstraints:
+    PATTERN_WORDS[pattern] = words
+    return StringConstraints(pattern=pattern)
+
+
+Name = Annotated[
+    str,
+    matching(
+        r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,99}$",
+        "1 to 100 letters, digits, '_', '.', '@' or '-', starting with a letter or a digit",
+    ),
+]
 
 
 def _plain_text(label: str) -> str:
@@ -46,12 +62,26 @@ Label = Annotated[
     StringConstraints(min_length=1, max_length=100, strip_whitespace=True),
     AfterValidator(_plain_text),
 ]
-TaskId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]{1,64}$")]
+TaskId = Annotated[
+    str, matching(r"^[A-Za-z0-9-]{1,64}$", "a task id: 1 to 64 letters, digits or '-'")
+]
 PackageFormat = Literal["zip", "tar.gz"]
 PACKAGE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"  # package ids and versions
-PackageName = Annotated[str, StringConstraints(pattern=PACKAGE_NAME_PATTERN)]
-Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
-VariableName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,199}$")]
+PackageName = Annotated[
+    str,
+    matching(
+        PACKAGE_NAME_PATTERN,
+        "1 to 100 letters, digits, '_', '.' or '-', starting with a letter or a digit",
+    ),
+]
+Sha256 = Annotated[str, matching(r"^[0-9a-f]{64}$", "a SHA-256: 64 lowercase hex digits")]
+VariableName = Annotated[
+    str,
+    matching(
+        r"^[A-Za-z_][A-Za-z0-9_]{0,199}$",
+        "a variable name: a letter or '_', then up to 199 letters, digits or '_'",
+    ),
+]
 
 
 class WireModel(BaseModel):
@@ -116,7 +146,9 @@ class ScriptSpec(WireModel):
     working_directory: str | None = Field(default=None, max_length=4096)
 
 
-MutexName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,100}$")]
+MutexName = Annotated[
+    str, matching(r"^[A-Za-z0-9_.-]{1,100}$", "1 to 100 letters, digits, '_', '.' or '-'")
+]
 
 
 class DeploySpec(WireModel):
@@ -234,7 +266,9 @@ class DeregisterResponse(WireModel):
     name: str
 
 
-Thumbprint = Annotated[str, StringConstraints(pattern=r"^[0-9A-F]{64}$")]
+Thumbprint = Annotated[
+    str, matching(r"^[0-9A-F]{64}$", "a thumbprint: 64 hex digits (a SHA-256, upper case)")
+]
 
 
 class PollRequest(WireModel):
@@ -373,7 +407,10 @@ def _port_in_range(url: str) -> str:
 # Where a listening target waits for the server: https://HOST:PORT, no path.
 ListeningUrl = Annotated[
     str,
-    StringConstraints(pattern=r"^https://([A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]+\]):\d{1,5}$"),
+    matching(
+        r"^https://([A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]+\]):\d{1,5}$",
+        "https://HOST:PORT, with no path (an IPv6 address in brackets)",
+    ),
     AfterValidator(_port_in_range),
 ]
 

@@ -183,7 +183,7 @@ class PostgresStore(
             if existing and existing.thumbprint != agent.thumbprint and not replace:
                 raise StoreError(
                     f"a target named {agent.name} is already registered with another "
-                    "certificate; register with --replace to take the name over"
+                    "certificate; register (or `targets add`) with --replace to take the name over"
                 )
             other = await _agent_on(db, "thumbprint = $1", agent.thumbprint)
             if other and other.name != agent.name:

@@ -122,7 +122,7 @@ class SqliteStore(SqliteCredentials, SqlitePackages, SqliteDeployments, SqliteOp
         if existing and existing.thumbprint != agent.thumbprint and not replace:
             raise StoreError(
                 f"a target named {agent.name} is already registered with another certificate; "
-                "register with --replace to take the name over"
+                "register (or `targets add`) with --replace to take the name over"
             )
         other = await self.agent_by_thumbprint(agent.thumbprint)
         if other and other.name != agent.name:
