@@ -90,14 +90,32 @@ async def test_a_listening_agent_is_reached_through_a_connect_proxy_with_credent
     assert "pr0xy-pass" not in caplog.text
 
 
-async def test_a_proxy_refusing_the_credentials_is_the_target_s_reason(
-    tmp_path: Path, log_seen: Callable[[str], asyncio.Event]
-) -> None:
+@pytest.mark.parametrize(
+    ("password", "allowed", "says"),
+    [
+        (
+            "wrong",
+            "the agent's port",
+            "401 Unauthorized (check listening_proxy's user and password)",
+        ),
+        (
+            "right",
+            "443 only",
+            "403 Access violation (the proxy does not allow a tunnel to this host and port",
+        ),
+    ],
+)
+async def test_a_proxy_refusing_the_tunnel_is_the_target_s_reason(
+    tmp_path: Path, log_seen: Callable[[str], asyncio.Event],
+    password: str, allowed: str, says: str,
+) -> None:  # fmt: skip
     unreachable = log_seen("target web1 unreachable")
     agent_port = free_port()
-    async with tinyproxy(tmp_path / "proxy", ("deploy", "right"), [agent_port]) as proxy:
+    ports = [443] if allowed == "443 only" else [agent_port]
+    async with tinyproxy(tmp_path / "proxy", ("deploy", "right"), ports) as proxy:
         server = await start_server(
-            tmp_path / "server", listening_proxy=f"http://deploy:wrong@127.0.0.1:{proxy.port}"
+            tmp_path / "server",
+            listening_proxy=f"http://deploy:{password}@127.0.0.1:{proxy.port}",
         )
         try:
             key = await server.state.store.create_api_key("tests")
@@ -106,7 +124,7 @@ async def test_a_proxy_refusing_the_credentials_is_the_target_s_reason(
                 reason = await last_connection_failed(admin, "web1", unreachable)
         finally:
             await server.shutdown()
-    assert "refused a tunnel" in reason and "401 Unauthorized" in reason and "password" in reason
+    assert f"refused a tunnel to 127.0.0.1:{agent_port}: HTTP/" in reason and says in reason
 
 
 async def test_an_impostor_server_is_refused_and_gets_no_task_to_the_agent(

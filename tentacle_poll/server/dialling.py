@@ -17,6 +17,17 @@ from tentacle_poll.refusals import address_text
 
 PROXY_PASSWORD_VARIABLE = f"{ENV_PREFIX}LISTENING_PROXY_PASSWORD"
 MAX_PROXY_ANSWER = 16 * 1024
+CREDENTIALS_ADVICE = "check listening_proxy's user and password"
+REACH_ADVICE = "the proxy cannot reach the target: check its address, and its firewall"
+PROXY_ADVICE = {
+    "401": CREDENTIALS_ADVICE,
+    "407": CREDENTIALS_ADVICE,
+    "403": "the proxy does not allow a tunnel to this host and port; squid, for one, allows "
+    "CONNECT to port 443 only unless the port is added to its SSL_ports",
+    "502": REACH_ADVICE,
+    "503": REACH_ADVICE,
+    "504": REACH_ADVICE,
+}
 
 
 class DialFailed(Exception):
@@ -120,6 +131,5 @@ async def _through(sock: socket.socket, proxy: ProxyRoute, host: str, port: int)
     status_line = answer.split(b"\r\n", 1)[0].decode(errors="replace")
     status = status_line.split(" ")[1] if status_line.count(" ") >= 1 else "?"
     if status != "200":
-        refused_credentials = status in ("401", "407")
-        advice = " (check listening_proxy's user and password)" if refused_credentials else ""
+        advice = f" ({PROXY_ADVICE[status]})" if status in PROXY_ADVICE else ""
         raise DialFailed(f"the proxy {via} refused a tunnel to {authority}: {status_line}{advice}")
