@@ -446,6 +446,32 @@ async def test_a_target_listening_on_ipv6_is_reached_and_its_absence_said_in_bra
     assert f"cannot connect to [::1]:{port}: connection refused" in reason
 
 
+async def test_a_server_certificate_rotation_reaches_a_listening_agent(
+    server: Server, api_key: str, admin: AdminClient, tmp_path: Path
+) -> None:
+    """Prepared, the next thumbprint is announced over the pinned connections the server opens
+    and stored under [listen]; activated, the server's new connections show the new
+    certificate and the agent takes them: work goes on, and the old thumbprint is dropped."""
+    home = await add_listening_agent(server, api_key, tmp_path / "web1", "web1")
+    old = server.state.thumbprint
+    async with running(home):
+        prepared = await admin.change_server_certificate("prepare")
+        await run_and_follow(admin, script_task("web1", "echo learn"))  # a poll answer says it
+        listening = home.settings().listen
+        assert listening is not None and listening.thumbprints == [old, prepared.next_thumbprint]
+        assert (await target(admin, "web1")).trusts_next_server_certificate is True
+        activated = await admin.change_server_certificate("activate")
+        assert activated.thumbprint == prepared.next_thumbprint
+        final, events = await run_and_follow(admin, script_task("web1", "echo after"))
+        assert final.state == TaskState.SUCCEEDED and [e.text for e in events] == ["after"]
+        listening = home.settings().listen
+        assert listening is not None and listening.thumbprints == [prepared.next_thumbprint]
+        # Every connection opened from here shows only the new certificate.
+        assert server.state.connections.cut([load_identity(home.identity_folder).thumbprint])
+        final, events = await run_and_follow(admin, script_task("web1", "echo new ones"))
+        assert final.state == TaskState.SUCCEEDED and [e.text for e in events] == ["new ones"]
+
+
 @pytest.mark.parametrize(
     ("url", "says"),
     [
