@@ -28,6 +28,7 @@ from pydantic_settings import (
 from tentacle_poll.exceptions import ConfigurationError
 from tentacle_poll.protocol.codec import describe_validation_error
 from tentacle_poll.protocol.models import matching
+from tentacle_poll.refusals import address_text
 from tentacle_poll.tls.certs import normalised_thumbprint
 
 ENV_PREFIX = "TENTACLE_POLL_"
@@ -131,6 +132,11 @@ class ListeningSettings(BaseModel):
             self.server_thumbprint,
             *(t for t in self.also_trusted if t != self.server_thumbprint),
         ]
+
+    @property
+    def address(self) -> str:
+        """Where it listens, as people write it (an IPv6 address in brackets)."""
+        return address_text((self.host, self.port))
 
     @property
     def label(self) -> str:

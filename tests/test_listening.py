@@ -439,9 +439,11 @@ async def test_a_target_listening_on_ipv6_is_reached_and_its_absence_said_in_bra
     port = free_port()
     home = await add_listening_agent(server, api_key, tmp_path / "web1", "web1", host="::1",
                                      port=port, listening_url=f"https://[::1]:{port}")  # fmt: skip
+    listening = log_seen(f"listening for the server on [::1]:{port}")
     async with running(home):
         final, events = await run_and_follow(admin, script_task("web1", "echo over v6"))
         assert final.state == TaskState.SUCCEEDED and [e.text for e in events] == ["over v6"]
+    assert listening.is_set()
     reason = await last_connection_failed(admin, "web1", log_seen("target web1 unreachable"))
     assert f"cannot connect to [::1]:{port}: connection refused" in reason
 

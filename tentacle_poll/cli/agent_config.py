@@ -113,7 +113,7 @@ async def configure_listening(args: argparse.Namespace) -> int:
         raise ConfigurationError(f"listen: {describe_validation_error(exc)}") from None
     thumbprint = ensure_identity(home)
     set_listening(home, listening)
-    print(f"listening on {listening.host}:{listening.port} from the next start of the agent, "
+    print(f"listening on {listening.address} from the next start of the agent, "
           f"for the server {', '.join(listening.thumbprints)}")  # fmt: skip
     print(f"this agent's thumbprint: {thumbprint}")
     print(f"on the server: tentacle-poll targets add NAME --listening https://"
@@ -209,8 +209,7 @@ async def run_diagnostics(args: argparse.Namespace) -> int:
 def _diagnose_listening(home: AgentHome, listening: ListeningSettings) -> bool:
     """The agent's side of listening mode: its port. The rest is the server's to see
     (`tentacle-poll targets` there says how its last connection went)."""
-    where = f"{listening.host}:{listening.port}"
-    print(f"listening on {where} for the server {', '.join(listening.thumbprints)}")
+    print(f"listening on {listening.address} for the server {', '.join(listening.thumbprints)}")
     pid = home.running_daemon()
     try:
         listening_socket(listening.host, listening.port).close()

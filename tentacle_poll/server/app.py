@@ -18,6 +18,7 @@ from tentacle_poll.config import ServerSettings
 from tentacle_poll.exceptions import ConfigurationError, StorageFull, StoreUnavailable
 from tentacle_poll.keepalive import listening_socket
 from tentacle_poll.protocol import routes
+from tentacle_poll.refusals import address_text
 from tentacle_poll.server.access import require_api_key
 from tentacle_poll.server.admin import add_admin_routes
 from tentacle_poll.server.cluster_identity import join_identity
@@ -220,9 +221,9 @@ class Server:
             sock = listening_socket(host, port)
         except OSError as exc:
             raise ConfigurationError(
-                f"cannot listen on {host}:{port} for the {which} port: {exc.strerror or exc}; stop "
-                f"what is using it, or choose another with --{which}-port or {which}_port in "
-                "server.toml"
+                f"cannot listen on {address_text((host, port))} for the {which} port: "
+                f"{exc.strerror or exc}; stop what is using it, or choose another with "
+                f"--{which}-port or {which}_port in server.toml"
             ) from exc
         # handler_cancellation: a held poll whose agent went away stops at once, so its
         # tasks are not leased to a dead connection.

@@ -65,13 +65,14 @@ class Listener:
             self._socket = listening_socket(host, port, backlog=128)
         except OSError as exc:
             raise ConfigurationError(
-                f"cannot listen on {host}:{port} for the server: {exc.strerror or exc}; stop what "
-                "uses the port, or choose another with `tentacle-poll listen --port PORT` (and "
-                "give the server the new address with `tentacle-poll targets add ... --replace`)"
+                f"cannot listen on {self.settings.address} for the server: {exc.strerror or exc};"
+                " stop what uses the port, or choose another with `tentacle-poll listen --port "
+                "PORT` (and give the server the new address with `tentacle-poll targets add ... "
+                "--replace`)"
             ) from exc
         self.port = self._socket.getsockname()[1]
         self._accepting = asyncio.create_task(self._accept_forever(), name="listener")
-        logger.info("listening for the server on {}:{}", host, self.port)
+        logger.info("listening for the server on {}", address_text((host, self.port)))
 
     async def close(self) -> None:
         """Stops accepting, closes every ready connection, fails every waiting request."""
