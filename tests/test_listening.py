@@ -448,6 +448,23 @@ async def test_a_target_listening_on_ipv6_is_reached_and_its_absence_said_in_bra
     assert f"cannot connect to [::1]:{port}: connection refused" in reason
 
 
+@pytest.mark.parametrize("port_of", ["admin API (plain HTTP)", "comms port (TLS server)"])
+async def test_an_address_where_no_agent_listens_is_said_so(
+    server: Server, admin: AdminClient, log_seen: Callable[[str], asyncio.Event], port_of: str
+) -> None:
+    """A wrong port given to `targets add` (here the server's own ports): enrolment finds no
+    agent, and says so with what to check."""
+    port = server.admin_port if port_of.startswith("admin") else server.comms_port
+    unreachable = log_seen("target w unreachable")
+    url = f"https://127.0.0.1:{port}"
+    wrong_port = AddListeningTarget(name="w", listening_url=url, thumbprint="A" * 64,
+                                    environments=["T"], roles=["r"])  # fmt: skip
+    await admin.add_listening_target(wrong_port)
+    reason = await last_connection_failed(admin, "w", unreachable)
+    assert f"reached https://127.0.0.1:{port}, but no tentacle-poll agent answered" in reason
+    assert "check the address and port" in reason and "()" not in reason, reason
+
+
 async def test_a_server_certificate_rotation_reaches_a_listening_agent(
     server: Server, api_key: str, admin: AdminClient, tmp_path: Path
 ) -> None:

@@ -147,7 +147,7 @@ class Listening:
             sock.close()
             if not isinstance(exc, OSError | TimeoutError):
                 raise
-            raise DialFailed(f"reached {url}, but it showed no certificate ({exc})") from None
+            raise _no_agent_at(url, exc) from None
         der = transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
         transport.abort()  # nothing else to say: no TLS shutdown to wait for
         return bytes(der or b"")
@@ -264,6 +264,20 @@ class Keeper:
             logger.warning("target {} unreachable ({} tries): {}; next try in {:.1f} s",
                            self.agent.name, self._failures, exc, wait)  # fmt: skip
         await asyncio.sleep(wait)
+
+
+def _no_agent_at(url: str, exc: OSError | TimeoutError) -> DialFailed:
+    """Enrolment found no agent's listening port at ``url``: something else (a web server, the
+    server's own port) or nothing that speaks."""
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        detail = exc.reason
+    else:
+        detail = str(exc) or type(exc).__name__
+    return DialFailed(
+        f"reached {url}, but no tentacle-poll agent answered there (it showed no certificate: "
+        f"{detail}); check the address and port (`tentacle-poll listen` on the target prints "
+        "them)"
+    )
 
 
 def _retrieved(future: asyncio.Future[asyncio.Transport]) -> None:
