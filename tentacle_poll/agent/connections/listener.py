@@ -86,7 +86,7 @@ class Listener:
         if self._socket is not None:
             self._socket.close()
         while self._ready:
-            self._ready.popleft().close()
+            self._ready.popleft().abort()  # a TLS close_notify exchange would outlive the stop
 
     async def connection(self) -> ResponseHandler:
         """The next ready connection, waiting for the server to open one."""
@@ -103,7 +103,7 @@ class Listener:
     def give_back(self, handler: ResponseHandler) -> None:
         """A connection a request is done with: first in line (warm) for the next."""
         if self._closed:
-            handler.close()
+            handler.abort()
             return
         self._ready.appendleft(handler)
         self._arrived.set()
@@ -177,12 +177,22 @@ class Listener:
 
     async def _make_ready(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
-        _, handler = await loop.create_connection(
-            lambda: ResponseHandler(loop), sock=sock, ssl=self._client_context,
-            server_hostname="", ssl_handshake_timeout=HANDSHAKE_SECONDS,
-        )  # fmt: skip
+        made: list[ResponseHandler] = []
+        try:
+            _, handler = await loop.create_connection(
+                lambda: _appended(made, ResponseHandler(loop)), sock=sock,
+                ssl=self._client_context, server_hostname="",
+                ssl_handshake_timeout=HANDSHAKE_SECONDS,
+            )  # fmt: skip
+        except BaseException:
+            # Cancelled (a stop) once the handshake is done, asyncio closes the connection with
+            # a TLS close_notify exchange, which a stopping agent would leave half done (an
+            # unclosed transport): ended at once instead.
+            for unfinished in made:
+                unfinished.abort()
+            raise
         if self._closed:
-            handler.close()
+            handler.abort()
             return
         self._ready.append(handler)
         self._arrived.set()
@@ -212,6 +222,11 @@ class Listener:
 
 class _NotTheServer(Exception):
     pass
+
+
+def _appended(made: list[ResponseHandler], handler: ResponseHandler) -> ResponseHandler:
+    made.append(handler)
+    return handler
 
 
 async def _read_preamble(sock: socket.socket) -> bytes:
