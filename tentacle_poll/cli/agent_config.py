@@ -30,6 +30,7 @@ from tentacle_poll.config import (
 from tentacle_poll.exceptions import ConfigurationError
 from tentacle_poll.keepalive import listening_socket
 from tentacle_poll.protocol.codec import describe_validation_error
+from tentacle_poll.refusals import address_text
 
 
 def add_commands(commands: Any, add_common: Any) -> None:
@@ -117,16 +118,16 @@ async def configure_listening(args: argparse.Namespace) -> int:
           f"for the server {', '.join(listening.thumbprints)}")  # fmt: skip
     print(f"this agent's thumbprint: {thumbprint}")
     print(f"on the server: tentacle-poll targets add NAME --listening https://"
-          f"{_reachable_host(listening)}:{listening.port} --thumbprint {thumbprint} "
+          f"{_reachable_address(listening)} --thumbprint {thumbprint} "
           "--environment ENV --role ROLE")  # fmt: skip
     return 0
 
 
-def _reachable_host(listening: ListeningSettings) -> str:
+def _reachable_address(listening: ListeningSettings) -> str:
     """Where the server may reach this agent, as far as it can tell: the address it listens on,
     or the host's name when it listens on every address."""
     host = os.uname().nodename if listening.host in ("0.0.0.0", "::") else listening.host
-    return f"[{host}]" if ":" in host else host
+    return address_text((host, listening.port))
 
 
 async def configure_proxy(args: argparse.Namespace) -> int:

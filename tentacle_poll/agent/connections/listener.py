@@ -72,7 +72,7 @@ class Listener:
             ) from exc
         self.port = self._socket.getsockname()[1]
         self._accepting = asyncio.create_task(self._accept_forever(), name="listener")
-        logger.info("listening for the server on {}", address_text((host, self.port)))
+        logger.info("listening for the server on {}", self.settings.address)
 
     async def close(self) -> None:
         """Stops accepting, closes every ready connection, fails every waiting request."""
