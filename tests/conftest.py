@@ -103,7 +103,8 @@ async def processes() -> AsyncIterator[list[Daemon]]:
     for daemon in started:
         for sign in ("Traceback", "Event loop is closed", "was never retrieved"):
             at = daemon.output.find(sign)
-            assert at < 0, f"{sign!r} in the output of {daemon}:\n{daemon.output[at - 3000 :]}"
+            before = daemon.output[max(at - 3000, 0) :]  # the lines leading up to it
+            assert at < 0, f"{sign!r} in the output of {daemon}:\n{before}"
 
 
 @pytest.fixture(autouse=True)

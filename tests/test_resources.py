@@ -1,5 +1,6 @@
-"""The server's per-connection resources: small TLS read buffers, keepalive inherited at accept,
-an accept that a stop cannot tear (no connection taken and dropped), no TLS session tickets."""
+"""Per-connection resources: the server's small TLS read buffers, keepalive inherited at accept,
+no TLS session tickets; on both sides, an accept that a stop cannot tear (no connection taken
+and dropped) and no connection left open by a stop."""
 
 from __future__ import annotations
 
