@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,9 +17,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tentacle_poll.exceptions import StorageFull
 from tentacle_poll.protocol.models import TaskState
 from tentacle_poll.server import Server
 from tentacle_poll.server.admin_client import AdminClient
+from tentacle_poll.store.space import SpaceAwareConnection
+from tentacle_poll.store.sqlite import PRAGMAS
 
 from .conftest import RunningAgent, register_agent, script_task, start_server, wait_for_line
 
@@ -115,3 +119,45 @@ async def test_a_full_agent_disk_fails_the_task_by_name_and_stops_taking_work(
     assert failed.state == TaskState.FAILED
     assert "No space left on device" in failed.reason and "spool" in failed.reason
     assert after.state == TaskState.SUCCEEDED
+
+
+def _returning_update(db: sqlite3.Connection) -> None:
+    # autocommit: the write is committed when the statement is stepped to its end, by fetchall
+    db.execute("UPDATE t SET v = randomblob(30000) WHERE id = 1 RETURNING id").fetchall()
+
+
+def _transaction(db: sqlite3.Connection) -> None:
+    db.execute("BEGIN IMMEDIATE")
+    db.execute("UPDATE t SET v = randomblob(30000) WHERE id = 1")
+    db.commit()
+
+
+def _with_block(db: sqlite3.Connection) -> None:
+    db.execute("BEGIN IMMEDIATE")
+    with db:  # sqlite3 commits on leaving the block, with its own commit
+        db.execute("UPDATE t SET v = randomblob(30000) WHERE id = 1")
+
+
+def _insert(db: sqlite3.Connection) -> None:
+    db.execute("INSERT INTO t (v) VALUES (randomblob(30000))")
+
+
+@pytest.mark.parametrize("write", [_returning_update, _transaction, _with_block, _insert])
+def test_every_way_sqlite_writes_names_a_full_disk(
+    tmp_path: Path, write: Callable[[sqlite3.Connection], None]
+) -> None:
+    """The server answers StorageFull with 503; a write whose full disk surfaced as a plain
+    OperationalError (a RETURNING statement's fetch, a ``with`` block's commit) was a 500 and
+    a traceback in the log."""
+    with small_tmpfs(tmp_path / "db", "1m") as folder:
+        path = folder / "t.sqlite"
+        db = sqlite3.connect(path, isolation_level=None, factory=SpaceAwareConnection)
+        try:
+            db.executescript(PRAGMAS + "CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB);")
+            db.execute("INSERT INTO t VALUES (1, x'00')")
+            fill(folder, leave=0)
+            with pytest.raises(StorageFull, match="disk is full"):
+                for _ in range(100):  # a page freed earlier may still take one write
+                    write(db)
+        finally:
+            db.close()
