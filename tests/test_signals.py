@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from tentacle_poll.config import update_config_file
 from tentacle_poll.protocol.models import HealthSpec, SubmitTask
@@ -39,7 +43,8 @@ async def test_sighup_reloads_the_settings_that_can_change_and_says_so(
     await agent.wait_for("SIGHUP: settings not reloaded, the old ones stay")
     agent.process.send_signal(signal.SIGINT)
     await agent.wait_for("interrupted (Ctrl-C): stopping")
-    assert await agent.stop() == 0
+    assert await agent.process.wait() == 0  # by itself: one Ctrl-C is enough
+    await agent.stop()  # reads its output to the end
     assert "Traceback" not in agent.output and "Event loop is closed" not in agent.output
 
 
@@ -62,3 +67,19 @@ async def test_sighup_moves_the_log_to_a_file_as_json(
     assert [r["task_id"] for r in ended] == [final.id], records
     assert ended[0]["server"] == f"https://127.0.0.1:{server.comms_port}"
     assert log_file.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_after_the_command_ended_keeps_its_exit_code(signum: int) -> None:
+    """Between the loop's close (which puts the default handlers back) and the process's end,
+    a second stop signal (systemd's SIGTERM after a Ctrl-C) killed a cleanly stopped agent
+    (-15) or printed a KeyboardInterrupt: it now ends the process with the command's code."""
+    script = (
+        "import os, signal, time\n"
+        "from tentacle_poll.cli.main import _late_stop_signals_exit_with\n"
+        "_late_stop_signals_exit_with(3)\n"
+        f"os.kill(os.getpid(), {int(signum)})\n"
+        "time.sleep(30)\n"
+    )
+    ended = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=30)
+    assert (ended.returncode, ended.stderr) == (3, b"")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
@@ -37,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command: Command = getattr(args, "command", agent.run_agent)
     try:
         setup_logging(args.log_level or "INFO", args.log_format or "text", log_file=args.log_file)
-        return asyncio.run(command(args))
+        return _late_stop_signals_exit_with(asyncio.run(command(args)))
     except ServerUnavailable as exc:  # not the task's outcome: the server could not be reached
         print(f"error: {mask_secrets(str(exc))}", file=sys.stderr)
         return EXIT_UNREACHABLE
@@ -53,6 +54,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     finally:
         logger.remove()
+
+
+def _late_stop_signals_exit_with(code: int) -> int:
+    """The command has ended and its loop closed, putting the default handlers back: a stop
+    signal from now on (systemd's SIGTERM after an operator's Ctrl-C, say) would turn a clean
+    exit into death by SIGTERM or a KeyboardInterrupt. It ends the process with its own code."""
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: os._exit(code))
+    return code
 
 
 def _pipe_closed() -> int:
