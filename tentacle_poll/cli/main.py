@@ -76,7 +76,10 @@ def _pipe_closed() -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tentacle-poll",
-        description="A polling deployment agent and its server. With no command: run the agent.",
+        description=(
+            "A deployment agent (polling, or listening: docs/listening.md) and its server. "
+            "With no command: run the agent."
+        ),
     )
     parser.add_argument("--version", action="version", version=f"tentacle-poll {__version__}")
     _add_common(parser)
