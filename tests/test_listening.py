@@ -298,6 +298,8 @@ async def test_the_command_line_sets_up_a_listening_target_end_to_end(
           "--environment", "T", "--role", "r"], "https://HOST:10933"),
         (["targets", "add", "w", "--listening", "https://h:1/x", "--thumbprint", "A" * 64,
           "--environment", "T", "--role", "r"], "is not https://HOST:PORT"),
+        (["targets", "add", "w", "--listening", "https://::1:10933", "--thumbprint", "A" * 64,
+          "--environment", "T", "--role", "r"], "brackets: https://[::1]:10933"),
         (["targets", "add", "w", "--listening", "https://h", "--thumbprint", "xyz",
           "--environment", "T", "--role", "r"], "--thumbprint"),
         (["targets", "add", "web 1!", "--listening", "https://h:1", "--thumbprint", "A" * 64,

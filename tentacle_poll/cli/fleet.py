@@ -177,7 +177,8 @@ def listening_url(text: str) -> str:
         return LISTENING_URL.validate_python(f"https://{rest}")
     except ValidationError:
         raise ConfigurationError(
-            f"--listening {text!r} is not https://HOST:PORT (no path; a port of 1-65535)"
+            f"--listening {text!r} is not https://HOST:PORT (no path; a port of 1-65535; an "
+            f"IPv6 address in brackets: https://[::1]:{DEFAULT_LISTENING_PORT})"
         ) from None
 
 
