@@ -140,8 +140,15 @@ class ListeningSettings(BaseModel):
 
     @property
     def label(self) -> str:
-        """How logs, the journal and the spool name this server: it has no address here."""
+        """How the journal, the spool and the requests' URLs name this server: it has no
+        address here."""
         return f"https://listening:{self.port}"
+
+    @property
+    def server(self) -> str:
+        """The server as messages name it."""
+        everywhere = self.host in ("0.0.0.0", "::")
+        return f"the server connecting to {f'port {self.port}' if everywhere else self.address}"
 
 
 class ProxySettings(BaseModel):

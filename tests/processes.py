@@ -89,5 +89,5 @@ async def start_server_process(
 async def start_agent_process(home: Path, **settings: str) -> Daemon:
     env = {f"TENTACLE_POLL_{k.upper()}": v for k, v in settings.items()}
     agent = await Daemon.start("--home", str(home), env=env)
-    await agent.wait_for("polling https://")
+    await agent.wait_for("polling ")  # https://… or, listening, the server connecting to …
     return agent

@@ -278,6 +278,8 @@ async def test_the_command_line_sets_up_a_listening_target_end_to_end(
     processes.append(agent)
     await agent.wait_for("listening for the server on 127.0.0.1")
     await agent.wait_for("agent started with")  # no name of its own: not "agent None started"
+    # named as people read it, not by the journal's label https://listening:PORT
+    await agent.wait_for(f"polling the server connecting to 127.0.0.1:{port}")
     code, said = await cli(server, api_key, "task", "run", "--target", "web1", "--script",
                            "echo from the command line")  # fmt: skip
     assert code == 0 and "from the command line" in said, said

@@ -131,7 +131,7 @@ async def _deregister_listening(home: AgentHome, listening: ListeningSettings) -
     """Listening mode: the same request, over the next connection the server opens (the
     daemon's port is free again: it was stopped first)."""
     said = await over_the_next_connection(listening, home.identity_folder, _deregister_with)
-    return f"{listening.label}: {said}"
+    return f"{listening.server}: {said}"
 
 
 async def _deregister_at(home: AgentHome, settings: AgentSettings, node: ServerNode) -> str:

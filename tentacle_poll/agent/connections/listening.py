@@ -59,7 +59,7 @@ class ListeningClient(CommsClient):
 
     def __init__(self, settings: ListeningSettings, identity_folder: Path) -> None:
         super().__init__(settings.label, settings.thumbprints, identity_folder,
-                         connect_timeout=None)  # fmt: skip
+                         connect_timeout=None, name=settings.server)  # fmt: skip
         self.listener = Listener(settings, self._ssl, identity_folder)
 
     async def start(self) -> None:

@@ -41,7 +41,7 @@ async def rotate_certificate(home: AgentHome, settings: AgentSettings) -> Identi
             await client.close()
     if settings.listen is not None:
         answer = await over_the_next_connection(settings.listen, home.identity_folder, send)
-        _trusted(settings.listen.label, answer)
+        _trusted(settings.listen.server, answer)
     _swap_identity(home, next_folder)
     return new
 

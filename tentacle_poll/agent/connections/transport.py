@@ -73,8 +73,10 @@ class CommsClient:
         server_name: str | None = None,
         proxy: ProxyRoute | None = None,
         connect_timeout: float | None = 10.0,
+        name: str | None = None,
     ) -> None:
         self.url = url.rstrip("/")
+        self.name = name or self.url  # as messages name the server
         self._ssl = pinned_client_context(thumbprints, identity_folder)
         self._identity_folder = identity_folder
         self._identity_stamp = _stamp(identity_folder)
@@ -164,7 +166,7 @@ class CommsClient:
                 if response.status >= 300:  # raises the error the status maps to
                     self._answer(response.status, response.headers, await response.read(), Problem)
                 if offset and response.status != 206:
-                    raise ServerUnavailable(f"{self.url} ignored the Range request")
+                    raise ServerUnavailable(f"{self.name} ignored the Range request")
                 async for chunk in response.content.iter_chunked(DOWNLOAD_CHUNK):
                     destination.write(chunk)
                     received += len(chunk)
@@ -199,7 +201,7 @@ class CommsClient:
 
     def _open_session(self) -> aiohttp.ClientSession:
         if self._closed:
-            raise ServerUnavailable(f"{self.url}: not sent, the agent is stopping")
+            raise ServerUnavailable(f"{self.name}: not sent, the agent is stopping")
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 headers={
@@ -221,19 +223,19 @@ class CommsClient:
                 return decode(answer_type, payload)
             except ProtocolError as exc:
                 raise ServerUnavailable(
-                    f"{self.url} sent an answer this agent cannot read: {exc}"
+                    f"{self.name} sent an answer this agent cannot read: {exc}"
                 ) from exc
         problem = _problem(status, payload)
         if status >= 500 or status == 429:
             retry_after = _retry_after(headers)
-            raise ServerUnavailable(f"{self.url} answered {status}: {problem.title}", retry_after)
+            raise ServerUnavailable(f"{self.name} answered {status}: {problem.title}", retry_after)
         error_type = (
             LeaseLost if status == 409 and problem.title == "lease lost" else RequestRejected
         )
         raise error_type(status, problem.title, problem.detail)
 
     def _map_error(self, exc: BaseException) -> CommunicationError:
-        route = Route(self.url, self.proxy, with_certificate=self._identity_folder is not None)
+        route = Route(self.name, self.proxy, with_certificate=self._identity_folder is not None)
         return communication_error(exc, route)
 
 

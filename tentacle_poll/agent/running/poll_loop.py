@@ -66,7 +66,7 @@ class PollLoop:
         self._no_work_said: str | None = None  # the reason last logged for taking no work
 
     async def run(self) -> None:
-        logger.info("polling {}", self._client.url)
+        logger.info("polling {}", self._client.name)
         while not self._stop.is_set():
             try:
                 answer = await self._poll_with_backoff()
@@ -77,7 +77,7 @@ class PollLoop:
 
     async def _poll_with_backoff(self) -> PollResponse | None:
         async for attempt in retrying(
-            f"polling {self._client.url}",
+            f"polling {self._client.name}",
             self._stop,
             self._context.max_backoff,
             retry_on=(CommunicationError,),
@@ -103,7 +103,7 @@ class PollLoop:
         refused_for, limit = self._status.refused_for(), self._context.unregistered_give_up_seconds
         if refused_for >= limit and self._status.failures_in_a_row >= MIN_REFUSALS:
             raise AgentUnregistered(
-                f"{self._client.url} has refused this agent's certificate for {refused_for:.0f} s "
+                f"{self._client.name} has refused this agent's certificate for {refused_for:.0f} s "
                 f"({self._status.failures_in_a_row} polls; {exc}): its target was deleted there, "
                 "or the server lost it. Stopped polling it. Register again with `tentacle-poll "
                 "register ... --replace`, or remove this agent with `tentacle-poll deregister`"
@@ -112,7 +112,7 @@ class PollLoop:
     async def _poll_once(self) -> PollResponse | None:
         """The answer, or None when the poll was abandoned (slot freed, or stopping)."""
         if self._client.reload_identity_if_changed():
-            logger.info("using the rotated certificate for {}", self._client.url)
+            logger.info("using the rotated certificate for {}", self._client.name)
         free = self._free_slots()
         request = PollRequest(
             free_slots=free,
