@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tentacle_poll.agent.connections import absence
 from tentacle_poll.agent.home import AgentHome
 from tentacle_poll.cli.fleet import listening_url
 from tentacle_poll.exceptions import ConfigurationError, RequestRejected
@@ -200,6 +201,36 @@ async def test_an_unreachable_target_is_shown_so_and_its_task_s_deadline_applies
                  "tentacle_poll_listening_targets_unreachable") == 1  # fmt: skip
     final = await admin.follow(task.id, lambda _: None)
     assert final.state == TaskState.EXPIRED
+
+
+async def test_an_agent_no_server_connects_to_says_so_once_and_says_when_one_does(
+    server: Server, api_key: str, admin: AdminClient, tmp_path: Path,
+    log_seen: Callable[[str], asyncio.Event], monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """The server given a wrong address (a firewall in the way looks the same from the agent):
+    the agent's requests only wait, so it warns, once; then the right address is given and it
+    says the server is back."""
+    monkeypatch.setattr(absence, "ABSENCE_WARNING_SECONDS", 0.5)
+    port = free_port()
+    home = await add_listening_agent(server, api_key, tmp_path / "web1", "web1", port=port,
+                                     listening_url=f"https://127.0.0.1:{free_port()}")  # fmt: skip
+    absent, back = log_seen("no server has connected to"), log_seen("the server connected to")
+    async with running(home):
+        await asyncio.wait_for(absent.wait(), 15)
+        assert not back.is_set()
+        thumbprint = load_identity(home.identity_folder).thumbprint
+        fixed = AddListeningTarget(
+            name="web1", listening_url=f"https://127.0.0.1:{port}", thumbprint=thumbprint,
+            environments=["Test"], roles=["web"], replace=True,
+        )  # fmt: skip
+        await admin.add_listening_target(fixed)
+        await asyncio.wait_for(back.wait(), 30)
+        final, _ = await run_and_follow(admin, script_task("web1", "echo reached"))
+    assert final.state == TaskState.SUCCEEDED
+    warnings = [r.message for r in caplog.records if "no server has connected" in r.message]
+    assert len(warnings) == 1 and f"to 127.0.0.1:{port} for " in warnings[0], warnings
+    assert "`tentacle-poll targets add`" in warnings[0]
 
 
 async def test_connections_cut_mid_task_lose_no_line_and_run_it_once(

@@ -21,6 +21,7 @@ from aiohttp import ClientConnectionError
 from aiohttp.client_proto import ResponseHandler
 from loguru import logger
 
+from tentacle_poll.agent.connections.absence import AbsenceWatch
 from tentacle_poll.config import ListeningSettings
 from tentacle_poll.exceptions import ConfigurationError
 from tentacle_poll.keepalive import accept, listening_socket
@@ -57,6 +58,7 @@ class Listener:
         self._accepting: asyncio.Task[None] | None = None
         self._closed = False
         self.refusals = RefusalLog()
+        self.absence = AbsenceWatch(settings.address)
         self.port = 0
 
     async def start(self) -> None:
@@ -78,6 +80,7 @@ class Listener:
         """Stops accepting, closes every ready connection, fails every waiting request."""
         self._closed = True
         self._arrived.set()
+        self.absence.close()
         for task in [*self._starting, *([self._accepting] if self._accepting else [])]:
             task.cancel()
         await asyncio.gather(*self._starting, return_exceptions=True)
@@ -98,6 +101,7 @@ class Listener:
             if self._closed:
                 raise NoServerConnection("the agent is stopping: no connection to the server")
             self._arrived.clear()
+            self.absence.waiting()
             await self._arrived.wait()
 
     def give_back(self, handler: ResponseHandler) -> None:
@@ -196,6 +200,7 @@ class Listener:
             return
         self._ready.append(handler)
         self._arrived.set()
+        self.absence.connected()
 
     async def _show_certificate(self, sock: socket.socket, peer: str) -> None:
         context = apply_policy(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
