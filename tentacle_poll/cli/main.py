@@ -38,7 +38,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     command: Command = getattr(args, "command", agent.run_agent)
     try:
         setup_logging(args.log_level or "INFO", args.log_format or "text", log_file=args.log_file)
-        return _late_stop_signals_exit_with(asyncio.run(command(args)))
+        code = asyncio.run(command(args))
+        _ignore_late_stop_signals()
+        return code
     except ServerUnavailable as exc:  # not the task's outcome: the server could not be reached
         print(f"error: {mask_secrets(str(exc))}", file=sys.stderr)
         return EXIT_UNREACHABLE
@@ -56,13 +58,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.remove()
 
 
-def _late_stop_signals_exit_with(code: int) -> int:
+def _ignore_late_stop_signals() -> None:
     """The command has ended and its loop closed, putting the default handlers back: a stop
     signal from now on (systemd's SIGTERM after an operator's Ctrl-C, say) would turn a clean
-    exit into death by SIGTERM or a KeyboardInterrupt. It ends the process with its own code."""
+    exit into death by SIGTERM, or a KeyboardInterrupt. The process is ending by itself."""
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: os._exit(code))
-    return code
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def _pipe_closed() -> int:
