@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from tentacle_poll.agent.connections import absence
 from tentacle_poll.agent.home import AgentHome
 from tentacle_poll.cli.fleet import listening_url
+from tentacle_poll.config import toml_data, update_config_file
 from tentacle_poll.exceptions import ConfigurationError, RequestRejected
 from tentacle_poll.protocol.models import AddListeningTarget, TargetView, TaskState
 from tentacle_poll.protocol.routes import DIAL_PREAMBLE
@@ -231,6 +232,35 @@ async def test_an_agent_no_server_connects_to_says_so_once_and_says_when_one_doe
     warnings = [r.message for r in caplog.records if "no server has connected" in r.message]
     assert len(warnings) == 1 and f"to 127.0.0.1:{port} for " in warnings[0], warnings
     assert "`tentacle-poll targets add`" in warnings[0]
+
+
+async def test_an_agent_pinned_to_another_server_says_the_connections_it_refused(
+    server: Server, api_key: str, admin: AdminClient, tmp_path: Path,
+    log_seen: Callable[[str], asyncio.Event], monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """`listen --server-thumbprint` given another server's: this server's connections come and
+    are refused; the warning says so rather than that no server came."""
+    monkeypatch.setattr(absence, "ABSENCE_WARNING_SECONDS", 3.0)
+    home = await add_listening_agent(server, api_key, tmp_path / "web1", "web1")
+    listening = home.settings().listen
+    assert listening is not None
+    other_server = generate_identity("other-server").thumbprint
+    pinned_elsewhere = listening.model_copy(update={"server_thumbprint": other_server})
+    update_config_file(home.config_file, listen=toml_data(pinned_elsewhere))
+    refused = log_seen("listening port: refused a connection from 127.0.0.1")
+    warned = log_seen("no server has connected to")
+    async with running(home):
+        again = AddListeningTarget(
+            name="web1", listening_url=f"https://127.0.0.1:{listening.port}", replace=True,
+            thumbprint=load_identity(home.identity_folder).thumbprint,
+            environments=["Test"], roles=["web"],
+        )  # fmt: skip
+        await admin.add_listening_target(again)  # dialled at once, not after a backoff
+        await asyncio.wait_for(refused.wait(), 15)
+        await asyncio.wait_for(warned.wait(), 15)
+    warning = next(r.message for r in caplog.records if "no server has" in r.message)
+    assert "were refused (the 'listening port: refused' lines say why" in warning, warning
 
 
 async def test_connections_cut_mid_task_lose_no_line_and_run_it_once(

@@ -20,13 +20,19 @@ class AbsenceWatch:
         self._timer: asyncio.TimerHandle | None = None
         self._waiting_since: float | None = None
         self._said = False
+        self._refused = 0  # connections refused while waiting: a server may be failing the pins
 
     def waiting(self) -> None:
         """A request waits for the server to connect."""
         if self._waiting_since is None:
             loop = asyncio.get_running_loop()
-            self._waiting_since = loop.time()
+            self._waiting_since, self._refused = loop.time(), 0
             self._timer = loop.call_later(ABSENCE_WARNING_SECONDS, self._say_absent)
+
+    def refused(self) -> None:
+        """A connection to the port was refused (the listener logs why, rate-limited)."""
+        if self._waiting_since is not None:
+            self._refused += 1
 
     def connected(self) -> None:
         """A connection from the server is ready."""
@@ -44,9 +50,19 @@ class AbsenceWatch:
 
     def _say_absent(self) -> None:
         self._timer, self._said = None, True
-        logger.warning(
-            "no server has connected to {} for {:.0f} s: the server is stopped, cannot reach "
-            "this address (a firewall on the way in), or was given another one (or none yet) "
-            "with `tentacle-poll targets add`; `tentacle-poll targets` there says why",
-            self._address, ABSENCE_WARNING_SECONDS,
-        )  # fmt: skip
+        logger.warning("no server has connected to {} for {:.0f} s: {}", self._address,
+                       ABSENCE_WARNING_SECONDS, _why_absent(self._refused))  # fmt: skip
+
+
+def _why_absent(refused: int) -> str:
+    if refused:
+        return (
+            f"{refused} connections came and were refused (the 'listening port: refused' lines "
+            "say why: another server, or one that does not trust this agent's certificate); "
+            "`tentacle-poll targets` on the server says why from its side"
+        )
+    return (
+        "the server is stopped, cannot reach this address (a firewall on the way in), or was "
+        "given another one (or none yet) with `tentacle-poll targets add`; `tentacle-poll "
+        "targets` there says why"
+    )

@@ -223,6 +223,7 @@ class Listener:
         else:
             kind, reason = "listening:closed", str(exc) or type(exc).__name__
         self.refusals.refused(kind, f"listening port: refused a connection from {peer}: {reason}")
+        self.absence.refused()
 
 
 class _NotTheServer(Exception):
