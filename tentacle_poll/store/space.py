@@ -4,66 +4,48 @@ would read as a bug."""
 
 from __future__ import annotations
 
+import functools
 import sqlite3
-from typing import Any, Self
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
 
 from tentacle_poll.exceptions import StorageFull
 
 SQLITE_FULL = 13
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _naming_a_full_disk(method: Callable[P, R]) -> Callable[P, R]:
+    """``method``, raising StorageFull for a full disk (a try/except, not a context manager:
+    fetches run per row)."""
+
+    @functools.wraps(method)
+    def checked(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", None) == SQLITE_FULL or "disk is full" in str(exc):
+                raise StorageFull(f"the database's disk is full ({exc})") from exc
+            raise
+
+    return checked
 
 
 class SpaceAwareCursor(sqlite3.Cursor):
     """Fetching writes too, not only executing: a statement with RETURNING, like any statement
     in autocommit mode, commits when it is stepped to its end, which a fetch does."""
 
-    def execute(self, *args: Any, **kwargs: Any) -> Self:
-        try:
-            return super().execute(*args, **kwargs)
-        except sqlite3.OperationalError as exc:
-            _raise_if_full(exc)
-            raise
+    execute = _naming_a_full_disk(sqlite3.Cursor.execute)
+    executemany = _naming_a_full_disk(sqlite3.Cursor.executemany)
+    executescript = _naming_a_full_disk(sqlite3.Cursor.executescript)
+    fetchone = _naming_a_full_disk(sqlite3.Cursor.fetchone)
+    fetchmany = _naming_a_full_disk(sqlite3.Cursor.fetchmany)
+    fetchall = _naming_a_full_disk(sqlite3.Cursor.fetchall)
 
-    def executemany(self, *args: Any, **kwargs: Any) -> Self:
-        try:
-            return super().executemany(*args, **kwargs)
-        except sqlite3.OperationalError as exc:
-            _raise_if_full(exc)
-            raise
-
-    def executescript(self, *args: Any, **kwargs: Any) -> sqlite3.Cursor:
-        try:
-            return super().executescript(*args, **kwargs)
-        except sqlite3.OperationalError as exc:
-            _raise_if_full(exc)
-            raise
-
-    def fetchone(self) -> Any:
-        try:
-            return super().fetchone()
-        except sqlite3.OperationalError as exc:
-            _raise_if_full(exc)
-            raise
-
-    def fetchmany(self, size: int | None = 1) -> list[Any]:
-        try:
-            return super().fetchmany(size)
-        except sqlite3.OperationalError as exc:
-            _raise_if_full(exc)
-            raise
-
-    def fetchall(self) -> list[Any]:
-        try:
-            return super().fetchall()
-        except sqlite3.OperationalError as exc:
-            _raise_if_full(exc)
-            raise
-
-    def __next__(self) -> Any:
-        try:
-            return super().__next__()
-        except sqlite3.OperationalError as exc:
-            _raise_if_full(exc)
-            raise
+    @_naming_a_full_disk
+    def __next__(self) -> Any:  # typeshed has it on Iterator, not on Cursor: not assigned
+        return super().__next__()
 
 
 class SpaceAwareConnection(sqlite3.Connection):
@@ -82,23 +64,6 @@ class SpaceAwareConnection(sqlite3.Connection):
     def executescript(self, *args: Any, **kwargs: Any) -> sqlite3.Cursor:
         return SpaceAwareCursor(self).executescript(*args, **kwargs)
 
-    def commit(self) -> None:
-        try:
-            super().commit()
-        except sqlite3.OperationalError as exc:
-            _raise_if_full(exc)
-            raise
-
-    def __exit__(self, *exc_info: Any) -> Any:
-        # the commit of ``with connection:`` is sqlite3's own, not the method above
-        try:
-            return super().__exit__(*exc_info)
-        except sqlite3.OperationalError as exc:
-            _raise_if_full(exc)
-            raise
-
-
-def _raise_if_full(exc: sqlite3.OperationalError) -> None:
-    """A try/except at each call, not a context manager: fetches are per row, and cheap."""
-    if getattr(exc, "sqlite_errorcode", None) == SQLITE_FULL or "disk is full" in str(exc):
-        raise StorageFull(f"the database's disk is full ({exc})") from exc
+    commit = _naming_a_full_disk(sqlite3.Connection.commit)
+    # the commit of ``with connection:`` is sqlite3's own, not the method above
+    __exit__ = _naming_a_full_disk(sqlite3.Connection.__exit__)
