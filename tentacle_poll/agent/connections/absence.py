@@ -62,7 +62,7 @@ def _why_absent(refused: int) -> str:
             "`tentacle-poll targets` on the server says why from its side"
         )
     return (
-        "the server is stopped, cannot reach this address (a firewall on the way in), or was "
-        "given another one (or none yet) with `tentacle-poll targets add`; `tentacle-poll "
-        "targets` there says why"
+        "the server is stopped, cannot reach this address (a firewall on the way in), or has "
+        "this agent under another address or not at all (not added with `tentacle-poll targets "
+        "add`, or deleted); `tentacle-poll targets` there says which"
     )
