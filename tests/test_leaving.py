@@ -21,6 +21,7 @@ from tentacle_poll.server.admin_client import AdminClient
 
 from .conftest import (
     RunningAgent,
+    add_listening_agent,
     client_for,
     comms_url,
     free_port,
@@ -86,7 +87,20 @@ async def test_nothing_is_deleted_while_the_server_is_away(
     await server.shutdown()
     code, output = await deregister(home.folder)
     assert code == 69 and "nothing was deleted here" in output and "Traceback" not in output
+    assert "then this agent with `tentacle-poll deregister --local-only`" in output
     assert home.has_identity()
+
+
+async def test_local_only_asks_no_server_and_deletes_the_home(
+    server: Server, api_key: str, admin: AdminClient, tmp_path: Path
+) -> None:
+    """A listening agent whose target was deleted: its server no longer connects, so plain
+    deregister could only wait for it; --local-only leaves without asking."""
+    home = await add_listening_agent(server, api_key, tmp_path / "web1", "web1")
+    await admin.delete_target("web1")
+    code, output = await deregister(home.folder, "--local-only")
+    assert code == 0 and "asked no server" in output and "Traceback" not in output, output
+    assert not home.folder.exists()
 
 
 async def test_a_home_without_an_identity_is_never_deleted(tmp_path: Path) -> None:

@@ -52,6 +52,12 @@ def add_commands(commands: Any, add_common: Any) -> None:
         "deregister", help="stop this agent, remove its target from its servers, delete its home"
     )
     leave.add_argument("--keep-home", action="store_true", help="keep the home folder")
+    leave.add_argument(
+        "--local-only",
+        action="store_true",
+        help="ask no server (its target is deleted there already, or the server is gone for "
+        "good): only stop this agent and delete its home",
+    )
     leave.set_defaults(command=deregister_agent)
     for parser in (run, new_cert, show, config, leave):
         add_common(parser)
@@ -207,8 +213,12 @@ async def deregister_agent(args: argparse.Namespace) -> int:
     stopped = await stop_daemon(home, settings)
     if stopped is not None:
         print(f"stopped the agent (pid {stopped}) after it delivered what it had")
-    for line in await deregister(home, settings):
-        print(line)
+    if args.local_only:
+        print("asked no server: if its target is still there, delete it there "
+              "(`tentacle-poll targets delete NAME`)")  # fmt: skip
+    else:
+        for line in await deregister(home, settings):
+            print(line)
     if args.keep_home:
         print(f"kept {home.folder}: its identity is no longer registered anywhere")
     else:

@@ -102,7 +102,8 @@ async def deregister(home: AgentHome, settings: AgentSettings) -> list[str]:
         raise ServerUnavailable(
             f"could not reach {'; '.join(unreachable)}; nothing was deleted here. Run "
             "`tentacle-poll deregister` again once it is back, or delete the target there "
-            "(`tentacle-poll targets delete NAME`)"
+            "(`tentacle-poll targets delete NAME`) and then this agent with `tentacle-poll "
+            "deregister --local-only`"
         )
     return said
 
