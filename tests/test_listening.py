@@ -377,6 +377,28 @@ async def test_listening_mistakes_are_one_clear_line(
     assert await server.state.store.list_agents() == []
 
 
+async def test_each_side_refuses_its_own_thumbprint_for_the_other_s(
+    server: Server, api_key: str, tmp_path: Path
+) -> None:
+    """The thumbprints pasted the wrong way round: the agent's own given to `listen` as the
+    server's, the server's own given to `targets add` as the agent's. Neither could ever
+    connect; both are refused at once, saying which thumbprint to give."""
+    home = tmp_path / "web1"
+    listen = ["listen", "--home", str(home), "--host", "127.0.0.1", "--port", str(free_port())]
+    code, said = await cli(server, api_key, *listen, "--server-thumbprint", server.state.thumbprint)
+    assert code == 0, said
+    own = load_identity(home / "identity").thumbprint
+    code, said = await cli(server, api_key, *listen, "--server-thumbprint", own)
+    assert code == 1 and f"{own} is this agent's own" in said and "server show-thumbprint" in said
+    assert AgentHome(home).settings().listen.server_thumbprint == server.state.thumbprint
+    code, said = await cli(
+        server, api_key, "targets", "add", "web1", "--listening", "https://127.0.0.1:1",
+        "--thumbprint", server.state.thumbprint, "--environment", "T", "--role", "r",
+    )  # fmt: skip
+    assert code == 1 and "is this server's own certificate; give the agent's" in said, said
+    assert await server.state.store.list_agents() == []
+
+
 async def test_only_an_admin_key_adds_a_listening_target(server: Server, tmp_path: Path) -> None:
     key = await server.state.store.create_api_key("ci", scope="deploy")
     code, said = await cli(

@@ -113,6 +113,11 @@ async def configure_listening(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         raise ConfigurationError(f"listen: {describe_validation_error(exc)}") from None
     thumbprint = ensure_identity(home)
+    if thumbprint in listening.thumbprints:
+        raise ConfigurationError(
+            f"--server-thumbprint {thumbprint} is this agent's own; give the server's "
+            "(`tentacle-poll server show-thumbprint` on the server)"
+        )
     set_listening(home, listening)
     print(f"listening on {listening.address} from the next start of the agent, "
           f"for the server {', '.join(listening.thumbprints)}")  # fmt: skip

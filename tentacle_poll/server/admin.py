@@ -58,6 +58,11 @@ async def add_listening_target(request: web.Request) -> web.Response:
     body = await read_model(request, AddListeningTarget)
     for environment in body.environments:
         require_environment(request, environment)
+    if body.thumbprint in state.server_thumbprints():
+        raise ProblemError(422, "not an agent's thumbprint", (
+            f"{body.thumbprint} is this server's own certificate; give the agent's, which "
+            "`tentacle-poll listen` prints on the target (or `tentacle-poll show-thumbprint`)"
+        ))  # fmt: skip
     before = await state.store.agent_by_name(body.name)
     kept_certificate = (
         before.certificate_pem if before and before.thumbprint == body.thumbprint else ""
