@@ -98,6 +98,9 @@ async def test_local_only_asks_no_server_and_deletes_the_home(
     deregister could only wait for it; --local-only leaves without asking."""
     home = await add_listening_agent(server, api_key, tmp_path / "web1", "web1")
     await admin.delete_target("web1")
+    code, output = await deregister(home.folder, "--local-only", "--keep-home")
+    assert code == 0 and "asked no server" in output and "Traceback" not in output, output
+    assert f"kept {home.folder}\n" in output  # not "no longer registered": it did not ask
     code, output = await deregister(home.folder, "--local-only")
     assert code == 0 and "asked no server" in output and "Traceback" not in output, output
     assert not home.folder.exists()

@@ -207,20 +207,24 @@ async def show_config(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _leave_servers(home: AgentHome, settings: AgentSettings, local_only: bool) -> list[str]:
+    if local_only:
+        return ["asked no server: if its target is still there, delete it there "
+                "(`tentacle-poll targets delete NAME`)"]  # fmt: skip
+    return await deregister(home, settings)
+
+
 async def deregister_agent(args: argparse.Namespace) -> int:
     home = agent_home(args)
     settings = home.settings()
     stopped = await stop_daemon(home, settings)
     if stopped is not None:
         print(f"stopped the agent (pid {stopped}) after it delivered what it had")
-    if args.local_only:
-        print("asked no server: if its target is still there, delete it there "
-              "(`tentacle-poll targets delete NAME`)")  # fmt: skip
-    else:
-        for line in await deregister(home, settings):
-            print(line)
+    for line in await _leave_servers(home, settings, args.local_only):
+        print(line)
     if args.keep_home:
-        print(f"kept {home.folder}: its identity is no longer registered anywhere")
+        print(f"kept {home.folder}" + ("" if args.local_only else
+              ": its identity is no longer registered anywhere"))  # fmt: skip
     else:
         delete_home(home)
         print(f"deleted {home.folder}")
