@@ -8,6 +8,7 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -249,11 +250,21 @@ POSTGRESQL_SCHEMES = ("postgresql://", "postgres://")
 def _proxy_url(value: object) -> object:
     """An HTTP CONNECT proxy's address, refused before anything starts (never echoed: it may
     hold a password)."""
-    if isinstance(value, str) and value and not re.fullmatch(r"http://[^/\s]+:\d{1,5}/?", value):
+    if isinstance(value, str) and value and not _port_of(value):
         raise ValueError(
-            "must be empty or http://[user:password@]host:port (an HTTP CONNECT proxy)"
+            "must be empty or http://[user:password@]host:port (an HTTP CONNECT proxy, port "
+            "1-65535)"
         )
     return value
+
+
+def _port_of(proxy_url: str) -> int | None:
+    if not re.fullmatch(r"http://[^/\s]+:\d{1,5}/?", proxy_url):
+        return None
+    try:
+        return urlsplit(proxy_url).port or None
+    except ValueError:  # out of range
+        return None
 
 
 class ServerSettings(LoggingSettings):

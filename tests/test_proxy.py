@@ -7,6 +7,9 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from tentacle_poll.agent.connections.proxy import PROXY_PASSWORD_VARIABLE, bypassed, system_proxy
 from tentacle_poll.agent.connections.transport import CommsClient, client_for
@@ -15,12 +18,14 @@ from tentacle_poll.config import (
     AgentSettings,
     ProxySettings,
     ServerNode,
+    ServerSettings,
 )
 from tentacle_poll.exceptions import ConfigurationError, ProxyRefused, ServerIdentityMismatch
 from tentacle_poll.protocol.models import PollRequest, PollResponse, TaskState
 from tentacle_poll.protocol.routes import POLL
 from tentacle_poll.server import Server
 from tentacle_poll.server.admin_client import AdminClient
+from tentacle_poll.server.dialling import listening_proxy
 
 from .conftest import RunningAgent, new_agent_home, register_agent, run_and_follow, script_task
 from .proxies import sni_router, squid, tinyproxy
@@ -197,3 +202,33 @@ async def test_helper_processes_start_from_a_folder_only_root_can_enter(
     async with sni_router(tmp_path / "haproxy", {"deploy.example": server.comms_port}) as router:
         _, writer = await asyncio.open_connection("127.0.0.1", router.port)
         writer.close()
+
+
+PROXY_TEXTS = st.one_of(
+    st.text(max_size=40),
+    st.builds(
+        lambda scheme, host, port: f"{scheme}://user:S3cret@{host}:{port}",
+        st.sampled_from(["http", "https", "socks5", "HTTP"]),
+        st.sampled_from(["proxy.local", "[::1]", "[::1", "10.0.0.1", ""]),
+        st.one_of(st.integers(-1, 200_000).map(str), st.text(max_size=5)),
+    ),
+)
+
+
+@given(text=PROXY_TEXTS)
+def test_any_proxy_address_from_the_environment_is_taken_or_refused_in_words(text: str) -> None:
+    """HTTPS_PROXY with a port out of range or a broken IPv6 address raised ValueError (a
+    traceback at the agent's start); the server's listening_proxy setting likewise."""
+    try:
+        route = system_proxy("https://deploy.example:10943", {"HTTPS_PROXY": text})
+    except ConfigurationError as exc:
+        assert "S3cret" not in str(exc)
+    else:
+        assert route is None or 1 <= route.port <= 65535
+    try:
+        settings = ServerSettings(listening_proxy=text)
+    except ValidationError as exc:
+        assert "S3cret" not in str(exc)
+    else:
+        proxy = listening_proxy(settings.listening_proxy, environ={})
+        assert proxy is None or 1 <= proxy.port <= 65535

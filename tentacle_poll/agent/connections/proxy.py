@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Mapping
-from urllib.parse import unquote, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 from tentacle_poll.config import ENV_PREFIX, ProxySettings
 from tentacle_poll.exceptions import ConfigurationError
@@ -42,16 +42,28 @@ def system_proxy(target_url: str, environ: Mapping[str, str]) -> ProxyRoute | No
     no_proxy = environ.get("no_proxy") or environ.get("NO_PROXY") or ""
     if bypassed(target.hostname or "", target.port or 443, no_proxy):
         return None
-    proxy = urlsplit(proxy_url if "://" in proxy_url else f"http://{proxy_url}")
+    proxy, port = _parsed(proxy_url)
     if proxy.scheme != "http":
         raise ConfigurationError(
-            f"the proxy {proxy.hostname}:{proxy.port} is given as {proxy.scheme}://; only http:// "
+            f"the proxy {proxy.hostname}:{port} is given as {proxy.scheme}://; only http:// "
             "proxies (HTTP CONNECT) are supported: TLS to the proxy itself is not, but the "
             "tunnel inside carries this agent's own end-to-end TLS. Use http://HOST:PORT"
         )
     user = unquote(proxy.username) if proxy.username else None
     password = unquote(proxy.password) if proxy.password else None
-    return proxy_route(proxy.hostname or "", proxy.port or 3128, user, password)
+    return proxy_route(proxy.hostname or "", port, user, password)
+
+
+def _parsed(proxy_url: str) -> tuple[SplitResult, int]:
+    """The environment's proxy address and its port (3128 when it names none)."""
+    try:
+        proxy = urlsplit(proxy_url if "://" in proxy_url else f"http://{proxy_url}")
+        return proxy, proxy.port or 3128
+    except ValueError as exc:  # never echoed whole: it may hold a password
+        raise ConfigurationError(
+            f"HTTPS_PROXY (or https_proxy) is not a proxy address ({exc}): use "
+            "http://[user:password@]HOST:PORT, or unset it"
+        ) from None
 
 
 def bypassed(host: str, port: int, no_proxy: str) -> bool:
