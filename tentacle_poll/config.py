@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -28,7 +29,7 @@ from pydantic_settings import (
 
 from tentacle_poll.exceptions import ConfigurationError
 from tentacle_poll.protocol.codec import describe_validation_error
-from tentacle_poll.protocol.models import matching
+from tentacle_poll.protocol.models import matching, port_in_range
 from tentacle_poll.refusals import address_text
 from tentacle_poll.tls.certs import normalised_thumbprint
 
@@ -83,7 +84,12 @@ def comms_url(text: str) -> str:
         raise ConfigurationError(
             f"{text!r} is not a server address; use https://HOST:PORT (no path)"
         )
-    return f"https://{rest}"
+    try:
+        return port_in_range(f"https://{rest}")
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"{text!r}: {exc} (the comms port is {DEFAULT_COMMS_PORT} by default)"
+        ) from None
 
 
 class ServerNode(BaseModel):
@@ -92,7 +98,9 @@ class ServerNode(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     url: Annotated[
-        str, matching(r"^https://[^/\s]+(:\d{1,5})?/?$", "https://HOST[:PORT], with no path")
+        str,
+        matching(r"^https://[^/\s]+(:\d{1,5})?/?$", "https://HOST[:PORT], with no path"),
+        AfterValidator(port_in_range),
     ]
     thumbprint: Thumbprint
     # Also trusted: a rotated server certificate announced over the pinned channel, or one

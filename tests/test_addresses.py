@@ -42,6 +42,8 @@ def test_a_sha1_thumbprint_is_refused_with_how_to_get_the_sha256_one() -> None:
         ("http://deploy.example:10943", "use https://deploy.example:10943 instead of http://"),
         ("deploy.example:10943", "use https://deploy.example:10943"),
         ("https://deploy.example:10943/v1/poll", "use https://HOST:PORT (no path)"),
+        ("https://deploy.example:99999", "port 99999 is out of range: use 1-65535"),
+        ("https://deploy.example:0", "port 0 is out of range: use 1-65535"),
     ],
 )
 def test_a_wrong_server_address_gets_one_line_saying_what_to_use(
@@ -84,3 +86,16 @@ def test_a_thumbprint_given_to_trust_in_any_case_and_with_colons_is_kept_normali
         "trust", "--home", home, "--server", "https://a:10943", "--add", "ab" * 20, check=False
     )
     assert bad.returncode == 1 and "SHA-1" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_hand_edited_server_port_out_of_range_is_refused_in_words(tmp_path: Path) -> None:
+    """agent.toml edited by hand: the daemon refuses to start, rather than failing each poll
+    with "cannot reach https://h:70000: https://h:70000/v1/poll"."""
+    home = str(tmp_path / "agent")
+    cli("new-certificate", "--home", home)
+    (tmp_path / "agent" / "agent.toml").write_text(
+        f'[[servers]]\nurl = "https://deploy.example:70000"\nthumbprint = "{"AB" * 32}"\n'
+    )
+    result = cli("--home", home, "run", check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "port 70000 is out of range: use 1-65535" in result.stderr

@@ -581,8 +581,8 @@ async def test_a_server_certificate_rotation_reaches_a_listening_agent(
 @pytest.mark.parametrize(
     ("url", "says"),
     [
-        ("https://h:0", "the port must be 1-65535"),
-        ("https://h:99999", "the port must be 1-65535"),
+        ("https://h:0", "port 0 is out of range: use 1-65535"),
+        ("https://h:99999", "port 99999 is out of range: use 1-65535"),
         ("https://h:1/x", "must be https://HOST:PORT"),  # in words, not a regex
         ("http://h:1", "must be https://HOST:PORT"),
     ],

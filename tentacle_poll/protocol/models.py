@@ -6,6 +6,7 @@ everything that is present is strictly typed and bounded.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -398,9 +399,11 @@ class TaskView(WireModel):
     expires_at: float | None = None
 
 
-def _port_in_range(url: str) -> str:
-    if not 1 <= int(url.rpartition(":")[2]) <= 65535:
-        raise ValueError("the port must be 1-65535")
+def port_in_range(url: str) -> str:
+    """``url`` when the port it names, if any, is one a connection can use."""
+    port = re.search(r":(\d{1,5})/?$", url)
+    if port and not 1 <= int(port[1]) <= 65535:
+        raise ValueError(f"port {port[1]} is out of range: use 1-65535")
     return url
 
 
@@ -411,7 +414,7 @@ ListeningUrl = Annotated[
         r"^https://([A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]+\]):\d{1,5}$",
         "https://HOST:PORT, with no path (an IPv6 address in brackets)",
     ),
-    AfterValidator(_port_in_range),
+    AfterValidator(port_in_range),
 ]
 
 
