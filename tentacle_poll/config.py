@@ -92,6 +92,32 @@ def comms_url(text: str) -> str:
         ) from None
 
 
+def admin_url(text: str) -> str:
+    """The admin API's address (``http[s]://HOST[:PORT][/PREFIX]``), or a ConfigurationError in
+    one line: a malformed one would otherwise read as a server that is down."""
+    text = text.strip().rstrip("/")
+    problem = _admin_url_problem(text)
+    if problem:
+        raise ConfigurationError(
+            f"the admin API address {text!r} ({ENV_PREFIX}ADMIN_URL or --admin-url) {problem}: "
+            f"use http://HOST:PORT (the server's admin port, {DEFAULT_ADMIN_PORT} by default)"
+        )
+    return text
+
+
+def _admin_url_problem(text: str) -> str:
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as exc:
+        return f"is not an address ({exc})"
+    if parts.scheme not in ("http", "https"):
+        return "needs http:// or https://"
+    if not parts.hostname:
+        return "names no host"
+    return "has port 0" if port == 0 else ""
+
+
 class ServerNode(BaseModel):
     """One server the agent polls, pinned by its certificate thumbprint(s)."""
 

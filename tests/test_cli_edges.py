@@ -13,7 +13,9 @@ import pytest
 from tentacle_poll.server import Server
 from tentacle_poll.store.base import TaskQuery
 
+from .conftest import free_port
 from .processes import CLI
+from .test_cli import cli as run_cli
 from .test_deadlines import cli
 
 
@@ -73,3 +75,28 @@ async def test_a_closed_pipe_ends_quietly(server: Server, api_key: str) -> None:
         _, errors = await process.communicate()
     assert process.returncode == 141
     assert errors.decode() == ""
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("127.0.0.1:10944", "needs http:// or https://"),
+        ("http://127.0.0.1:99999", "Port out of range"),
+        ("http://[::1", "Invalid IPv6 URL"),
+        ("http://:10944", "names no host"),
+    ],
+)
+def test_a_malformed_admin_address_is_named_not_taken_for_a_server_down(
+    url: str, says: str
+) -> None:
+    result = run_cli("targets", "--admin-url", url, "--api-key", "API-X", check=False)
+    assert result.returncode == 1 and says in result.stderr, result.stderr
+    assert "is the server running" not in result.stderr and "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_targets_prints_no_header_above_a_server_it_cannot_reach() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    result = run_cli("targets", "--admin-url", url, "--api-key", "API-X", check=False)
+    assert result.returncode == 69 and "cannot reach the admin API" in result.stderr
+    assert result.stdout == ""

@@ -13,6 +13,7 @@ from tentacle_poll.config import (
     DEFAULT_ADMIN_PORT,
     ENV_PREFIX,
     LoggingSettings,
+    admin_url,
     default_server_home,
 )
 from tentacle_poll.exceptions import ConfigurationError
@@ -26,7 +27,7 @@ if TYPE_CHECKING:  # both load aiohttp or sqlite3: the agent daemon never needs 
 def admin_client(args: argparse.Namespace) -> AdminClient:
     from tentacle_poll.server.admin_client import AdminClient
 
-    url = (
+    url = admin_url(
         args.admin_url
         or os.environ.get(f"{ENV_PREFIX}ADMIN_URL")
         or f"http://127.0.0.1:{DEFAULT_ADMIN_PORT}"

@@ -10,7 +10,7 @@ import json
 import re
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -23,6 +23,9 @@ from tentacle_poll.protocol.models import (
     TargetView,
     TaskState,
 )
+
+if TYPE_CHECKING:
+    from tentacle_poll.server.admin_client import AdminClient
 
 LISTENING_URL: TypeAdapter[str] = TypeAdapter(ListeningUrl)
 SINCE = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
@@ -125,14 +128,23 @@ async def list_targets(args: argparse.Namespace) -> int:
             targets = [t async for page in client.target_pages(filters) for t in page]
             print(json.dumps([t.model_dump(mode="json") for t in targets], indent=2))
             return 0
-        print(TARGET_ROW.format("NAME", "ENVIRONMENTS", "ROLES", "TENANTS", "CONNECTED",
-                                "LAST SEEN", "VERSION", "EXPIRES", "THUMBPRINT"))  # fmt: skip
-        async for page in client.target_pages(filters):  # each page printed as it comes
-            for target in page:
-                print(_target_row(target))
-                if target.listening_url:
-                    print(f"  {_listening_line(target)}")
+        await _print_target_table(client, filters)
     return 0
+
+
+async def _print_target_table(client: AdminClient, filters: dict[str, str]) -> None:
+    """Each page printed as it comes; the header only once the server has answered (not above
+    an error saying it could not be reached)."""
+    header: str | None = TARGET_ROW.format("NAME", "ENVIRONMENTS", "ROLES", "TENANTS",
+        "CONNECTED", "LAST SEEN", "VERSION", "EXPIRES", "THUMBPRINT")  # fmt: skip
+    async for page in client.target_pages(filters):
+        if header is not None:
+            print(header)
+            header = None
+        for target in page:
+            print(_target_row(target))
+            if target.listening_url:
+                print(f"  {_listening_line(target)}")
 
 
 def _connected(args: argparse.Namespace) -> str | None:
