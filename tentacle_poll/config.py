@@ -180,10 +180,14 @@ class ListeningSettings(BaseModel):
         return f"https://listening:{self.port}"
 
     @property
+    def on_every_address(self) -> bool:
+        return self.host in ("0.0.0.0", "::")
+
+    @property
     def server(self) -> str:
         """The server as messages name it."""
-        everywhere = self.host in ("0.0.0.0", "::")
-        return f"the server connecting to {f'port {self.port}' if everywhere else self.address}"
+        where = f"port {self.port}" if self.on_every_address else self.address
+        return f"the server connecting to {where}"
 
 
 class ProxySettings(BaseModel):
@@ -284,7 +288,7 @@ POSTGRESQL_SCHEMES = ("postgresql://", "postgres://")
 def _proxy_url(value: object) -> object:
     """An HTTP CONNECT proxy's address, refused before anything starts (never echoed: it may
     hold a password)."""
-    if isinstance(value, str) and value and not _port_of(value):
+    if isinstance(value, str) and value and not _is_proxy_address(value):
         raise ValueError(
             "must be empty or http://[user:password@]host:port (an HTTP CONNECT proxy, port "
             "1-65535)"
@@ -292,13 +296,13 @@ def _proxy_url(value: object) -> object:
     return value
 
 
-def _port_of(proxy_url: str) -> int | None:
+def _is_proxy_address(proxy_url: str) -> bool:
     if not re.fullmatch(r"http://[^/\s]+:\d{1,5}/?", proxy_url):
-        return None
+        return False
     try:
-        return urlsplit(proxy_url).port or None
-    except ValueError:  # out of range
-        return None
+        return bool(urlsplit(proxy_url).port)  # 0 is no port
+    except ValueError:  # out of range, or a broken IPv6 address
+        return False
 
 
 class ServerSettings(LoggingSettings):

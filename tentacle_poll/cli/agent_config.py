@@ -131,7 +131,7 @@ async def configure_listening(args: argparse.Namespace) -> int:
 def _reachable_address(listening: ListeningSettings) -> str:
     """Where the server may reach this agent, as far as it can tell: the address it listens on,
     or the host's name when it listens on every address."""
-    host = os.uname().nodename if listening.host in ("0.0.0.0", "::") else listening.host
+    host = os.uname().nodename if listening.on_every_address else listening.host
     return address_text((host, listening.port))
 
 
