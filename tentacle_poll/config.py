@@ -66,11 +66,21 @@ def given_thumbprint(text: str, what: str) -> str:
         raise ConfigurationError(f"{what}: {exc}") from None
 
 
+SERVER_ADDRESS = re.compile(r"[^/\s:]+(:\d{1,5})?|\[[0-9A-Fa-f:.]+\](:\d{1,5})?")
+
+
 def comms_url(text: str) -> str:
     """The address of a server's comms port as agents need it (``https://HOST:PORT``); a
     ConfigurationError in one line saying what to use instead."""
     text = text.strip().rstrip("/")
     scheme, has_scheme, rest = text.partition("://")
+    if not has_scheme:
+        scheme, rest = "", text
+    if not SERVER_ADDRESS.fullmatch(rest) or (has_scheme and not scheme.isalnum()):
+        # checked first: the advice below repeats the address, which must be one
+        raise ConfigurationError(
+            f"{text!r} is not a server address; use https://HOST:PORT (no path)"
+        )
     if not has_scheme:
         raise ConfigurationError(
             f"the server address {text!r} needs its scheme: use https://{text} (the comms port, "
@@ -80,15 +90,15 @@ def comms_url(text: str) -> str:
         raise ConfigurationError(
             f"the comms port speaks TLS only: use https://{rest} instead of {scheme}://{rest}"
         )
-    if not re.fullmatch(r"[^/\s:]+(:\d{1,5})?|\[[0-9A-Fa-f:.]+\](:\d{1,5})?", rest):
-        raise ConfigurationError(
-            f"{text!r} is not a server address; use https://HOST:PORT (no path)"
-        )
+    return _with_usable_port(f"https://{rest}")
+
+
+def _with_usable_port(url: str) -> str:
     try:
-        return port_in_range(f"https://{rest}")
+        return port_in_range(url)
     except ValueError as exc:
         raise ConfigurationError(
-            f"{text!r}: {exc} (the comms port is {DEFAULT_COMMS_PORT} by default)"
+            f"{url!r}: {exc} (the comms port is {DEFAULT_COMMS_PORT} by default)"
         ) from None
 
 

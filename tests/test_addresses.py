@@ -4,11 +4,15 @@ to use instead."""
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from tentacle_poll import config
 from tentacle_poll.agent.connections.registration import Registration, register
-from tentacle_poll.exceptions import ServerUnavailable
+from tentacle_poll.exceptions import ConfigurationError, ServerUnavailable
 from tentacle_poll.server import Server
 from tentacle_poll.tls.certs import normalised_thumbprint
 
@@ -99,3 +103,22 @@ def test_a_hand_edited_server_port_out_of_range_is_refused_in_words(tmp_path: Pa
     result = cli("--home", home, "run", check=False)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert "port 70000 is out of range: use 1-65535" in result.stderr
+
+
+@given(text=st.one_of(
+    st.text(max_size=40),
+    st.builds(lambda scheme, host, port: f"{scheme}://{host}{port}",
+              st.sampled_from(["https", "http", "ftp", ""]),
+              st.sampled_from(["h", "[::1]", "[::1", "10.0.0.1", "", "h/x"]),
+              st.one_of(st.just(""), st.integers(-1, 200_000).map(lambda p: f":{p}"))),
+))  # fmt: skip
+def test_any_server_or_admin_address_is_taken_usable_or_refused_in_words(text: str) -> None:
+    """What people type for --server and --admin-url: taken only with a port a connection can
+    use, or refused with a ConfigurationError (a one-line message), never another exception."""
+    for parse in (config.comms_url, config.admin_url):
+        try:
+            taken = parse(text)
+        except ConfigurationError as exc:
+            assert "use " in str(exc) and "\n" not in str(exc)
+        else:
+            assert urlsplit(taken).port in (None, *range(1, 65536))
