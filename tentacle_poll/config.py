@@ -116,6 +116,8 @@ def admin_url(text: str) -> str:
 
 
 def _admin_url_problem(text: str) -> str:
+    if any(character.isspace() for character in text):
+        return "holds a space or a line break"
     try:
         parts = urlsplit(text)
         port = parts.port

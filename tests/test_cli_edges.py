@@ -84,6 +84,7 @@ async def test_a_closed_pipe_ends_quietly(server: Server, api_key: str) -> None:
         ("http://127.0.0.1:99999", "Port out of range"),
         ("http://[::1", "Invalid IPv6 URL"),
         ("http://:10944", "names no host"),
+        ("http://127.0.0.1 :10944", "holds a space or a line break"),
     ],
 )
 def test_a_malformed_admin_address_is_named_not_taken_for_a_server_down(
